@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs every Debian package that starattn's build, tests and tools need.
+# Idempotent and non-interactive; run as root or with sudo available.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config git ca-certificates
+  libcaf-dev libucx-dev ucx-utils libprotobuf-dev protobuf-compiler
+  libboost-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libopenblas-dev
+  python3 python3-venv python3-pip
+  iproute2 openssh-server openssh-client patchelf
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+echo "install-deps: installing ${missing[*]}"
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

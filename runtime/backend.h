@@ -1,0 +1,149 @@
+// The op interface every compute backend implements (cpu now, cuda next).
+//
+// The engine only ever talks to this interface, so a backend is a drop-in: it owns its memory
+// (host RAM for cpu, device memory for cuda), and every op takes non-owning 2-D views of it.
+// Activations are row-major [rows, cols] with an explicit row stride in elements; multi-head
+// tensors are [tokens, heads * head_dim] with heads contiguous inside a row.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace starattn {
+
+enum class DType { f32, bf16, f16 };
+const char* dtype_name(DType t);
+size_t dtype_size(DType t);
+
+// Non-owning view of backend memory: a row-major matrix.
+struct Tensor {
+  void* data = nullptr;
+  DType dtype = DType::f32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t stride = 0;  // elements between the starts of consecutive rows
+
+  bool empty() const { return rows == 0 || cols == 0; }
+  // Rows [begin, begin + n) of this view.
+  Tensor slice_rows(int64_t begin, int64_t n) const;
+  // Columns [begin, begin + n) of every row (same stride).
+  Tensor slice_cols(int64_t begin, int64_t n) const;
+};
+
+class Backend;
+
+// Owning handle to a backend allocation; frees through its backend.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Backend* owner, Tensor view) : owner_(owner), view_(view) {}
+  Buffer(Buffer&& other) noexcept;
+  Buffer& operator=(Buffer&& other) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer();
+
+  const Tensor& view() const { return view_; }
+  Tensor rows(int64_t begin, int64_t n) const { return view_.slice_rows(begin, n); }
+  bool allocated() const { return view_.data != nullptr; }
+
+ private:
+  void release();
+  Backend* owner_ = nullptr;
+  Tensor view_;
+};
+
+enum class MaskKind {
+  none,    // every query row sees every key (phase 2 against a context shard)
+  causal,  // row i sees keys j <= i + causal_offset (offset = keys already cached ahead)
+};
+
+// Scaled dot-product attention that also reports the log-sum-exp of each row.
+//   q:   [T, Hq * D]       k, v: [S, Hkv * D]     (GQA: query head h reads KV head h / (Hq / Hkv))
+//   o:   [T, Hq * D]       lse:  [T, Hq] f32, natural log, scale included: ln sum_j exp(scale * q.k_j)
+// A row that sees no key gets o = 0 and lse = -inf.
+struct AttentionArgs {
+  Tensor q, k, v, o, lse;
+  int n_q_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  float scale = 1.0f;
+  MaskKind mask = MaskKind::none;
+  int64_t causal_offset = 0;
+};
+
+// One (O, lse) partial result from a shard of the keys.
+struct Partial {
+  Tensor o;    // [T, Hq * D]
+  Tensor lse;  // [T, Hq] f32
+};
+
+// RoPE applied to [T, heads * head_dim] in place. Rotate-half layout (Hugging Face Llama):
+// pairs (x[i], x[i + D/2]) rotate by angle pos * inv_freq[i], i < D/2.
+struct RopeArgs {
+  Tensor x;
+  int n_heads = 0;
+  int head_dim = 0;
+  const int32_t* positions = nullptr;  // host array of x.rows positions
+  const float* inv_freq = nullptr;     // host array of head_dim / 2 frequencies
+};
+
+struct SamplingParams {
+  float temperature = 0.0f;  // 0 = greedy (argmax)
+  int top_k = 0;             // 0 = no limit
+  float top_p = 1.0f;        // nucleus mass; 1 = no limit
+  uint64_t seed = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  // Element type of activations and of the KV cache on this backend.
+  virtual DType activation_dtype() const = 0;
+  // Element type weights are stored in on this backend.
+  virtual DType weight_dtype() const = 0;
+
+  // ---- memory ----
+  virtual Buffer alloc(int64_t rows, int64_t cols, DType dtype) = 0;
+  virtual void free_memory(Tensor t) = 0;
+  // Bytes the backend can still allocate (for KV capacity planning).
+  virtual int64_t free_bytes() const = 0;
+  // Host float32 <-> backend, converting to/from the tensor's dtype. Host arrays are dense
+  // [rows, cols].
+  virtual void upload(const float* host, Tensor dst) = 0;
+  virtual void download(const Tensor& src, float* host) = 0;
+  // dst rows = src rows (same shape, any strides).
+  virtual void copy(const Tensor& src, Tensor dst) = 0;
+
+  // ---- ops ----
+  // out[i] = table[ids[i]]; ids is a host array of out.rows entries.
+  virtual void embedding(const int32_t* ids, const Tensor& table, Tensor out) = 0;
+  // out = x / rms(x) * weight   (weight: [1, cols])
+  virtual void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor out) = 0;
+  // out[T, N] = x[T, K] * w[N, K]^T (+ bias[1, N] when bias is non-null)
+  virtual void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor out) = 0;
+  virtual void rope(const RopeArgs& args) = 0;
+  virtual void attention(const AttentionArgs& args) = 0;
+  // Exact merge of shard partials (DESIGN.md 1): m = max l_r, w_r = exp(l_r - m),
+  // o = sum w_r o_r / sum w_r, l = m + ln sum w_r. Shards with l_r = -inf weigh 0.
+  virtual void merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) = 0;
+  // out = silu(gate) * up
+  virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor out) = 0;
+  // x += y
+  virtual void add(Tensor x, const Tensor& y) = 0;
+  // Picks a token from one row of logits; step distinguishes the draws of one seeded stream.
+  virtual int32_t sample(const Tensor& logits_row, const SamplingParams& params,
+                         uint64_t step) = 0;
+  // Waits for queued work (no-op on synchronous backends).
+  virtual void synchronize() = 0;
+};
+
+// Creates a backend by name ("cpu", "cuda"); throws with the list of compiled backends otherwise.
+std::unique_ptr<Backend> make_backend(const std::string& name, int device = 0, int threads = 0);
+// Names of the backends this build has.
+std::vector<std::string> available_backends();
+
+}  // namespace starattn
