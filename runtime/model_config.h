@@ -31,6 +31,9 @@ struct ModelConfig {
   int max_position_embeddings = 4096;
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v projections carry a bias (Qwen2 always)
+  // o_proj carries a bias too: Hugging Face Llama's attention_bias covers q/k/v/o, while
+  // Qwen2 biases only q/k/v.
+  bool o_proj_bias = false;
   bool mlp_bias = false;
   int bos_token_id = -1;
   std::vector<int> eos_token_ids;

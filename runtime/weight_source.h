@@ -29,6 +29,20 @@ struct LoadedModel {
   std::string path;
 };
 
+// A tensor the architecture needs, with its Hugging Face name and row-major shape.
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+
+// Every tensor a model of this config reads, in a stable order (embeddings, layers, norm, head):
+// lm_head.weight only when embeddings are not tied; biases as the config says.
+std::vector<TensorSpec> model_tensor_specs(const ModelConfig& config);
+
+// Checks that `weights` holds every tensor of model_tensor_specs with the right shape; throws
+// naming weights.describe(), the tensor and both shapes (all problems, the first few in full).
+void check_model_tensors(const ModelConfig& config, const WeightSource& weights);
+
 // Opens a model: a Hugging Face directory (config.json + model.safetensors or a sharded
 // model.safetensors.index.json). Throws with a clear message on anything malformed.
 LoadedModel open_model(const std::string& path);

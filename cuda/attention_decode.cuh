@@ -1,0 +1,259 @@
+// Attention for few query rows over many keys (decoding; also T > 1 with mask none or causal),
+// split over the keys FlashDecoding-style: every split writes a partial (o, lse) in f32, then
+// merge_partials_kernel combines the splits exactly. With one split the kernel writes the final
+// o and lse itself.
+//
+// Shapes, layout, masks and the lse base are those of attention_prefill.cuh (AttentionParams):
+// q [T, Hq * D] bf16, k/v [S, Hkv * D] bf16, o [T, Hq * D] OutT, lse [T, Hq] f32 natural log
+// with the scale included.
+//
+// Schedule: a block owns one KV head and 16 "packed rows" (token t, query head of the group)
+// r = t * group + g, so the group's query heads share every K/V tile that is read (GQA reads
+// K/V once per split, not once per query head). grid (splits, Hkv, ceil(T * group / 16)).
+// Each of the 4 warps walks its own tiles of 32 keys (tile w, w + 4, ...) of the split with a
+// private double buffer filled by cp.async: no block-wide barrier in the key loop, so loads
+// stay in flight. At the end the 4 warps' (m, l, o) are combined through shared memory.
+#pragma once
+
+#include <cmath>
+
+#include "cuda/attention_prefill.cuh"
+#include "cuda/merge.cuh"
+
+namespace starattn::cuda {
+
+constexpr int kDecodeWarps = 4;
+constexpr int kDecodeKeys = 32;  // keys per warp tile
+
+template <int D>
+constexpr int decode_smem_bytes() {
+  // q tile (16 x D) + per warp two buffers of K and V (32 x D each).
+  return (16 + kDecodeWarps * 4 * kDecodeKeys) * D * static_cast<int>(sizeof(bf16));
+}
+
+struct DecodeParams {
+  AttentionParams a;         // a.o / a.lse: final outputs, or split partials (f32) when split
+  int64_t keys_per_split;    // multiple of kDecodeKeys
+  int64_t o_split_stride;    // elements between the partials of consecutive splits (0: one split)
+  int64_t lse_split_stride;
+};
+
+template <int D, class OutT>
+__global__ void __launch_bounds__(kDecodeWarps * 32)
+    attention_decode_kernel(const DecodeParams dp) {
+  static_assert(D % 64 == 0, "head size must be a multiple of 64");
+  constexpr int KT = kDecodeKeys, kChunks = D / 8, kThreads = kDecodeWarps * 32;
+  const AttentionParams& p = dp.a;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* sq = reinterpret_cast<bf16*>(smem_raw);
+  bf16* skv = sq + 16 * D;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int split = blockIdx.x, kvh = blockIdx.y;
+  const int group = p.n_q_heads / p.n_kv_heads;
+  const int64_t R = static_cast<int64_t>(p.T) * group;  // packed rows
+  const int64_t r0 = static_cast<int64_t>(blockIdx.z) * 16;
+
+  // Q tile: packed row r is token r / group, query head kvh * group + r % group.
+  for (int idx = tid; idx < 16 * kChunks; idx += kThreads) {
+    const int r = idx / kChunks, c = idx % kChunks;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (r0 + r < R) {
+      const int64_t tok = (r0 + r) / group;
+      const int64_t head = static_cast<int64_t>(kvh) * group + (r0 + r) % group;
+      val = *reinterpret_cast<const uint4*>(p.q + tok * p.q_stride + head * D + c * 8);
+    }
+    *reinterpret_cast<uint4*>(sq + tile_offset<D>(r, c)) = val;
+  }
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+  load_a_fragments<D>(sq, 0, lane, qf);
+
+  // Keys of this split that any row of the block can see, and each own row's limit.
+  const int64_t s_begin = split * dp.keys_per_split;
+  const int64_t last_tok = (r0 + 15 < R ? r0 + 15 : R - 1) / group;
+  int64_t s_end = s_begin + dp.keys_per_split;
+  s_end = s_end < visible_keys(p, last_tok) ? s_end : visible_keys(p, last_tok);
+  int64_t lim[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t pr = r0 + g + 8 * r;
+    const int64_t v = pr < R ? visible_keys(p, pr / group) : 0;
+    lim[r] = v < s_end ? v : s_end;
+  }
+  const int n_tiles = s_end > s_begin ? static_cast<int>(ceil_div_dev(s_end - s_begin, KT)) : 0;
+
+  bf16* wbuf = skv + warp * 4 * KT * D;  // [K0, V0, K1, V1]
+  const bf16* kh = p.k + static_cast<int64_t>(kvh) * D;
+  const bf16* vh = p.v + static_cast<int64_t>(kvh) * D;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  float acc[D / 8][4];
+#pragma unroll
+  for (int d = 0; d < D / 8; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
+
+  int j = warp;
+  if (j < n_tiles) {
+    load_tile_async<KT, D, 32>(wbuf, kh, p.k_stride, s_begin + int64_t{j} * KT, s_end, lane);
+    load_tile_async<KT, D, 32>(wbuf + KT * D, vh, p.v_stride, s_begin + int64_t{j} * KT, s_end, lane);
+  }
+  cp_async_commit();
+  for (int it = 0; j < n_tiles; j += kDecodeWarps, ++it) {
+    const int b = it & 1;
+    const int jn = j + kDecodeWarps;
+    if (jn < n_tiles) {  // the other buffer was released by the __syncwarp ending the last pass
+      bf16* nbuf = wbuf + (b ^ 1) * 2 * KT * D;
+      load_tile_async<KT, D, 32>(nbuf, kh, p.k_stride, s_begin + int64_t{jn} * KT, s_end, lane);
+      load_tile_async<KT, D, 32>(nbuf + KT * D, vh, p.v_stride, s_begin + int64_t{jn} * KT, s_end, lane);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // tile j has landed (for this lane) ...
+    __syncwarp();        // ... and for every lane of the warp
+
+    const bf16* ck = wbuf + b * 2 * KT * D;
+    float s[KT / 8][4];
+    qk_tile<D, KT / 8>(qf, ck, 0, lane, s);
+    const int64_t n0 = s_begin + int64_t{j} * KT;
+#pragma unroll
+    for (int n = 0; n < KT / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t key = n0 + 8 * n + 2 * t + (e & 1);
+        s[n][e] = key < lim[e >> 1] ? s[n][e] * p.scale_log2 : -INFINITY;
+      }
+    online_softmax<D, KT / 8>(s, m, l, acc);
+    pv_tile<D, KT / 8>(s, ck + KT * D, 0, lane, acc);
+    __syncwarp();  // done reading buffer b before it is refilled
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // K/V buffers are free: reuse them to combine the warps
+
+  constexpr int kOStride = D + 8;  // padding staggers the rows over the banks
+  float* so = reinterpret_cast<float*>(skv);         // [warps][16][kOStride]
+  float* sm = so + kDecodeWarps * 16 * kOStride;     // [warps][16]
+  float* sl = sm + kDecodeWarps * 16;                // [warps][16]
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    const int row = g + 8 * r;
+    float* orow = so + (warp * 16 + row) * kOStride;
+#pragma unroll
+    for (int d = 0; d < D / 8; ++d)
+      *reinterpret_cast<float2*>(orow + 8 * d + 2 * t) = make_float2(acc[d][2 * r], acc[d][2 * r + 1]);
+    if (t == 0) {
+      sm[warp * 16 + row] = m[r];
+      sl[warp * 16 + row] = l[r];
+    }
+  }
+  __syncthreads();
+
+  for (int idx = tid; idx < 16 * D; idx += kThreads) {
+    const int row = idx / D, d = idx % D;
+    const int64_t pr = r0 + row;
+    if (pr >= R) break;  // rows are in order: every later idx is past R too
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) mx = fmaxf(mx, sm[w * 16 + row]);
+    float num = 0.0f, den = 0.0f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kDecodeWarps; ++w) {
+        const float wt = exp2f(sm[w * 16 + row] - mx);
+        den += wt * sl[w * 16 + row];
+        num += wt * so[(w * 16 + row) * kOStride + d];
+      }
+    }
+    const int64_t tok = pr / group;
+    const int64_t head = static_cast<int64_t>(kvh) * group + pr % group;
+    OutT* o = static_cast<OutT*>(p.o) + split * dp.o_split_stride + tok * p.o_stride + head * D;
+    o[d] = from_f32<OutT>(den > 0.0f ? num / den : 0.0f);
+    if (d == 0)
+      p.lse[split * dp.lse_split_stride + tok * p.lse_stride + head] =
+          den > 0.0f ? (mx + log2f(den)) * 0.69314718055994531f : -INFINITY;
+  }
+}
+
+// How the keys are split for one call.
+struct DecodePlan {
+  int splits = 1;
+  int64_t keys_per_split = kDecodeKeys;
+  int64_t workspace_floats = 0;  // f32 scratch the launch needs (0 with one split)
+};
+
+// Enough splits to fill the GPU (num_sms x resident blocks), but at least 2 tiles per warp each.
+inline DecodePlan plan_attention_decode(const AttentionParams& p, int head_dim, int num_sms) {
+  DecodePlan plan;
+  const int64_t group = p.n_q_heads / p.n_kv_heads;
+  const int64_t row_groups = ceil_div(static_cast<int64_t>(p.T) * group, 16);
+  int64_t s_eff = p.S;
+  if (p.causal) {
+    const int64_t n = static_cast<int64_t>(p.T) + p.causal_offset;  // last row's visible keys
+    s_eff = n < 0 ? 0 : (n < p.S ? n : p.S);
+  }
+  const int smem = head_dim == 64 ? decode_smem_bytes<64>() : decode_smem_bytes<128>();
+  const int64_t per_sm = std::max<int64_t>(1, (227 * 1024) / (smem + 1024));
+  const int64_t base = static_cast<int64_t>(p.n_kv_heads) * row_groups;
+  const int64_t tiles = ceil_div(s_eff, kDecodeKeys);
+  int64_t splits = ceil_div(num_sms * per_sm, base);
+  splits = std::min(splits, ceil_div(tiles, 2 * kDecodeWarps));
+  splits = std::max<int64_t>(splits, 1);
+  plan.keys_per_split = std::max<int64_t>(1, ceil_div(tiles, splits)) * kDecodeKeys;
+  plan.splits = static_cast<int>(std::max<int64_t>(1, ceil_div(s_eff, plan.keys_per_split)));
+  if (plan.splits > 1)
+    plan.workspace_floats = static_cast<int64_t>(plan.splits) * p.T * p.n_q_heads * (head_dim + 1);
+  return plan;
+}
+
+template <int D, class OutT>
+void launch_attention_decode_d(const AttentionParams& p, const DecodePlan& plan, float* workspace,
+                               cudaStream_t stream) {
+  constexpr int smem = decode_smem_bytes<D>();
+  const int64_t group = p.n_q_heads / p.n_kv_heads;
+  const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(p.n_kv_heads),
+                  static_cast<unsigned>(ceil_div(static_cast<int64_t>(p.T) * group, 16)));
+  DecodeParams dp{p, plan.keys_per_split, 0, 0};
+  if (plan.splits == 1) {
+    auto kernel = attention_decode_kernel<D, OutT>;
+    allow_dynamic_smem(kernel, smem, "attention_decode_kernel");
+    kernel<<<grid, kDecodeWarps * 32, smem, stream>>>(dp);
+    check_launch("attention_decode_kernel");
+    return;
+  }
+  // Partials: o [splits][T][Hq * D] then lse [splits][T][Hq], both f32.
+  const int64_t rows = static_cast<int64_t>(p.T);
+  float* ws_o = workspace;
+  float* ws_lse = workspace + plan.splits * rows * p.n_q_heads * D;
+  dp.a.o = ws_o;
+  dp.a.o_stride = static_cast<int64_t>(p.n_q_heads) * D;
+  dp.a.lse = ws_lse;
+  dp.a.lse_stride = p.n_q_heads;
+  dp.o_split_stride = rows * p.n_q_heads * D;
+  dp.lse_split_stride = rows * p.n_q_heads;
+  auto kernel = attention_decode_kernel<D, float>;
+  allow_dynamic_smem(kernel, smem, "attention_decode_kernel");
+  kernel<<<grid, kDecodeWarps * 32, smem, stream>>>(dp);
+  check_launch("attention_decode_kernel");
+  const UniformShards shards{ws_o, ws_lse, dp.a.o_stride, dp.a.lse_stride, dp.o_split_stride,
+                             dp.lse_split_stride};
+  launch_merge_partials<OutT>(shards, plan.splits, static_cast<OutT*>(p.o), p.o_stride, p.lse,
+                              p.lse_stride, rows, p.n_q_heads, D, stream);
+}
+
+// workspace: plan.workspace_floats f32 of device memory (unused with one split).
+inline void launch_attention_decode(const AttentionParams& p, int head_dim, bool o_is_f32,
+                                    const DecodePlan& plan, float* workspace, cudaStream_t stream) {
+  if (p.T == 0) return;
+  if (head_dim == 64) {
+    o_is_f32 ? launch_attention_decode_d<64, float>(p, plan, workspace, stream)
+             : launch_attention_decode_d<64, bf16>(p, plan, workspace, stream);
+  } else if (head_dim == 128) {
+    o_is_f32 ? launch_attention_decode_d<128, float>(p, plan, workspace, stream)
+             : launch_attention_decode_d<128, bf16>(p, plan, workspace, stream);
+  } else {
+    throw std::invalid_argument("attention_decode: head_dim " + std::to_string(head_dim) +
+                                " not compiled (64, 128)");
+  }
+}
+
+}  // namespace starattn::cuda

@@ -1,0 +1,174 @@
+// Internal to the cuda backend: the CudaBackend class and the argument checks shared by its
+// two translation units (cuda_backend.cu: memory and transfers; cuda_ops.cu: the ops).
+#pragma once
+
+#include <cublas_v2.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "cuda/common.cuh"
+#include "runtime/backend.h"
+
+namespace starattn::cuda_detail {
+
+
+using cuda::bf16;
+using cuda::check_cuda;
+
+inline void check_cublas(cublasStatus_t st, const char* what) {
+  if (st != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error(std::string("cuda ") + what + ": cuBLAS " + cublasGetStatusString(st));
+}
+
+inline std::string shape(const Tensor& t) {
+  std::string s = "[" + std::to_string(t.rows) + " x " + std::to_string(t.cols);
+  if (t.stride != t.cols) s += ", stride " + std::to_string(t.stride);
+  return s + " " + dtype_name(t.dtype) + "]";
+}
+
+[[noreturn]] inline void fail(const char* op, const std::string& what) {
+  throw std::invalid_argument(std::string(op) + ": " + what);
+}
+
+// f32 or bf16, non-negative extents, a stride that covers a row, data unless empty.
+inline void check_view(const char* op, const char* name, const Tensor& t) {
+  if (t.dtype != DType::f32 && t.dtype != DType::bf16)
+    fail(op, std::string(name) + " " + shape(t) + " must be f32 or bf16 on the cuda backend");
+  if (t.rows < 0 || t.cols < 0) fail(op, std::string(name) + " " + shape(t) + " has a negative extent");
+  if (t.rows > 1 && t.stride < t.cols)
+    fail(op, std::string(name) + " " + shape(t) + " has a row stride shorter than its row");
+  if (!t.empty() && t.data == nullptr) fail(op, std::string(name) + " " + shape(t) + " has no data");
+}
+
+inline void check_shape(const char* op, const char* name, const Tensor& t, int64_t rows, int64_t cols) {
+  check_view(op, name, t);
+  if (t.rows != rows || t.cols != cols)
+    fail(op, std::string(name) + " is " + shape(t) + ", expected [" + std::to_string(rows) + " x " +
+                 std::to_string(cols) + "]");
+}
+
+inline bool overlaps(const Tensor& a, const Tensor& b) {
+  if (a.empty() || b.empty()) return false;
+  const char* a0 = static_cast<const char*>(a.data);
+  const char* b0 = static_cast<const char*>(b.data);
+  const char* a1 = a0 + ((a.rows - 1) * a.stride + a.cols) * static_cast<int64_t>(dtype_size(a.dtype));
+  const char* b1 = b0 + ((b.rows - 1) * b.stride + b.cols) * static_cast<int64_t>(dtype_size(b.dtype));
+  return a0 < b1 && b0 < a1;
+}
+
+// Calls f with a value of the element type of t (float or bf16), to instantiate templates.
+template <class F>
+void dispatch(DType t, F&& f) {
+  if (t == DType::f32) f(float{});
+  else f(bf16{});
+}
+
+template <class T>
+T* ptr(const Tensor& t) { return static_cast<T*>(t.data); }
+
+// Host float <-> bf16, round to nearest even (NaN stays NaN).
+inline uint16_t f32_to_bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+inline float bf16_bits_to_f32(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+enum class AttentionPath { automatic, prefill, decode };
+
+// STARATTN_CUDA_ATTENTION=prefill|decode forces one kernel (tests, benchmarks).
+inline AttentionPath attention_path_from_env() {
+  const char* v = std::getenv("STARATTN_CUDA_ATTENTION");
+  if (v == nullptr || std::strcmp(v, "auto") == 0 || *v == '\0') return AttentionPath::automatic;
+  if (std::strcmp(v, "prefill") == 0) return AttentionPath::prefill;
+  if (std::strcmp(v, "decode") == 0) return AttentionPath::decode;
+  throw std::invalid_argument(std::string("STARATTN_CUDA_ATTENTION must be auto, prefill or decode, got '") +
+                              v + "'");
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device);
+  ~CudaBackend() override;
+
+  std::string name() const override { return "cuda"; }
+  DType activation_dtype() const override { return DType::bf16; }
+  DType weight_dtype() const override { return DType::bf16; }
+
+  Buffer alloc(int64_t rows, int64_t cols, DType dtype) override;
+  void free_memory(Tensor t) override;
+  int64_t free_bytes() const override;
+  void upload(const float* host, Tensor dst) override;
+  void download(const Tensor& src, float* host) override;
+  void copy(const Tensor& src, Tensor dst) override;
+
+  void embedding(const int32_t* ids, const Tensor& table, Tensor out) override;
+  void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor out) override;
+  void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor out) override;
+  void rope(const RopeArgs& args) override;
+  void attention(const AttentionArgs& args) override;
+  void merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) override;
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor out) override;
+  void add(Tensor x, const Tensor& y) override;
+  int32_t sample(const Tensor& logits_row, const SamplingParams& params, uint64_t step) override;
+  void synchronize() override;
+
+ private:
+  struct HostArray {
+    const void* data;
+    size_t bytes;
+  };
+  // Makes this thread's current device ours (ops may come from another thread than the
+  // constructor's).
+  void bind() const;
+  // Copies host arrays to device scratch for kernels queued next; returns their device addresses.
+  std::vector<void*> stage(std::initializer_list<HostArray> arrays, const char* op);
+  float* workspace(int64_t floats, const char* op);
+
+  int device_ = 0;
+  int num_sms_ = 1;
+  AttentionPath attention_path_ = AttentionPath::automatic;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+
+  static constexpr int kSlots = 4;
+  struct Slot {
+    void* host = nullptr;
+    size_t bytes = 0;
+    cudaEvent_t done = nullptr;
+  };
+  Slot slots_[kSlots];
+  int next_slot_ = 0;
+  void* dev_args_ = nullptr;
+  size_t dev_args_bytes_ = 0;
+
+  // Bulk transfers (upload/download) go through two pinned chunks in turn.
+  static constexpr size_t kBulkBytes = size_t{8} << 20;
+  void* bulk_[2] = {nullptr, nullptr};
+  cudaEvent_t bulk_done_[2] = {nullptr, nullptr};
+
+  float* ws_ = nullptr;  // decode split partials
+  int64_t ws_floats_ = 0;
+  int32_t* d_result_ = nullptr;  // argmax result
+  int32_t* h_result_ = nullptr;
+
+  mutable std::mutex live_mutex_;
+  std::unordered_map<void*, size_t> live_;  // allocation -> bytes
+};
+
+}  // namespace starattn::cuda_detail

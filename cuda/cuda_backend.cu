@@ -1,0 +1,295 @@
+// CudaBackend: the op interface of runtime/backend.h on one GPU. This file: construction,
+// memory, transfers and argument staging; the ops are in cuda_ops.cu.
+//
+// Thin bindings: every op checks its views (naming the op, the argument and its shape, as the
+// cpu backend does) and dispatches to a kernel launcher on the backend's one stream. Ops are
+// asynchronous; upload, download, sample and synchronize wait for the stream.
+// Host arrays that ops take (token ids, positions, inv_freq, partial lists) travel through a
+// ring of pinned slots: a slot is refilled only after the copy out of it has completed (event),
+// and the device side is one scratch area that stream order protects (the next copy into it is
+// queued behind every kernel that reads it).
+#include "cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "cuda/backend_impl.h"
+#include "cuda/elementwise.cuh"
+
+namespace starattn::cuda_detail {
+
+CudaBackend::CudaBackend(int device) : device_(device) {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || device < 0 || device >= count)
+    throw std::runtime_error("cuda backend: no CUDA device " + std::to_string(device) + " (" +
+                             std::to_string(err == cudaSuccess ? count : 0) + " found" +
+                             (err == cudaSuccess ? "" : std::string(", ") + cudaGetErrorString(err)) + ")");
+  attention_path_ = attention_path_from_env();
+  check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  check_cuda(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  check_cublas(cublasCreate(&cublas_), "cublasCreate");
+  check_cublas(cublasSetStream(cublas_, stream_), "cublasSetStream");
+  for (Slot& s : slots_) check_cuda(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming), "cudaEventCreate");
+  for (int i = 0; i < 2; ++i) {
+    check_cuda(cudaMallocHost(&bulk_[i], kBulkBytes), "cudaMallocHost (staging)");
+    check_cuda(cudaEventCreateWithFlags(&bulk_done_[i], cudaEventDisableTiming), "cudaEventCreate");
+  }
+  check_cuda(cudaMalloc(&d_result_, 2 * sizeof(int32_t)), "cudaMalloc (sample result)");
+  check_cuda(cudaMallocHost(&h_result_, 2 * sizeof(int32_t)), "cudaMallocHost (sample result)");
+}
+
+CudaBackend::~CudaBackend() {
+  // No throwing here: report and carry on releasing.
+  auto report = [](cudaError_t e, const char* what) {
+    if (e != cudaSuccess) std::fprintf(stderr, "cuda backend teardown: %s: %s\n", what, cudaGetErrorString(e));
+  };
+  cudaSetDevice(device_);
+  report(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  for (auto& entry : live_) report(cudaFree(entry.first), "cudaFree");
+  for (Slot& s : slots_) {
+    if (s.host) cudaFreeHost(s.host);
+    if (s.done) cudaEventDestroy(s.done);
+  }
+  for (int i = 0; i < 2; ++i) {
+    if (bulk_[i]) cudaFreeHost(bulk_[i]);
+    if (bulk_done_[i]) cudaEventDestroy(bulk_done_[i]);
+  }
+  if (dev_args_) cudaFree(dev_args_);
+  if (ws_) cudaFree(ws_);
+  if (d_result_) cudaFree(d_result_);
+  if (h_result_) cudaFreeHost(h_result_);
+  if (cublas_) cublasDestroy(cublas_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void CudaBackend::bind() const {
+  int cur = -1;
+  check_cuda(cudaGetDevice(&cur), "cudaGetDevice");
+  if (cur != device_) check_cuda(cudaSetDevice(device_), "cudaSetDevice");
+}
+
+std::vector<void*> CudaBackend::stage(std::initializer_list<HostArray> arrays, const char* op) {
+  auto round_up = [](size_t n) { return (n + 255) / 256 * 256; };
+  size_t total = 0;
+  for (const HostArray& a : arrays) total += round_up(a.bytes);
+  Slot& s = slots_[next_slot_];
+  next_slot_ = (next_slot_ + 1) % kSlots;
+  check_cuda(cudaEventSynchronize(s.done), op);  // the last copy out of this slot is done
+  if (s.bytes < total) {
+    if (s.host) check_cuda(cudaFreeHost(s.host), op);
+    s.host = nullptr;
+    s.bytes = 0;
+    check_cuda(cudaMallocHost(&s.host, std::max<size_t>(total, 64 << 10)), op);
+    s.bytes = std::max<size_t>(total, 64 << 10);
+  }
+  if (dev_args_bytes_ < total) {
+    check_cuda(cudaStreamSynchronize(stream_), op);  // queued kernels may still read the old area
+    if (dev_args_) check_cuda(cudaFree(dev_args_), op);
+    dev_args_ = nullptr;
+    dev_args_bytes_ = 0;
+    check_cuda(cudaMalloc(&dev_args_, std::max<size_t>(total, 64 << 10)), op);
+    dev_args_bytes_ = std::max<size_t>(total, 64 << 10);
+  }
+  std::vector<void*> out;
+  size_t off = 0;
+  for (const HostArray& a : arrays) {
+    if (a.bytes) std::memcpy(static_cast<char*>(s.host) + off, a.data, a.bytes);
+    out.push_back(static_cast<char*>(dev_args_) + off);
+    off += round_up(a.bytes);
+  }
+  if (total) check_cuda(cudaMemcpyAsync(dev_args_, s.host, total, cudaMemcpyHostToDevice, stream_), op);
+  check_cuda(cudaEventRecord(s.done, stream_), op);
+  return out;
+}
+
+float* CudaBackend::workspace(int64_t floats, const char* op) {
+  if (floats > ws_floats_) {
+    check_cuda(cudaStreamSynchronize(stream_), op);
+    if (ws_) check_cuda(cudaFree(ws_), op);
+    ws_ = nullptr;
+    ws_floats_ = 0;
+    const int64_t n = floats + floats / 4;
+    check_cuda(cudaMalloc(&ws_, static_cast<size_t>(n) * sizeof(float)), op);
+    ws_floats_ = n;
+  }
+  return ws_;
+}
+
+// ---- memory ----
+
+Buffer CudaBackend::alloc(int64_t rows, int64_t cols, DType dtype) {
+  const std::string what = std::string(dtype_name(dtype)) + " [" + std::to_string(rows) + " x " +
+                           std::to_string(cols) + "]";
+  if (dtype != DType::f32 && dtype != DType::bf16)
+    throw std::invalid_argument("alloc: the cuda backend stores f32 and bf16, asked for " + what);
+  if (rows < 0 || cols < 0 || (cols > 0 && rows > INT64_MAX / 4 / cols))
+    throw std::invalid_argument("alloc: bad shape " + what);
+  bind();
+  // Zero-filled like the cpu backend; an empty buffer still gets a block (it counts as allocated).
+  const size_t bytes = std::max<size_t>(256, static_cast<size_t>(rows * cols) * dtype_size(dtype));
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, bytes);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear the (non-sticky) out-of-memory error
+    throw std::runtime_error("cuda alloc: cudaMalloc of " + std::to_string(bytes) + " bytes for " +
+                             what + " failed: " + cudaGetErrorString(err));
+  }
+  check_cuda(cudaMemsetAsync(p, 0, bytes, stream_), "alloc: cudaMemsetAsync");
+  {
+    std::lock_guard<std::mutex> lock(live_mutex_);
+    live_[p] = bytes;
+  }
+  Tensor t;
+  t.data = p;
+  t.dtype = dtype;
+  t.rows = rows;
+  t.cols = cols;
+  t.stride = cols;
+  return Buffer(this, t);
+}
+
+void CudaBackend::free_memory(Tensor t) {
+  if (t.data == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(live_mutex_);
+    auto it = live_.find(t.data);
+    if (it == live_.end())
+      throw std::invalid_argument("free_memory: " + shape(t) +
+                                  " was not allocated by this cuda backend (or was freed already)");
+    live_.erase(it);
+  }
+  bind();
+  // cudaFree waits for the device, so queued kernels that still use the memory finish first.
+  const cudaError_t err = cudaFree(t.data);
+  if (err != cudaSuccess) std::fprintf(stderr, "cuda free_memory: %s\n", cudaGetErrorString(err));
+}
+
+int64_t CudaBackend::free_bytes() const {
+  bind();
+  size_t free = 0, total = 0;
+  check_cuda(cudaMemGetInfo(&free, &total), "free_bytes: cudaMemGetInfo");
+  return static_cast<int64_t>(free);
+}
+
+void CudaBackend::upload(const float* host, Tensor dst) {
+  check_view("upload", "dst", dst);
+  if (dst.empty()) return;
+  if (host == nullptr) fail("upload", "null host pointer for dst " + shape(dst));
+  bind();
+  const size_t es = dtype_size(dst.dtype), row_bytes = static_cast<size_t>(dst.cols) * es;
+  const int64_t chunk_rows = std::max<int64_t>(1, static_cast<int64_t>(kBulkBytes / row_bytes));
+  std::vector<char> big;  // a row longer than a staging chunk goes through pageable memory
+  int b = 0;
+  for (int64_t r0 = 0; r0 < dst.rows; r0 += chunk_rows, b ^= 1) {
+    const int64_t n = std::min(chunk_rows, dst.rows - r0);
+    check_cuda(cudaEventSynchronize(bulk_done_[b]), "upload");
+    char* stage_buf = static_cast<char*>(bulk_[b]);
+    if (row_bytes > kBulkBytes) {
+      big.resize(row_bytes);
+      stage_buf = big.data();
+    }
+    const float* src = host + r0 * dst.cols;
+    const int64_t count = n * dst.cols;
+    if (dst.dtype == DType::f32) {
+      std::memcpy(stage_buf, src, static_cast<size_t>(count) * 4);
+    } else {
+      uint16_t* o = reinterpret_cast<uint16_t*>(stage_buf);
+      for (int64_t i = 0; i < count; ++i) o[i] = f32_to_bf16_bits(src[i]);
+    }
+    char* d = static_cast<char*>(dst.data) + r0 * dst.stride * static_cast<int64_t>(es);
+    check_cuda(cudaMemcpy2DAsync(d, static_cast<size_t>(dst.stride) * es, stage_buf, row_bytes, row_bytes,
+                                 static_cast<size_t>(n), cudaMemcpyHostToDevice, stream_),
+               "upload: cudaMemcpy2DAsync");
+    check_cuda(cudaEventRecord(bulk_done_[b], stream_), "upload");
+    if (row_bytes > kBulkBytes) check_cuda(cudaStreamSynchronize(stream_), "upload");
+  }
+  check_cuda(cudaStreamSynchronize(stream_), "upload");
+}
+
+void CudaBackend::download(const Tensor& src, float* host) {
+  check_view("download", "src", src);
+  if (src.empty()) return;
+  if (host == nullptr) fail("download", "null host pointer for src " + shape(src));
+  bind();
+  const size_t es = dtype_size(src.dtype), row_bytes = static_cast<size_t>(src.cols) * es;
+  const int64_t chunk_rows = std::max<int64_t>(1, static_cast<int64_t>(kBulkBytes / row_bytes));
+  std::vector<char> big;
+  for (int64_t r0 = 0; r0 < src.rows; r0 += chunk_rows) {
+    const int64_t n = std::min(chunk_rows, src.rows - r0);
+    char* stage_buf = static_cast<char*>(bulk_[0]);
+    if (row_bytes > kBulkBytes) {
+      big.resize(row_bytes);
+      stage_buf = big.data();
+    }
+    const char* s = static_cast<const char*>(src.data) + r0 * src.stride * static_cast<int64_t>(es);
+    check_cuda(cudaMemcpy2DAsync(stage_buf, row_bytes, s, static_cast<size_t>(src.stride) * es, row_bytes,
+                                 static_cast<size_t>(n), cudaMemcpyDeviceToHost, stream_),
+               "download: cudaMemcpy2DAsync");
+    check_cuda(cudaStreamSynchronize(stream_), "download");
+    float* o = host + r0 * src.cols;
+    const int64_t count = n * src.cols;
+    if (src.dtype == DType::f32) {
+      std::memcpy(o, stage_buf, static_cast<size_t>(count) * 4);
+    } else {
+      const uint16_t* in = reinterpret_cast<const uint16_t*>(stage_buf);
+      for (int64_t i = 0; i < count; ++i) o[i] = bf16_bits_to_f32(in[i]);
+    }
+  }
+}
+
+void CudaBackend::copy(const Tensor& src, Tensor dst) {
+  check_view("copy", "src", src);
+  check_view("copy", "dst", dst);
+  if (dst.rows != src.rows || dst.cols != src.cols)
+    fail("copy", "dst " + shape(dst) + " does not match src " + shape(src));
+  if (src.empty()) return;
+  if (src.data == dst.data && src.stride == dst.stride && src.dtype == dst.dtype) return;
+  bind();
+  if (src.dtype == dst.dtype) {
+    const size_t es = dtype_size(src.dtype);
+    check_cuda(cudaMemcpy2DAsync(dst.data, static_cast<size_t>(std::max<int64_t>(dst.stride, dst.cols)) * es, src.data,
+                                 static_cast<size_t>(std::max<int64_t>(src.stride, src.cols)) * es,
+                                 static_cast<size_t>(src.cols) * es, static_cast<size_t>(src.rows),
+                                 cudaMemcpyDeviceToDevice, stream_),
+               "copy: cudaMemcpy2DAsync");
+    return;
+  }
+  dispatch(src.dtype, [&](auto si) {
+    dispatch(dst.dtype, [&](auto di) {
+      using In = decltype(si);
+      using Out = decltype(di);
+      cuda::launch_convert(ptr<const In>(src), src.stride, ptr<Out>(dst), dst.stride, src.rows, src.cols, stream_);
+    });
+  });
+}
+
+}  // namespace starattn::cuda_detail
+
+namespace starattn {
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  return std::make_unique<cuda_detail::CudaBackend>(device);
+}
+
+bool cuda_device_available() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // no driver / no device: clear the error, report "no"
+    return false;
+  }
+  return count > 0;
+}
+
+}  // namespace starattn

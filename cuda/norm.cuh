@@ -1,0 +1,46 @@
+// RMSNorm (Hugging Face Llama): out = weight * (x / sqrt(mean(x^2) + eps)), fp32 throughout.
+// x [rows, cols] XT, weight [cols] WT, out [rows, cols] OT (bf16 or f32 each), strided rows.
+// out may be x itself: each element is read (twice) by the thread that later writes it.
+#pragma once
+
+#include "cuda/common.cuh"
+
+namespace starattn::cuda {
+
+constexpr int kNormThreads = 256;
+
+// grid rows, block 256.
+template <class XT, class WT, class OT>
+__global__ void __launch_bounds__(kNormThreads)
+    rmsnorm_kernel(const XT* x, int64_t x_stride, const WT* w, OT* out, int64_t out_stride,
+                   int64_t cols, float eps) {
+  __shared__ float partial[kNormThreads / 32];
+  const XT* xr = x + static_cast<int64_t>(blockIdx.x) * x_stride;
+  OT* yr = out + static_cast<int64_t>(blockIdx.x) * out_stride;
+  float ss = 0.0f;
+  for (int64_t c = threadIdx.x; c < cols; c += kNormThreads) {
+    const float v = to_f32(xr[c]);
+    ss = fmaf(v, v, ss);
+  }
+#pragma unroll
+  for (int k = 16; k > 0; k >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, k);
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  float total = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kNormThreads / 32; ++i) total += partial[i];
+  const float inv_rms = 1.0f / sqrtf(total / static_cast<float>(cols) + eps);
+  for (int64_t c = threadIdx.x; c < cols; c += kNormThreads)
+    yr[c] = from_f32<OT>(to_f32(w[c]) * (to_f32(xr[c]) * inv_rms));
+}
+
+template <class XT, class WT, class OT>
+void launch_rmsnorm(const XT* x, int64_t x_stride, const WT* w, OT* out, int64_t out_stride,
+                    int64_t rows, int64_t cols, float eps, cudaStream_t stream) {
+  if (rows == 0) return;
+  rmsnorm_kernel<XT, WT, OT><<<static_cast<unsigned>(rows), kNormThreads, 0, stream>>>(
+      x, x_stride, w, out, out_stride, cols, eps);
+  check_launch("rmsnorm_kernel");
+}
+
+}  // namespace starattn::cuda

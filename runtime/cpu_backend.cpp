@@ -1,0 +1,619 @@
+// The float32 CPU backend: the numerical reference every other backend is compared with.
+//
+// Memory is host RAM (64-byte aligned, zero-filled so that results never depend on stale data).
+// GEMMs go through cblas_sgemm; everything else is plain C++ parallelised with OpenMP. All
+// argument checks happen before any parallel region, so errors surface as exceptions naming the
+// op and the shapes involved, never from inside a worker thread.
+#include "runtime/cpu_backend.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "runtime/sampling.h"
+
+// Not every cblas.h declares it (OpenBLAS's does); repeating a matching declaration is harmless.
+extern "C" void openblas_set_num_threads(int num_threads);
+
+namespace starattn {
+
+namespace {
+
+constexpr size_t kAlignment = 64;
+// Below this many elements an elementwise op runs on one thread: the fork/join costs more.
+constexpr int64_t kParallelMin = 1 << 15;
+
+std::string shape(const Tensor& t) {
+  std::string s = "[" + std::to_string(t.rows) + " x " + std::to_string(t.cols);
+  if (t.stride != t.cols) s += ", stride " + std::to_string(t.stride);
+  return s + " " + dtype_name(t.dtype) + "]";
+}
+
+[[noreturn]] void fail(const char* op, const std::string& what) {
+  throw std::invalid_argument(std::string(op) + ": " + what);
+}
+
+// Every view an op touches: f32, non-negative extents, a stride that covers a row, and data
+// behind it unless it is empty.
+void check_view(const char* op, const char* name, const Tensor& t) {
+  if (t.dtype != DType::f32)
+    fail(op, std::string(name) + " " + shape(t) + " must be f32 on the cpu backend");
+  if (t.rows < 0 || t.cols < 0) fail(op, std::string(name) + " " + shape(t) + " has a negative extent");
+  if (t.rows > 1 && t.stride < t.cols)
+    fail(op, std::string(name) + " " + shape(t) + " has a row stride shorter than its row");
+  if (!t.empty() && t.data == nullptr) fail(op, std::string(name) + " " + shape(t) + " has no data");
+}
+
+void check_shape(const char* op, const char* name, const Tensor& t, int64_t rows, int64_t cols) {
+  check_view(op, name, t);
+  if (t.rows != rows || t.cols != cols)
+    fail(op, std::string(name) + " is " + shape(t) + ", expected [" + std::to_string(rows) + " x " +
+                 std::to_string(cols) + "]");
+}
+
+float* row_ptr(const Tensor& t, int64_t r) { return static_cast<float*>(t.data) + r * t.stride; }
+
+// Leading dimension for BLAS: a single-row view may carry any stride, BLAS wants >= cols.
+int blas_ld(const Tensor& t) {
+  return static_cast<int>(std::max<int64_t>({t.stride, t.cols, 1}));
+}
+
+// Whether the memory spans of two views intersect (used to refuse in-place GEMMs).
+bool overlaps(const Tensor& a, const Tensor& b) {
+  if (a.empty() || b.empty()) return false;
+  const char* a0 = static_cast<const char*>(a.data);
+  const char* b0 = static_cast<const char*>(b.data);
+  const char* a1 = a0 + ((a.rows - 1) * a.stride + a.cols) * 4;
+  const char* b1 = b0 + ((b.rows - 1) * b.stride + b.cols) * 4;
+  return a0 < b1 && b0 < a1;
+}
+
+// ---- attention ----
+
+// Query rows per work item: the K/V tile is reused across rows x (query heads of the group).
+constexpr int64_t kRowTile = 16;
+// Keys per inner tile: 128 keys x 128 dims x 4 bytes = 64 KiB of K, which stays in L2.
+constexpr int64_t kKeyTile = 128;
+// Smallest key range worth giving its own work item when the keys are split across threads.
+constexpr int64_t kMinSplitKeys = 512;
+
+struct AttnShape {
+  int64_t T = 0, S = 0;
+  int hq = 0, hkv = 0, group = 0, d = 0;
+  float scale = 1.0f;
+  MaskKind mask = MaskKind::none;
+  int64_t offset = 0;
+};
+
+// Number of keys query row i sees: a prefix [0, n) of the keys (written to avoid overflow for
+// any offset).
+int64_t visible_keys(const AttnShape& a, int64_t i) {
+  if (a.mask == MaskKind::none || a.offset >= a.S) return a.S;
+  if (a.offset < -i) return 0;  // i + offset + 1 <= 0
+  return std::min(a.S, i + a.offset + 1);
+}
+
+float dot(const float* a, const float* b, int n) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// Online-softmax state of one (query row, query head): running max m of the scaled scores,
+// running sum l = sum exp(score - m) (double: it may add up many terms), and the unnormalised
+// output acc = sum exp(score - m) v.
+struct StateRefs {
+  float* m;
+  double* l;
+  float* acc;
+};
+
+// Folds keys [kb, ke) of KV head g into the states of rows [i0, i1) and the group's query heads;
+// state (r, qh) is at index (r - i0) * group + qh. `scores` holds kKeyTile floats.
+void attend_block(const AttentionArgs& a, const AttnShape& sh, int g, int64_t i0, int64_t i1,
+                  int64_t kb, int64_t ke, StateRefs st, float* scores) {
+  const int d = sh.d;
+  for (int64_t j0 = kb; j0 < ke; j0 += kKeyTile) {
+    const int64_t j1 = std::min(ke, j0 + kKeyTile);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t jend = std::min(j1, visible_keys(sh, i));
+      if (jend <= j0) continue;
+      for (int qh = 0; qh < sh.group; ++qh) {
+        const float* qv = row_ptr(a.q, i) + static_cast<int64_t>(g * sh.group + qh) * d;
+        const int64_t s = (i - i0) * sh.group + qh;
+        float tile_max = -INFINITY;
+        for (int64_t j = j0; j < jend; ++j) {
+          const float sc = sh.scale * dot(qv, row_ptr(a.k, j) + static_cast<int64_t>(g) * d, d);
+          scores[j - j0] = sc;
+          tile_max = std::max(tile_max, sc);
+        }
+        const float m_old = st.m[s];
+        const float m_new = std::max(m_old, tile_max);
+        // exp(-inf) = 0 clears the (still zero) state on the first tile this row sees.
+        const float alpha = std::exp(m_old - m_new);
+        float* acc = st.acc + s * d;
+        if (alpha != 1.0f)
+          for (int c = 0; c < d; ++c) acc[c] *= alpha;
+        double tile_sum = 0.0;
+        for (int64_t j = j0; j < jend; ++j) {
+          const float p = std::exp(scores[j - j0] - m_new);
+          tile_sum += p;
+          const float* vv = row_ptr(a.v, j) + static_cast<int64_t>(g) * d;
+#pragma omp simd
+          for (int c = 0; c < d; ++c) acc[c] += p * vv[c];
+        }
+        st.l[s] = st.l[s] * alpha + tile_sum;
+        st.m[s] = m_new;
+      }
+    }
+  }
+}
+
+void reset_states(StateRefs st, int64_t n, int d) {
+  std::fill(st.m, st.m + n, -INFINITY);
+  std::fill(st.l, st.l + n, 0.0);
+  std::fill(st.acc, st.acc + n * d, 0.0f);
+}
+
+// Writes o = acc / l and lse = m + ln l for one (row, head); a row that saw nothing (l = 0)
+// gets o = 0 and lse = -inf.
+void write_output(float m, double l, const float* acc, int d, float* o, float* lse) {
+  if (!(l > 0.0)) {
+    std::fill(o, o + d, 0.0f);
+    *lse = -INFINITY;
+    return;
+  }
+  const double inv = 1.0 / l;
+  for (int c = 0; c < d; ++c) o[c] = static_cast<float>(acc[c] * inv);
+  *lse = static_cast<float>(static_cast<double>(m) + std::log(l));
+}
+
+class CpuBackend final : public Backend {
+ public:
+  ~CpuBackend() override {
+    // Buffers should be gone by now; free anything left so the backend never leaks.
+    for (auto& entry : live_) std::free(entry.first);
+  }
+
+  std::string name() const override { return "cpu"; }
+  DType activation_dtype() const override { return DType::f32; }
+  DType weight_dtype() const override { return DType::f32; }
+
+  Buffer alloc(int64_t rows, int64_t cols, DType dtype) override {
+    if (dtype != DType::f32)
+      throw std::invalid_argument(std::string("alloc: the cpu backend stores f32 only, asked for ") +
+                                  dtype_name(dtype) + " [" + std::to_string(rows) + " x " +
+                                  std::to_string(cols) + "]");
+    if (rows < 0 || cols < 0 || (cols > 0 && rows > INT64_MAX / 4 / cols))
+      throw std::invalid_argument("alloc: bad shape [" + std::to_string(rows) + " x " +
+                                  std::to_string(cols) + "]");
+    // Round up to the alignment (aligned_alloc requires it); an empty buffer still gets a
+    // block so that it counts as allocated.
+    size_t bytes = static_cast<size_t>(rows * cols) * sizeof(float);
+    bytes = std::max(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
+    void* p = std::aligned_alloc(kAlignment, bytes);
+    if (p == nullptr) throw std::bad_alloc();
+    std::memset(p, 0, bytes);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      live_[p] = bytes;
+    }
+    Tensor t;
+    t.data = p;
+    t.dtype = DType::f32;
+    t.rows = rows;
+    t.cols = cols;
+    t.stride = cols;
+    return Buffer(this, t);
+  }
+
+  void free_memory(Tensor t) override {
+    if (t.data == nullptr) return;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = live_.find(t.data);
+      // A pointer we did not hand out (or a double free) would corrupt the heap; refuse loudly.
+      if (it == live_.end())
+        throw std::invalid_argument("free_memory: " + shape(t) +
+                                    " was not allocated by this cpu backend (or was freed already)");
+      live_.erase(it);
+    }
+    std::free(t.data);
+  }
+
+  int64_t free_bytes() const override {
+    // MemAvailable is the kernel's own estimate of what can be allocated without swapping.
+    std::ifstream meminfo("/proc/meminfo");
+    std::string key;
+    int64_t value = 0;
+    std::string unit;
+    while (meminfo >> key >> value) {
+      std::getline(meminfo, unit);
+      if (key == "MemAvailable:") return value * 1024;
+    }
+    const long pages = sysconf(_SC_AVPHYS_PAGES);
+    const long page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0) return static_cast<int64_t>(pages) * page;
+    return int64_t{1} << 40;  // unknown: assume plenty, allocation failures will still report
+  }
+
+  void upload(const float* host, Tensor dst) override {
+    check_view("upload", "dst", dst);
+    if (dst.empty()) return;
+    if (host == nullptr) fail("upload", "null host pointer for dst " + shape(dst));
+    for (int64_t r = 0; r < dst.rows; ++r)
+      std::memcpy(row_ptr(dst, r), host + r * dst.cols, static_cast<size_t>(dst.cols) * 4);
+  }
+
+  void download(const Tensor& src, float* host) override {
+    check_view("download", "src", src);
+    if (src.empty()) return;
+    if (host == nullptr) fail("download", "null host pointer for src " + shape(src));
+    for (int64_t r = 0; r < src.rows; ++r)
+      std::memcpy(host + r * src.cols, row_ptr(src, r), static_cast<size_t>(src.cols) * 4);
+  }
+
+  // Row by row with memmove: identical views are fine; partially overlapping views are not
+  // supported.
+  void copy(const Tensor& src, Tensor dst) override {
+    check_view("copy", "src", src);
+    check_shape("copy", "dst", dst, src.rows, src.cols);
+    if (src.empty()) return;
+    for (int64_t r = 0; r < src.rows; ++r)
+      std::memmove(row_ptr(dst, r), row_ptr(src, r), static_cast<size_t>(src.cols) * 4);
+  }
+
+  void embedding(const int32_t* ids, const Tensor& table, Tensor out) override {
+    check_view("embedding", "table", table);
+    check_shape("embedding", "out", out, out.rows, table.cols);
+    if (out.rows == 0) return;
+    if (ids == nullptr) fail("embedding", "null ids for out " + shape(out));
+    // Check every id before writing anything, so a bad id leaves out untouched.
+    for (int64_t i = 0; i < out.rows; ++i)
+      if (ids[i] < 0 || ids[i] >= table.rows)
+        throw std::out_of_range("embedding: token id " + std::to_string(ids[i]) + " at position " +
+                                std::to_string(i) + " is outside the vocabulary of " +
+                                std::to_string(table.rows));
+#pragma omp parallel for schedule(static) if (out.rows * out.cols >= kParallelMin)
+    for (int64_t i = 0; i < out.rows; ++i)
+      std::memcpy(row_ptr(out, i), row_ptr(table, ids[i]), static_cast<size_t>(table.cols) * 4);
+  }
+
+  // Hugging Face Llama RMSNorm in fp32: variance = mean(x^2); h = x * rsqrt(variance + eps);
+  // y = weight * h. The sum of squares is accumulated in double (more accurate than torch's
+  // float reduction, and order-independent for practical purposes), then rounded to float.
+  void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor out) override {
+    check_view("rmsnorm", "x", x);
+    check_shape("rmsnorm", "weight", weight, 1, x.cols);
+    check_shape("rmsnorm", "out", out, x.rows, x.cols);
+    if (x.rows > 0 && x.cols == 0) fail("rmsnorm", "x " + shape(x) + " has empty rows");
+    if (!(eps >= 0.0f)) fail("rmsnorm", "eps must be >= 0, got " + std::to_string(eps));
+    const int64_t n = x.cols;
+    const float* w = row_ptr(weight, 0);
+#pragma omp parallel for schedule(static) if (x.rows * n >= kParallelMin)
+    for (int64_t r = 0; r < x.rows; ++r) {
+      const float* xr = row_ptr(x, r);
+      float* yr = row_ptr(out, r);  // may be xr itself: each element is read before written
+      double ss = 0.0;
+      for (int64_t c = 0; c < n; ++c) ss += static_cast<double>(xr[c]) * xr[c];
+      const float variance = static_cast<float>(ss / static_cast<double>(n));
+      const float inv_rms = 1.0f / std::sqrt(variance + eps);
+      for (int64_t c = 0; c < n; ++c) yr[c] = w[c] * (xr[c] * inv_rms);
+    }
+  }
+
+  void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor out) override {
+    check_view("matmul", "x", x);
+    check_view("matmul", "w", w);
+    const std::string shapes = "x " + shape(x) + " * w " + shape(w) + "^T -> out " + shape(out);
+    if (x.cols != w.cols) fail("matmul", shapes + ": inner dimensions differ");
+    check_shape("matmul", "out", out, x.rows, w.rows);
+    if (bias) check_shape("matmul", "bias", *bias, 1, w.rows);
+    if (overlaps(out, x) || overlaps(out, w)) fail("matmul", shapes + ": out overlaps an input");
+    const int64_t T = x.rows, N = w.rows, K = x.cols;
+    if (T == 0 || N == 0) return;
+    if (T > INT32_MAX || N > INT32_MAX || K > INT32_MAX || x.stride > INT32_MAX ||
+        w.stride > INT32_MAX || out.stride > INT32_MAX)
+      fail("matmul", shapes + ": too large for 32-bit BLAS");
+    // Like torch.addmm: out starts as the bias (or zero) and the product is added (beta = 1).
+    for (int64_t r = 0; r < T; ++r) {
+      float* o = row_ptr(out, r);
+      if (bias)
+        std::memcpy(o, row_ptr(*bias, 0), static_cast<size_t>(N) * 4);
+      else
+        std::fill(o, o + N, 0.0f);
+    }
+    if (K == 0) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(N),
+                static_cast<int>(K), 1.0f, static_cast<const float*>(x.data), blas_ld(x),
+                static_cast<const float*>(w.data), blas_ld(w), 1.0f, static_cast<float*>(out.data),
+                blas_ld(out));
+  }
+
+  void rope(const RopeArgs& a) override {
+    check_view("rope", "x", a.x);
+    if (a.n_heads <= 0 || a.head_dim <= 0 || a.head_dim % 2 != 0)
+      fail("rope", "needs n_heads > 0 and an even head_dim > 0, got n_heads " +
+                       std::to_string(a.n_heads) + ", head_dim " + std::to_string(a.head_dim));
+    if (a.x.cols != static_cast<int64_t>(a.n_heads) * a.head_dim)
+      fail("rope", "x " + shape(a.x) + " is not [T x " + std::to_string(a.n_heads) + " heads * " +
+                       std::to_string(a.head_dim) + "]");
+    if (a.x.rows == 0) return;
+    if (a.positions == nullptr || a.inv_freq == nullptr)
+      fail("rope", "null positions or inv_freq for x " + shape(a.x));
+    const int half = a.head_dim / 2;
+    const int threads = std::max(1, omp_get_max_threads());
+    std::vector<float> table(static_cast<size_t>(threads) * static_cast<size_t>(a.head_dim));
+#pragma omp parallel num_threads(threads) if (a.x.rows * a.x.cols >= kParallelMin)
+    {
+      // cos/sin depend on the row's position only; compute them once per row, exactly as
+      // rope_rotate does (float angle, float cos/sin), and apply them to every head.
+      float* cs = table.data() + static_cast<size_t>(omp_get_thread_num()) * a.head_dim;
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < a.x.rows; ++r) {
+        const float pos = static_cast<float>(a.positions[r]);
+        for (int i = 0; i < half; ++i) {
+          const float angle = pos * a.inv_freq[i];
+          cs[i] = std::cos(angle);
+          cs[half + i] = std::sin(angle);
+        }
+        float* xr = row_ptr(a.x, r);
+        for (int h = 0; h < a.n_heads; ++h) {
+          float* xh = xr + static_cast<int64_t>(h) * a.head_dim;
+          for (int i = 0; i < half; ++i) {
+            const float c = cs[i], s = cs[half + i];
+            const float x0 = xh[i], x1 = xh[i + half];
+            xh[i] = x0 * c - x1 * s;
+            xh[i + half] = x1 * c + x0 * s;
+          }
+        }
+      }
+    }
+  }
+
+  void attention(const AttentionArgs& a) override;
+  void merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) override;
+
+  // silu(g) * u with silu(g) = g / (1 + exp(-g)); for very negative g, exp overflows to inf and
+  // the quotient is -0, the correct limit.
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor out) override {
+    check_view("swiglu", "gate", gate);
+    check_shape("swiglu", "up", up, gate.rows, gate.cols);
+    check_shape("swiglu", "out", out, gate.rows, gate.cols);
+#pragma omp parallel for schedule(static) if (gate.rows * gate.cols >= kParallelMin)
+    for (int64_t r = 0; r < gate.rows; ++r) {
+      const float* g = row_ptr(gate, r);
+      const float* u = row_ptr(up, r);
+      float* o = row_ptr(out, r);
+      for (int64_t c = 0; c < gate.cols; ++c) o[c] = g[c] / (1.0f + std::exp(-g[c])) * u[c];
+    }
+  }
+
+  void add(Tensor x, const Tensor& y) override {
+    check_view("add", "x", x);
+    check_shape("add", "y", y, x.rows, x.cols);
+#pragma omp parallel for schedule(static) if (x.rows * x.cols >= kParallelMin)
+    for (int64_t r = 0; r < x.rows; ++r) {
+      float* xr = row_ptr(x, r);
+      const float* yr = row_ptr(y, r);
+      for (int64_t c = 0; c < x.cols; ++c) xr[c] += yr[c];
+    }
+  }
+
+  int32_t sample(const Tensor& logits_row, const SamplingParams& params, uint64_t step) override {
+    check_view("sample", "logits", logits_row);
+    if (logits_row.rows != 1 || logits_row.cols == 0)
+      fail("sample", "logits " + shape(logits_row) + " must be one non-empty row");
+    return sample_token(row_ptr(logits_row, 0), logits_row.cols, params, step);
+  }
+
+  void synchronize() override {}
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<void*, size_t> live_;  // allocation -> bytes
+};
+
+void CpuBackend::attention(const AttentionArgs& a) {
+  const char* op = "attention";
+  if (a.n_q_heads <= 0 || a.n_kv_heads <= 0 || a.head_dim <= 0 || a.n_q_heads % a.n_kv_heads != 0)
+    fail(op, "needs n_q_heads a positive multiple of n_kv_heads and head_dim > 0, got Hq " +
+                 std::to_string(a.n_q_heads) + ", Hkv " + std::to_string(a.n_kv_heads) + ", D " +
+                 std::to_string(a.head_dim));
+  AttnShape sh;
+  sh.T = a.q.rows;
+  sh.S = a.k.rows;
+  sh.hq = a.n_q_heads;
+  sh.hkv = a.n_kv_heads;
+  sh.group = a.n_q_heads / a.n_kv_heads;
+  sh.d = a.head_dim;
+  sh.scale = a.scale;
+  sh.mask = a.mask;
+  sh.offset = a.causal_offset;
+  const int64_t qdim = static_cast<int64_t>(sh.hq) * sh.d, kvdim = static_cast<int64_t>(sh.hkv) * sh.d;
+  const std::string heads = " (Hq " + std::to_string(sh.hq) + ", Hkv " + std::to_string(sh.hkv) +
+                            ", D " + std::to_string(sh.d) + ")";
+  try {
+    check_shape(op, "q", a.q, sh.T, qdim);
+    check_shape(op, "k", a.k, sh.S, kvdim);
+    check_shape(op, "v", a.v, sh.S, kvdim);
+    check_shape(op, "o", a.o, sh.T, qdim);
+    check_shape(op, "lse", a.lse, sh.T, sh.hq);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(e.what() + heads);
+  }
+  // o may be q itself (each work item reads its own q rows/heads before writing them), but must
+  // not share memory with k, v or lse.
+  if (overlaps(a.o, a.k) || overlaps(a.o, a.v) || overlaps(a.lse, a.o))
+    fail(op, "o " + shape(a.o) + " or lse overlaps k, v or o");
+  if (sh.T == 0) return;
+
+  // Work items: (KV head, tile of query rows, key split). Splitting the keys keeps every thread
+  // busy when there are few query rows (decoding against a long context); the splits are then
+  // merged exactly like shard partials.
+  const int threads = std::max(1, omp_get_max_threads());
+  const int64_t row_tiles = (sh.T + kRowTile - 1) / kRowTile;
+  const int64_t base_items = row_tiles * sh.hkv;
+  int64_t splits = 1;
+  if (base_items < 2 * threads && sh.S >= 2 * kMinSplitKeys)
+    splits = std::min((2 * threads + base_items - 1) / base_items, sh.S / kMinSplitKeys);
+  const int64_t items = base_items * splits;
+  const int64_t tile_states = kRowTile * sh.group;
+
+  // Per-thread scratch allocated up front (no allocation inside the parallel region).
+  std::vector<float> t_m(static_cast<size_t>(threads * tile_states));
+  std::vector<double> t_l(t_m.size());
+  std::vector<float> t_acc(t_m.size() * static_cast<size_t>(sh.d));
+  std::vector<float> t_scores(static_cast<size_t>(threads * kKeyTile));
+  // Split states, indexed ((split * T + row) * Hq + head); only used when splits > 1.
+  const size_t n_split_states = splits > 1 ? static_cast<size_t>(splits * sh.T * sh.hq) : 0;
+  std::vector<float> s_m(n_split_states);
+  std::vector<double> s_l(n_split_states);
+  std::vector<float> s_acc(n_split_states * static_cast<size_t>(sh.d));
+
+#pragma omp parallel num_threads(threads)
+  {
+    const int tid = omp_get_thread_num();
+    StateRefs st{t_m.data() + tid * tile_states, t_l.data() + tid * tile_states,
+                 t_acc.data() + tid * tile_states * sh.d};
+    float* scores = t_scores.data() + tid * kKeyTile;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const int g = static_cast<int>(item % sh.hkv);
+      const int64_t tile = (item / sh.hkv) % row_tiles;
+      const int64_t split = item / base_items;
+      const int64_t i0 = tile * kRowTile, i1 = std::min(sh.T, i0 + kRowTile);
+      // Rows see a prefix of the keys that grows with the row, so the last row bounds the tile.
+      const int64_t key_end = visible_keys(sh, i1 - 1);
+      const int64_t kb = key_end * split / splits, ke = key_end * (split + 1) / splits;
+      const int64_t n_states = (i1 - i0) * sh.group;
+      reset_states(st, n_states, sh.d);
+      attend_block(a, sh, g, i0, i1, kb, ke, st, scores);
+      for (int64_t i = i0; i < i1; ++i) {
+        for (int qh = 0; qh < sh.group; ++qh) {
+          const int h = g * sh.group + qh;
+          const int64_t s = (i - i0) * sh.group + qh;
+          if (splits == 1) {
+            write_output(st.m[s], st.l[s], st.acc + s * sh.d, sh.d,
+                         row_ptr(a.o, i) + static_cast<int64_t>(h) * sh.d, row_ptr(a.lse, i) + h);
+          } else {
+            const size_t gs = static_cast<size_t>((split * sh.T + i) * sh.hq + h);
+            s_m[gs] = st.m[s];
+            s_l[gs] = st.l[s];
+            std::copy(st.acc + s * sh.d, st.acc + (s + 1) * sh.d, s_acc.data() + gs * sh.d);
+          }
+        }
+      }
+    }
+  }
+  if (splits == 1) return;
+
+  // Combine the key splits: rescale each to the common max (empty splits have m = -inf, l = 0).
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t rh = 0; rh < sh.T * sh.hq; ++rh) {
+    const int64_t i = rh / sh.hq;
+    const int h = static_cast<int>(rh % sh.hq);
+    float m = -INFINITY;
+    for (int64_t sp = 0; sp < splits; ++sp) m = std::max(m, s_m[static_cast<size_t>(sp * sh.T * sh.hq + rh)]);
+    float* o = row_ptr(a.o, i) + static_cast<int64_t>(h) * sh.d;
+    float* lse = row_ptr(a.lse, i) + h;
+    if (m == -INFINITY) {
+      write_output(m, 0.0, nullptr, sh.d, o, lse);
+      continue;
+    }
+    double l = 0.0;
+    std::fill(o, o + sh.d, 0.0f);  // accumulate the rescaled numerator in o itself
+    for (int64_t sp = 0; sp < splits; ++sp) {
+      const size_t gs = static_cast<size_t>(sp * sh.T * sh.hq + rh);
+      if (!(s_l[gs] > 0.0)) continue;
+      const float w = std::exp(s_m[gs] - m);
+      l += s_l[gs] * w;
+      const float* acc = s_acc.data() + gs * sh.d;
+      for (int c = 0; c < sh.d; ++c) o[c] += w * acc[c];
+    }
+    write_output(m, l, o, sh.d, o, lse);
+  }
+}
+
+// The exact merge of DESIGN.md 1. Weights and sums are formed in double, so the result is
+// independent of the order of the partials up to the final rounding to float. o and lse may be
+// the very views of one partial (every element is read before it is written).
+void CpuBackend::merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) {
+  const char* op = "merge_partials";
+  check_view(op, "o", o);
+  check_shape(op, "lse", lse, o.rows, lse.cols);
+  const int64_t T = o.rows, hq = lse.cols;
+  if (hq == 0 ? o.cols != 0 : o.cols % hq != 0)
+    fail(op, "o " + shape(o) + " is not [T x heads * D] for lse " + shape(lse));
+  const int64_t d = hq == 0 ? 0 : o.cols / hq;
+  for (size_t r = 0; r < parts.size(); ++r) {
+    const std::string which = " of partial " + std::to_string(r) + " of " + std::to_string(parts.size());
+    const Tensor& po = parts[r].o;
+    const Tensor& pl = parts[r].lse;
+    check_view(op, "o", po);
+    check_view(op, "lse", pl);
+    if (po.rows != T || po.cols != o.cols || pl.rows != T || pl.cols != hq)
+      fail(op, "o " + shape(po) + " / lse " + shape(pl) + which + " do not match out o " +
+                   shape(o) + " / lse " + shape(lse));
+  }
+  if (T == 0 || hq == 0) return;
+  const size_t n = parts.size();
+  const int threads = std::max(1, omp_get_max_threads());
+  std::vector<double> weights(static_cast<size_t>(threads) * std::max<size_t>(n, 1));
+
+#pragma omp parallel num_threads(threads) if (T * o.cols * static_cast<int64_t>(n) >= kParallelMin)
+  {
+    double* w = weights.data() + static_cast<size_t>(omp_get_thread_num()) * std::max<size_t>(n, 1);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < T; ++i) {
+      for (int64_t h = 0; h < hq; ++h) {
+        float* out = row_ptr(o, i) + h * d;
+        double m = -INFINITY;
+        for (size_t r = 0; r < n; ++r) m = std::max(m, static_cast<double>(row_ptr(parts[r].lse, i)[h]));
+        if (m == -INFINITY) {  // no partial saw a key (or there are no partials)
+          std::fill(out, out + d, 0.0f);
+          row_ptr(lse, i)[h] = -INFINITY;
+          continue;
+        }
+        double z = 0.0;
+        for (size_t r = 0; r < n; ++r) {
+          w[r] = std::exp(static_cast<double>(row_ptr(parts[r].lse, i)[h]) - m);
+          z += w[r];
+        }
+        for (size_t r = 0; r < n; ++r) w[r] /= z;
+        for (int64_t c = 0; c < d; ++c) {
+          double acc = 0.0;
+          for (size_t r = 0; r < n; ++r)
+            if (w[r] != 0.0) acc += w[r] * row_ptr(parts[r].o, i)[h * d + c];
+          out[c] = static_cast<float>(acc);
+        }
+        row_ptr(lse, i)[h] = static_cast<float>(m + std::log(z));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) {
+  if (threads > 0) {
+    openblas_set_num_threads(threads);
+    omp_set_num_threads(threads);
+  }
+  return std::make_unique<CpuBackend>();
+}
+
+}  // namespace starattn

@@ -1,0 +1,164 @@
+#include "runtime/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+
+#include "runtime/block_plan.h"
+#include "runtime/star_attention.h"
+#include "runtime/transformer.h"
+#include "runtime/weight_source.h"
+
+namespace starattn {
+
+AttentionMode parse_mode(const std::string& name) {
+  if (name == "star") return AttentionMode::star;
+  if (name == "full") return AttentionMode::full;
+  throw std::invalid_argument("unknown attention mode '" + name + "' (expected star or full)");
+}
+
+const char* mode_name(AttentionMode mode) { return mode == AttentionMode::star ? "star" : "full"; }
+
+struct Engine::Impl {
+  EngineOptions options;
+  std::unique_ptr<Backend> backend;
+  LoadedModel loaded;
+  std::unique_ptr<Transformer> model;
+  ByteTokenizer byte_tokenizer;
+};
+
+Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
+  if (options.workers < 1)
+    throw std::invalid_argument("workers must be at least 1, got " +
+                                std::to_string(options.workers));
+  impl_->options = options;
+  impl_->backend = make_backend(options.device, options.gpu, options.threads);
+  impl_->loaded = open_model(options.model);
+  impl_->model = std::make_unique<Transformer>(impl_->loaded.config, *impl_->loaded.weights,
+                                               *impl_->backend);
+}
+
+Engine::~Engine() = default;
+
+const ModelConfig& Engine::config() const { return impl_->model->config(); }
+const Tokenizer& Engine::tokenizer() const { return impl_->byte_tokenizer; }
+Backend& Engine::backend() { return *impl_->backend; }
+
+int64_t Engine::kv_capacity_tokens() const {
+  const Backend& be = *impl_->backend;
+  const int64_t per_token = config().kv_bytes_per_token(dtype_size(be.activation_dtype()));
+  return static_cast<int64_t>(static_cast<double>(be.free_bytes()) *
+                              impl_->options.kv_memory_fraction) /
+         per_token;
+}
+
+namespace {
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+GenerateStats Engine::generate(const GenerateRequest& req, const TokenCallback& on_token,
+                               bool want_logits) {
+  using clock = std::chrono::steady_clock;
+  const Transformer& model = *impl_->model;
+  Backend& be = *impl_->backend;
+  const ModelConfig& cfg = model.config();
+  if (req.query.empty()) throw std::invalid_argument("the query is empty: it needs at least one token");
+  if (req.max_tokens < 0) throw std::invalid_argument("max_tokens must not be negative");
+  for (const auto* ids : {&req.context, &req.query})
+    for (int32_t id : *ids)
+      if (id < 0 || id >= cfg.vocab_size)
+        throw std::invalid_argument("token id " + std::to_string(id) +
+                                    " is outside the vocabulary (size " +
+                                    std::to_string(cfg.vocab_size) + ")");
+
+  GenerateStats stats;
+  const int64_t C = static_cast<int64_t>(req.context.size());
+  stats.context_tokens = C;
+  stats.query_tokens = static_cast<int64_t>(req.query.size());
+  int workers = impl_->options.workers;
+  int64_t b, a;
+  if (req.mode == AttentionMode::full) {
+    // The baseline: one block covering the whole context on one worker, no anchor.
+    b = std::max<int64_t>(C, 1);
+    a = 0;
+    workers = 1;
+  } else {
+    b = req.block_size > 0 ? req.block_size : std::max<int64_t>(1, (C + workers - 1) / workers);
+    a = req.anchor_size > 0 ? req.anchor_size : b;
+    check_block_sizes(b, a);
+    if (!req.use_anchor) a = 0;
+  }
+  stats.block_size = b;
+  stats.anchor_size = a;
+  const std::vector<BlockSpec> blocks = split_blocks(C, b);
+  stats.blocks = static_cast<int>(blocks.size());
+
+  // In-process workers share one backend's memory; each also needs a scratch of a + b rows.
+  const int64_t total = kv_capacity_tokens();
+  const int64_t scratch = std::min<int64_t>(a, C) + std::min<int64_t>(b, C);
+  const int64_t query_need = stats.query_tokens + req.max_tokens;
+  const int64_t per_worker = (total - query_need) / workers - scratch;
+  if (per_worker <= 0 && C > 0)
+    throw std::length_error("context of " + std::to_string(C) +
+                            " tokens does not fit: no KV memory left after the query (" +
+                            std::to_string(total) + " tokens of KV in all)");
+  const auto runs = assign_blocks(blocks, std::vector<int64_t>(workers, per_worker));
+
+  const auto t0 = clock::now();
+  const std::vector<int32_t> anchor(req.context.begin(),
+                                    req.context.begin() + std::min<int64_t>(a, C));
+  std::vector<std::unique_ptr<ContextShard>> shards;
+  std::vector<ContextShard*> shard_ptrs;
+  for (const auto& run : runs) {
+    if (run.empty()) continue;
+    int64_t n = 0;
+    std::vector<std::vector<int32_t>> toks;
+    for (const BlockSpec& blk : run) {
+      n += blk.length;
+      toks.emplace_back(req.context.begin() + blk.start,
+                        req.context.begin() + blk.start + blk.length);
+    }
+    shards.push_back(std::make_unique<ContextShard>(model, n));
+    shards.back()->encode(anchor, run, toks);
+    shard_ptrs.push_back(shards.back().get());
+  }
+  be.synchronize();
+  stats.phase1_ms = ms_since(t0);
+  stats.workers_used = static_cast<int>(shards.size());
+
+  LocalShards local(shard_ptrs);
+  QuerySession session(model, local, C, query_need);
+  std::vector<int32_t> stop = req.stop_ids.empty() ? cfg.eos_token_ids : req.stop_ids;
+  if (req.ignore_eos) stop.clear();
+  std::vector<float> host_logits(want_logits ? static_cast<size_t>(cfg.vocab_size) : 0);
+
+  const auto t1 = clock::now();
+  auto t_decode = t1;
+  stats.finish_reason = "length";
+  session.feed(req.query);
+  for (int step = 0; step < req.max_tokens; ++step) {
+    const int32_t token = be.sample(session.logits(), req.sampling, static_cast<uint64_t>(step));
+    if (want_logits) be.download(session.logits(), host_logits.data());
+    if (step == 0) {
+      stats.first_token_ms = ms_since(t1);
+      t_decode = clock::now();
+    }
+    if (std::find(stop.begin(), stop.end(), token) != stop.end()) {
+      stats.finish_reason = "stop";
+      break;
+    }
+    ++stats.generated;
+    if (!on_token(token, want_logits ? host_logits.data() : nullptr)) {
+      stats.finish_reason = "cancelled";
+      break;
+    }
+    if (step + 1 < req.max_tokens) session.feed({token});
+  }
+  be.synchronize();
+  if (stats.generated > 0) stats.decode_ms = ms_since(t_decode);
+  return stats;
+}
+
+}  // namespace starattn

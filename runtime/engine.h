@@ -1,0 +1,84 @@
+// The public C++ API: one Engine object owns a model on a backend and runs Star Attention
+// requests, yielding tokens as they are generated.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/backend.h"
+#include "runtime/model_config.h"
+#include "runtime/tokenizer.h"
+
+namespace starattn {
+
+enum class AttentionMode { star, full };
+AttentionMode parse_mode(const std::string& name);
+const char* mode_name(AttentionMode mode);
+
+struct EngineOptions {
+  std::string model;           // Hugging Face directory
+  std::string device = "cpu";  // backend name
+  int gpu = 0;                 // device index for gpu backends
+  int workers = 1;             // in-process context workers
+  int threads = 0;             // cpu threads (0 = all)
+  // Fraction of the backend's free memory the KV caches of one request may take.
+  double kv_memory_fraction = 0.8;
+};
+
+struct GenerateRequest {
+  std::vector<int32_t> context;
+  std::vector<int32_t> query;
+  AttentionMode mode = AttentionMode::star;
+  int64_t block_size = 0;   // 0: ceil(context / workers)
+  int64_t anchor_size = 0;  // 0: the block size (a = b)
+  bool use_anchor = true;   // false: the no-anchor ablation (blocks encoded alone)
+  int max_tokens = 64;
+  SamplingParams sampling;
+  std::vector<int32_t> stop_ids;  // empty: the model's EOS ids
+  bool ignore_eos = false;        // generate exactly max_tokens (comparisons, benchmarks)
+};
+
+struct GenerateStats {
+  int64_t context_tokens = 0;
+  int64_t query_tokens = 0;
+  int64_t block_size = 0;
+  int64_t anchor_size = 0;
+  int blocks = 0;
+  int workers_used = 0;
+  int generated = 0;
+  double phase1_ms = 0;       // context encoding
+  double first_token_ms = 0;  // query prefill + first sample, after phase 1
+  double decode_ms = 0;       // all later steps
+  std::string finish_reason;  // "length", "stop" or "cancelled"
+};
+
+// Called for each generated token (stop tokens are not passed). `logits` is the host copy of
+// the distribution it was drawn from when the request asked for logits, else null. Return false
+// to cancel the request.
+using TokenCallback = std::function<bool(int32_t token, const float* logits)>;
+
+class Engine {
+ public:
+  explicit Engine(const EngineOptions& options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  GenerateStats generate(const GenerateRequest& request, const TokenCallback& on_token,
+                         bool want_logits = false);
+
+  const ModelConfig& config() const;
+  const Tokenizer& tokenizer() const;
+  Backend& backend();
+  // Tokens of KV the in-process context workers can hold for one request, in all.
+  int64_t kv_capacity_tokens() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace starattn

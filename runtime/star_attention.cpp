@@ -1,0 +1,195 @@
+#include "runtime/star_attention.h"
+
+#include <algorithm>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+namespace starattn {
+namespace {
+
+// Causal attention of new tokens over a cache that already holds `cache.size()` earlier tokens
+// (a cached prefix: the anchor in phase 1, earlier query tokens in phase 2). Writes the new K/V
+// into the cache at rows [size, size + T); the caller commits them after the forward.
+void causal_over_cache(Backend& be, const ModelConfig& c, KvCache& cache, int layer,
+                       const Tensor& q, const Tensor& k, const Tensor& v, Tensor o, Tensor lse) {
+  cache.write(layer, k, v);
+  if (q.empty()) return;
+  const int64_t base = cache.size();
+  AttentionArgs a;
+  a.q = q;
+  a.k = cache.keys(layer, 0, base + k.rows);
+  a.v = cache.values(layer, 0, base + k.rows);
+  a.o = o;
+  a.lse = lse;
+  a.n_q_heads = c.num_heads;
+  a.n_kv_heads = c.num_kv_heads;
+  a.head_dim = c.head_dim;
+  a.scale = c.attention_scale();
+  a.mask = MaskKind::causal;
+  a.causal_offset = base;
+  be.attention(a);
+}
+
+// Phase 1 hook: [prefix ; new tokens], causal.
+class EncodeHook : public AttentionHook {
+ public:
+  EncodeHook(const Transformer& model, KvCache& cache, Tensor lse)
+      : model_(model), cache_(cache), lse_(lse) {}
+  void attend(int layer, const Tensor& q, const Tensor& k, const Tensor& v, Tensor out) override {
+    causal_over_cache(model_.backend(), model_.config(), cache_, layer, q, k, v, out,
+                      q.empty() ? Tensor{} : lse_.slice_rows(0, q.rows));
+  }
+
+ private:
+  const Transformer& model_;
+  KvCache& cache_;
+  Tensor lse_;
+};
+
+std::vector<int32_t> iota_positions(int64_t first, int64_t n) {
+  std::vector<int32_t> p(static_cast<size_t>(n));
+  std::iota(p.begin(), p.end(), static_cast<int32_t>(first));
+  return p;
+}
+
+}  // namespace
+
+ContextShard::ContextShard(const Transformer& model, int64_t capacity_tokens)
+    : model_(model), cache_(model.backend(), model.config(), capacity_tokens),
+      ws_(model.backend()) {}
+
+void ContextShard::encode(const std::vector<int32_t>& anchor, const std::vector<BlockSpec>& blocks,
+                          const std::vector<std::vector<int32_t>>& block_tokens) {
+  if (blocks.size() != block_tokens.size())
+    throw std::invalid_argument("ContextShard::encode: " + std::to_string(blocks.size()) +
+                                " blocks but " + std::to_string(block_tokens.size()) +
+                                " token lists");
+  if (blocks.empty()) return;
+  const int64_t a = static_cast<int64_t>(anchor.size());
+  int64_t longest = 0;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (static_cast<int64_t>(block_tokens[i].size()) != blocks[i].length)
+      throw std::invalid_argument("block " + std::to_string(blocks[i].index) + " has " +
+                                  std::to_string(block_tokens[i].size()) +
+                                  " tokens, its span says " + std::to_string(blocks[i].length));
+    if (blocks[i].length < 1) throw std::invalid_argument("empty block");
+    longest = std::max(longest, blocks[i].length);
+  }
+  Backend& be = model_.backend();
+  const ModelConfig& c = model_.config();
+  // Scratch cache: the anchor prefix followed by the block being encoded.
+  KvCache scratch(be, c, a + longest);
+  Buffer lse = be.alloc(longest + a, c.num_heads, DType::f32);
+  EncodeHook hook(model_, scratch, lse.view());
+  ForwardOptions kv_only;
+  kv_only.kv_only = true;
+  bool have_anchor = false;
+
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const BlockSpec& blk = blocks[i];
+    const std::vector<int32_t>& toks = block_tokens[i];
+    if (blk.start == 0) {
+      // Block 0: alone, plain causal at its global positions. Under a causal mask its first a
+      // rows are exactly the anchor's K/V, so they become the prefix for later blocks.
+      scratch.truncate(0);
+      const auto pos = iota_positions(0, blk.length);
+      model_.forward(toks.data(), pos.data(), blk.length, hook, ws_, kv_only);
+      scratch.commit(blk.length);
+      cache_.append_from(scratch, 0, blk.length);
+      if (a > 0 && a <= blk.length &&
+          std::equal(anchor.begin(), anchor.end(), toks.begin())) {
+        scratch.truncate(a);
+        have_anchor = true;
+      }
+      continue;
+    }
+    if (a > 0 && !have_anchor) {
+      scratch.truncate(0);
+      const auto pos = iota_positions(0, a);
+      model_.forward(anchor.data(), pos.data(), a, hook, ws_, kv_only);
+      scratch.commit(a);
+      have_anchor = true;
+    }
+    scratch.truncate(a > 0 ? a : 0);
+    const auto pos = iota_positions(blk.start, blk.length);
+    model_.forward(toks.data(), pos.data(), blk.length, hook, ws_, kv_only);
+    scratch.commit(blk.length);
+    cache_.append_from(scratch, a, blk.length);
+  }
+}
+
+Partial ContextShard::attend(int layer, const Tensor& q) {
+  Backend& be = model_.backend();
+  const ModelConfig& c = model_.config();
+  if (!out_o_.allocated() || out_o_.view().rows < q.rows) {
+    out_o_ = be.alloc(q.rows, c.q_dim(), be.activation_dtype());
+    out_lse_ = be.alloc(q.rows, c.num_heads, DType::f32);
+  }
+  AttentionArgs a;
+  a.q = q;
+  a.k = cache_.keys(layer);
+  a.v = cache_.values(layer);
+  a.o = out_o_.rows(0, q.rows);
+  a.lse = out_lse_.rows(0, q.rows);
+  a.n_q_heads = c.num_heads;
+  a.n_kv_heads = c.num_kv_heads;
+  a.head_dim = c.head_dim;
+  a.scale = c.attention_scale();
+  a.mask = MaskKind::none;
+  be.attention(a);
+  return {a.o, a.lse};
+}
+
+void LocalShards::attend(int layer, const Tensor& q, std::vector<Partial>& out) {
+  for (ContextShard* s : shards_)
+    if (s->tokens() > 0) out.push_back(s->attend(layer, q));
+}
+
+// Phase 2 hook: own causal (O, lse) over query/generated K/V, merged with every shard's.
+class QuerySession::Hook : public AttentionHook {
+ public:
+  explicit Hook(QuerySession& s) : s_(s) {}
+  void attend(int layer, const Tensor& q, const Tensor& k, const Tensor& v, Tensor out) override {
+    Backend& be = s_.model_.backend();
+    const ModelConfig& c = s_.model_.config();
+    const int64_t T = q.rows;
+    if (!own_o_.allocated() || own_o_.view().rows < T) {
+      own_o_ = be.alloc(T, c.q_dim(), be.activation_dtype());
+      own_lse_ = be.alloc(T, c.num_heads, DType::f32);
+      merged_lse_ = be.alloc(T, c.num_heads, DType::f32);
+    }
+    parts_.clear();
+    parts_.push_back({own_o_.rows(0, T), own_lse_.rows(0, T)});
+    causal_over_cache(be, c, s_.cache_, layer, q, k, v, parts_[0].o, parts_[0].lse);
+    s_.shards_.attend(layer, q, parts_);
+    be.merge_partials(parts_, out, merged_lse_.rows(0, T));
+  }
+
+ private:
+  QuerySession& s_;
+  Buffer own_o_, own_lse_, merged_lse_;
+  std::vector<Partial> parts_;
+};
+
+QuerySession::QuerySession(const Transformer& model, ContextShards& shards, int64_t context_len,
+                           int64_t capacity)
+    : model_(model), shards_(shards), context_len_(context_len),
+      cache_(model.backend(), model.config(), capacity), ws_(model.backend()),
+      hook_(std::make_unique<Hook>(*this)) {}
+
+QuerySession::~QuerySession() = default;
+
+void QuerySession::feed(const std::vector<int32_t>& ids) {
+  const int64_t n = static_cast<int64_t>(ids.size());
+  if (n == 0) throw std::invalid_argument("QuerySession::feed: no tokens");
+  if (cache_.size() + n > cache_.capacity())
+    throw std::length_error("query session full: " + std::to_string(cache_.size() + n) +
+                            " tokens exceed its capacity of " +
+                            std::to_string(cache_.capacity()));
+  const auto pos = iota_positions(next_position(), n);
+  model_.forward(ids.data(), pos.data(), n, *hook_, ws_, ForwardOptions{});
+  cache_.commit(n);
+}
+
+}  // namespace starattn

@@ -1,0 +1,90 @@
+// The two phases of Star Attention (DESIGN.md section 1), independent of where they run.
+//
+// ContextShard is what a context-block worker does: phase 1 encodes its blocks, each behind the
+// anchor, and keeps only the blocks' own K/V; in phase 2 it answers attention requests for
+// query rows with (O, lse) over everything it holds. QuerySession is what the query worker does:
+// it owns the K/V of the query and generated tokens and merges its own (O, lse) with the
+// shards'. ContextShards abstracts how the query side reaches the shards (in-process calls now,
+// the network in the distributed runtime).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "runtime/backend.h"
+#include "runtime/block_plan.h"
+#include "runtime/kv_cache.h"
+#include "runtime/transformer.h"
+
+namespace starattn {
+
+class ContextShard {
+ public:
+  // capacity_tokens: K/V rows this shard may keep (the tokens of its blocks).
+  ContextShard(const Transformer& model, int64_t capacity_tokens);
+
+  // Phase 1. `anchor` holds c[0..a) (empty: blocks are encoded alone, as in full mode or the
+  // no-anchor ablation); blocks[i] covers context positions [start, start + length) and
+  // block_tokens[i] are its tokens. Block 0 is encoded alone at its global positions; every other
+  // block as [anchor ; block] with positions [0..a-1 ; start..], causal. The anchor's K/V is
+  // computed once and reused for every block (or taken from block 0 when this shard holds it).
+  void encode(const std::vector<int32_t>& anchor, const std::vector<BlockSpec>& blocks,
+              const std::vector<std::vector<int32_t>>& block_tokens);
+
+  // Phase 2: attention of q [T, Hq*D] (on this backend) over all keys held, no mask. The
+  // returned views stay valid until the next attend().
+  Partial attend(int layer, const Tensor& q);
+
+  int64_t tokens() const { return cache_.size(); }
+  const KvCache& cache() const { return cache_; }
+
+ private:
+  const Transformer& model_;
+  KvCache cache_;
+  Workspace ws_;
+  Buffer out_o_, out_lse_;
+};
+
+// The query side's view of the context shards of one request.
+class ContextShards {
+ public:
+  virtual ~ContextShards() = default;
+  // Appends to `out` one (O, lse) partial per shard for q [T, Hq*D] of this layer.
+  virtual void attend(int layer, const Tensor& q, std::vector<Partial>& out) = 0;
+};
+
+// Shards living in this process, called directly.
+class LocalShards : public ContextShards {
+ public:
+  explicit LocalShards(std::vector<ContextShard*> shards) : shards_(std::move(shards)) {}
+  void attend(int layer, const Tensor& q, std::vector<Partial>& out) override;
+
+ private:
+  std::vector<ContextShard*> shards_;
+};
+
+class QuerySession {
+ public:
+  // context_len: positions of the query start there; capacity: query + generated tokens.
+  QuerySession(const Transformer& model, ContextShards& shards, int64_t context_len,
+               int64_t capacity);
+  ~QuerySession();
+
+  // Runs the next tokens (the query, then one generated token per step) through the model;
+  // afterwards logits() holds the next-token logits [1, vocab] (f32, on the backend).
+  void feed(const std::vector<int32_t>& ids);
+  const Tensor& logits() const { return ws_.logits.view(); }
+  int64_t next_position() const { return context_len_ + cache_.size(); }
+
+ private:
+  class Hook;
+  const Transformer& model_;
+  ContextShards& shards_;
+  int64_t context_len_;
+  KvCache cache_;
+  Workspace ws_;
+  std::unique_ptr<Hook> hook_;
+};
+
+}  // namespace starattn

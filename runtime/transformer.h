@@ -1,0 +1,78 @@
+// The Llama-family decoder (Llama 2/3, Mistral, Qwen2) expressed in backend ops.
+//
+// The transformer does not know which keys a token attends to: each layer hands its new
+// queries/keys/values to an AttentionHook, which is where phase 1 (anchor + block, causal),
+// phase 2 (query shard merged with context shards) and full attention differ.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "runtime/backend.h"
+#include "runtime/model_config.h"
+#include "runtime/weight_source.h"
+
+namespace starattn {
+
+class AttentionHook {
+ public:
+  virtual ~AttentionHook() = default;
+  // q: [T, Hq*D], k/v: [T, Hkv*D] for the T new tokens (RoPE applied). Writes out: [T, Hq*D].
+  // When the forward only needs this layer's keys and values (kv_only), q and out are empty.
+  virtual void attend(int layer, const Tensor& q, const Tensor& k, const Tensor& v, Tensor out) = 0;
+};
+
+// Reusable activation buffers for one caller (a shard or a query session); grows on demand.
+class Workspace {
+ public:
+  explicit Workspace(Backend& backend) : backend_(backend) {}
+  // Makes sure every buffer holds at least `rows` rows for this config.
+  void reserve(const ModelConfig& config, int64_t rows);
+  int64_t capacity() const { return rows_; }
+
+  Buffer x, xn, q, k, v, attn, proj, gate, up, act, logits;
+
+ private:
+  Backend& backend_;
+  int64_t rows_ = 0;
+};
+
+struct ForwardOptions {
+  // Phase 1 keeps only K/V: the last layer stops after its keys and values, and no logits.
+  bool kv_only = false;
+  // Compute the logits of the last row into workspace.logits ([1, vocab], f32).
+  bool logits = true;
+};
+
+class Transformer {
+ public:
+  // Loads every tensor from `weights` into backend memory (converted to the backend's dtype).
+  Transformer(const ModelConfig& config, const WeightSource& weights, Backend& backend);
+
+  const ModelConfig& config() const { return config_; }
+  Backend& backend() const { return backend_; }
+  const std::vector<float>& inv_freq() const { return inv_freq_; }
+
+  // Runs the model over n tokens with explicit position ids.
+  void forward(const int32_t* ids, const int32_t* positions, int64_t n, AttentionHook& hook,
+               Workspace& ws, const ForwardOptions& options) const;
+
+  // Total bytes of weights held on the backend.
+  int64_t weight_bytes() const { return weight_bytes_; }
+
+ private:
+  struct Layer {
+    Buffer attn_norm, wq, wk, wv, bq, bk, bv, wo, bo, mlp_norm, w_gate, w_up, w_down;
+    Buffer b_gate, b_up, b_down;  // only with mlp_bias
+  };
+  Buffer load(const WeightSource& weights, const std::string& name, int64_t rows, int64_t cols);
+
+  ModelConfig config_;
+  Backend& backend_;
+  std::vector<float> inv_freq_;
+  Buffer embed_, final_norm_, lm_head_;
+  std::vector<Layer> layers_;
+  int64_t weight_bytes_ = 0;
+};
+
+}  // namespace starattn

@@ -1,0 +1,70 @@
+#include "tests/support/test_models.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <stdexcept>
+
+#include "runtime/random_model.h"
+
+namespace starattn::testing {
+
+TempDir::TempDir() {
+  std::string tmpl = (std::filesystem::temp_directory_path() / "starattn-test-XXXXXX").string();
+  if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+ModelConfig test_config(bool bias_and_scaling) {
+  ModelConfig c = preset_config("tiny");
+  if (bias_and_scaling) {
+    // Hugging Face Llama's attention_bias puts a bias on q, k, v and o; add MLP biases too.
+    c.attention_bias = true;
+    c.o_proj_bias = true;
+    c.mlp_bias = true;
+    c.tie_word_embeddings = false;
+    c.rope_scaling.type = "llama3";
+    c.rope_scaling.factor = 8;
+    c.rope_scaling.low_freq_factor = 1;
+    c.rope_scaling.high_freq_factor = 4;
+    c.rope_scaling.original_max_position_embeddings = 64;
+    c.rope_theta = 500000;
+  }
+  return c;
+}
+
+std::vector<int32_t> random_tokens(std::mt19937_64& rng, int64_t n, int32_t vocab) {
+  std::uniform_int_distribution<int32_t> d(0, vocab - 1);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = d(rng);
+  return t;
+}
+
+double max_abs_diff(const float* a, const double* b, size_t n) {
+  double m = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double d = std::fabs(double(a[i]) - b[i]);
+    if (std::isnan(d)) return INFINITY;
+    m = std::max(m, d);
+  }
+  return m;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return INFINITY;
+  std::vector<double> bd(b.begin(), b.end());
+  return max_abs_diff(a.data(), bd.data(), a.size());
+}
+
+double max_abs(const std::vector<double>& a) {
+  double m = 0;
+  for (double x : a) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+}  // namespace starattn::testing

@@ -1,0 +1,38 @@
+// Shared fixtures: random models in memory and on disk, temporary directories, comparisons.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "runtime/memory_weights.h"
+#include "runtime/model_config.h"
+
+namespace starattn::testing {
+
+// A fresh directory under the system temp dir, removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// The "tiny" preset, optionally with Qwen2-style QKV bias, llama3 RoPE scaling and untied head.
+ModelConfig test_config(bool bias_and_scaling = false);
+
+std::vector<int32_t> random_tokens(std::mt19937_64& rng, int64_t n, int32_t vocab);
+
+// max |a - b| over equal-length arrays (any NaN counts as infinite).
+double max_abs_diff(const float* a, const double* b, size_t n);
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b);
+double max_abs(const std::vector<double>& a);
+
+}  // namespace starattn::testing

@@ -1,0 +1,90 @@
+// Splitting a context into blocks and placing contiguous runs of blocks on workers.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "runtime/block_plan.h"
+
+namespace starattn {
+namespace {
+
+TEST(SplitBlocks, CoversTheContextWithoutPadding) {
+  std::mt19937_64 rng(3);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t C = std::uniform_int_distribution<int64_t>(0, 5000)(rng);
+    const int64_t b = std::uniform_int_distribution<int64_t>(1, 700)(rng);
+    const auto blocks = split_blocks(C, b);
+    ASSERT_EQ(static_cast<int64_t>(blocks.size()), (C + b - 1) / b);
+    int64_t next = 0;
+    for (size_t k = 0; k < blocks.size(); ++k) {
+      EXPECT_EQ(blocks[k].index, static_cast<int>(k));
+      EXPECT_EQ(blocks[k].start, next);
+      EXPECT_GE(blocks[k].length, 1);
+      EXPECT_LE(blocks[k].length, b);
+      if (k + 1 < blocks.size()) {
+        EXPECT_EQ(blocks[k].length, b);
+      }
+      next += blocks[k].length;
+    }
+    EXPECT_EQ(next, C);
+  }
+}
+
+TEST(SplitBlocks, RejectsImpossibleSizes) {
+  EXPECT_THROW(split_blocks(10, 0), std::invalid_argument);
+  EXPECT_THROW(check_block_sizes(8, 9), std::invalid_argument);
+  EXPECT_THROW(check_block_sizes(8, 0), std::invalid_argument);
+  EXPECT_THROW(check_block_sizes(0, 0), std::invalid_argument);
+  EXPECT_NO_THROW(check_block_sizes(8, 8));
+  EXPECT_NO_THROW(check_block_sizes(8, 1));
+}
+
+TEST(AssignBlocks, ContiguousRunsBalancedByCapacity) {
+  std::mt19937_64 rng(5);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t C = std::uniform_int_distribution<int64_t>(1, 4000)(rng);
+    const int64_t b = std::uniform_int_distribution<int64_t>(1, 300)(rng);
+    const int W = std::uniform_int_distribution<int>(1, 6)(rng);
+    std::vector<int64_t> cap(W);
+    for (auto& c : cap) c = std::uniform_int_distribution<int64_t>(C / W + b, 2 * C + b)(rng);
+    const auto blocks = split_blocks(C, b);
+    const auto runs = assign_blocks(blocks, cap);
+    ASSERT_EQ(static_cast<int>(runs.size()), W);
+    int next = 0;
+    double worst = 0;
+    for (int r = 0; r < W; ++r) {
+      int64_t load = 0;
+      for (const auto& blk : runs[r]) {
+        EXPECT_EQ(blk.index, next++) << "runs must be contiguous and in order";
+        load += blk.length;
+      }
+      EXPECT_LE(load, cap[r]);
+      worst = std::max(worst, double(load) / cap[r]);
+    }
+    EXPECT_EQ(next, static_cast<int>(blocks.size()));
+    // No placement can beat the optimum by much: moving one boundary block never lowers the
+    // worst ratio below what the greedy binary search found (within one block's share).
+    double lower = 0;
+    for (const auto& blk : blocks) lower = std::max(lower, double(blk.length) / *std::max_element(cap.begin(), cap.end()));
+    EXPECT_GE(worst + 1e-9, lower);
+  }
+}
+
+TEST(AssignBlocks, EqualWorkersGetEqualShares) {
+  const auto runs = assign_blocks(split_blocks(4096, 256), {100000, 100000, 100000, 100000});
+  for (const auto& r : runs) EXPECT_EQ(r.size(), 4u);
+}
+
+TEST(AssignBlocks, TooLargeContextSaysHowMuchFits) {
+  try {
+    assign_blocks(split_blocks(1000, 100), {300, 300});
+    FAIL() << "expected an error";
+  } catch (const std::length_error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("1000 tokens does not fit"), std::string::npos) << m;
+    EXPECT_NE(m.find("600"), std::string::npos) << m;
+  }
+}
+
+}  // namespace
+}  // namespace starattn

@@ -1,0 +1,9 @@
+// Subcommands of the starattn command line; each parses argv from index 2.
+#pragma once
+
+namespace starattn::cli {
+
+int cmd_run(int argc, char** argv);
+int cmd_init_model(int argc, char** argv);
+
+}  // namespace starattn::cli

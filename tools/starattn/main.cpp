@@ -1,0 +1,47 @@
+// starattn: the command line of the Star Attention runtime.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "tools/starattn/commands.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  int (*run)(int, char**);
+  const char* summary;
+};
+
+const Command kCommands[] = {
+    {"run", starattn::cli::cmd_run, "answer a query over a context, streaming tokens to stdout"},
+    {"init-model", starattn::cli::cmd_init_model,
+     "write a random model (config.json + model.safetensors) from a preset"},
+};
+
+void usage() {
+  std::fprintf(stderr, "usage: starattn COMMAND [options]   (starattn COMMAND --help)\n\ncommands:\n");
+  for (const auto& c : kCommands) std::fprintf(stderr, "  %-11s %s\n", c.name, c.summary);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    usage();
+    return argc < 2 ? 2 : 0;
+  }
+  for (const auto& c : kCommands) {
+    if (std::strcmp(argv[1], c.name) != 0) continue;
+    try {
+      return c.run(argc, argv);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "starattn %s: error: %s\n", c.name, e.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "starattn: unknown command '%s'\n", argv[1]);
+  usage();
+  return 2;
+}
