@@ -40,7 +40,7 @@ struct ShardList {
 
 // Shards laid out at a fixed distance from each other in one f32 buffer (decode key splits).
 struct UniformShards {
-  const float* o;
+  const float* o_base;
   const float* lse_base;
   int64_t o_stride, lse_stride;              // within a shard
   int64_t o_shard_stride, lse_shard_stride;  // between shards
@@ -48,7 +48,7 @@ struct UniformShards {
     return lse_base[s * lse_shard_stride + t * lse_stride + h];
   }
   __device__ float o(int s, int64_t t, int64_t col) const {
-    return o[s * o_shard_stride + t * o_stride + col];
+    return o_base[s * o_shard_stride + t * o_stride + col];
   }
 };
 

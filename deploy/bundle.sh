@@ -90,7 +90,7 @@ is_system_lib() {
 # ---- prepare the output folder ----
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
-rm -rf "$OUT_DIR/bin" "$OUT_DIR/lib" "$OUT_DIR/env.sh" "$OUT_DIR/run-tests.sh"
+rm -rf "${OUT_DIR:?}/bin" "${OUT_DIR:?}/lib" "$OUT_DIR/env.sh" "$OUT_DIR/run-tests.sh"
 mkdir -p "$OUT_DIR/bin" "$OUT_DIR/lib"
 
 for exe in "${executables[@]}"; do
@@ -142,7 +142,7 @@ if [ -n "${copied[libucs.so.0]:-}" ]; then
   # libucs dlopens; neither the static archives nor the dev symlinks.
   mod_files=()
   for m in "$ucx_mod_dir"/*.so.*; do
-    [ -e "$m" ] && [ ! -L "$m" ] || continue
+    if [ ! -e "$m" ] || [ -L "$m" ]; then continue; fi
     soname=$(readelf -d "$m" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
     [ -n "$soname" ] || soname=$(basename "$m")
     modules[$soname]=1
@@ -153,18 +153,22 @@ if [ -n "${copied[libucs.so.0]:-}" ]; then
   for m in "${mod_files[@]}"; do
     copy_deps_of "$m"
   done
-  log "UCX modules from $ucx_mod_dir: $(cd "$OUT_DIR/lib/ucx" && ls | tr '\n' ' ')"
+  log "UCX modules from $ucx_mod_dir: ${!modules[*]}"
 fi
 
 # ---- RUNPATH: executables look in ../lib, libraries next to themselves ----
+# ($ORIGIN is for the dynamic loader, not the shell: the single quotes are intended.)
+# shellcheck disable=SC2016
 for f in "$OUT_DIR"/bin/*; do
   patchelf --set-rpath '$ORIGIN/../lib' "$f"
 done
 for f in "$OUT_DIR"/lib/*.so*; do
+  # shellcheck disable=SC2016
   patchelf --set-rpath '$ORIGIN' "$f"
 done
 if [ -d "$OUT_DIR/lib/ucx" ]; then
   for f in "$OUT_DIR"/lib/ucx/*.so*; do
+    # shellcheck disable=SC2016
     patchelf --set-rpath '$ORIGIN:$ORIGIN/..' "$f"   # modules need libuct/libucs from lib/
   done
 fi
@@ -209,6 +213,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=/dev/null
 . "$here/env.sh"
+# Tests that run the command line find the bundle's copy (not the build folder's path baked in).
+export STARATTN_CLI="$here/bin/starattn"
 
 glob='*'
 if [ "${1:-}" = "-b" ]; then
@@ -247,7 +253,7 @@ chmod +x "$OUT_DIR/run-tests.sh"
 # ---- size check ----
 bytes=$(du -sb "$OUT_DIR" | awk '{print $1}')
 mib=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1048576 }')
-log "bundle at $OUT_DIR: $mib MiB ($(ls "$OUT_DIR/bin" | wc -l) executables, $(find "$OUT_DIR/lib" -name '*.so*' | wc -l) libraries)"
+log "bundle at $OUT_DIR: $mib MiB (${#executables[@]} executables, $(find "$OUT_DIR/lib" -name '*.so*' | wc -l) libraries)"
 if [ "$bytes" -gt $((MAX_MIB * 1048576)) ]; then
   echo "bundle.sh: error: the bundle is $mib MiB, over the ${MAX_MIB} MiB limit (BUNDLE_MAX_MIB)." >&2
   echo "  largest files:" >&2

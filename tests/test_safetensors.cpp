@@ -204,8 +204,11 @@ TEST_P(RoundTrip, WriteThenRead) {
     for (size_t i = 0; i < t.data.size(); ++i) {
       const float x = t.data[i];
       ASSERT_LE(std::fabs(back[i] - x), rel * std::fabs(x) + 1e-7) << t.name << "[" << i << "]";
-      if (dtype == StDType::bf16) ASSERT_EQ(back[i], bf16_to_f32(f32_to_bf16(x)));
-      if (dtype == StDType::f16) ASSERT_EQ(back[i], f16_to_f32(f32_to_f16(x)));
+      if (dtype == StDType::bf16) {
+        ASSERT_EQ(back[i], bf16_to_f32(f32_to_bf16(x)));
+      } else if (dtype == StDType::f16) {
+        ASSERT_EQ(back[i], f16_to_f32(f32_to_f16(x)));
+      }
     }
   }
 }
@@ -386,7 +389,7 @@ INSTANTIATE_TEST_SUITE_P(
                   "{" + entry("twin.w", R"("dtype":"F32","shape":[1],"data_offsets":[0,4])") + "," +
                       entry("twin.w", R"("dtype":"F32","shape":[1],"data_offsets":[4,8])") + "}",
                   8, {"\"twin.w\"", "appears twice"}}),
-    [](const ::testing::TestParamInfo<BadHeader>& info) { return std::string(info.param.label); });
+    [](const ::testing::TestParamInfo<BadHeader>& p) { return std::string(p.param.label); });
 
 // Empty tensors occupy no bytes, so they overlap nothing even inside another's range.
 TEST(SafetensorsRead, EmptyTensorsNeverOverlap) {

@@ -1,0 +1,303 @@
+// CudaBackend ops: check the views (same rules and messages as the cpu backend), then dispatch
+// to the kernel launchers on the backend's stream.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "cuda/attention_decode.cuh"
+#include "cuda/attention_prefill.cuh"
+#include "cuda/backend_impl.h"
+#include "cuda/elementwise.cuh"
+#include "cuda/merge.cuh"
+#include "cuda/norm.cuh"
+#include "cuda/rope.cuh"
+#include "cuda/sampling.cuh"
+#include "runtime/sampling.h"
+
+namespace starattn::cuda_detail {
+
+void CudaBackend::embedding(const int32_t* ids, const Tensor& table, Tensor out) {
+  check_view("embedding", "table", table);
+  check_shape("embedding", "out", out, out.rows, table.cols);
+  if (out.rows == 0) return;
+  if (ids == nullptr) fail("embedding", "null ids for out " + shape(out));
+  for (int64_t i = 0; i < out.rows; ++i)
+    if (ids[i] < 0 || ids[i] >= table.rows)
+      throw std::out_of_range("embedding: token id " + std::to_string(ids[i]) + " at position " +
+                              std::to_string(i) + " is outside the vocabulary of " +
+                              std::to_string(table.rows));
+  bind();
+  const auto dev = stage({{ids, static_cast<size_t>(out.rows) * sizeof(int32_t)}}, "embedding");
+  const int32_t* d_ids = static_cast<const int32_t*>(dev[0]);
+  dispatch(table.dtype, [&](auto tt) {
+    dispatch(out.dtype, [&](auto ot) {
+      using TT = decltype(tt);
+      using OT = decltype(ot);
+      cuda::launch_embedding(d_ids, ptr<const TT>(table), table.stride, ptr<OT>(out), out.stride, out.rows,
+                             out.cols, stream_);
+    });
+  });
+}
+
+void CudaBackend::rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor out) {
+  check_view("rmsnorm", "x", x);
+  check_shape("rmsnorm", "weight", weight, 1, x.cols);
+  check_shape("rmsnorm", "out", out, x.rows, x.cols);
+  if (x.rows > 0 && x.cols == 0) fail("rmsnorm", "x " + shape(x) + " has empty rows");
+  if (!(eps >= 0.0f)) fail("rmsnorm", "eps must be >= 0, got " + std::to_string(eps));
+  if (x.rows > INT32_MAX) fail("rmsnorm", "x " + shape(x) + " has too many rows");
+  bind();
+  dispatch(x.dtype, [&](auto xt) {
+    dispatch(weight.dtype, [&](auto wt) {
+      dispatch(out.dtype, [&](auto ot) {
+        using XT = decltype(xt);
+        using WT = decltype(wt);
+        using OT = decltype(ot);
+        cuda::launch_rmsnorm(ptr<const XT>(x), x.stride, ptr<const WT>(weight), ptr<OT>(out), out.stride, x.rows,
+                             x.cols, eps, stream_);
+      });
+    });
+  });
+}
+
+// out[T, N] = x[T, K] w[N, K]^T (+ bias). Row-major views are column-major transposes, so cuBLAS
+// computes out^T[N, T] = (w^T)^T[N, K] x^T[K, T]: op(A) = T on w, op(B) = N on x.
+void CudaBackend::matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor out) {
+  check_view("matmul", "x", x);
+  check_view("matmul", "w", w);
+  const std::string shapes = "x " + shape(x) + " * w " + shape(w) + "^T -> out " + shape(out);
+  if (x.cols != w.cols) fail("matmul", shapes + ": inner dimensions differ");
+  check_shape("matmul", "out", out, x.rows, w.rows);
+  if (bias) check_shape("matmul", "bias", *bias, 1, w.rows);
+  if (x.dtype != w.dtype) fail("matmul", shapes + ": x and w must have the same dtype");
+  if (overlaps(out, x) || overlaps(out, w)) fail("matmul", shapes + ": out overlaps an input");
+  const int64_t T = x.rows, N = w.rows, K = x.cols;
+  if (T == 0 || N == 0) return;
+  auto ld = [](const Tensor& t) { return std::max<int64_t>({t.stride, t.cols, 1}); };
+  if (T > INT32_MAX || N > INT32_MAX || K > INT32_MAX || ld(x) > INT32_MAX || ld(w) > INT32_MAX ||
+      ld(out) > INT32_MAX)
+    fail("matmul", shapes + ": too large for 32-bit cuBLAS dimensions");
+  bind();
+  const size_t oes = dtype_size(out.dtype);
+  if (K == 0) {
+    check_cuda(cudaMemset2DAsync(out.data, static_cast<size_t>(ld(out)) * oes, 0, static_cast<size_t>(N) * oes,
+                                 static_cast<size_t>(T), stream_),
+               "matmul: cudaMemset2DAsync");
+  } else {
+    const cudaDataType_t in_type = x.dtype == DType::f32 ? CUDA_R_32F : CUDA_R_16BF;
+    const cudaDataType_t out_type = out.dtype == DType::f32 ? CUDA_R_32F : CUDA_R_16BF;
+    const float alpha = 1.0f, beta = 0.0f;
+    check_cublas(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T),
+                              static_cast<int>(K), &alpha, w.data, in_type, static_cast<int>(ld(w)), x.data,
+                              in_type, static_cast<int>(ld(x)), &beta, out.data, out_type,
+                              static_cast<int>(ld(out)), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "matmul: cublasGemmEx");
+  }
+  if (bias) {
+    dispatch(out.dtype, [&](auto ot) {
+      dispatch(bias->dtype, [&](auto bt) {
+        using OT = decltype(ot);
+        using BT = decltype(bt);
+        cuda::launch_bias_add(ptr<OT>(out), out.stride, ptr<const BT>(*bias), T, N, stream_);
+      });
+    });
+  }
+}
+
+void CudaBackend::rope(const RopeArgs& a) {
+  check_view("rope", "x", a.x);
+  if (a.n_heads <= 0 || a.head_dim <= 0 || a.head_dim % 2 != 0)
+    fail("rope", "needs n_heads > 0 and an even head_dim > 0, got n_heads " + std::to_string(a.n_heads) +
+                     ", head_dim " + std::to_string(a.head_dim));
+  if (a.x.cols != static_cast<int64_t>(a.n_heads) * a.head_dim)
+    fail("rope", "x " + shape(a.x) + " is not [T x " + std::to_string(a.n_heads) + " heads * " +
+                     std::to_string(a.head_dim) + "]");
+  if (a.x.rows == 0) return;
+  if (a.positions == nullptr || a.inv_freq == nullptr)
+    fail("rope", "null positions or inv_freq for x " + shape(a.x));
+  bind();
+  const auto dev = stage({{a.positions, static_cast<size_t>(a.x.rows) * sizeof(int32_t)},
+                          {a.inv_freq, static_cast<size_t>(a.head_dim / 2) * sizeof(float)}},
+                         "rope");
+  dispatch(a.x.dtype, [&](auto xt) {
+    using T = decltype(xt);
+    cuda::launch_rope(ptr<T>(a.x), a.x.stride, a.x.rows, a.n_heads, a.head_dim,
+                      static_cast<const int32_t*>(dev[0]), static_cast<const float*>(dev[1]), stream_);
+  });
+}
+
+void CudaBackend::attention(const AttentionArgs& a) {
+  const char* op = "attention";
+  if (a.n_q_heads <= 0 || a.n_kv_heads <= 0 || a.head_dim <= 0 || a.n_q_heads % a.n_kv_heads != 0)
+    fail(op, "needs n_q_heads a positive multiple of n_kv_heads and head_dim > 0, got Hq " +
+                 std::to_string(a.n_q_heads) + ", Hkv " + std::to_string(a.n_kv_heads) + ", D " +
+                 std::to_string(a.head_dim));
+  const int64_t T = a.q.rows, S = a.k.rows, D = a.head_dim;
+  const int64_t qdim = a.n_q_heads * D, kvdim = a.n_kv_heads * D;
+  const std::string heads = " (Hq " + std::to_string(a.n_q_heads) + ", Hkv " + std::to_string(a.n_kv_heads) +
+                            ", D " + std::to_string(D) + ")";
+  try {
+    check_shape(op, "q", a.q, T, qdim);
+    check_shape(op, "k", a.k, S, kvdim);
+    check_shape(op, "v", a.v, S, kvdim);
+    check_shape(op, "o", a.o, T, qdim);
+    check_shape(op, "lse", a.lse, T, a.n_q_heads);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(e.what() + heads);
+  }
+  if (D != 64 && D != 128) fail(op, "head_dim " + std::to_string(D) + " is not supported on cuda (64, 128)");
+  if (a.q.dtype != DType::bf16 || a.k.dtype != DType::bf16 || a.v.dtype != DType::bf16)
+    fail(op, "q, k and v must be bf16 on cuda, got q " + shape(a.q) + ", k " + shape(a.k) + ", v " + shape(a.v));
+  if (a.lse.dtype != DType::f32) fail(op, "lse " + shape(a.lse) + " must be f32");
+  if (overlaps(a.o, a.k) || overlaps(a.o, a.v) || overlaps(a.lse, a.o))
+    fail(op, "o " + shape(a.o) + " or lse overlaps k, v or o");
+  if (!(a.scale > 0.0f)) fail(op, "scale must be > 0, got " + std::to_string(a.scale));
+  if (T == 0) return;
+  if (T > INT32_MAX || S > INT32_MAX) fail(op, "more than 2^31 rows or keys");
+  // The tiles are read with 16-byte copies: every row start must be 16-byte aligned.
+  for (const Tensor* t : {&a.q, &a.k, &a.v}) {
+    if (t->empty()) continue;
+    if (reinterpret_cast<uintptr_t>(t->data) % 16 != 0 || (t->rows > 1 && t->stride % 8 != 0))
+      fail(op, "q, k and v rows must start on 16-byte boundaries (stride a multiple of 8), got " + shape(*t));
+  }
+  bind();
+  cuda::AttentionParams p{};
+  p.q = ptr<const bf16>(a.q);
+  p.k = ptr<const bf16>(a.k);
+  p.v = ptr<const bf16>(a.v);
+  p.o = a.o.data;
+  p.lse = ptr<float>(a.lse);
+  p.q_stride = a.q.stride;
+  p.k_stride = a.k.stride;
+  p.v_stride = a.v.stride;
+  p.o_stride = a.o.stride;
+  p.lse_stride = a.lse.stride;
+  p.T = static_cast<int>(T);
+  p.S = static_cast<int>(S);
+  p.n_q_heads = a.n_q_heads;
+  p.n_kv_heads = a.n_kv_heads;
+  p.scale_log2 = a.scale * 1.4426950408889634f;
+  p.causal = a.mask == MaskKind::causal;
+  // Clamp the offset to where it stops mattering, so the kernels' int64 sums never overflow.
+  p.causal_offset = std::clamp<int64_t>(a.causal_offset, -(T + 1), S + 1);
+  const bool o_f32 = a.o.dtype == DType::f32;
+
+  // Few query rows (decoding, short queries against long contexts): split the keys, pack the
+  // group's query heads. Otherwise the prefill kernel, which has enough query tiles to fill the GPU.
+  const int64_t group = a.n_q_heads / a.n_kv_heads;
+  const int64_t prefill_blocks = cuda::ceil_div(T, cuda::kPrefillRows) * a.n_q_heads;
+  bool decode = T <= 16 || (prefill_blocks < num_sms_ && T * group <= 256);
+  if (attention_path_ == AttentionPath::prefill) decode = false;
+  if (attention_path_ == AttentionPath::decode) decode = true;
+  if (!decode) {
+    cuda::launch_attention_prefill(p, static_cast<int>(D), o_f32, stream_);
+    return;
+  }
+  const cuda::DecodePlan plan = cuda::plan_attention_decode(p, static_cast<int>(D), num_sms_);
+  float* ws = plan.workspace_floats > 0 ? workspace(plan.workspace_floats, op) : nullptr;
+  cuda::launch_attention_decode(p, static_cast<int>(D), o_f32, plan, ws, stream_);
+}
+
+void CudaBackend::merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) {
+  const char* op = "merge_partials";
+  check_view(op, "o", o);
+  check_shape(op, "lse", lse, o.rows, lse.cols);
+  if (lse.dtype != DType::f32) fail(op, "lse " + shape(lse) + " must be f32");
+  const int64_t T = o.rows, hq = lse.cols;
+  if (hq == 0 ? o.cols != 0 : o.cols % hq != 0)
+    fail(op, "o " + shape(o) + " is not [T x heads * D] for lse " + shape(lse));
+  const int64_t d = hq == 0 ? 0 : o.cols / hq;
+  std::vector<cuda::ShardDesc> descs;
+  descs.reserve(parts.size());
+  for (size_t r = 0; r < parts.size(); ++r) {
+    const std::string which = " of partial " + std::to_string(r) + " of " + std::to_string(parts.size());
+    const Tensor& po = parts[r].o;
+    const Tensor& pl = parts[r].lse;
+    check_view(op, "o", po);
+    check_view(op, "lse", pl);
+    if (po.rows != T || po.cols != o.cols || pl.rows != T || pl.cols != hq)
+      fail(op, "o " + shape(po) + " / lse " + shape(pl) + which + " do not match out o " + shape(o) +
+                   " / lse " + shape(lse));
+    if (pl.dtype != DType::f32) fail(op, "lse " + shape(pl) + which + " must be f32");
+    if (po.dtype != parts[0].o.dtype)
+      fail(op, "o " + shape(po) + which + " differs in dtype from partial 0 " + shape(parts[0].o));
+    descs.push_back({po.data, ptr<const float>(pl), po.stride, pl.stride});
+  }
+  if (T == 0 || hq == 0) return;
+  if (hq > INT32_MAX || d > INT32_MAX || parts.size() > INT32_MAX) fail(op, "too many heads or partials");
+  bind();
+  const int n = static_cast<int>(parts.size());
+  const auto dev = stage({{descs.data(), descs.size() * sizeof(cuda::ShardDesc)}}, op);
+  const auto* d_descs = static_cast<const cuda::ShardDesc*>(dev[0]);
+  const DType in = n > 0 ? parts[0].o.dtype : DType::f32;
+  dispatch(in, [&](auto it) {
+    dispatch(o.dtype, [&](auto ot) {
+      using InT = decltype(it);
+      using OT = decltype(ot);
+      cuda::launch_merge_partials<OT>(cuda::ShardList<InT>{d_descs}, n, ptr<OT>(o), o.stride, ptr<float>(lse),
+                                      lse.stride, T, static_cast<int>(hq), static_cast<int>(d), stream_);
+    });
+  });
+}
+
+void CudaBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor out) {
+  check_view("swiglu", "gate", gate);
+  check_shape("swiglu", "up", up, gate.rows, gate.cols);
+  check_shape("swiglu", "out", out, gate.rows, gate.cols);
+  if (up.dtype != gate.dtype || out.dtype != gate.dtype)
+    fail("swiglu", "gate " + shape(gate) + ", up " + shape(up) + " and out " + shape(out) +
+                       " must share one dtype on cuda");
+  bind();
+  dispatch(gate.dtype, [&](auto gt) {
+    using T = decltype(gt);
+    cuda::launch_swiglu(ptr<const T>(gate), gate.stride, ptr<const T>(up), up.stride, ptr<T>(out), out.stride,
+                        gate.rows, gate.cols, stream_);
+  });
+}
+
+void CudaBackend::add(Tensor x, const Tensor& y) {
+  check_view("add", "x", x);
+  check_shape("add", "y", y, x.rows, x.cols);
+  bind();
+  dispatch(x.dtype, [&](auto xt) {
+    dispatch(y.dtype, [&](auto yt) {
+      using XT = decltype(xt);
+      using YT = decltype(yt);
+      cuda::launch_add(ptr<XT>(x), x.stride, ptr<const YT>(y), y.stride, x.rows, x.cols, stream_);
+    });
+  });
+}
+
+int32_t CudaBackend::sample(const Tensor& logits_row, const SamplingParams& params, uint64_t step) {
+  check_view("sample", "logits", logits_row);
+  if (logits_row.rows != 1 || logits_row.cols == 0)
+    fail("sample", "logits " + shape(logits_row) + " must be one non-empty row");
+  if (logits_row.cols > INT32_MAX) fail("sample", "logits " + shape(logits_row) + " too long");
+  bind();
+  const int n = static_cast<int>(logits_row.cols);
+  // sample_token validates the parameters before anything else; a one-logit call gives the
+  // greedy path the very same checks and messages.
+  if (params.temperature == 0.0f) {
+    const float one = 0.0f;
+    sample_token(&one, 1, params, step);
+    dispatch(logits_row.dtype, [&](auto lt) {
+      using T = decltype(lt);
+      cuda::launch_argmax(ptr<const T>(logits_row), n, d_result_, stream_);
+    });
+    check_cuda(cudaMemcpyAsync(h_result_, d_result_, 2 * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_),
+               "sample: cudaMemcpyAsync");
+    check_cuda(cudaStreamSynchronize(stream_), "sample");
+    if (h_result_[1] < 0) return h_result_[0];
+    // A NaN or +inf logit: the host path below raises sample_token's own error.
+  }
+  std::vector<float> row(static_cast<size_t>(n));
+  download(logits_row, row.data());
+  return sample_token(row.data(), n, params, step);
+}
+
+void CudaBackend::synchronize() {
+  bind();
+  check_cuda(cudaStreamSynchronize(stream_), "synchronize");
+}
+
+}  // namespace starattn::cuda_detail
