@@ -214,8 +214,8 @@ void launch_attention_decode_d(const AttentionParams& p, const DecodePlan& plan,
                   static_cast<unsigned>(ceil_div(static_cast<int64_t>(p.T) * group, 16)));
   DecodeParams dp{p, plan.keys_per_split, 0, 0};
   if (plan.splits == 1) {
-    auto kernel = attention_decode_kernel<D, OutT>;
-    allow_dynamic_smem(kernel, smem, "attention_decode_kernel");
+    constexpr auto kernel = attention_decode_kernel<D, OutT>;
+    allow_dynamic_smem<kernel>(smem, "attention_decode_kernel");
     kernel<<<grid, kDecodeWarps * 32, smem, stream>>>(dp);
     check_launch("attention_decode_kernel");
     return;
@@ -230,8 +230,8 @@ void launch_attention_decode_d(const AttentionParams& p, const DecodePlan& plan,
   dp.a.lse_stride = p.n_q_heads;
   dp.o_split_stride = rows * p.n_q_heads * D;
   dp.lse_split_stride = rows * p.n_q_heads;
-  auto kernel = attention_decode_kernel<D, float>;
-  allow_dynamic_smem(kernel, smem, "attention_decode_kernel");
+  constexpr auto kernel = attention_decode_kernel<D, float>;
+  allow_dynamic_smem<kernel>(smem, "attention_decode_kernel");
   kernel<<<grid, kDecodeWarps * 32, smem, stream>>>(dp);
   check_launch("attention_decode_kernel");
   const UniformShards shards{ws_o, ws_lse, dp.a.o_stride, dp.a.lse_stride, dp.o_split_stride,

@@ -152,8 +152,8 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
 template <int D, class OutT>
 void launch_attention_prefill_d(const AttentionParams& p, cudaStream_t stream) {
   constexpr int smem = prefill_smem_bytes<D>();
-  auto kernel = attention_prefill_kernel<D, OutT>;
-  allow_dynamic_smem(kernel, smem, "attention_prefill_kernel");
+  constexpr auto kernel = attention_prefill_kernel<D, OutT>;
+  allow_dynamic_smem<kernel>(smem, "attention_prefill_kernel");
   const dim3 grid(static_cast<unsigned>(ceil_div(p.T, kPrefillRows)), static_cast<unsigned>(p.n_q_heads));
   kernel<<<grid, kPrefillWarps * 32, smem, stream>>>(p);
   check_launch("attention_prefill_kernel");

@@ -27,15 +27,16 @@ inline void check_cuda(cudaError_t err, const char* what) {
 inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
 
 // Opts a kernel into more than 48 KiB of dynamic shared memory on the current device. The
-// attribute is per device, so it is remembered per (kernel instantiation, device).
-template <class Kernel>
-void allow_dynamic_smem(Kernel kernel, int bytes, const char* name) {
+// attribute is per device, so it is remembered per (kernel, device); the kernel is a template
+// argument because instantiations share one function-pointer type.
+template <auto Kernel>
+void allow_dynamic_smem(int bytes, const char* name) {
   static std::atomic<uint64_t> done{0};  // bit i: device i already raised
   int dev = 0;
   check_cuda(cudaGetDevice(&dev), name);
   const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
   if (bit != 0 && (done.load(std::memory_order_relaxed) & bit)) return;
-  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), name);
+  check_cuda(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), name);
   done.fetch_or(bit, std::memory_order_relaxed);
 }
 

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "runtime/block_plan.h"
+#include "runtime/random_model.h"
 #include "runtime/star_attention.h"
 #include "runtime/transformer.h"
 #include "runtime/weight_source.h"
@@ -33,7 +34,16 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
                                 std::to_string(options.workers));
   impl_->options = options;
   impl_->backend = make_backend(options.device, options.gpu, options.threads);
-  impl_->loaded = open_model(options.model);
+  if (options.random_weights) {
+    // A config.json path, or a directory holding one.
+    std::string path = options.model;
+    if (path.size() < 5 || path.compare(path.size() - 5, 5, ".json") != 0) path += "/config.json";
+    impl_->loaded.config = ModelConfig::from_file(path);
+    impl_->loaded.weights = random_weight_source(impl_->loaded.config, options.weight_seed);
+    impl_->loaded.path = path;
+  } else {
+    impl_->loaded = open_model(options.model);
+  }
   impl_->model = std::make_unique<Transformer>(impl_->loaded.config, *impl_->loaded.weights,
                                                *impl_->backend);
 }

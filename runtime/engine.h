@@ -19,7 +19,9 @@ AttentionMode parse_mode(const std::string& name);
 const char* mode_name(AttentionMode mode);
 
 struct EngineOptions {
-  std::string model;           // Hugging Face directory
+  std::string model;           // Hugging Face directory (or config.json with random_weights)
+  bool random_weights = false;  // build random weights of the config's shape (benchmarks)
+  uint64_t weight_seed = 0;
   std::string device = "cpu";  // backend name
   int gpu = 0;                 // device index for gpu backends
   int workers = 1;             // in-process context workers

@@ -26,6 +26,7 @@ const char* kRunHelp =
     "  --output text|ids      decoded text (default) or token ids separated by spaces\n"
     "  --dump-logits FILE     write each generated token's logits (float32 rows of vocab size)\n"
     "  --device cpu|cuda      backend (default cpu); --gpu N picks the device\n"
+    "  --random-weights CONFIG  random weights of a config.json's shape instead of --model\n"
     "  --threads N            cpu threads (default: all cores)\n";
 
 }  // namespace
@@ -38,7 +39,8 @@ int cmd_run(int argc, char** argv) {
   const Args args(argc, argv, 2,
                   {"model", "context-file", "context-ids", "query", "query-ids", "max-tokens",
                    "mode", "workers", "block-size", "anchor-size", "seed", "output", "device",
-                   "gpu", "threads", "temperature", "top-k", "top-p", "dump-logits"},
+                   "gpu", "threads", "temperature", "top-k", "top-p", "dump-logits",
+                   "random-weights"},
                   {"ignore-eos", "no-anchor"});
   const std::string output = args.get("output", "text");
   if (output != "text" && output != "ids")
@@ -49,7 +51,10 @@ int cmd_run(int argc, char** argv) {
     throw std::invalid_argument("give exactly one of --query and --query-ids");
 
   EngineOptions options;
-  options.model = args.require("model");
+  if (args.has("random-weights") == args.has("model"))
+    throw std::invalid_argument("give exactly one of --model and --random-weights");
+  options.random_weights = args.has("random-weights");
+  options.model = options.random_weights ? args.get("random-weights", "") : args.get("model", "");
   options.device = args.get("device", "cpu");
   options.gpu = static_cast<int>(args.get_int("gpu", 0));
   options.workers = static_cast<int>(args.get_int("workers", 1));

@@ -1,0 +1,136 @@
+// A small wrapper over UCX's UCP active messages: the data plane of the distributed runtime.
+//
+// One UcxContext per process (UCP_FEATURE_AM | UCP_FEATURE_WAKEUP, shared by the workers of
+// every actor). One UcxWorker per thread that drives it: UCS_THREAD_MODE_SINGLE, so every call
+// on a worker (connect, send, progress, poll) must come from the thread that owns it; only
+// wake() may be called from any thread. Worker addresses are opaque bytes exchanged over the
+// control plane; connect() turns one into an endpoint.
+//
+// Messages are (header, payload) pairs: the header is small (a serialized protobuf), the payload
+// is bulk data. Small messages arrive eagerly; large ones use UCX's rendezvous protocol and are
+// fetched into an owned buffer before they are queued, so a received message is always complete.
+//
+// Memory: buffers handed to UCX here are host memory. Debian's UCX has no CUDA transport, so
+// device tensors are staged through host buffers by the caller (Backend::download/upload);
+// device_memory_supported() reports whether a CUDA-aware UCX could take device pointers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <ucp/api/ucp.h>
+
+namespace starattn::transport {
+
+class UcxError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class UcxContext {
+ public:
+  // The process-wide context, created on first use.
+  static std::shared_ptr<UcxContext> get();
+  ~UcxContext();
+  UcxContext(const UcxContext&) = delete;
+  UcxContext& operator=(const UcxContext&) = delete;
+
+  ucp_context_h handle() const { return context_; }
+  // Whether UCX can send from/receive into CUDA device memory directly (ucp_context_query).
+  bool device_memory_supported() const;
+  // Memory types UCX reports, e.g. "host" or "host,cuda".
+  std::string memory_types() const;
+
+ private:
+  UcxContext();
+  ucp_context_h context_ = nullptr;
+  uint64_t memory_types_ = 0;
+};
+
+using Payload = std::shared_ptr<const std::vector<char>>;
+
+struct AmMessage {
+  uint16_t id = 0;
+  std::string header;
+  std::vector<char> payload;
+  ucp_ep_h reply_ep = nullptr;  // set when the sender asked for replies (send(..., reply=true))
+};
+
+class UcxWorker {
+ public:
+  explicit UcxWorker(std::shared_ptr<UcxContext> context = UcxContext::get());
+  ~UcxWorker();
+  UcxWorker(const UcxWorker&) = delete;
+  UcxWorker& operator=(const UcxWorker&) = delete;
+
+  // This worker's address, to hand to peers through the control plane.
+  const std::string& address() const { return address_; }
+
+  // Queues every message with this active-message id for poll().
+  void listen(uint16_t am_id);
+
+  // An endpoint to the worker at `address`; peer_name is used in error messages. Peer failures
+  // (a process that died, a reset connection) are reported through failed().
+  using EpId = uint64_t;
+  EpId connect(const std::string& address, const std::string& peer_name);
+  // Closes the endpoint (forcibly when it has failed). Unknown ids are ignored.
+  void disconnect(EpId ep);
+  // True with the reason when UCX reported the endpoint's peer as failed.
+  bool failed(EpId ep, std::string* why = nullptr) const;
+
+  // Sends (header, payload) as active message am_id. With reply = true the receiver gets a
+  // reply endpoint. Buffers are kept alive by the worker until UCX is done with them. Throws
+  // UcxError when the send fails at once (e.g. the endpoint has failed).
+  void send(EpId ep, uint16_t am_id, std::string header, Payload payload, bool reply);
+  // Sends on the reply endpoint of a received message. Returns false (and drops the message)
+  // when the message carried no reply endpoint or the send failed at once.
+  bool send_reply(const AmMessage& to, uint16_t am_id, std::string header, Payload payload);
+
+  // Makes progress on communication; true when anything happened.
+  bool progress();
+  // The next received message, if any (call progress() first).
+  bool poll(AmMessage& out);
+  // Sends still in flight.
+  size_t pending_sends() const { return inflight_; }
+  // Blocks until there may be something to progress, wake() is called, or timeout_ms passes.
+  void wait(int timeout_ms);
+  // Interrupts wait() from any thread.
+  void wake();
+
+ private:
+  struct EpState;
+  struct Listener;
+  struct SendOp;
+  struct RecvOp;
+  static ucs_status_t on_am(void* arg, const void* header, size_t header_length, void* data,
+                            size_t length, const ucp_am_recv_param_t* param);
+  static void on_ep_error(void* arg, ucp_ep_h ep, ucs_status_t status);
+  static void on_send_done(void* request, ucs_status_t status, void* user_data);
+  static void on_recv_done(void* request, ucs_status_t status, size_t length, void* user_data);
+  void submit(ucp_ep_h ep, uint16_t am_id, std::string header, Payload payload, bool reply,
+              const std::string& peer);
+  void close_ep(ucp_ep_h ep, bool force);
+
+  std::shared_ptr<UcxContext> context_;
+  ucp_worker_h worker_ = nullptr;
+  std::string address_;
+  int efd_ = -1;
+  int wake_fd_ = -1;
+  EpId next_ep_ = 1;
+  std::map<EpId, std::unique_ptr<EpState>> eps_;
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::deque<AmMessage> inbox_;
+  size_t inflight_ = 0;
+};
+
+// Hex text of bytes (addresses in logs and on command lines) and back.
+std::string to_hex(const std::string& bytes);
+std::string from_hex(const std::string& hex);
+
+}  // namespace starattn::transport

@@ -1,0 +1,57 @@
+// Helpers around the protobuf wire contract (starattn.proto): the protocol version, and
+// (de)serialization that turns malformed bytes into errors naming what was expected.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "transport/starattn.pb.h"
+
+namespace starattn::wire {
+
+// Bump on any incompatible change of starattn.proto or of the message flow.
+constexpr uint32_t kProtocolVersion = 1;
+
+// Thrown when bytes from a peer cannot be accepted (garbage, wrong version, bad fields).
+class ProtocolError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+template <class Message>
+std::string encode(const Message& m) {
+  std::string out;
+  if (!m.SerializeToString(&out))
+    throw ProtocolError("cannot serialize " + m.GetTypeName());
+  return out;
+}
+
+// Parses `bytes` as a Message; `from` names the peer for the error message.
+template <class Message>
+Message decode(const void* bytes, size_t size, const std::string& from) {
+  Message m;
+  if (size > static_cast<size_t>(INT32_MAX) || !m.ParseFromArray(bytes, static_cast<int>(size)))
+    throw ProtocolError("malformed " + m.GetTypeName() + " (" + std::to_string(size) +
+                        " bytes) from " + from);
+  return m;
+}
+
+template <class Message>
+Message decode(const std::string& bytes, const std::string& from) {
+  return decode<Message>(bytes.data(), bytes.size(), from);
+}
+
+// Empty when `version` is ours, else the refusal text naming both versions.
+inline std::string version_error(uint32_t version, const std::string& what) {
+  if (version == kProtocolVersion) return {};
+  return what + " speaks starattn protocol version " + std::to_string(version) +
+         ", this process speaks version " + std::to_string(kProtocolVersion) + ": refused";
+}
+
+inline void check_version(uint32_t version, const std::string& what) {
+  const std::string e = version_error(version, what);
+  if (!e.empty()) throw ProtocolError(e);
+}
+
+}  // namespace starattn::wire
