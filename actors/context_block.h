@@ -1,0 +1,32 @@
+// The context_block actor: one per GPU (or one on the cpu backend) of a worker process.
+//
+// It runs detached (its own thread, where the device is bound), holds the model weights (a
+// ModelHost) and the KV of every active request's blocks (ContextShards, keyed by request id,
+// living in its ShardServer). It registers with the scheduler at start, encodes its run of
+// blocks when asked (phase 1, in its own thread), and answers phase-2 attention over UCX from
+// the ShardServer's data-plane thread. It stops when the scheduler goes away.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+
+#include "actors/model_host.h"
+
+namespace starattn::actors {
+
+struct ContextBlockOptions {
+  std::shared_ptr<ModelHost> model;
+  caf::actor scheduler;
+  std::string name;            // host:pid/device, used in every message about this worker
+  std::string device = "cpu";
+  // Fraction of the backend's free memory this actor offers for KV.
+  double kv_fraction = 0.8;
+  bool verbose = true;
+};
+
+caf::actor spawn_context_block(caf::actor_system& system, ContextBlockOptions options);
+
+}  // namespace starattn::actors

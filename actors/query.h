@@ -1,0 +1,32 @@
+// The query actor (in the head): runs all non-attention compute of phase 2 for every active
+// request. For each request it holds a QuerySession whose ContextShards are RemoteShards: per
+// layer and step, Q goes over UCX to every context worker of the request and the (O, lse)
+// replies are merged in the fixed order the scheduler assigned the blocks in.
+//
+// It runs detached (its own thread, bound to the head's device) and drives its own UCX worker
+// from that thread. Requests advance one step (the query prefill, then one token) per message,
+// so several requests in flight interleave step by step. Tokens and the final Finished go to the
+// scheduler, which streams them to the requester.
+#pragma once
+
+#include <chrono>
+#include <memory>
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+
+#include "actors/data_plane.h"
+#include "actors/model_host.h"
+
+namespace starattn::actors {
+
+struct QueryOptions {
+  std::shared_ptr<ModelHost> model;
+  std::shared_ptr<const WorkerHealth> health;
+  // Longest wait for one layer's replies before the request fails (a hung, not dead, worker).
+  std::chrono::milliseconds exchange_timeout{30000};
+};
+
+caf::actor spawn_query(caf::actor_system& system, QueryOptions options);
+
+}  // namespace starattn::actors

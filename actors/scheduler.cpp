@@ -1,0 +1,395 @@
+#include "actors/scheduler.h"
+
+#include <caf/all.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <set>
+
+#include "actors/messages.h"
+#include "runtime/block_plan.h"
+#include "transport/wire.h"
+
+namespace starattn::actors {
+namespace {
+
+using clock = std::chrono::steady_clock;
+
+struct Worker {
+  uint64_t id = 0;
+  caf::actor actor;
+  std::string name, device, ucx_address;
+  int64_t capacity_tokens = 0;
+  std::set<uint64_t> requests;
+};
+
+struct Request {
+  uint64_t id = 0;
+  caf::actor client;
+  wire::SubmitRequest submit;        // with ids resolved (text tokenized)
+  std::vector<uint64_t> shard_workers;  // merge order
+  std::vector<int32_t> stop;
+  int pending_encodes = 0;
+  bool decoding = false;
+  clock::time_point t0;
+  wire::Finished stats;              // the planning part, completed by the query actor
+};
+
+struct SchedulerState {
+  SchedulerOptions options;
+  std::map<uint64_t, Worker> workers;  // live workers, in registration order
+  std::map<uint64_t, Request> requests;
+  uint64_t next_worker = 1, next_request = 1;
+  uint64_t done = 0, failed = 0;
+};
+
+using Self = caf::stateful_actor<SchedulerState>;
+
+void log(Self* self, const std::string& text) {
+  if (self->state.options.verbose) std::fprintf(stderr, "head: %s\n", text.c_str());
+}
+
+void send_finished(Self* self, const caf::actor& client, const wire::Finished& f) {
+  if (client) self->send(client, finished_atom::value, wire::encode(f));
+}
+
+void release_kv(Self* self, Request& r) {
+  wire::ReleaseRequest rel;
+  rel.set_protocol_version(wire::kProtocolVersion);
+  rel.set_request_id(r.id);
+  for (uint64_t w : r.shard_workers) {
+    auto it = self->state.workers.find(w);
+    if (it == self->state.workers.end()) continue;
+    it->second.requests.erase(r.id);
+    self->send(it->second.actor, release_atom::value, wire::encode(rel));
+  }
+}
+
+// Ends a request with an error: the client hears why, every worker frees its KV.
+void fail(Self* self, uint64_t id, const std::string& why) {
+  auto it = self->state.requests.find(id);
+  if (it == self->state.requests.end()) return;
+  Request& r = it->second;
+  log(self, "request " + std::to_string(id) + " failed: " + why);
+  if (r.decoding) self->send(self->state.options.query, abort_atom::value, id);
+  release_kv(self, r);
+  wire::Finished f = r.stats;
+  f.set_request_id(id);
+  f.set_ok(false);
+  f.set_error(why);
+  f.set_finish_reason("error");
+  send_finished(self, r.client, f);
+  self->state.requests.erase(it);
+  ++self->state.failed;
+}
+
+void refuse_submit(Self* self, const caf::actor& client, const std::string& why) {
+  log(self, "refused a request: " + why);
+  wire::Finished f;
+  f.set_ok(false);
+  f.set_error(why);
+  f.set_finish_reason("error");
+  send_finished(self, client, f);
+  ++self->state.failed;
+}
+
+std::string do_register(Self* self, const std::string& bytes) {
+  auto& st = self->state;
+  wire::RegisterReply reply;
+  try {
+    const auto reg = wire::decode<wire::RegisterWorker>(bytes, "a registering worker");
+    wire::check_version(reg.protocol_version(), "worker '" + reg.name() + "'");
+    if (reg.model_digest() != st.options.model->digest())
+      throw wire::ProtocolError("worker '" + reg.name() + "' serves another model (digest " +
+                                reg.model_digest() + ", the head's is " +
+                                st.options.model->digest() + ")");
+    if (reg.ucx_address().empty())
+      throw wire::ProtocolError("worker '" + reg.name() + "' sent no UCX address");
+    auto actor = caf::actor_cast<caf::actor>(self->current_sender());
+    if (!actor) throw wire::ProtocolError("registration without a sender");
+    Worker w;
+    w.id = st.next_worker++;
+    w.actor = actor;
+    w.name = reg.name();
+    w.device = reg.device();
+    w.capacity_tokens = reg.capacity_tokens();
+    w.ucx_address = reg.ucx_address();
+    self->monitor(actor);
+    log(self, "worker " + std::to_string(w.id) + " registered: " + w.name + " (" + w.device +
+                  ", room for " + std::to_string(w.capacity_tokens) + " tokens of KV)");
+    reply.set_ok(true);
+    reply.set_worker_id(w.id);
+    st.workers.emplace(w.id, std::move(w));
+  } catch (const std::exception& e) {
+    log(self, std::string("refused a registration: ") + e.what());
+    reply.set_ok(false);
+    reply.set_error(e.what());
+  }
+  return wire::encode(reply);
+}
+
+std::string do_status(Self* self, const std::string& bytes) {
+  auto& st = self->state;
+  wire::StatusReply reply;
+  reply.set_protocol_version(wire::kProtocolVersion);
+  try {
+    const auto req = wire::decode<wire::StatusRequest>(bytes, "a status client");
+    wire::check_version(req.protocol_version(), "the status request");
+    for (const auto& [id, w] : st.workers) {
+      auto* ws = reply.add_workers();
+      ws->set_worker_id(id);
+      ws->set_name(w.name);
+      ws->set_device(w.device);
+      ws->set_capacity_tokens(w.capacity_tokens);
+      ws->set_ucx_address(w.ucx_address);
+      ws->set_active_requests(static_cast<int32_t>(w.requests.size()));
+    }
+    reply.set_active_requests(static_cast<int32_t>(st.requests.size()));
+    reply.set_requests_done(st.done);
+    reply.set_requests_failed(st.failed);
+    reply.set_ok(true);
+  } catch (const std::exception& e) {
+    reply.set_ok(false);
+    reply.set_error(e.what());
+  }
+  return wire::encode(reply);
+}
+
+void start_phase2(Self* self, Request& r) {
+  auto& st = self->state;
+  r.stats.set_phase1_ms(std::chrono::duration<double, std::milli>(clock::now() - r.t0).count());
+  wire::StartQuery s;
+  s.set_protocol_version(wire::kProtocolVersion);
+  s.set_request_id(r.id);
+  s.set_context_len(static_cast<int64_t>(r.submit.context_size()));
+  *s.mutable_query() = r.submit.query();
+  s.set_max_tokens(r.submit.max_tokens());
+  *s.mutable_sampling() = r.submit.sampling();
+  for (int32_t id : r.stop) s.add_stop_ids(id);
+  s.set_want_logits(r.submit.want_logits());
+  for (uint64_t w : r.shard_workers) {
+    const Worker& wk = st.workers.at(w);
+    auto* ref = s.add_shards();
+    ref->set_worker_id(w);
+    ref->set_name(wk.name);
+    ref->set_ucx_address(wk.ucx_address);
+  }
+  r.decoding = true;
+  self->send(st.options.query, start_atom::value, wire::encode(s));
+}
+
+// Plans the blocks exactly as Engine::generate does and sends each worker its run.
+void admit(Self* self, const caf::actor& client, const std::string& bytes) {
+  auto& st = self->state;
+  const ModelConfig& cfg = st.options.model->config();
+  Request r;
+  r.client = client;
+  r.t0 = clock::now();
+  std::vector<std::vector<BlockSpec>> runs;
+  std::vector<uint64_t> run_workers;
+  try {
+    r.submit = wire::decode<wire::SubmitRequest>(bytes, "a client");
+    wire::check_version(r.submit.protocol_version(), "the client");
+    wire::SubmitRequest& q = r.submit;
+    if (q.has_text()) {
+      // Text contexts start a sequence, so they get the model's BOS (as `starattn run` does).
+      const Tokenizer& tok = st.options.model->tokenizer();
+      q.clear_context();
+      if (cfg.bos_token_id >= 0) q.add_context(cfg.bos_token_id);
+      for (int32_t id : tok.encode(q.context_text())) q.add_context(id);
+      q.clear_query();
+      for (int32_t id : tok.encode(q.query_text())) q.add_query(id);
+    }
+    if (q.query_size() == 0) throw std::invalid_argument("the query is empty: it needs at least one token");
+    if (q.max_tokens() < 0) throw std::invalid_argument("max_tokens must not be negative");
+    for (const auto* ids : {&q.context(), &q.query()})
+      for (int32_t id : *ids)
+        if (id < 0 || id >= cfg.vocab_size)
+          throw std::invalid_argument("token id " + std::to_string(id) +
+                                      " is outside the vocabulary (size " +
+                                      std::to_string(cfg.vocab_size) + ")");
+    const int64_t C = q.context_size();
+    std::vector<const Worker*> live;
+    for (const auto& [id, w] : st.workers) live.push_back(&w);
+    if (live.empty() && C > 0)
+      throw std::runtime_error("no context workers are registered with the head");
+    const std::string mode = q.mode().empty() ? "star" : q.mode();
+    int64_t b, a;
+    size_t use = live.size();
+    if (mode == "full") {
+      b = std::max<int64_t>(C, 1);
+      a = 0;
+      use = std::min<size_t>(use, 1);
+    } else if (mode == "star") {
+      const auto W = static_cast<int64_t>(std::max<size_t>(use, 1));
+      b = q.block_size() > 0 ? q.block_size() : std::max<int64_t>(1, (C + W - 1) / W);
+      a = q.anchor_size() > 0 ? q.anchor_size() : b;
+      check_block_sizes(b, a);
+      if (q.no_anchor()) a = 0;
+    } else {
+      throw std::invalid_argument("unknown attention mode '" + mode + "' (expected star or full)");
+    }
+    const std::vector<BlockSpec> blocks = split_blocks(C, b);
+    r.stats.set_context_tokens(C);
+    r.stats.set_query_tokens(q.query_size());
+    r.stats.set_block_size(b);
+    r.stats.set_anchor_size(a);
+    r.stats.set_blocks(static_cast<int32_t>(blocks.size()));
+    if (C > 0) {
+      // Each worker also needs a scratch of a + b rows while encoding.
+      const int64_t scratch = std::min<int64_t>(a, C) + std::min<int64_t>(b, C);
+      std::vector<int64_t> caps;
+      for (size_t i = 0; i < use; ++i) caps.push_back(live[i]->capacity_tokens - scratch);
+      // Balance by tokens alone when every worker has room for an equal share: the placement
+      // is then a function of the block count only, the same as the in-process Engine's, so
+      // results do not depend on how much free memory each worker happened to report.
+      const int64_t uniform = *std::min_element(caps.begin(), caps.end());
+      try {
+        runs = assign_blocks(blocks, std::vector<int64_t>(caps.size(), std::max<int64_t>(uniform, 0)));
+      } catch (const std::length_error&) {
+        runs = assign_blocks(blocks, caps);
+      }
+      for (size_t i = 0; i < runs.size(); ++i)
+        if (!runs[i].empty()) run_workers.push_back(live[i]->id);
+    }
+    if (!q.ignore_eos()) {
+      r.stop.assign(q.stop_ids().begin(), q.stop_ids().end());
+      if (r.stop.empty()) r.stop.assign(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end());
+    }
+  } catch (const std::exception& e) {
+    refuse_submit(self, client, e.what());
+    return;
+  }
+
+  r.id = st.next_request++;
+  r.shard_workers = run_workers;
+  r.stats.set_workers_used(static_cast<int32_t>(run_workers.size()));
+  r.stats.set_request_id(r.id);
+  if (client) self->monitor(client);
+  const uint64_t id = r.id;
+  log(self, "request " + std::to_string(id) + ": context " +
+                std::to_string(r.stats.context_tokens()) + " tokens in " +
+                std::to_string(r.stats.blocks()) + " blocks on " +
+                std::to_string(run_workers.size()) + " workers");
+  const std::vector<int32_t> context(r.submit.context().begin(), r.submit.context().end());
+  const int64_t a = r.stats.anchor_size();
+  wire::EncodeRequest base;
+  base.set_protocol_version(wire::kProtocolVersion);
+  base.set_request_id(id);
+  for (int64_t i = 0; i < std::min<int64_t>(a, static_cast<int64_t>(context.size())); ++i)
+    base.add_anchor(context[static_cast<size_t>(i)]);
+  auto& req = st.requests.emplace(id, std::move(r)).first->second;
+  size_t k = 0;
+  for (const auto& run : runs) {
+    if (run.empty()) continue;
+    Worker& w = st.workers.at(run_workers[k++]);
+    w.requests.insert(id);
+    wire::EncodeRequest e = base;
+    for (const BlockSpec& blk : run) {
+      auto* pb = e.add_blocks();
+      pb->set_index(blk.index);
+      pb->set_start(blk.start);
+      for (int64_t t = blk.start; t < blk.start + blk.length; ++t)
+        pb->add_tokens(context[static_cast<size_t>(t)]);
+    }
+    ++req.pending_encodes;
+    const std::string wname = w.name;
+    self->request(w.actor, st.options.encode_timeout, encode_atom::value, wire::encode(e))
+        .then(
+            [self, id, wname](const std::string& bytes) {
+              auto it = self->state.requests.find(id);
+              if (it == self->state.requests.end()) return;  // failed meanwhile
+              wire::EncodeReply rep;
+              try {
+                rep = wire::decode<wire::EncodeReply>(bytes, "worker " + wname);
+              } catch (const std::exception& e) {
+                return fail(self, id, e.what());
+              }
+              if (!rep.ok()) return fail(self, id, rep.error());
+              if (--it->second.pending_encodes == 0) start_phase2(self, it->second);
+            },
+            [self, id, wname](const caf::error& e) {
+              fail(self, id, "context worker " + wname + " did not encode its blocks: " +
+                                 caf::to_string(e));
+            });
+  }
+  if (req.pending_encodes == 0) start_phase2(self, req);  // an empty context
+}
+
+void on_down(Self* self, const caf::down_msg& dm) {
+  auto& st = self->state;
+  for (auto it = st.workers.begin(); it != st.workers.end(); ++it) {
+    if (it->second.actor.address() != dm.source) continue;
+    const Worker w = it->second;
+    st.workers.erase(it);
+    const std::string why = "context worker " + w.name + " (worker " + std::to_string(w.id) +
+                            ") went away: " + caf::to_string(dm.reason);
+    log(self, why);
+    st.options.health->mark_dead(w.id, why);
+    self->send(st.options.query, forget_atom::value, w.id);
+    for (uint64_t rid : w.requests) fail(self, rid, why + ", during request " + std::to_string(rid));
+    return;
+  }
+  // A client that went away: its requests have nobody to stream to.
+  std::vector<uint64_t> orphaned;
+  for (const auto& [id, r] : st.requests)
+    if (r.client && r.client.address() == dm.source) orphaned.push_back(id);
+  for (uint64_t id : orphaned) {
+    st.requests.at(id).client = nullptr;
+    fail(self, id, "the client went away");
+  }
+}
+
+caf::behavior scheduler(Self* self, SchedulerOptions options) {
+  self->state.options = std::move(options);
+  self->set_default_handler(caf::drop);
+  self->set_down_handler([self](const caf::down_msg& dm) { on_down(self, dm); });
+  return {
+      [self](register_atom, const std::string& bytes) { return do_register(self, bytes); },
+      [self](status_atom, const std::string& bytes) { return do_status(self, bytes); },
+      [self](submit_atom, const std::string& bytes) {
+        admit(self, caf::actor_cast<caf::actor>(self->current_sender()), bytes);
+      },
+      [self](token_atom, const std::string& bytes) {
+        // From the query actor: forward to the requester.
+        uint64_t id = 0;
+        try {
+          id = wire::decode<wire::TokenEvent>(bytes, "the query actor").request_id();
+        } catch (const std::exception&) {
+          return;
+        }
+        auto it = self->state.requests.find(id);
+        if (it != self->state.requests.end() && it->second.client)
+          self->send(it->second.client, token_atom::value, bytes);
+      },
+      [self](finished_atom, const std::string& bytes) {
+        wire::Finished f;
+        try {
+          f = wire::decode<wire::Finished>(bytes, "the query actor");
+        } catch (const std::exception&) {
+          return;
+        }
+        auto it = self->state.requests.find(f.request_id());
+        if (it == self->state.requests.end()) return;  // failed already
+        if (!f.ok()) return fail(self, f.request_id(), f.error());
+        Request& r = it->second;
+        wire::Finished out = r.stats;
+        out.MergeFrom(f);
+        release_kv(self, r);
+        send_finished(self, r.client, out);
+        log(self, "request " + std::to_string(r.id) + " done: " + std::to_string(f.generated()) +
+                      " tokens (" + f.finish_reason() + ")");
+        self->state.requests.erase(it);
+        ++self->state.done;
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_scheduler(caf::actor_system& system, SchedulerOptions options) {
+  return system.spawn(scheduler, std::move(options));
+}
+
+}  // namespace starattn::actors

@@ -1,0 +1,30 @@
+// The scheduler actor (in the head): admits requests, tokenizes text, splits the context into
+// blocks, places contiguous runs of blocks on the live context workers, starts phase 2 on the
+// query actor, streams tokens back to the requester and frees the workers' KV when a request
+// ends. Workers register at any time (a new request uses every worker live at its admission);
+// the scheduler monitors them and fails the in-flight requests of one that dies with an error
+// naming it, while later requests go to the workers that remain.
+#pragma once
+
+#include <chrono>
+#include <memory>
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+
+#include "actors/data_plane.h"
+#include "actors/model_host.h"
+
+namespace starattn::actors {
+
+struct SchedulerOptions {
+  std::shared_ptr<ModelHost> model;  // config, tokenizer and digest of the served model
+  caf::actor query;
+  std::shared_ptr<WorkerHealth> health;
+  std::chrono::seconds encode_timeout{600};
+  bool verbose = true;
+};
+
+caf::actor spawn_scheduler(caf::actor_system& system, SchedulerOptions options);
+
+}  // namespace starattn::actors

@@ -1,0 +1,128 @@
+// The starattn command line as a user drives it: init-model, then run in its modes.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+
+#include "tests/support/test_models.h"
+
+namespace starattn {
+namespace {
+
+struct Result {
+  int status = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+Result run_cli(const std::string& args, const testing::TempDir& tmp) {
+  const std::string err_file = tmp.file("stderr.txt");
+  const std::string cmd = std::string(STARATTN_CLI) + " " + args + " 2>" + err_file;
+  Result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  r.status = pclose(p);
+  std::ifstream e(err_file);
+  std::stringstream ss;
+  ss << e.rdbuf();
+  r.err = ss.str();
+  return r;
+}
+
+std::string id_list(const std::vector<int32_t>& ids) {
+  std::string s;
+  for (size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
+  return s;
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = tmp_.file("model");
+    const Result r = run_cli("init-model --preset tiny --seed 3 --out " + model_, tmp_);
+    ASSERT_EQ(r.status, 0) << r.err;
+    std::mt19937_64 rng(17);
+    context_ = id_list(testing::random_tokens(rng, 150, 256));
+    query_ = id_list(testing::random_tokens(rng, 6, 256));
+  }
+  std::string run_args(const std::string& extra) {
+    return "run --model " + model_ + " --context-ids " + context_ + " --query-ids " + query_ +
+           " --max-tokens 10 --ignore-eos --output ids " + extra;
+  }
+  testing::TempDir tmp_;
+  std::string model_, context_, query_;
+};
+
+TEST_F(Cli, InitModelWritesAHuggingFaceDirectory) {
+  std::ifstream config(model_ + "/config.json");
+  ASSERT_TRUE(config.good());
+  std::stringstream ss;
+  ss << config.rdbuf();
+  EXPECT_THAT(ss.str(), ::testing::HasSubstr("\"model_type\": \"llama\""));
+  EXPECT_THAT(ss.str(), ::testing::HasSubstr("\"vocab_size\": 259"));
+  EXPECT_TRUE(std::ifstream(model_ + "/model.safetensors").good());
+}
+
+TEST_F(Cli, StarWithBlockCoveringContextPrintsTheSameIdsAsFull) {
+  const Result full = run_cli(run_args("--mode full"), tmp_);
+  ASSERT_EQ(full.status, 0) << full.err;
+  const Result star = run_cli(run_args("--mode star --workers 3 --block-size 150"), tmp_);
+  ASSERT_EQ(star.status, 0) << star.err;
+  EXPECT_EQ(star.out, full.out);
+  // Ten ids separated by spaces, then a newline.
+  std::istringstream ids(full.out);
+  int count = 0, id;
+  while (ids >> id) {
+    EXPECT_GE(id, 0);
+    EXPECT_LT(id, 259);
+    ++count;
+  }
+  EXPECT_EQ(count, 10);
+  EXPECT_THAT(star.err, ::testing::HasSubstr("phase 1 (context encoding)"));
+  EXPECT_THAT(star.err, ::testing::HasSubstr("first token"));
+}
+
+TEST_F(Cli, LogitsDumpHoldsOneVocabularyRowPerToken) {
+  const std::string dump = tmp_.file("logits.bin");
+  const Result r = run_cli(run_args("--mode star --workers 2 --block-size 40 --dump-logits " + dump), tmp_);
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::ifstream in(dump, std::ios::binary | std::ios::ate);
+  EXPECT_EQ(static_cast<long>(in.tellg()), 10L * 259 * 4);
+}
+
+TEST_F(Cli, TextContextStreamsText) {
+  std::ofstream(tmp_.file("ctx.txt")) << "The quick brown fox jumps over the lazy dog. ";
+  const Result r = run_cli("run --model " + model_ + " --context-file " + tmp_.file("ctx.txt") +
+                               " --query 'Who jumps?' --max-tokens 5 --workers 2",
+                           tmp_);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_THAT(r.err, ::testing::HasSubstr("[star] context 46 tokens"));
+}
+
+TEST_F(Cli, BadArgumentsFailWithAMessage) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {run_args("--mode sideways"), "unknown attention mode"},
+      {run_args("--block-size 8 --anchor-size 9"), "anchor size"},
+      {run_args("--workers 0"), "workers must be at least 1"},
+      {run_args("--bogus 1"), "unknown option --bogus"},
+      {"run --model " + tmp_.file("nowhere") + " --context-ids 1 --query-ids 2", "nowhere"},
+      {"run --model " + model_ + " --context-ids 1,x --query-ids 2", "not a token id"},
+      {"init-model --preset huge --out " + tmp_.file("m2"), "huge"},
+  };
+  for (const auto& [args, needle] : cases) {
+    const Result r = run_cli(args, tmp_);
+    EXPECT_NE(r.status, 0) << args;
+    EXPECT_THAT(r.err, ::testing::HasSubstr(needle)) << args;
+  }
+}
+
+}  // namespace
+}  // namespace starattn
