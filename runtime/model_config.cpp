@@ -166,12 +166,15 @@ std::string resolve_architecture(const FieldReader& r, const std::string& source
                            supported_architectures() + ")");
 }
 
-RopeScaling parse_rope_scaling(const FieldReader& r, const std::string& source) {
+// `key` is "rope_scaling" (transformers 4) or "rope_parameters" (transformers 5, which also
+// moves rope_theta inside it and writes rope_type "default" for unscaled RoPE).
+RopeScaling parse_rope_scaling(const FieldReader& r, const std::string& source,
+                               const std::string& key) {
   RopeScaling out;
-  const json* v = r.find("rope_scaling");
+  const json* v = r.find(key);
   if (!v) return out;
-  if (!v->is_object()) r.fail("rope_scaling", "must be an object or null, got " + describe_value(*v));
-  FieldReader s(*v, source, "rope_scaling.");
+  if (!v->is_object()) r.fail(key, "must be an object or null, got " + describe_value(*v));
+  FieldReader s(*v, source, key + ".");
   // transformers renamed "type" to "rope_type"; checkpoints carry either.
   std::string type;
   if (s.find("rope_type"))
@@ -179,10 +182,10 @@ RopeScaling parse_rope_scaling(const FieldReader& r, const std::string& source) 
   else if (s.find("type"))
     type = s.get_string("type");
   else
-    r.fail("rope_scaling", "has neither \"rope_type\" nor \"type\"");
+    r.fail(key, "has neither \"rope_type\" nor \"type\"");
   if (type == "default") return out;
   if (type != "llama3")
-    r.fail("rope_scaling", "has type \"" + type + "\", which is not supported (supported: llama3, " +
+    r.fail(key, "has type \"" + type + "\", which is not supported (supported: llama3, " +
                                "default)");
   out.type = type;
   out.factor = s.require_float("factor");
@@ -253,7 +256,12 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& s
   }
   c.rms_norm_eps = r.get_float("rms_norm_eps", 1e-6f);  // transformers' default for all three
   c.rope_theta = r.get_float("rope_theta", 10000.0f);
-  c.rope_scaling = parse_rope_scaling(r, source);
+  c.rope_scaling = parse_rope_scaling(r, source, "rope_scaling");
+  if (const json* params = r.find("rope_parameters"); params && params->is_object()) {
+    const FieldReader p(*params, source, "rope_parameters.");
+    if (p.find("rope_theta")) c.rope_theta = p.get_float("rope_theta", c.rope_theta);
+    c.rope_scaling = parse_rope_scaling(r, source, "rope_parameters");
+  }
   c.max_position_embeddings = r.get_int("max_position_embeddings",
                                         find_architecture(c.architecture)->default_max_positions);
   c.tie_word_embeddings = r.get_bool("tie_word_embeddings", false);

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -22,7 +23,9 @@ struct Result {
 
 Result run_cli(const std::string& args, const testing::TempDir& tmp) {
   const std::string err_file = tmp.file("stderr.txt");
-  const std::string cmd = std::string(STARATTN_CLI) + " " + args + " 2>" + err_file;
+  // A bundle moved to another host points STARATTN_CLI at its own copy of the binary.
+  const char* env = std::getenv("STARATTN_CLI");
+  const std::string cmd = std::string(env ? env : STARATTN_CLI) + " " + args + " 2>" + err_file;
   Result r;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;

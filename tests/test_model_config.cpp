@@ -419,3 +419,42 @@ TEST(Presets, TinyAndSmall) {
 
 }  // namespace
 }  // namespace starattn
+
+namespace starattn {
+namespace {
+
+// transformers 5 writes RoPE settings only under rope_parameters (theta inside it).
+TEST(ModelConfigTransformers5, ReadsRopeParameters) {
+  const std::string llama3 = R"({"model_type": "llama", "vocab_size": 300, "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0,
+    "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64}})";
+  const ModelConfig a = ModelConfig::from_json(llama3, "t5-llama3/config.json");
+  EXPECT_FLOAT_EQ(a.rope_theta, 500000.0f);
+  EXPECT_EQ(a.rope_scaling.type, "llama3");
+  EXPECT_FLOAT_EQ(a.rope_scaling.factor, 8.0f);
+  EXPECT_EQ(a.rope_scaling.original_max_position_embeddings, 64);
+
+  const std::string plain = R"({"model_type": "qwen2", "vocab_size": 300, "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "eos_token_id": null,
+    "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}})";
+  const ModelConfig b = ModelConfig::from_json(plain, "t5-qwen2/config.json");
+  EXPECT_FLOAT_EQ(b.rope_theta, 1000000.0f);
+  EXPECT_TRUE(b.rope_scaling.type.empty());
+
+  const std::string bad = R"({"model_type": "llama", "vocab_size": 300, "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}})";
+  try {
+    ModelConfig::from_json(bad, "t5-yarn/config.json");
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("rope_parameters"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("yarn"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace starattn
