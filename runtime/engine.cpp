@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <stdexcept>
 
 #include "runtime/block_plan.h"
+#include "runtime/bpe_tokenizer.h"
 #include "runtime/random_model.h"
 #include "runtime/star_attention.h"
 #include "runtime/transformer.h"
@@ -25,8 +27,21 @@ struct Engine::Impl {
   std::unique_ptr<Backend> backend;
   LoadedModel loaded;
   std::unique_ptr<Transformer> model;
-  ByteTokenizer byte_tokenizer;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::optional<ChatTemplate> chat;
 };
+
+std::string default_model_path() {
+  std::string dir;
+  if (const char* env = std::getenv("STARATTN_MODELS"); env && *env) {
+    dir = env;
+  } else if (const char* home = std::getenv("HOME"); home && *home) {
+    dir = std::string(home) + "/.cache/starattn/models";
+  } else {
+    dir = ".cache/starattn/models";
+  }
+  return dir + "/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
 
 Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
   if (options.workers < 1)
@@ -41,8 +56,14 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
     impl_->loaded.config = ModelConfig::from_file(path);
     impl_->loaded.weights = random_weight_source(impl_->loaded.config, options.weight_seed);
     impl_->loaded.path = path;
+    impl_->tokenizer = std::make_unique<ByteTokenizer>();
   } else {
     impl_->loaded = open_model(options.model);
+    impl_->tokenizer = load_tokenizer(options.model);
+    // Byte-level models have no chat template; every real vocabulary gets one (guessed with a
+    // note when the model does not say).
+    if (!dynamic_cast<const ByteTokenizer*>(impl_->tokenizer.get()))
+      impl_->chat = detect_chat_template(read_chat_template(options.model), *impl_->tokenizer);
   }
   impl_->model = std::make_unique<Transformer>(impl_->loaded.config, *impl_->loaded.weights,
                                                *impl_->backend);
@@ -51,7 +72,12 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
 Engine::~Engine() = default;
 
 const ModelConfig& Engine::config() const { return impl_->model->config(); }
-const Tokenizer& Engine::tokenizer() const { return impl_->byte_tokenizer; }
+const Tokenizer& Engine::tokenizer() const { return *impl_->tokenizer; }
+const std::optional<ChatTemplate>& Engine::chat_template() const { return impl_->chat; }
+
+PromptIds Engine::document_prompt(const std::string& document, const std::string& question) const {
+  return starattn::document_prompt(*impl_->tokenizer, impl_->chat, document, question);
+}
 Backend& Engine::backend() { return *impl_->backend; }
 
 int64_t Engine::kv_capacity_tokens() const {
@@ -105,15 +131,55 @@ GenerateStats Engine::generate(const GenerateRequest& req, const TokenCallback& 
   const std::vector<BlockSpec> blocks = split_blocks(C, b);
   stats.blocks = static_cast<int>(blocks.size());
 
-  // In-process workers share one backend's memory; each also needs a scratch of a + b rows.
-  const int64_t total = kv_capacity_tokens();
-  const int64_t scratch = std::min<int64_t>(a, C) + std::min<int64_t>(b, C);
+  // Memory plan, before anything is allocated: in-process workers share one backend's memory.
+  // Per context token a worker keeps its K/V and (in its workspace) one row of activations;
+  // each encode also needs a scratch KV cache of a + b rows (b = C in full mode), and the query
+  // side its own K/V and activations. Counting all of it means a context that passes this check
+  // does not run out of device memory later in the forward.
+  const int64_t es = static_cast<int64_t>(dtype_size(be.activation_dtype()));
+  const int64_t kv_tok = cfg.kv_bytes_per_token(static_cast<size_t>(es));
+  const int64_t act_tok =
+      es * (3 * int64_t{cfg.hidden_size} + 2 * int64_t{cfg.q_dim()} + 2 * int64_t{cfg.kv_dim()} +
+            3 * int64_t{cfg.intermediate_size});
   const int64_t query_need = stats.query_tokens + req.max_tokens;
-  const int64_t per_worker = (total - query_need) / workers - scratch;
-  if (per_worker <= 0 && C > 0)
-    throw std::length_error("context of " + std::to_string(C) +
-                            " tokens does not fit: no KV memory left after the query (" +
-                            std::to_string(total) + " tokens of KV in all)");
+  // Bytes a context of n tokens needs with this request's block rules.
+  const auto need_bytes = [&](int64_t n) {
+    int64_t nb, na;
+    if (req.mode == AttentionMode::full) {
+      nb = n;
+      na = 0;
+    } else {
+      nb = req.block_size > 0 ? req.block_size : (n + workers - 1) / workers;
+      na = req.use_anchor ? (req.anchor_size > 0 ? req.anchor_size : nb) : 0;
+    }
+    const double scratch = static_cast<double>(std::min(na, n) + std::min(nb, n));
+    return static_cast<double>(n) * static_cast<double>(kv_tok + act_tok) +
+           scratch * static_cast<double>(kv_tok + 4 * cfg.num_heads) +
+           static_cast<double>(query_need) * static_cast<double>(kv_tok + act_tok) +
+           8.0 * cfg.vocab_size + static_cast<double>(int64_t{64} << 20);
+  };
+  const int64_t free_bytes = be.free_bytes();
+  const double budget = static_cast<double>(free_bytes) * impl_->options.kv_memory_fraction;
+  if (need_bytes(C) > budget) {
+    int64_t lo = 0, hi = C;  // need_bytes grows with n: the largest n that fits is in [lo, hi)
+    while (hi - lo > 1) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      (need_bytes(mid) <= budget ? lo : hi) = mid;
+    }
+    if (need_bytes(lo) > budget) lo = 0;
+    const auto mib = [](double bytes) { return std::to_string(static_cast<int64_t>(bytes / (1 << 20))); };
+    throw std::length_error(
+        "context of " + std::to_string(C) + " tokens does not fit: at most " + std::to_string(lo) +
+        " context tokens fit (" + mode_name(req.mode) + " mode) in " + mib(budget) + " MiB (" +
+        std::to_string(impl_->options.kv_memory_fraction) + " of the " + mib(static_cast<double>(free_bytes)) +
+        " MiB free on " + be.name() + "), at " + std::to_string(kv_tok) + " bytes of KV and " +
+        std::to_string(act_tok) + " bytes of activations per token plus the encoding scratch; this one needs " +
+        mib(need_bytes(C)) + " MiB");
+  }
+  const int64_t fit = std::max<int64_t>(C, 1);
+  // The workers share this memory: the total was checked above, so each may take all of it
+  // (equal capacities still balance the blocks over the workers).
+  const int64_t per_worker = std::max<int64_t>(fit, 1);
   const auto runs = assign_blocks(blocks, std::vector<int64_t>(workers, per_worker));
 
   const auto t0 = clock::now();

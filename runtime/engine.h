@@ -5,14 +5,21 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "runtime/backend.h"
+#include "runtime/chat_template.h"
 #include "runtime/model_config.h"
+#include "runtime/prompt.h"
 #include "runtime/tokenizer.h"
 
 namespace starattn {
+
+// Where `starattn run` looks for the default model (SmolLM2-135M-Instruct, fetched by
+// deploy/fetch-model.sh): $STARATTN_MODELS or ~/.cache/starattn/models.
+std::string default_model_path();
 
 enum class AttentionMode { star, full };
 AttentionMode parse_mode(const std::string& name);
@@ -74,6 +81,10 @@ class Engine {
 
   const ModelConfig& config() const;
   const Tokenizer& tokenizer() const;
+  // The model's chat template; empty for models without one (byte-level test models).
+  const std::optional<ChatTemplate>& chat_template() const;
+  // Context and query ids for a question over a document (runtime/prompt.h).
+  PromptIds document_prompt(const std::string& document, const std::string& question) const;
   Backend& backend();
   // Tokens of KV the in-process context workers can hold for one request, in all.
   int64_t kv_capacity_tokens() const;

@@ -296,11 +296,10 @@ GgufFile::GgufFile(const std::string& path) : path_(path) {
     }
     const uint64_t n_tensors = in.read<uint64_t>("header tensor count");
     const uint64_t n_kv = in.read<uint64_t>("header metadata count");
-    // A metadata entry takes at least 8 + 4 + 1 bytes, a tensor info at least 8 + 4 + 8 + 4 + 8.
+    // A metadata entry takes at least 8 + 4 + 1 bytes, a tensor info at least 8 + 4 + 8 + 4 + 8:
+    // counts the file cannot hold are rejected before anything is allocated.
     if (n_kv > in.remaining() / 13)
       in.fail("header", "metadata count " + std::to_string(n_kv) + " cannot fit in the file");
-    if (n_tensors > in.remaining() / 32)
-      in.fail("header", "tensor count " + std::to_string(n_tensors) + " cannot fit in the file");
 
     for (uint64_t k = 0; k < n_kv; ++k) {
       const std::string entry = "metadata entry " + std::to_string(k);
@@ -319,6 +318,8 @@ GgufFile::GgufFile(const std::string& path) : path_(path) {
       alignment_ = static_cast<uint64_t>(a->i);
     }
 
+    if (n_tensors > in.remaining() / 32)
+      in.fail("header", "tensor count " + std::to_string(n_tensors) + " cannot fit in the file");
     for (uint64_t t = 0; t < n_tensors; ++t) {
       GgufTensorInfo info;
       info.name = in.read_string("tensor info " + std::to_string(t) + " name");

@@ -1,9 +1,11 @@
 // Opening a model and checking its tensors against the architecture.
 #include "runtime/weight_source.h"
 
+
 #include <filesystem>
 #include <stdexcept>
 
+#include "runtime/gguf.h"
 #include "runtime/safetensors.h"
 
 namespace starattn {
@@ -100,7 +102,7 @@ LoadedModel open_model(const std::string& path) {
   if (!fs::exists(status)) throw std::runtime_error("model path " + path + " does not exist");
   if (fs::is_regular_file(status)) {
     if (ends_with(path, ".gguf"))
-      throw std::runtime_error("GGUF loading comes with the gguf loader: " + path);
+      return open_gguf(path);
     throw std::runtime_error(path + " is a file; expected a Hugging Face model directory " +
                              "(config.json with model.safetensors or a sharded index)");
   }
