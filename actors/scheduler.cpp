@@ -192,12 +192,14 @@ void admit(Self* self, const caf::actor& client, const std::string& bytes) {
     r.submit = wire::decode<wire::SubmitRequest>(bytes, "a client");
     wire::check_version(r.submit.protocol_version(), "the client");
     wire::SubmitRequest& q = r.submit;
-    if (q.has_text()) {
+    const Tokenizer& tok = st.options.model->tokenizer();
+    if (q.context_is_text()) {
       // Text contexts start a sequence, so they get the model's BOS (as `starattn run` does).
-      const Tokenizer& tok = st.options.model->tokenizer();
       q.clear_context();
       if (cfg.bos_token_id >= 0) q.add_context(cfg.bos_token_id);
       for (int32_t id : tok.encode(q.context_text())) q.add_context(id);
+    }
+    if (q.query_is_text()) {
       q.clear_query();
       for (int32_t id : tok.encode(q.query_text())) q.add_query(id);
     }
@@ -297,21 +299,21 @@ void admit(Self* self, const caf::actor& client, const std::string& bytes) {
     const std::string wname = w.name;
     self->request(w.actor, st.options.encode_timeout, encode_atom::value, wire::encode(e))
         .then(
-            [self, id, wname](const std::string& bytes) {
+            [self, id, wname](const std::string& reply) {
               auto it = self->state.requests.find(id);
               if (it == self->state.requests.end()) return;  // failed meanwhile
               wire::EncodeReply rep;
               try {
-                rep = wire::decode<wire::EncodeReply>(bytes, "worker " + wname);
-              } catch (const std::exception& e) {
-                return fail(self, id, e.what());
+                rep = wire::decode<wire::EncodeReply>(reply, "worker " + wname);
+              } catch (const std::exception& ex) {
+                return fail(self, id, ex.what());
               }
               if (!rep.ok()) return fail(self, id, rep.error());
               if (--it->second.pending_encodes == 0) start_phase2(self, it->second);
             },
-            [self, id, wname](const caf::error& e) {
+            [self, id, wname](const caf::error& err) {
               fail(self, id, "context worker " + wname + " did not encode its blocks: " +
-                                 caf::to_string(e));
+                                 caf::to_string(err));
             });
   }
   if (req.pending_encodes == 0) start_phase2(self, req);  // an empty context

@@ -10,7 +10,8 @@
 // Schedule: a block owns one KV head and 16 "packed rows" (token t, query head of the group)
 // r = t * group + g, so the group's query heads share every K/V tile that is read (GQA reads
 // K/V once per split, not once per query head). grid (splits, Hkv, ceil(T * group / 16)).
-// Each of the 4 warps walks its own tiles of 32 keys (tile w, w + 4, ...) of the split with a
+// Each of the 4 warps walks its own tiles of KT keys (16 by default, 32 as a variant; tile w,
+// w + 4, ...) of the split with a
 // private double buffer filled by cp.async: no block-wide barrier in the key loop, so loads
 // stay in flight. At the end the 4 warps' (m, l, o) are combined through shared memory.
 #pragma once
@@ -23,12 +24,15 @@
 namespace starattn::cuda {
 
 constexpr int kDecodeWarps = 4;
-constexpr int kDecodeKeys = 32;  // keys per warp tile
+constexpr int kDecodeKeys = 16;  // keys per warp tile (default; STARATTN_DECODE_KEYS=32 for the old 32-key tiles)
 
-template <int D>
+template <int D, int KT = kDecodeKeys>
 constexpr int decode_smem_bytes() {
-  // q tile (16 x D) + per warp two buffers of K and V (32 x D each).
-  return (16 + kDecodeWarps * 4 * kDecodeKeys) * D * static_cast<int>(sizeof(bf16));
+  // q tile (16 x D) + per warp two buffers of K and V (KT x D each); at least the f32 area the
+  // warps combine through at the end.
+  constexpr int tiles = (16 + kDecodeWarps * 4 * KT) * D * static_cast<int>(sizeof(bf16));
+  constexpr int combine = 16 * D * 2 + kDecodeWarps * (16 * (D + 8) + 32) * 4;
+  return tiles > combine ? tiles : combine;
 }
 
 struct DecodeParams {
@@ -38,11 +42,11 @@ struct DecodeParams {
   int64_t lse_split_stride;
 };
 
-template <int D, class OutT>
+template <int D, class OutT, int KT>
 __global__ void __launch_bounds__(kDecodeWarps * 32)
     attention_decode_kernel(const DecodeParams dp) {
   static_assert(D % 64 == 0, "head size must be a multiple of 64");
-  constexpr int KT = kDecodeKeys, kChunks = D / 8, kThreads = kDecodeWarps * 32;
+  constexpr int kChunks = D / 8, kThreads = kDecodeWarps * 32;
   const AttentionParams& p = dp.a;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sq = reinterpret_cast<bf16*>(smem_raw);
@@ -176,14 +180,17 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 
 // How the keys are split for one call.
 struct DecodePlan {
+  int keys_per_tile = kDecodeKeys;  // 16 (3 blocks per SM), or 32 (1 block per SM: 135 KB of tiles)
   int splits = 1;
   int64_t keys_per_split = kDecodeKeys;
   int64_t workspace_floats = 0;  // f32 scratch the launch needs (0 with one split)
 };
 
 // Enough splits to fill the GPU (num_sms x resident blocks), but at least 2 tiles per warp each.
-inline DecodePlan plan_attention_decode(const AttentionParams& p, int head_dim, int num_sms) {
+inline DecodePlan plan_attention_decode(const AttentionParams& p, int head_dim, int num_sms, int keys_per_tile = kDecodeKeys) {
   DecodePlan plan;
+  plan.keys_per_tile = keys_per_tile == 16 ? 16 : 32;
+  const int KT = plan.keys_per_tile;
   const int64_t group = p.n_q_heads / p.n_kv_heads;
   const int64_t row_groups = ceil_div(static_cast<int64_t>(p.T) * group, 16);
   int64_t s_eff = p.S;
@@ -191,30 +198,31 @@ inline DecodePlan plan_attention_decode(const AttentionParams& p, int head_dim, 
     const int64_t n = static_cast<int64_t>(p.T) + p.causal_offset;  // last row's visible keys
     s_eff = n < 0 ? 0 : (n < p.S ? n : p.S);
   }
-  const int smem = head_dim == 64 ? decode_smem_bytes<64>() : decode_smem_bytes<128>();
+  const int smem = KT == 16 ? (head_dim == 64 ? decode_smem_bytes<64, 16>() : decode_smem_bytes<128, 16>())
+                            : (head_dim == 64 ? decode_smem_bytes<64, 32>() : decode_smem_bytes<128, 32>());
   const int64_t per_sm = std::max<int64_t>(1, (227 * 1024) / (smem + 1024));
   const int64_t base = static_cast<int64_t>(p.n_kv_heads) * row_groups;
-  const int64_t tiles = ceil_div(s_eff, kDecodeKeys);
+  const int64_t tiles = ceil_div(s_eff, KT);
   int64_t splits = ceil_div(num_sms * per_sm, base);
   splits = std::min(splits, ceil_div(tiles, 2 * kDecodeWarps));
   splits = std::max<int64_t>(splits, 1);
-  plan.keys_per_split = std::max<int64_t>(1, ceil_div(tiles, splits)) * kDecodeKeys;
+  plan.keys_per_split = std::max<int64_t>(1, ceil_div(tiles, splits)) * KT;
   plan.splits = static_cast<int>(std::max<int64_t>(1, ceil_div(s_eff, plan.keys_per_split)));
   if (plan.splits > 1)
     plan.workspace_floats = static_cast<int64_t>(plan.splits) * p.T * p.n_q_heads * (head_dim + 1);
   return plan;
 }
 
-template <int D, class OutT>
+template <int D, class OutT, int KT>
 void launch_attention_decode_d(const AttentionParams& p, const DecodePlan& plan, float* workspace,
                                cudaStream_t stream) {
-  constexpr int smem = decode_smem_bytes<D>();
+  constexpr int smem = decode_smem_bytes<D, KT>();
   const int64_t group = p.n_q_heads / p.n_kv_heads;
   const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(p.n_kv_heads),
                   static_cast<unsigned>(ceil_div(static_cast<int64_t>(p.T) * group, 16)));
   DecodeParams dp{p, plan.keys_per_split, 0, 0};
   if (plan.splits == 1) {
-    constexpr auto kernel = attention_decode_kernel<D, OutT>;
+    constexpr auto kernel = attention_decode_kernel<D, OutT, KT>;
     allow_dynamic_smem<kernel>(smem, "attention_decode_kernel");
     kernel<<<grid, kDecodeWarps * 32, smem, stream>>>(dp);
     check_launch("attention_decode_kernel");
@@ -230,7 +238,7 @@ void launch_attention_decode_d(const AttentionParams& p, const DecodePlan& plan,
   dp.a.lse_stride = p.n_q_heads;
   dp.o_split_stride = rows * p.n_q_heads * D;
   dp.lse_split_stride = rows * p.n_q_heads;
-  constexpr auto kernel = attention_decode_kernel<D, float>;
+  constexpr auto kernel = attention_decode_kernel<D, float, KT>;
   allow_dynamic_smem<kernel>(smem, "attention_decode_kernel");
   kernel<<<grid, kDecodeWarps * 32, smem, stream>>>(dp);
   check_launch("attention_decode_kernel");
@@ -244,12 +252,23 @@ void launch_attention_decode_d(const AttentionParams& p, const DecodePlan& plan,
 inline void launch_attention_decode(const AttentionParams& p, int head_dim, bool o_is_f32,
                                     const DecodePlan& plan, float* workspace, cudaStream_t stream) {
   if (p.T == 0) return;
+  const bool k16 = plan.keys_per_tile == 16;
   if (head_dim == 64) {
-    o_is_f32 ? launch_attention_decode_d<64, float>(p, plan, workspace, stream)
-             : launch_attention_decode_d<64, bf16>(p, plan, workspace, stream);
+    if (k16) {
+      o_is_f32 ? launch_attention_decode_d<64, float, 16>(p, plan, workspace, stream)
+               : launch_attention_decode_d<64, bf16, 16>(p, plan, workspace, stream);
+    } else {
+      o_is_f32 ? launch_attention_decode_d<64, float, 32>(p, plan, workspace, stream)
+               : launch_attention_decode_d<64, bf16, 32>(p, plan, workspace, stream);
+    }
   } else if (head_dim == 128) {
-    o_is_f32 ? launch_attention_decode_d<128, float>(p, plan, workspace, stream)
-             : launch_attention_decode_d<128, bf16>(p, plan, workspace, stream);
+    if (k16) {
+      o_is_f32 ? launch_attention_decode_d<128, float, 16>(p, plan, workspace, stream)
+               : launch_attention_decode_d<128, bf16, 16>(p, plan, workspace, stream);
+    } else {
+      o_is_f32 ? launch_attention_decode_d<128, float, 32>(p, plan, workspace, stream)
+               : launch_attention_decode_d<128, bf16, 32>(p, plan, workspace, stream);
+    }
   } else {
     throw std::invalid_argument("attention_decode: head_dim " + std::to_string(head_dim) +
                                 " not compiled (64, 128)");

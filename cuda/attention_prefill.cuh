@@ -8,9 +8,11 @@
 // sees key j iff j <= i + causal_offset). A row that sees no key gets o = 0 and lse = -inf.
 // o may alias q: a block reads its q rows before it writes the same rows and head.
 //
-// Schedule: a block of 4 warps owns 64 query rows of one head (16 per warp, Q fragments kept in
-// registers) and walks the visible keys in tiles of 64, K and V tiles double buffered in shared
-// memory through cp.async so the next tile loads while this one is multiplied.
+// Schedule: a block of W warps owns 16*W query rows of one head (16 per warp, Q fragments kept
+// in registers) and walks the visible keys in tiles of BN, K and V tiles double buffered in
+// shared memory through cp.async so the next tile loads while this one is multiplied. The
+// default is W = 4, BN = 64; other (W, BN) variants are compiled for D = 128 with bf16 output and
+// picked with STARATTN_PREFILL_VARIANT (benchmarks: tools/bench).
 #pragma once
 
 #include <cmath>
@@ -41,12 +43,12 @@ __device__ __forceinline__ int64_t visible_keys(const AttentionParams& p, int64_
 }
 
 constexpr int kPrefillWarps = 4;
-constexpr int kPrefillRows = 16 * kPrefillWarps;  // query rows per block
-constexpr int kPrefillKeys = 64;                  // keys per tile
+constexpr int kPrefillRows = 16 * kPrefillWarps;  // query rows per block (default variant)
+constexpr int kPrefillKeys = 64;                  // keys per tile (default variant)
 
-template <int D>
+template <int D, int W, int BN>
 constexpr int prefill_smem_bytes() {
-  return (kPrefillRows + 4 * kPrefillKeys) * D * static_cast<int>(sizeof(bf16));
+  return (16 * W + 4 * BN) * D * static_cast<int>(sizeof(bf16));
 }
 
 // Writes one thread's two rows of a finished 16-row fragment (rows row0 + g and row0 + g + 8).
@@ -74,12 +76,14 @@ __device__ __forceinline__ void write_rows(const AttentionParams& p, int h, int6
   }
 }
 
-// grid (ceil(T / 64), Hq), block 128 threads, dynamic shared memory prefill_smem_bytes<D>().
-template <int D, class OutT>
-__global__ void __launch_bounds__(kPrefillWarps * 32)
+// grid (ceil(T / (16 W)), Hq), block 32 W threads, dynamic shared memory
+// prefill_smem_bytes<D, W, BN>(). Blocks are launched last row block first (the causal ones do
+// the most work), so the long blocks start early and the short ones fill the tail.
+template <int D, class OutT, int W, int BN>
+__global__ void __launch_bounds__(W * 32)
     attention_prefill_kernel(const AttentionParams p) {
   static_assert(D % 64 == 0, "head size must be a multiple of 64 (swizzle needs 8 chunks)");
-  constexpr int BM = kPrefillRows, BN = kPrefillKeys, kThreads = kPrefillWarps * 32;
+  constexpr int BM = 16 * W, kThreads = W * 32;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sq = reinterpret_cast<bf16*>(smem_raw);
   bf16* sk = sq + BM * D;       // two buffers of BN x D
@@ -87,7 +91,7 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int h = blockIdx.y, kvh = h / (p.n_q_heads / p.n_kv_heads);
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
+  const int64_t m0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * BM;
   const int64_t wrow0 = m0 + 16 * warp;
   // The block's last row sees the most keys; nothing past that is loaded.
   const int64_t n_end = visible_keys(p, m0 + BM - 1);
@@ -149,24 +153,44 @@ __global__ void __launch_bounds__(kPrefillWarps * 32)
   write_rows<D, OutT>(p, h, wrow0, lane, m, l, acc);
 }
 
-template <int D, class OutT>
+template <int D, class OutT, int W = kPrefillWarps, int BN = kPrefillKeys>
 void launch_attention_prefill_d(const AttentionParams& p, cudaStream_t stream) {
-  constexpr int smem = prefill_smem_bytes<D>();
-  constexpr auto kernel = attention_prefill_kernel<D, OutT>;
+  constexpr int smem = prefill_smem_bytes<D, W, BN>();
+  constexpr auto kernel = attention_prefill_kernel<D, OutT, W, BN>;
   allow_dynamic_smem<kernel>(smem, "attention_prefill_kernel");
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.T, kPrefillRows)), static_cast<unsigned>(p.n_q_heads));
-  kernel<<<grid, kPrefillWarps * 32, smem, stream>>>(p);
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.T, 16 * W)), static_cast<unsigned>(p.n_q_heads));
+  kernel<<<grid, W * 32, smem, stream>>>(p);
   check_launch("attention_prefill_kernel");
 }
 
+// Tile variants of the prefill kernel, "w<warps>n<keys>"; 0 is the default (w4n64).
+inline int prefill_variant_from_name(const char* name) {
+  static const char* const kNames[] = {"w4n64", "w8n64", "w4n32", "w8n32"};
+  if (name == nullptr || *name == '\0') return 0;
+  for (int i = 0; i < 4; ++i)
+    if (std::string(name) == kNames[i]) return i;
+  throw std::invalid_argument(std::string("STARATTN_PREFILL_VARIANT must be w4n64, w8n64, w4n32 or w8n32, got '") +
+                              name + "'");
+}
+
 // head_dim 64 or 128; o_is_f32 selects the output element type. Inputs are checked by the caller.
+// variant (prefill_variant_from_name) applies to D = 128 with bf16 output; others use the default.
 inline void launch_attention_prefill(const AttentionParams& p, int head_dim, bool o_is_f32,
-                                     cudaStream_t stream) {
+                                     cudaStream_t stream, int variant = 0) {
   if (p.T == 0) return;
   if (head_dim == 64) {
     o_is_f32 ? launch_attention_prefill_d<64, float>(p, stream) : launch_attention_prefill_d<64, bf16>(p, stream);
   } else if (head_dim == 128) {
-    o_is_f32 ? launch_attention_prefill_d<128, float>(p, stream) : launch_attention_prefill_d<128, bf16>(p, stream);
+    if (o_is_f32) {
+      launch_attention_prefill_d<128, float>(p, stream);
+    } else {
+      switch (variant) {
+        case 1: launch_attention_prefill_d<128, bf16, 8, 64>(p, stream); break;
+        case 2: launch_attention_prefill_d<128, bf16, 4, 32>(p, stream); break;
+        case 3: launch_attention_prefill_d<128, bf16, 8, 32>(p, stream); break;
+        default: launch_attention_prefill_d<128, bf16>(p, stream); break;
+      }
+    }
   } else {
     throw std::invalid_argument("attention_prefill: head_dim " + std::to_string(head_dim) +
                                 " not compiled (64, 128)");

@@ -128,6 +128,12 @@ class CudaBackend final : public Backend {
   int32_t sample(const Tensor& logits_row, const SamplingParams& params, uint64_t step) override;
   void synchronize() override;
 
+  // For benchmarks and tests (cuda_backend.h): the stream every op is queued on, and the high
+  // water mark of bytes allocated through alloc() since the last reset.
+  cudaStream_t stream() const { return stream_; }
+  int64_t peak_allocated_bytes() const;
+  void reset_peak_allocated_bytes();
+
  private:
   struct HostArray {
     const void* data;
@@ -143,6 +149,8 @@ class CudaBackend final : public Backend {
   int device_ = 0;
   int num_sms_ = 1;
   AttentionPath attention_path_ = AttentionPath::automatic;
+  int prefill_variant_ = 0;        // STARATTN_PREFILL_VARIANT (cuda::prefill_variant_from_name)
+  int decode_keys_per_tile_ = 16;  // STARATTN_DECODE_KEYS (16, the default, or 32)
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
 
@@ -169,6 +177,7 @@ class CudaBackend final : public Backend {
 
   mutable std::mutex live_mutex_;
   std::unordered_map<void*, size_t> live_;  // allocation -> bytes
+  int64_t live_bytes_ = 0, peak_bytes_ = 0;
 };
 
 }  // namespace starattn::cuda_detail

@@ -13,6 +13,7 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
+#include <functional>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -20,13 +21,37 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "cuda/backend_impl.h"
+#include "cuda/attention_prefill.cuh"
 #include "cuda/elementwise.cuh"
 
 namespace starattn::cuda_detail {
+namespace {
+
+// Splits [0, n) over the host's cores for the host-side dtype conversions of large transfers
+// (loading an 8B model converts 16 GB); small ranges stay on the calling thread.
+template <class F>
+void parallel_for(int64_t n, F&& f) {
+  constexpr int64_t kMinPerThread = int64_t{1} << 18;
+  const int64_t hw = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
+  const int64_t threads = std::min<int64_t>({hw, 16, (n + kMinPerThread - 1) / kMinPerThread});
+  if (threads <= 1) {
+    f(int64_t{0}, n);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const int64_t per = (n + threads - 1) / threads;
+  for (int64_t t = 1; t < threads; ++t)
+    pool.emplace_back([&f, t, per, n] { f(std::min(n, t * per), std::min(n, (t + 1) * per)); });
+  f(int64_t{0}, std::min(n, per));
+  for (std::thread& th : pool) th.join();
+}
+
+}  // namespace
 
 CudaBackend::CudaBackend(int device) : device_(device) {
   int count = 0;
@@ -36,6 +61,12 @@ CudaBackend::CudaBackend(int device) : device_(device) {
                              std::to_string(err == cudaSuccess ? count : 0) + " found" +
                              (err == cudaSuccess ? "" : std::string(", ") + cudaGetErrorString(err)) + ")");
   attention_path_ = attention_path_from_env();
+  prefill_variant_ = cuda::prefill_variant_from_name(std::getenv("STARATTN_PREFILL_VARIANT"));
+  if (const char* k = std::getenv("STARATTN_DECODE_KEYS"); k != nullptr && *k != '\0') {
+    if (std::strcmp(k, "16") != 0 && std::strcmp(k, "32") != 0)
+      throw std::invalid_argument(std::string("STARATTN_DECODE_KEYS must be 16 or 32, got '") + k + "'");
+    decode_keys_per_tile_ = std::atoi(k);
+  }
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
   check_cuda(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
   check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -150,6 +181,8 @@ Buffer CudaBackend::alloc(int64_t rows, int64_t cols, DType dtype) {
   {
     std::lock_guard<std::mutex> lock(live_mutex_);
     live_[p] = bytes;
+    live_bytes_ += static_cast<int64_t>(bytes);
+    peak_bytes_ = std::max(peak_bytes_, live_bytes_);
   }
   Tensor t;
   t.data = p;
@@ -168,12 +201,23 @@ void CudaBackend::free_memory(Tensor t) {
     if (it == live_.end())
       throw std::invalid_argument("free_memory: " + shape(t) +
                                   " was not allocated by this cuda backend (or was freed already)");
+    live_bytes_ -= static_cast<int64_t>(it->second);
     live_.erase(it);
   }
   bind();
   // cudaFree waits for the device, so queued kernels that still use the memory finish first.
   const cudaError_t err = cudaFree(t.data);
   if (err != cudaSuccess) std::fprintf(stderr, "cuda free_memory: %s\n", cudaGetErrorString(err));
+}
+
+int64_t CudaBackend::peak_allocated_bytes() const {
+  std::lock_guard<std::mutex> lock(live_mutex_);
+  return peak_bytes_;
+}
+
+void CudaBackend::reset_peak_allocated_bytes() {
+  std::lock_guard<std::mutex> lock(live_mutex_);
+  peak_bytes_ = live_bytes_;
 }
 
 int64_t CudaBackend::free_bytes() const {
@@ -206,7 +250,9 @@ void CudaBackend::upload(const float* host, Tensor dst) {
       std::memcpy(stage_buf, src, static_cast<size_t>(count) * 4);
     } else {
       uint16_t* o = reinterpret_cast<uint16_t*>(stage_buf);
-      for (int64_t i = 0; i < count; ++i) o[i] = f32_to_bf16_bits(src[i]);
+      parallel_for(count, [&](int64_t b0, int64_t b1) {
+        for (int64_t i = b0; i < b1; ++i) o[i] = f32_to_bf16_bits(src[i]);
+      });
     }
     char* d = static_cast<char*>(dst.data) + r0 * dst.stride * static_cast<int64_t>(es);
     check_cuda(cudaMemcpy2DAsync(d, static_cast<size_t>(dst.stride) * es, stage_buf, row_bytes, row_bytes,
@@ -244,7 +290,9 @@ void CudaBackend::download(const Tensor& src, float* host) {
       std::memcpy(o, stage_buf, static_cast<size_t>(count) * 4);
     } else {
       const uint16_t* in = reinterpret_cast<const uint16_t*>(stage_buf);
-      for (int64_t i = 0; i < count; ++i) o[i] = bf16_bits_to_f32(in[i]);
+      parallel_for(count, [&](int64_t b0, int64_t b1) {
+        for (int64_t i = b0; i < b1; ++i) o[i] = bf16_bits_to_f32(in[i]);
+      });
     }
   }
 }
@@ -281,6 +329,82 @@ namespace starattn {
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {
   return std::make_unique<cuda_detail::CudaBackend>(device);
+}
+
+namespace {
+cuda_detail::CudaBackend& as_cuda(Backend& be, const char* what) {
+  auto* c = dynamic_cast<cuda_detail::CudaBackend*>(&be);
+  if (c == nullptr) throw std::invalid_argument(std::string(what) + ": backend '" + be.name() + "' is not cuda");
+  return *c;
+}
+}  // namespace
+
+std::vector<double> cuda_event_times_ms(Backend& be, const std::function<void()>& fn, int warmup, int iters) {
+  auto& c = as_cuda(be, "cuda_event_times_ms");
+  for (int i = 0; i < warmup; ++i) fn();
+  std::vector<cudaEvent_t> ev(static_cast<size_t>(2 * iters));
+  for (cudaEvent_t& e : ev) cuda::check_cuda(cudaEventCreate(&e), "cudaEventCreate");
+  for (int i = 0; i < iters; ++i) {
+    cuda::check_cuda(cudaEventRecord(ev[2 * i], c.stream()), "cudaEventRecord");
+    fn();
+    cuda::check_cuda(cudaEventRecord(ev[2 * i + 1], c.stream()), "cudaEventRecord");
+  }
+  cuda::check_cuda(cudaStreamSynchronize(c.stream()), "cuda_event_times_ms");
+  cuda::check_cuda(cudaGetLastError(), "cuda_event_times_ms (a kernel failed)");
+  std::vector<double> ms(static_cast<size_t>(iters));
+  for (int i = 0; i < iters; ++i) {
+    float t = 0.0f;
+    cuda::check_cuda(cudaEventElapsedTime(&t, ev[2 * i], ev[2 * i + 1]), "cudaEventElapsedTime");
+    ms[i] = t;
+  }
+  for (cudaEvent_t e : ev) cudaEventDestroy(e);
+  return ms;
+}
+
+double cuda_copy_bandwidth_gbs(Backend& be, int64_t bytes, int iters) {
+  auto& c = as_cuda(be, "cuda_copy_bandwidth_gbs");
+  c.synchronize();
+  void *a = nullptr, *b = nullptr;
+  cuda::check_cuda(cudaMalloc(&a, static_cast<size_t>(bytes)), "cudaMalloc (copy bandwidth)");
+  const cudaError_t err = cudaMalloc(&b, static_cast<size_t>(bytes));
+  if (err != cudaSuccess) {
+    cudaFree(a);
+    cuda::check_cuda(err, "cudaMalloc (copy bandwidth)");
+  }
+  cuda::check_cuda(cudaMemsetAsync(a, 1, static_cast<size_t>(bytes), c.stream()), "cudaMemsetAsync");
+  std::vector<double> ms = cuda_event_times_ms(
+      be,
+      [&] {
+        cuda::check_cuda(cudaMemcpyAsync(b, a, static_cast<size_t>(bytes), cudaMemcpyDeviceToDevice, c.stream()),
+                         "cudaMemcpyAsync");
+      },
+      3, iters);
+  cudaFree(a);
+  cudaFree(b);
+  std::sort(ms.begin(), ms.end());
+  return 2.0 * static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e-3) / 1e9;
+}
+
+int64_t cuda_peak_allocated_bytes(Backend& be, bool reset) {
+  auto& c = as_cuda(be, "cuda_peak_allocated_bytes");
+  const int64_t peak = c.peak_allocated_bytes();
+  if (reset) c.reset_peak_allocated_bytes();
+  return peak;
+}
+
+std::string cuda_device_description(Backend& be) {
+  auto& c = as_cuda(be, "cuda_device_description");
+  (void)c;
+  int dev = 0;
+  cuda::check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  cudaDeviceProp prop{};
+  cuda::check_cuda(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  return std::string(prop.name) + ", " + std::to_string(prop.multiProcessorCount) + " SMs, " +
+         std::to_string(prop.totalGlobalMem >> 20) + " MiB, sm_" + std::to_string(prop.major) +
+         std::to_string(prop.minor) + ", driver " + std::to_string(driver) + ", runtime " + std::to_string(runtime);
 }
 
 bool cuda_device_available() {

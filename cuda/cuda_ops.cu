@@ -190,10 +190,10 @@ void CudaBackend::attention(const AttentionArgs& a) {
   if (attention_path_ == AttentionPath::prefill) decode = false;
   if (attention_path_ == AttentionPath::decode) decode = true;
   if (!decode) {
-    cuda::launch_attention_prefill(p, static_cast<int>(D), o_f32, stream_);
+    cuda::launch_attention_prefill(p, static_cast<int>(D), o_f32, stream_, prefill_variant_);
     return;
   }
-  const cuda::DecodePlan plan = cuda::plan_attention_decode(p, static_cast<int>(D), num_sms_);
+  const cuda::DecodePlan plan = cuda::plan_attention_decode(p, static_cast<int>(D), num_sms_, decode_keys_per_tile_);
   float* ws = plan.workspace_floats > 0 ? workspace(plan.workspace_floats, op) : nullptr;
   cuda::launch_attention_decode(p, static_cast<int>(D), o_f32, plan, ws, stream_);
 }

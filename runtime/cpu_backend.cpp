@@ -22,6 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "runtime/cpu_attention.h"
 #include "runtime/sampling.h"
 
 // Not every cblas.h declares it (OpenBLAS's does); repeating a matching declaration is harmless.
@@ -78,107 +79,6 @@ bool overlaps(const Tensor& a, const Tensor& b) {
   const char* a1 = a0 + ((a.rows - 1) * a.stride + a.cols) * 4;
   const char* b1 = b0 + ((b.rows - 1) * b.stride + b.cols) * 4;
   return a0 < b1 && b0 < a1;
-}
-
-// ---- attention ----
-
-// Query rows per work item: the K/V tile is reused across rows x (query heads of the group).
-constexpr int64_t kRowTile = 16;
-// Keys per inner tile: 128 keys x 128 dims x 4 bytes = 64 KiB of K, which stays in L2.
-constexpr int64_t kKeyTile = 128;
-// Smallest key range worth giving its own work item when the keys are split across threads.
-constexpr int64_t kMinSplitKeys = 512;
-
-struct AttnShape {
-  int64_t T = 0, S = 0;
-  int hq = 0, hkv = 0, group = 0, d = 0;
-  float scale = 1.0f;
-  MaskKind mask = MaskKind::none;
-  int64_t offset = 0;
-};
-
-// Number of keys query row i sees: a prefix [0, n) of the keys (written to avoid overflow for
-// any offset).
-int64_t visible_keys(const AttnShape& a, int64_t i) {
-  if (a.mask == MaskKind::none || a.offset >= a.S) return a.S;
-  if (a.offset < -i) return 0;  // i + offset + 1 <= 0
-  return std::min(a.S, i + a.offset + 1);
-}
-
-float dot(const float* a, const float* b, int n) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-// Online-softmax state of one (query row, query head): running max m of the scaled scores,
-// running sum l = sum exp(score - m) (double: it may add up many terms), and the unnormalised
-// output acc = sum exp(score - m) v.
-struct StateRefs {
-  float* m;
-  double* l;
-  float* acc;
-};
-
-// Folds keys [kb, ke) of KV head g into the states of rows [i0, i1) and the group's query heads;
-// state (r, qh) is at index (r - i0) * group + qh. `scores` holds kKeyTile floats.
-void attend_block(const AttentionArgs& a, const AttnShape& sh, int g, int64_t i0, int64_t i1,
-                  int64_t kb, int64_t ke, StateRefs st, float* scores) {
-  const int d = sh.d;
-  for (int64_t j0 = kb; j0 < ke; j0 += kKeyTile) {
-    const int64_t j1 = std::min(ke, j0 + kKeyTile);
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t jend = std::min(j1, visible_keys(sh, i));
-      if (jend <= j0) continue;
-      for (int qh = 0; qh < sh.group; ++qh) {
-        const float* qv = row_ptr(a.q, i) + static_cast<int64_t>(g * sh.group + qh) * d;
-        const int64_t s = (i - i0) * sh.group + qh;
-        float tile_max = -INFINITY;
-        for (int64_t j = j0; j < jend; ++j) {
-          const float sc = sh.scale * dot(qv, row_ptr(a.k, j) + static_cast<int64_t>(g) * d, d);
-          scores[j - j0] = sc;
-          tile_max = std::max(tile_max, sc);
-        }
-        const float m_old = st.m[s];
-        const float m_new = std::max(m_old, tile_max);
-        // exp(-inf) = 0 clears the (still zero) state on the first tile this row sees.
-        const float alpha = std::exp(m_old - m_new);
-        float* acc = st.acc + s * d;
-        if (alpha != 1.0f)
-          for (int c = 0; c < d; ++c) acc[c] *= alpha;
-        double tile_sum = 0.0;
-        for (int64_t j = j0; j < jend; ++j) {
-          const float p = std::exp(scores[j - j0] - m_new);
-          tile_sum += p;
-          const float* vv = row_ptr(a.v, j) + static_cast<int64_t>(g) * d;
-#pragma omp simd
-          for (int c = 0; c < d; ++c) acc[c] += p * vv[c];
-        }
-        st.l[s] = st.l[s] * alpha + tile_sum;
-        st.m[s] = m_new;
-      }
-    }
-  }
-}
-
-void reset_states(StateRefs st, int64_t n, int d) {
-  std::fill(st.m, st.m + n, -INFINITY);
-  std::fill(st.l, st.l + n, 0.0);
-  std::fill(st.acc, st.acc + n * d, 0.0f);
-}
-
-// Writes o = acc / l and lse = m + ln l for one (row, head); a row that saw nothing (l = 0)
-// gets o = 0 and lse = -inf.
-void write_output(float m, double l, const float* acc, int d, float* o, float* lse) {
-  if (!(l > 0.0)) {
-    std::fill(o, o + d, 0.0f);
-    *lse = -INFINITY;
-    return;
-  }
-  const double inv = 1.0 / l;
-  for (int c = 0; c < d; ++c) o[c] = static_cast<float>(acc[c] * inv);
-  *lse = static_cast<float>(static_cast<double>(m) + std::log(l));
 }
 
 class CpuBackend final : public Backend {
@@ -427,31 +327,25 @@ class CpuBackend final : public Backend {
   std::unordered_map<void*, size_t> live_;  // allocation -> bytes
 };
 
+// Checks here, so that errors name the op and shapes before any thread starts; the kernel is in
+// cpu_attention.cpp.
 void CpuBackend::attention(const AttentionArgs& a) {
   const char* op = "attention";
   if (a.n_q_heads <= 0 || a.n_kv_heads <= 0 || a.head_dim <= 0 || a.n_q_heads % a.n_kv_heads != 0)
     fail(op, "needs n_q_heads a positive multiple of n_kv_heads and head_dim > 0, got Hq " +
                  std::to_string(a.n_q_heads) + ", Hkv " + std::to_string(a.n_kv_heads) + ", D " +
                  std::to_string(a.head_dim));
-  AttnShape sh;
-  sh.T = a.q.rows;
-  sh.S = a.k.rows;
-  sh.hq = a.n_q_heads;
-  sh.hkv = a.n_kv_heads;
-  sh.group = a.n_q_heads / a.n_kv_heads;
-  sh.d = a.head_dim;
-  sh.scale = a.scale;
-  sh.mask = a.mask;
-  sh.offset = a.causal_offset;
-  const int64_t qdim = static_cast<int64_t>(sh.hq) * sh.d, kvdim = static_cast<int64_t>(sh.hkv) * sh.d;
-  const std::string heads = " (Hq " + std::to_string(sh.hq) + ", Hkv " + std::to_string(sh.hkv) +
-                            ", D " + std::to_string(sh.d) + ")";
+  const int64_t T = a.q.rows, S = a.k.rows;
+  const int64_t qdim = static_cast<int64_t>(a.n_q_heads) * a.head_dim;
+  const int64_t kvdim = static_cast<int64_t>(a.n_kv_heads) * a.head_dim;
+  const std::string heads = " (Hq " + std::to_string(a.n_q_heads) + ", Hkv " +
+                            std::to_string(a.n_kv_heads) + ", D " + std::to_string(a.head_dim) + ")";
   try {
-    check_shape(op, "q", a.q, sh.T, qdim);
-    check_shape(op, "k", a.k, sh.S, kvdim);
-    check_shape(op, "v", a.v, sh.S, kvdim);
-    check_shape(op, "o", a.o, sh.T, qdim);
-    check_shape(op, "lse", a.lse, sh.T, sh.hq);
+    check_shape(op, "q", a.q, T, qdim);
+    check_shape(op, "k", a.k, S, kvdim);
+    check_shape(op, "v", a.v, S, kvdim);
+    check_shape(op, "o", a.o, T, qdim);
+    check_shape(op, "lse", a.lse, T, a.n_q_heads);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(e.what() + heads);
   }
@@ -459,93 +353,8 @@ void CpuBackend::attention(const AttentionArgs& a) {
   // not share memory with k, v or lse.
   if (overlaps(a.o, a.k) || overlaps(a.o, a.v) || overlaps(a.lse, a.o))
     fail(op, "o " + shape(a.o) + " or lse overlaps k, v or o");
-  if (sh.T == 0) return;
-
-  // Work items: (KV head, tile of query rows, key split). Splitting the keys keeps every thread
-  // busy when there are few query rows (decoding against a long context); the splits are then
-  // merged exactly like shard partials.
-  const int threads = std::max(1, omp_get_max_threads());
-  const int64_t row_tiles = (sh.T + kRowTile - 1) / kRowTile;
-  const int64_t base_items = row_tiles * sh.hkv;
-  int64_t splits = 1;
-  if (base_items < 2 * threads && sh.S >= 2 * kMinSplitKeys)
-    splits = std::min((2 * threads + base_items - 1) / base_items, sh.S / kMinSplitKeys);
-  const int64_t items = base_items * splits;
-  const int64_t tile_states = kRowTile * sh.group;
-
-  // Per-thread scratch allocated up front (no allocation inside the parallel region).
-  std::vector<float> t_m(static_cast<size_t>(threads * tile_states));
-  std::vector<double> t_l(t_m.size());
-  std::vector<float> t_acc(t_m.size() * static_cast<size_t>(sh.d));
-  std::vector<float> t_scores(static_cast<size_t>(threads * kKeyTile));
-  // Split states, indexed ((split * T + row) * Hq + head); only used when splits > 1.
-  const size_t n_split_states = splits > 1 ? static_cast<size_t>(splits * sh.T * sh.hq) : 0;
-  std::vector<float> s_m(n_split_states);
-  std::vector<double> s_l(n_split_states);
-  std::vector<float> s_acc(n_split_states * static_cast<size_t>(sh.d));
-
-#pragma omp parallel num_threads(threads)
-  {
-    const int tid = omp_get_thread_num();
-    StateRefs st{t_m.data() + tid * tile_states, t_l.data() + tid * tile_states,
-                 t_acc.data() + tid * tile_states * sh.d};
-    float* scores = t_scores.data() + tid * kKeyTile;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t item = 0; item < items; ++item) {
-      const int g = static_cast<int>(item % sh.hkv);
-      const int64_t tile = (item / sh.hkv) % row_tiles;
-      const int64_t split = item / base_items;
-      const int64_t i0 = tile * kRowTile, i1 = std::min(sh.T, i0 + kRowTile);
-      // Rows see a prefix of the keys that grows with the row, so the last row bounds the tile.
-      const int64_t key_end = visible_keys(sh, i1 - 1);
-      const int64_t kb = key_end * split / splits, ke = key_end * (split + 1) / splits;
-      const int64_t n_states = (i1 - i0) * sh.group;
-      reset_states(st, n_states, sh.d);
-      attend_block(a, sh, g, i0, i1, kb, ke, st, scores);
-      for (int64_t i = i0; i < i1; ++i) {
-        for (int qh = 0; qh < sh.group; ++qh) {
-          const int h = g * sh.group + qh;
-          const int64_t s = (i - i0) * sh.group + qh;
-          if (splits == 1) {
-            write_output(st.m[s], st.l[s], st.acc + s * sh.d, sh.d,
-                         row_ptr(a.o, i) + static_cast<int64_t>(h) * sh.d, row_ptr(a.lse, i) + h);
-          } else {
-            const size_t gs = static_cast<size_t>((split * sh.T + i) * sh.hq + h);
-            s_m[gs] = st.m[s];
-            s_l[gs] = st.l[s];
-            std::copy(st.acc + s * sh.d, st.acc + (s + 1) * sh.d, s_acc.data() + gs * sh.d);
-          }
-        }
-      }
-    }
-  }
-  if (splits == 1) return;
-
-  // Combine the key splits: rescale each to the common max (empty splits have m = -inf, l = 0).
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t rh = 0; rh < sh.T * sh.hq; ++rh) {
-    const int64_t i = rh / sh.hq;
-    const int h = static_cast<int>(rh % sh.hq);
-    float m = -INFINITY;
-    for (int64_t sp = 0; sp < splits; ++sp) m = std::max(m, s_m[static_cast<size_t>(sp * sh.T * sh.hq + rh)]);
-    float* o = row_ptr(a.o, i) + static_cast<int64_t>(h) * sh.d;
-    float* lse = row_ptr(a.lse, i) + h;
-    if (m == -INFINITY) {
-      write_output(m, 0.0, nullptr, sh.d, o, lse);
-      continue;
-    }
-    double l = 0.0;
-    std::fill(o, o + sh.d, 0.0f);  // accumulate the rescaled numerator in o itself
-    for (int64_t sp = 0; sp < splits; ++sp) {
-      const size_t gs = static_cast<size_t>(sp * sh.T * sh.hq + rh);
-      if (!(s_l[gs] > 0.0)) continue;
-      const float w = std::exp(s_m[gs] - m);
-      l += s_l[gs] * w;
-      const float* acc = s_acc.data() + gs * sh.d;
-      for (int c = 0; c < sh.d; ++c) o[c] += w * acc[c];
-    }
-    write_output(m, l, o, sh.d, o, lse);
-  }
+  if (T == 0) return;
+  cpu_attention(a);
 }
 
 // The exact merge of DESIGN.md 1. Weights and sums are formed in double, so the result is

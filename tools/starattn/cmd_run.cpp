@@ -1,8 +1,13 @@
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <memory>
 
+#include "actors/cluster.h"
+#include "actors/context_block.h"
 #include "runtime/engine.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
@@ -13,10 +18,16 @@ namespace {
 const char* kRunHelp =
     "usage: starattn run --model DIR (--context-file F | --context-ids \"1,2,..\")\n"
     "                    (--query TEXT | --query-ids \"..\") [options]\n"
+    "       starattn run --head HOST:PORT (--context-file F | ...) (--query ...) [options]\n"
     "Answers the query over the context with Star Attention and streams the answer to stdout;\n"
-    "per-phase timings go to stderr.\n\n"
+    "per-phase timings go to stderr. Without --head it runs the scheduler, the query actor and\n"
+    "--workers context actors in this process; with --head it submits to a running head.\n\n"
+    "  --head HOST:PORT       submit to the head of a cluster (starattn serve)\n"
+    "  --min-workers N        with --head: wait until N workers are registered (default 1)\n"
+    "  --timeout S            with --head: give up when nothing arrives for S seconds (120)\n"
     "  --mode star|full       Star Attention (default) or the full-attention baseline\n"
     "  --workers W            in-process context workers (default 1)\n"
+    "  --engine               run on the in-process Engine library instead of the actors\n"
     "  --block-size B         context block size (default ceil(context / workers))\n"
     "  --anchor-size A        anchor size, 1 <= A <= B (default B)\n"
     "  --no-anchor            encode blocks without the anchor (ablation)\n"
@@ -26,8 +37,170 @@ const char* kRunHelp =
     "  --output text|ids      decoded text (default) or token ids separated by spaces\n"
     "  --dump-logits FILE     write each generated token's logits (float32 rows of vocab size)\n"
     "  --device cpu|cuda      backend (default cpu); --gpu N picks the device\n"
-    "  --random-weights CONFIG  random weights of a config.json's shape instead of --model\n"
     "  --threads N            cpu threads (default: all cores)\n";
+
+// Where tokens go: stdout (text or ids) and the logits dump.
+class Printer {
+ public:
+  Printer(const Args& args) : ids_(args.get("output", "text") == "ids") {
+    const std::string output = args.get("output", "text");
+    if (output != "text" && output != "ids")
+      throw std::invalid_argument("--output must be text or ids, got '" + output + "'");
+    if (args.has("dump-logits")) {
+      dump_ = std::make_unique<std::ofstream>(args.get("dump-logits", ""), std::ios::binary);
+      if (!*dump_) throw std::runtime_error("cannot write " + args.get("dump-logits", ""));
+    }
+  }
+  bool want_logits() const { return dump_ != nullptr; }
+  void token(int32_t id, const std::string& text, const char* logits, size_t logits_bytes) {
+    if (dump_ && logits) dump_->write(logits, static_cast<std::streamsize>(logits_bytes));
+    if (ids_) std::printf(first_ ? "%d" : " %d", id);
+    else std::fwrite(text.data(), 1, text.size(), stdout);
+    first_ = false;
+    std::fflush(stdout);
+  }
+  void end(const std::string& tail) {
+    if (!ids_) std::fwrite(tail.data(), 1, tail.size(), stdout);
+    std::printf("\n");
+    std::fflush(stdout);
+    if (dump_ && !*dump_) throw std::runtime_error("writing the logits dump failed");
+  }
+
+ private:
+  bool ids_;
+  bool first_ = true;
+  std::unique_ptr<std::ofstream> dump_;
+};
+
+void print_stats(const wire::Finished& s, const std::string& mode, const std::string& where) {
+  std::fprintf(stderr,
+               "[%s] context %lld tokens, query %lld tokens; %d blocks of %lld (anchor %lld) on "
+               "%d workers (%s)\n",
+               mode.c_str(), static_cast<long long>(s.context_tokens()),
+               static_cast<long long>(s.query_tokens()), s.blocks(),
+               static_cast<long long>(s.block_size()), static_cast<long long>(s.anchor_size()),
+               s.workers_used(), where.c_str());
+  std::fprintf(stderr, "phase 1 (context encoding): %.1f ms\n", s.phase1_ms());
+  std::fprintf(stderr, "first token (query prefill): %.1f ms\n", s.first_token_ms());
+  if (s.generated() > 1)
+    std::fprintf(stderr, "decode: %.2f ms/token over %d tokens\n",
+                 s.decode_ms() / (s.generated() - 1), s.generated() - 1);
+  if (s.exchanges() > 0)
+    std::fprintf(stderr,
+                 "data plane: %lld Q->(O,lse) exchanges, round trip mean %.1f us, p50 %.1f us, "
+                 "max %.1f us\n",
+                 static_cast<long long>(s.exchanges()), s.exchange_mean_us(), s.exchange_p50_us(),
+                 s.exchange_max_us());
+  std::fprintf(stderr, "generated %d tokens, finish: %s\n", s.generated(), s.finish_reason().c_str());
+}
+
+wire::SubmitRequest build_request(const Args& args, bool want_logits) {
+  if (args.has("context-file") == args.has("context-ids"))
+    throw std::invalid_argument("give exactly one of --context-file and --context-ids");
+  if (args.has("query") == args.has("query-ids"))
+    throw std::invalid_argument("give exactly one of --query and --query-ids");
+  wire::SubmitRequest r;
+  r.set_protocol_version(wire::kProtocolVersion);
+  if (args.has("context-ids")) {
+    for (int32_t id : parse_id_list(args.get("context-ids", ""), "context-ids")) r.add_context(id);
+  } else {
+    r.set_context_is_text(true);
+    r.set_context_text(read_file(args.get("context-file", "")));
+  }
+  if (args.has("query-ids")) {
+    for (int32_t id : parse_id_list(args.get("query-ids", ""), "query-ids")) r.add_query(id);
+  } else {
+    r.set_query_is_text(true);
+    r.set_query_text(args.get("query", ""));
+  }
+  r.set_mode(mode_name(parse_mode(args.get("mode", "star"))));
+  r.set_block_size(args.get_int("block-size", 0));
+  r.set_anchor_size(args.get_int("anchor-size", 0));
+  r.set_no_anchor(args.flag("no-anchor"));
+  r.set_max_tokens(static_cast<int32_t>(args.get_int("max-tokens", 64)));
+  r.set_ignore_eos(args.flag("ignore-eos"));
+  r.mutable_sampling()->set_temperature(static_cast<float>(args.get_double("temperature", 0.0)));
+  r.mutable_sampling()->set_top_k(static_cast<int32_t>(args.get_int("top-k", 0)));
+  r.mutable_sampling()->set_top_p(static_cast<float>(args.get_double("top-p", 1.0)));
+  r.mutable_sampling()->set_seed(static_cast<uint64_t>(args.get_int("seed", 0)));
+  r.set_want_logits(want_logits);
+  return r;
+}
+
+// The request through a scheduler (in this process or a remote head), streamed to the printer.
+int run_on_actors(caf::actor_system& system, const caf::actor& scheduler,
+                  const wire::SubmitRequest& req, Printer& out, std::chrono::milliseconds idle,
+                  const std::string& where) {
+  const wire::Finished f = actors::submit(
+      system, scheduler, req,
+      [&](const wire::TokenEvent& ev) {
+        out.token(ev.token(), ev.text(), ev.logits().data(), ev.logits().size());
+      },
+      idle);
+  out.end(f.text_tail());
+  if (!f.ok()) {
+    std::fprintf(stderr, "starattn run: error: %s\n", f.error().c_str());
+    return 1;
+  }
+  print_stats(f, req.mode(), where);
+  return 0;
+}
+
+int run_engine(const Args& args, Printer& out) {
+  EngineOptions options;
+  options.model = args.require("model");
+  options.device = args.get("device", "cpu");
+  options.gpu = static_cast<int>(args.get_int("gpu", 0));
+  options.workers = static_cast<int>(args.get_int("workers", 1));
+  options.threads = static_cast<int>(args.get_int("threads", 0));
+  Engine engine(options);
+  const wire::SubmitRequest sub = build_request(args, out.want_logits());
+  GenerateRequest req;
+  if (sub.context_is_text()) {
+    // Text contexts start a sequence, so they get the model's BOS like any prompt would.
+    if (engine.config().bos_token_id >= 0) req.context.push_back(engine.config().bos_token_id);
+    const auto ids = engine.tokenizer().encode(sub.context_text());
+    req.context.insert(req.context.end(), ids.begin(), ids.end());
+  } else {
+    req.context.assign(sub.context().begin(), sub.context().end());
+  }
+  if (sub.query_is_text()) req.query = engine.tokenizer().encode(sub.query_text());
+  else req.query.assign(sub.query().begin(), sub.query().end());
+  req.mode = parse_mode(sub.mode());
+  req.block_size = sub.block_size();
+  req.anchor_size = sub.anchor_size();
+  req.use_anchor = !sub.no_anchor();
+  req.max_tokens = sub.max_tokens();
+  req.ignore_eos = sub.ignore_eos();
+  req.sampling.temperature = sub.sampling().temperature();
+  req.sampling.top_k = sub.sampling().top_k();
+  req.sampling.top_p = sub.sampling().top_p();
+  req.sampling.seed = sub.sampling().seed();
+  const size_t vocab_bytes = static_cast<size_t>(engine.config().vocab_size) * sizeof(float);
+  StreamDecoder decoder(engine.tokenizer());
+  const GenerateStats s = engine.generate(
+      req,
+      [&](int32_t id, const float* logits) {
+        out.token(id, decoder.push(id), reinterpret_cast<const char*>(logits), vocab_bytes);
+        return true;
+      },
+      out.want_logits());
+  out.end(decoder.flush());
+  wire::Finished f;
+  f.set_context_tokens(s.context_tokens);
+  f.set_query_tokens(s.query_tokens);
+  f.set_blocks(s.blocks);
+  f.set_block_size(s.block_size);
+  f.set_anchor_size(s.anchor_size);
+  f.set_workers_used(s.workers_used);
+  f.set_phase1_ms(s.phase1_ms);
+  f.set_first_token_ms(s.first_token_ms);
+  f.set_decode_ms(s.decode_ms);
+  f.set_generated(s.generated);
+  f.set_finish_reason(s.finish_reason);
+  print_stats(f, mode_name(req.mode), "engine, " + std::to_string(options.workers) + " in-process");
+  return 0;
+}
 
 }  // namespace
 
@@ -39,97 +212,62 @@ int cmd_run(int argc, char** argv) {
   const Args args(argc, argv, 2,
                   {"model", "context-file", "context-ids", "query", "query-ids", "max-tokens",
                    "mode", "workers", "block-size", "anchor-size", "seed", "output", "device",
-                   "gpu", "threads", "temperature", "top-k", "top-p", "dump-logits",
-                   "random-weights"},
-                  {"ignore-eos", "no-anchor"});
-  const std::string output = args.get("output", "text");
-  if (output != "text" && output != "ids")
-    throw std::invalid_argument("--output must be text or ids, got '" + output + "'");
-  if (args.has("context-file") == args.has("context-ids"))
-    throw std::invalid_argument("give exactly one of --context-file and --context-ids");
-  if (args.has("query") == args.has("query-ids"))
-    throw std::invalid_argument("give exactly one of --query and --query-ids");
+                   "gpu", "threads", "temperature", "top-k", "top-p", "dump-logits", "head",
+                   "min-workers", "timeout"},
+                  {"ignore-eos", "no-anchor", "engine"});
+  Printer out(args);
+  if (args.flag("engine")) return run_engine(args, out);
+  const wire::SubmitRequest req = build_request(args, out.want_logits());
 
-  EngineOptions options;
-  if (args.has("random-weights") == args.has("model"))
-    throw std::invalid_argument("give exactly one of --model and --random-weights");
-  options.random_weights = args.has("random-weights");
-  options.model = options.random_weights ? args.get("random-weights", "") : args.get("model", "");
-  options.device = args.get("device", "cpu");
-  options.gpu = static_cast<int>(args.get_int("gpu", 0));
-  options.workers = static_cast<int>(args.get_int("workers", 1));
-  options.threads = static_cast<int>(args.get_int("threads", 0));
-  Engine engine(options);
-  const Tokenizer& tok = engine.tokenizer();
-
-  GenerateRequest req;
-  if (args.has("context-ids")) {
-    req.context = parse_id_list(args.get("context-ids", ""), "context-ids");
-  } else {
-    // Text contexts start a sequence, so they get the model's BOS like any prompt would.
-    if (engine.config().bos_token_id >= 0) req.context.push_back(engine.config().bos_token_id);
-    const auto ids = tok.encode(read_file(args.get("context-file", "")));
-    req.context.insert(req.context.end(), ids.begin(), ids.end());
+  caf::actor_system_config config;
+  actors::configure_caf(config);
+  caf::actor_system system{config};
+  if (args.has("head")) {
+    if (args.has("workers") || args.has("model"))
+      throw std::invalid_argument("--head submits to a running cluster: --workers and --model "
+                                  "belong to its head and workers");
+    const auto [host, port] = actors::parse_host_port(args.get("head", ""), "head");
+    const caf::actor scheduler =
+        actors::connect_remote(system, host, port, std::chrono::seconds(10));
+    actors::wait_for_workers(system, scheduler, static_cast<int>(args.get_int("min-workers", 1)),
+                             std::chrono::seconds(60));
+    const auto idle = std::chrono::milliseconds(
+        static_cast<int64_t>(args.get_double("timeout", 120) * 1000));
+    return run_on_actors(system, scheduler, req, out, idle, "head " + args.get("head", ""));
   }
-  req.query = args.has("query-ids") ? parse_id_list(args.get("query-ids", ""), "query-ids")
-                                    : tok.encode(args.get("query", ""));
-  req.mode = parse_mode(args.get("mode", "star"));
-  req.block_size = args.get_int("block-size", 0);
-  req.anchor_size = args.get_int("anchor-size", 0);
-  req.use_anchor = !args.flag("no-anchor");
-  req.max_tokens = static_cast<int>(args.get_int("max-tokens", 64));
-  req.ignore_eos = args.flag("ignore-eos");
-  req.sampling.temperature = static_cast<float>(args.get_double("temperature", 0.0));
-  req.sampling.top_k = static_cast<int>(args.get_int("top-k", 0));
-  req.sampling.top_p = static_cast<float>(args.get_double("top-p", 1.0));
-  req.sampling.seed = static_cast<uint64_t>(args.get_int("seed", 0));
 
-  std::unique_ptr<std::ofstream> dump;
-  if (args.has("dump-logits")) {
-    dump = std::make_unique<std::ofstream>(args.get("dump-logits", ""), std::ios::binary);
-    if (!*dump) throw std::runtime_error("cannot write " + args.get("dump-logits", ""));
+  // One process, the same actors as a cluster: scheduler, query actor, W context actors. They
+  // share one copy of the weights (see actors/model_host.h).
+  const int workers = static_cast<int>(args.get_int("workers", 1));
+  if (workers < 1)
+    throw std::invalid_argument("workers must be at least 1, got " + std::to_string(workers));
+  auto model = std::make_shared<actors::ModelHost>(
+      args.require("model"), args.get("device", "cpu"), static_cast<int>(args.get_int("gpu", 0)),
+      static_cast<int>(args.get_int("threads", 0)));
+  actors::Head head = actors::spawn_head(system, model, false);
+  std::vector<caf::actor> all{head.scheduler, head.query};
+  int rc = 1;
+  try {
+    for (int i = 0; i < workers; ++i) {
+      actors::ContextBlockOptions o;
+      o.model = model;
+      o.scheduler = head.scheduler;
+      o.device = args.get("device", "cpu");
+      o.name = "local/" + std::to_string(i);
+      // The workers share one backend's memory, as the Engine's in-process workers do.
+      o.kv_fraction = 0.8 / workers;
+      o.verbose = false;
+      all.push_back(actors::spawn_context_block(system, o));
+    }
+    actors::wait_for_workers(system, head.scheduler, workers, std::chrono::seconds(60));
+    rc = run_on_actors(system, head.scheduler, req, out, std::chrono::hours(24),
+                       std::to_string(workers) + " in-process context actors");
+  } catch (...) {
+    actors::stop_actors(system, all);
+    throw;
   }
-  const size_t vocab = static_cast<size_t>(engine.config().vocab_size);
-  StreamDecoder decoder(tok);
-  bool first = true;
-  const GenerateStats s = engine.generate(
-      req,
-      [&](int32_t id, const float* logits) {
-        if (dump) dump->write(reinterpret_cast<const char*>(logits),
-                              static_cast<std::streamsize>(vocab * sizeof(float)));
-        if (output == "ids") {
-          std::printf(first ? "%d" : " %d", id);
-        } else {
-          const std::string piece = decoder.push(id);
-          std::fwrite(piece.data(), 1, piece.size(), stdout);
-        }
-        first = false;
-        std::fflush(stdout);
-        return true;
-      },
-      dump != nullptr);
-  if (output == "text") {
-    const std::string rest = decoder.flush();
-    std::fwrite(rest.data(), 1, rest.size(), stdout);
-  }
-  std::printf("\n");
-  std::fflush(stdout);
-  if (dump && !*dump) throw std::runtime_error("writing the logits dump failed");
-
-  std::fprintf(stderr,
-               "[%s] context %lld tokens, query %lld tokens; %d blocks of %lld (anchor %lld) on "
-               "%d of %d workers\n",
-               mode_name(req.mode), static_cast<long long>(s.context_tokens),
-               static_cast<long long>(s.query_tokens), s.blocks,
-               static_cast<long long>(s.block_size), static_cast<long long>(s.anchor_size),
-               s.workers_used, options.workers);
-  std::fprintf(stderr, "phase 1 (context encoding): %.1f ms\n", s.phase1_ms);
-  std::fprintf(stderr, "first token (query prefill): %.1f ms\n", s.first_token_ms);
-  if (s.generated > 1)
-    std::fprintf(stderr, "decode: %.2f ms/token over %d tokens\n",
-                 s.decode_ms / (s.generated - 1), s.generated - 1);
-  std::fprintf(stderr, "generated %d tokens, finish: %s\n", s.generated, s.finish_reason.c_str());
-  return 0;
+  actors::stop_actors(system, all);
+  return rc;
 }
 
 }  // namespace starattn::cli

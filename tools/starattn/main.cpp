@@ -21,11 +21,17 @@ const Command kCommands[] = {
     {"run", starattn::cli::cmd_run, "answer a query over a context, streaming tokens to stdout"},
     {"init-model", starattn::cli::cmd_init_model,
      "write a random model (config.json + model.safetensors) from a preset"},
+    {"serve", starattn::cli::cmd_serve, "run the head of a cluster (scheduler + query actor)"},
+    {"worker", starattn::cli::cmd_worker,
+     "serve context blocks for a head (one context actor per GPU, or one on the cpu)"},
+    {"bench", starattn::cli::cmd_bench, "GPU kernel and end-to-end benchmarks against PyTorch (cuda)"},
+    {"bench-transport", starattn::cli::cmd_bench_transport,
+     "measure the data plane's Q -> (O, lse) round trip between two processes"},
 };
 
 void usage() {
   std::fprintf(stderr, "usage: starattn COMMAND [options]   (starattn COMMAND --help)\n\ncommands:\n");
-  for (const auto& c : kCommands) std::fprintf(stderr, "  %-11s %s\n", c.name, c.summary);
+  for (const auto& c : kCommands) std::fprintf(stderr, "  %-16s %s\n", c.name, c.summary);
 }
 
 // OpenMP threads busy-wait between parallel regions by default. On a machine whose cores are

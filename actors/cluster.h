@@ -1,0 +1,66 @@
+// Glue the processes share: spawning the head's actors, reaching a remote actor, submitting a
+// request and streaming its tokens, asking for status, stopping actors.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+
+#include "actors/data_plane.h"
+#include "actors/model_host.h"
+#include "transport/wire.h"
+
+namespace starattn::actors {
+
+// Settings every starattn process gives CAF: the middleman (for remote actors) and a small,
+// non-spinning scheduler pool (the heavy work runs in detached actors, and CI has two cores).
+void configure_caf(caf::actor_system_config& config);
+
+struct Head {
+  caf::actor scheduler, query;
+  std::shared_ptr<WorkerHealth> health;
+};
+
+// The head's actors over `model` (the query actor computes on it, the scheduler reads its
+// config and tokenizer).
+Head spawn_head(caf::actor_system& system, std::shared_ptr<ModelHost> model, bool verbose,
+                std::chrono::milliseconds exchange_timeout = std::chrono::seconds(30));
+
+// "HOST:PORT" -> (host, port); throws naming `option` on a malformed value.
+std::pair<std::string, uint16_t> parse_host_port(const std::string& text, const std::string& option);
+
+// The actor published at host:port, retrying until `patience` has passed (the head may start
+// after its workers). Throws with CAF's reason when it never answers.
+caf::actor connect_remote(caf::actor_system& system, const std::string& host, uint16_t port,
+                          std::chrono::milliseconds patience);
+
+// The status of a scheduler or context_block actor; throws on no answer or a refusal.
+wire::StatusReply query_status(caf::actor_system& system, const caf::actor& target,
+                               std::chrono::milliseconds timeout,
+                               uint32_t protocol_version = wire::kProtocolVersion);
+
+// Waits until the scheduler reports at least `workers` live workers.
+void wait_for_workers(caf::actor_system& system, const caf::actor& scheduler, int workers,
+                      std::chrono::milliseconds patience);
+
+// Submits a request and calls on_token for each streamed token; returns the Finished message
+// (ok = false with the error when the request failed). Throws when the head goes away or
+// nothing arrives for idle_timeout.
+wire::Finished submit(caf::actor_system& system, const caf::actor& scheduler,
+                      const wire::SubmitRequest& request,
+                      const std::function<void(const wire::TokenEvent&)>& on_token,
+                      std::chrono::milliseconds idle_timeout);
+
+// Sends every actor an exit message and waits (bounded) until each has terminated: the
+// actor_system's destructor would otherwise wait for them forever.
+void stop_actors(caf::actor_system& system, const std::vector<caf::actor>& actors);
+
+}  // namespace starattn::actors

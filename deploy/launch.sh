@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# deploy/launch.sh HOSTFILE [-- COMMAND...]
+#
+# Starts a starattn cluster across hosts: a worker on every host of HOSTFILE, then the head on
+# the first one. Without COMMAND it runs until interrupted; with COMMAND it runs it once the
+# processes are started (STARATTN_HEAD=ADDRESS:PORT in its environment), then stops the cluster
+# and exits with COMMAND's status. Every process it started is stopped on exit, error or signal.
+#
+# HOSTFILE: one host per line, "NAME [ADDRESS]" ('#' starts a comment). NAME is what ssh (or the
+# remote-exec override) reaches; ADDRESS is where the others reach it (default NAME). A host may
+# appear more than once (several workers on one host, e.g. three "localhost" lines).
+#
+# Environment:
+#   STARATTN_MODEL        model directory, the same path on every host (required)
+#   STARATTN_BIN          starattn binary on the hosts (default: starattn from PATH)
+#   STARATTN_PORT         the head's port (default 7700)
+#   STARATTN_HEAD_ARGS    extra arguments for `starattn serve`
+#   STARATTN_WORKER_ARGS  extra arguments for `starattn worker` (e.g. "--gpus 0,1")
+#   STARATTN_LOG_DIR      where each process's output goes (default ./starattn-logs)
+#   STARATTN_REMOTE_EXEC  run commands through this instead of ssh; "{host}" is replaced by the
+#                         host's NAME, e.g. "ip netns exec {host}" (the command is passed to
+#                         `bash -c`). Hosts named localhost run locally without ssh.
+#   UCX_*                 passed on to every process (e.g. UCX_TLS=tcp)
+set -euo pipefail
+
+if [ $# -lt 1 ] || [ "$1" = "--help" ]; then
+  sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+  exit 2
+fi
+hostfile=$1
+shift
+if [ $# -gt 0 ]; then
+  [ "$1" = "--" ] || { echo "launch.sh: expected -- before the command, got '$1'" >&2; exit 2; }
+  shift
+fi
+: "${STARATTN_MODEL:?launch.sh: set STARATTN_MODEL to the model directory}"
+bin=${STARATTN_BIN:-starattn}
+port=${STARATTN_PORT:-7700}
+logs=${STARATTN_LOG_DIR:-./starattn-logs}
+mkdir -p "$logs"
+
+names=()
+addrs=()
+while read -r name addr _rest; do
+  [ -z "${name:-}" ] && continue
+  case $name in \#*) continue ;; esac
+  names+=("$name")
+  addrs+=("${addr:-$name}")
+done < "$hostfile"
+[ ${#names[@]} -gt 0 ] || { echo "launch.sh: no hosts in $hostfile" >&2; exit 2; }
+head_addr=${addrs[0]}
+
+# UCX settings travel with the command (ssh does not forward the environment).
+env_prefix=""
+while IFS='=' read -r k v; do
+  case $k in UCX_*) env_prefix+="$k=$(printf '%q' "$v") " ;; esac
+done < <(env)
+
+# remote HOST COMMAND: runs COMMAND (a shell string) on HOST.
+remote() {
+  local host=$1 cmd=$2
+  if [ -n "${STARATTN_REMOTE_EXEC:-}" ]; then
+    local prefix=${STARATTN_REMOTE_EXEC//\{host\}/$host}
+    # shellcheck disable=SC2086  # the prefix is a command line on purpose
+    $prefix bash -c "$cmd"
+  elif [ "$host" = localhost ] || [ "$host" = 127.0.0.1 ]; then
+    bash -c "$cmd"
+  else
+    ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new "$host" "$cmd"
+  fi
+}
+
+launchers=()   # local pids of the remote-exec processes
+hosts_of=()    # host of each
+logs_of=()     # log of each; its first line is the remote pid
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  # Stop the head first (workers then exit on their own), then every worker.
+  local i
+  for ((i = ${#launchers[@]} - 1; i >= 0; i--)); do
+    local rpid
+    rpid=$(head -n1 "${logs_of[$i]}" 2>/dev/null || true)
+    if [[ $rpid =~ ^[0-9]+$ ]]; then
+      remote "${hosts_of[$i]}" "kill $rpid 2>/dev/null || true" || true
+    fi
+  done
+  for i in "${!launchers[@]}"; do
+    local waited=0
+    while kill -0 "${launchers[$i]}" 2>/dev/null && [ $waited -lt 50 ]; do
+      sleep 0.1
+      waited=$((waited + 1))
+    done
+    kill "${launchers[$i]}" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start() {  # start HOST LOG COMMAND
+  local host=$1 log=$2 cmd=$3
+  remote "$host" "echo \$\$; ${env_prefix}exec $cmd" > "$log" 2>&1 &
+  launchers+=($!)
+  hosts_of+=("$host")
+  logs_of+=("$log")
+}
+
+for i in "${!names[@]}"; do
+  start "${names[$i]}" "$logs/worker-$i-${names[$i]}.log" \
+    "$bin worker --head $head_addr:$port --model $STARATTN_MODEL --name ${names[$i]}-$i ${STARATTN_WORKER_ARGS:-}"
+done
+start "${names[0]}" "$logs/head-${names[0]}.log" \
+  "$bin serve --listen 0.0.0.0:$port --model $STARATTN_MODEL ${STARATTN_HEAD_ARGS:-}"
+echo "launch.sh: head on ${names[0]} ($head_addr:$port), ${#names[@]} workers; logs in $logs" >&2
+
+if [ $# -gt 0 ]; then
+  STARATTN_HEAD=$head_addr:$port "$@"
+  exit $?
+fi
+wait "${launchers[-1]}"

@@ -1,0 +1,391 @@
+// The distributed runtime end to end, as processes: a head and context workers on loopback
+// compared with the in-process run, two requests in flight, a worker killed mid-request, and
+// garbage or wrong-version messages sent to the head's and the workers' ports.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "actors/cluster.h"
+#include "actors/messages.h"
+#include "tests/support/test_models.h"
+#include "transport/ucx_endpoint.h"
+#include "transport/wire.h"
+
+namespace starattn {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string cli() {
+  const char* env = std::getenv("STARATTN_CLI");
+  return env ? env : STARATTN_CLI;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+// A child process running `starattn ARGS...`, output to log files; killed when destroyed.
+class Proc {
+ public:
+  Proc(const std::vector<std::string>& args, const std::string& out, const std::string& err)
+      : out_(out), err_(err) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      if (!freopen(out.c_str(), "w", stdout) || !freopen(err.c_str(), "w", stderr)) _exit(126);
+      std::vector<char*> argv;
+      static std::string bin = cli();
+      argv.push_back(bin.data());
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv(bin.c_str(), argv.data());
+      _exit(127);
+    }
+  }
+  ~Proc() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  pid_t pid() const { return pid_; }
+  bool alive() {
+    if (exited_) return false;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      exited_ = true;
+      rc_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    return !exited_;
+  }
+  // Exit status, or -1 when it did not exit within `limit`.
+  int wait(std::chrono::milliseconds limit) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (alive() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(20ms);
+    return alive() ? -1 : rc_;
+  }
+  void kill9() { kill(pid_, SIGKILL); }
+  std::string out() const { return slurp(out_); }
+  std::string err() const { return slurp(err_); }
+
+ private:
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  int rc_ = -1;
+  std::string out_, err_;
+};
+
+std::string ids(int n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s;
+  for (int i = 0; i < n; ++i) s += (i ? "," : "") + std::to_string(rng() % 256);
+  return s;
+}
+
+class Distributed : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    model_ = dir_->path() + "/tiny";
+    const std::string cmd = cli() + " init-model --preset tiny --seed 4 --out " + model_ + " 2>/dev/null";
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+  }
+  static void TearDownTestSuite() {
+    delete dir_;
+    dir_ = nullptr;
+  }
+  std::string path(const std::string& name) const { return dir_->path() + "/" + name; }
+
+  // Runs `starattn ARGS` to completion (bounded); returns its exit status.
+  int run(const std::vector<std::string>& args, const std::string& tag,
+          std::chrono::milliseconds limit = 120s) {
+    Proc p(args, path(tag + ".out"), path(tag + ".err"));
+    const int rc = p.wait(limit);
+    EXPECT_NE(rc, -1) << tag << " did not finish within " << limit.count() << " ms";
+    return rc;
+  }
+
+  // Starts a head and `n` workers on loopback; waits until all have registered.
+  void start_cluster(int n) {
+    const std::string pf = path("head.port");
+    std::remove(pf.c_str());
+    head_ = std::make_unique<Proc>(
+        std::vector<std::string>{"serve", "--listen", "127.0.0.1:0", "--port-file", pf, "--model",
+                                 model_, "--exchange-timeout", "20"},
+        path("head.out"), path("head.err"));
+    for (int i = 0; i < 300 && slurp(pf).empty(); ++i) std::this_thread::sleep_for(20ms);
+    port_ = std::atoi(slurp(pf).c_str());
+    ASSERT_GT(port_, 0) << "the head did not start: " << head_->err();
+    for (int i = 0; i < n; ++i) add_worker();
+    wait_workers(n);
+  }
+  void add_worker() {
+    const int i = static_cast<int>(workers_.size());
+    const std::string pf = path("worker" + std::to_string(i) + ".port");
+    std::remove(pf.c_str());
+    worker_ports_.push_back(pf);
+    workers_.push_back(std::make_unique<Proc>(
+        std::vector<std::string>{"worker", "--head", head(), "--model", model_, "--cpu-threads",
+                                 "2", "--listen", "127.0.0.1:0", "--port-file", pf, "--name",
+                                 "w" + std::to_string(i)},
+        path("w" + std::to_string(i) + ".out"), path("w" + std::to_string(i) + ".err")));
+  }
+  void wait_workers(int n) {
+    ASSERT_EQ(run({"run", "--head", head(), "--min-workers", std::to_string(n), "--context-ids",
+                   "1,2,3", "--query-ids", "4", "--max-tokens", "1", "--output", "ids"},
+                  "warmup"),
+              0)
+        << slurp(path("warmup.err"));
+  }
+  std::string head() const { return "127.0.0.1:" + std::to_string(port_); }
+
+  // The request's arguments (without where it runs).
+  static std::vector<std::string> request(const std::string& context, int max_tokens,
+                                          const std::string& logits,
+                                          const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> a{"--context-ids", context, "--query-ids", "7,8,9", "--max-tokens",
+                               std::to_string(max_tokens), "--ignore-eos", "--output", "ids",
+                               "--dump-logits", logits};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  }
+  std::vector<std::string> local(int workers, std::vector<std::string> req) {
+    std::vector<std::string> a{"run", "--model", model_, "--workers", std::to_string(workers),
+                               "--threads", "2"};
+    a.insert(a.end(), req.begin(), req.end());
+    return a;
+  }
+  std::vector<std::string> remote(int workers, std::vector<std::string> req) {
+    std::vector<std::string> a{"run", "--head", head(), "--min-workers", std::to_string(workers)};
+    a.insert(a.end(), req.begin(), req.end());
+    return a;
+  }
+  // Runs the same request in one process and on the cluster; both must agree to the bit.
+  void expect_same_as_local(int workers, const std::string& context, int max_tokens,
+                            const std::string& tag, const std::vector<std::string>& extra = {}) {
+    ASSERT_EQ(run(local(workers, request(context, max_tokens, path(tag + ".local.bin"), extra)),
+                  tag + ".local"),
+              0)
+        << slurp(path(tag + ".local.err"));
+    ASSERT_EQ(run(remote(workers, request(context, max_tokens, path(tag + ".remote.bin"), extra)),
+                  tag + ".remote"),
+              0)
+        << slurp(path(tag + ".remote.err")) << "\nhead:\n" << head_->err();
+    const std::string a = slurp(path(tag + ".local.out")), b = slurp(path(tag + ".remote.out"));
+    EXPECT_FALSE(a.empty());
+    EXPECT_EQ(a, b) << "token ids differ";
+    const std::string la = slurp(path(tag + ".local.bin")), lb = slurp(path(tag + ".remote.bin"));
+    EXPECT_EQ(la.size(), static_cast<size_t>(max_tokens) * 259 * 4);
+    EXPECT_TRUE(la == lb) << "logits differ";
+  }
+
+  static testing::TempDir* dir_;
+  static std::string model_;
+  std::unique_ptr<Proc> head_;
+  std::vector<std::unique_ptr<Proc>> workers_;
+  std::vector<std::string> worker_ports_;
+  int port_ = 0;
+};
+
+testing::TempDir* Distributed::dir_ = nullptr;
+std::string Distributed::model_;
+
+TEST_F(Distributed, HeadAndThreeWorkersMatchTheInProcessRunExactly) {
+  start_cluster(3);
+  expect_same_as_local(3, ids(300, 1), 12, "even");
+  // More blocks than workers, with a shorter anchor: contiguous runs of several blocks.
+  expect_same_as_local(3, ids(333, 2), 8, "runs", {"--block-size", "40", "--anchor-size", "16"});
+  // The in-process actors equal the Engine library path too.
+  ASSERT_EQ(run({"run", "--engine", "--model", model_, "--workers", "3", "--threads", "2",
+                 "--context-ids", ids(300, 1), "--query-ids", "7,8,9", "--max-tokens", "12",
+                 "--ignore-eos", "--output", "ids", "--dump-logits", path("engine.bin")},
+                "engine"),
+            0);
+  EXPECT_EQ(slurp(path("engine.out")), slurp(path("even.local.out")));
+  EXPECT_TRUE(slurp(path("engine.bin")) == slurp(path("even.local.bin")));
+}
+
+TEST_F(Distributed, TwoRequestsInFlightBothAnswerRight) {
+  start_cluster(3);
+  const std::string ctx_a = ids(200, 3), ctx_b = ids(1500, 4);
+  ASSERT_EQ(run(local(3, request(ctx_a, 300, path("a.local.bin"))), "a.local"), 0);
+  ASSERT_EQ(run(local(3, request(ctx_b, 10, path("b.local.bin"))), "b.local"), 0);
+  // A decodes for a while; B is submitted (and encoded) once A's first tokens are out.
+  Proc a(remote(3, request(ctx_a, 300, path("a.remote.bin"))), path("a.remote.out"),
+         path("a.remote.err"));
+  for (int i = 0; i < 500 && a.out().empty(); ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_FALSE(a.out().empty()) << a.err();
+  ASSERT_EQ(run(remote(3, request(ctx_b, 10, path("b.remote.bin"))), "b.remote"), 0)
+      << slurp(path("b.remote.err"));
+  ASSERT_EQ(a.wait(120s), 0) << a.err();
+  EXPECT_EQ(a.out(), slurp(path("a.local.out")));
+  EXPECT_TRUE(slurp(path("a.remote.bin")) == slurp(path("a.local.bin")));
+  EXPECT_EQ(slurp(path("b.remote.out")), slurp(path("b.local.out")));
+  EXPECT_TRUE(slurp(path("b.remote.bin")) == slurp(path("b.local.bin")));
+  // They really overlapped: B was admitted before A finished.
+  const std::string log = head_->err();
+  const auto b_admitted = log.find("request 3: context");  // request 1 was the warm-up
+  const auto a_done = log.find("request 2 done");
+  ASSERT_NE(b_admitted, std::string::npos) << log;
+  ASSERT_NE(a_done, std::string::npos) << log;
+  EXPECT_LT(b_admitted, a_done) << "the requests did not overlap:\n" << log;
+}
+
+TEST_F(Distributed, KilledWorkerFailsItsRequestAndTheHeadServesOn) {
+  start_cluster(3);
+  Proc victim_req(remote(3, request(ids(300, 5), 3000, path("k.bin"))), path("k.out"),
+                  path("k.err"));
+  for (int i = 0; i < 500 && victim_req.out().empty(); ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_FALSE(victim_req.out().empty()) << victim_req.err();
+  const auto t0 = std::chrono::steady_clock::now();
+  workers_[1]->kill9();
+  const int rc = victim_req.wait(15s);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(rc, -1) << "the request hung after its worker died";
+  EXPECT_NE(rc, 0);
+  EXPECT_LT(seconds, 5.0);
+  const std::string err = victim_req.err();
+  EXPECT_NE(err.find("error"), std::string::npos) << err;
+  EXPECT_NE(err.find("w1"), std::string::npos) << "the error should name the worker: " << err;
+  EXPECT_TRUE(head_->alive()) << head_->err();
+  // The next request runs on the two workers left and matches a two-worker in-process run.
+  expect_same_as_local(2, ids(300, 6), 10, "after");
+  EXPECT_TRUE(head_->alive());
+}
+
+int tcp_garbage(int port, size_t bytes) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  std::mt19937 rng(static_cast<unsigned>(port));
+  std::string junk(bytes, '\0');
+  for (char& c : junk) c = static_cast<char>(rng());
+  const ssize_t n = send(fd, junk.data(), junk.size(), MSG_NOSIGNAL);
+  std::this_thread::sleep_for(100ms);
+  close(fd);
+  return static_cast<int>(n);
+}
+
+TEST_F(Distributed, GarbageAndWrongVersionsAreRefusedAndEveryoneKeepsServing) {
+  start_cluster(2);
+  const int w0_port = std::atoi(slurp(worker_ports_[0]).c_str());
+  ASSERT_GT(w0_port, 0);
+  // Raw garbage on the head's and a worker's port (CAF's binary protocol sits there).
+  EXPECT_GT(tcp_garbage(port_, 4096), 0);
+  EXPECT_GT(tcp_garbage(w0_port, 4096), 0);
+  EXPECT_GT(tcp_garbage(port_, 16), 0);
+
+  caf::actor_system_config config;
+  actors::configure_caf(config);
+  caf::actor_system system{config};
+  {
+    const caf::actor sched = actors::connect_remote(system, "127.0.0.1", static_cast<uint16_t>(port_), 10s);
+    const caf::actor worker = actors::connect_remote(system, "127.0.0.1", static_cast<uint16_t>(w0_port), 10s);
+    // Status with another protocol version: refused, naming both versions.
+    for (const caf::actor& target : {sched, worker}) {
+      const auto s = actors::query_status(system, target, 10s, 999);
+      EXPECT_FALSE(s.ok());
+      EXPECT_NE(s.error().find("999"), std::string::npos) << s.error();
+    }
+    // A submission with another version and one of garbage bytes: Finished with an error.
+    wire::SubmitRequest bad;
+    bad.set_protocol_version(999);
+    bad.add_query(1);
+    const auto f = actors::submit(system, sched, bad, [](const wire::TokenEvent&) {}, 10s);
+    EXPECT_FALSE(f.ok());
+    EXPECT_NE(f.error().find("version 999"), std::string::npos) << f.error();
+    caf::scoped_actor self{system};
+    self->send(sched, actors::submit_atom::value, std::string("\xff\xfe garbage \x01\x02", 14));
+    self->receive([&](actors::finished_atom, const std::string& bytes) {
+                    const auto g = wire::decode<wire::Finished>(bytes, "head");
+                    EXPECT_FALSE(g.ok());
+                    EXPECT_NE(g.error().find("malformed"), std::string::npos) << g.error();
+                  },
+                  caf::after(10s) >> [] { ADD_FAILURE() << "no answer to a garbage submission"; });
+    // A registration and an encode request of another version.
+    wire::RegisterWorker reg;
+    reg.set_protocol_version(2);
+    reg.set_name("impostor");
+    self->request(sched, 10s, actors::register_atom::value, wire::encode(reg))
+        .receive([&](const std::string& bytes) {
+                   const auto r = wire::decode<wire::RegisterReply>(bytes, "head");
+                   EXPECT_FALSE(r.ok());
+                   EXPECT_NE(r.error().find("version 2"), std::string::npos) << r.error();
+                 },
+                 [&](const caf::error& e) { ADD_FAILURE() << system.render(e); });
+    wire::EncodeRequest enc;
+    enc.set_protocol_version(7);
+    self->request(worker, 10s, actors::encode_atom::value, wire::encode(enc))
+        .receive([&](const std::string& bytes) {
+                   const auto r = wire::decode<wire::EncodeReply>(bytes, "worker");
+                   EXPECT_FALSE(r.ok());
+                   EXPECT_NE(r.error().find("version 7"), std::string::npos) << r.error();
+                 },
+                 [&](const caf::error& e) { ADD_FAILURE() << system.render(e); });
+    // A message the actor does not know at all gets an error, not a crash.
+    self->request(worker, 10s, std::string("what is this"))
+        .receive([&](const std::string&) { ADD_FAILURE() << "an unknown message was answered"; },
+                 [&](const caf::error&) {});
+
+    // The data plane: another version and a garbage header get an error reply.
+    const auto status = actors::query_status(system, sched, 10s);
+    ASSERT_TRUE(status.ok());
+    ASSERT_EQ(status.workers_size(), 2);
+    transport::UcxWorker ucx;
+    ucx.listen(actors::kAmAttendReply);
+    const auto ep = ucx.connect(status.workers(0).ucx_address(), "worker 0");
+    auto exchange = [&](const std::string& header) {
+      ucx.send(ep, actors::kAmAttend, header, std::make_shared<std::vector<char>>(64, 0), true);
+      transport::AmMessage m;
+      const auto deadline = std::chrono::steady_clock::now() + 10s;
+      while (std::chrono::steady_clock::now() < deadline) {
+        ucx.progress();
+        if (ucx.poll(m)) return wire::decode<wire::AttendReply>(m.header, "worker").error();
+      }
+      return std::string("(no reply)");
+    };
+    wire::AttendRequest req;
+    req.set_protocol_version(5);
+    req.set_request_id(1);
+    EXPECT_NE(exchange(wire::encode(req)).find("version 5"), std::string::npos);
+    EXPECT_NE(exchange(std::string("\xff\xff\xff garbage", 11)).find("malformed"), std::string::npos);
+    req.set_protocol_version(wire::kProtocolVersion);
+    req.set_request_id(424242);
+    req.set_rows(1);
+    req.set_cols(64);
+    EXPECT_NE(exchange(wire::encode(req)).find("holds no context"), std::string::npos);
+    ucx.disconnect(ep);
+    actors::stop_actors(system, {});
+  }
+  // Everyone still serves.
+  EXPECT_TRUE(head_->alive()) << head_->err();
+  EXPECT_TRUE(workers_[0]->alive()) << workers_[0]->err();
+  expect_same_as_local(2, ids(250, 8), 6, "after_garbage");
+}
+
+}  // namespace
+}  // namespace starattn

@@ -1,0 +1,120 @@
+// starattn worker: one process per host; one context_block actor per GPU (or one on the cpu),
+// registered with the head.
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+
+#include "actors/cluster.h"
+#include "actors/context_block.h"
+#include "tools/starattn/args.h"
+#include "tools/starattn/commands.h"
+#include "tools/starattn/signals.h"
+
+namespace starattn::cli {
+namespace {
+
+const char* kWorkerHelp =
+    "usage: starattn worker --head HOST:PORT --model DIR [--gpus 0,1 | --cpu-threads N] [options]\n"
+    "Serves context blocks for a head: one context actor per GPU, or one on the cpu backend.\n"
+    "Waits for the head to come up; exits when the head goes away or on SIGINT/SIGTERM.\n\n"
+    "  --head HOST:PORT       the head's --listen address\n"
+    "  --gpus LIST            GPU indices (cuda backend), one context actor each\n"
+    "  --cpu-threads N        cpu backend threads (default: all cores)\n"
+    "  --listen HOST:PORT     also publish the context actors here (status, probing); actor i\n"
+    "                         gets PORT+i (port 0: any free port)\n"
+    "  --port-file F          write the published port(s) to F, one per line\n"
+    "  --kv-fraction F        share of free memory offered for KV (default 0.8)\n"
+    "  --connect-timeout S    how long to keep trying to reach the head (default 60)\n"
+    "  --name NAME            name in logs and errors (default HOST:PID)\n";
+
+}  // namespace
+
+int cmd_worker(int argc, char** argv) {
+  if (argc > 2 && !std::strcmp(argv[2], "--help")) {
+    std::fputs(kWorkerHelp, stdout);
+    return 0;
+  }
+  const Args args(argc, argv, 2,
+                  {"head", "model", "gpus", "cpu-threads", "listen", "port-file", "kv-fraction",
+                   "connect-timeout", "name"},
+                  {});
+  const auto [head_host, head_port] = actors::parse_host_port(args.require("head"), "head");
+  const std::string model_dir = args.require("model");
+  if (args.has("gpus") && args.has("cpu-threads"))
+    throw std::invalid_argument("give --gpus or --cpu-threads, not both");
+  std::vector<int32_t> gpus;
+  if (args.has("gpus")) gpus = parse_id_list(args.get("gpus", ""), "gpus");
+  const double fraction = args.get_double("kv-fraction", 0.8);
+  std::string name = args.get("name", "");
+  if (name.empty()) {
+    char host[256] = {0};
+    gethostname(host, sizeof(host) - 1);
+    name = std::string(host) + ":" + std::to_string(getpid());
+  }
+  install_stop_signals();
+
+  caf::actor_system_config config;
+  actors::configure_caf(config);
+  caf::actor_system system{config};
+  const auto patience = std::chrono::milliseconds(
+      static_cast<int64_t>(args.get_double("connect-timeout", 60) * 1000));
+  const caf::actor scheduler = actors::connect_remote(system, head_host, head_port, patience);
+
+  std::vector<caf::actor> blocks;
+  auto spawn = [&](const std::string& device, int gpu, int threads) {
+    actors::ContextBlockOptions o;
+    o.model = std::make_shared<actors::ModelHost>(model_dir, device, gpu, threads);
+    o.scheduler = scheduler;
+    o.device = device == "cpu" ? "cpu" : device + ":" + std::to_string(gpu);
+    o.name = name + "/" + o.device;
+    o.kv_fraction = fraction;
+    blocks.push_back(actors::spawn_context_block(system, o));
+  };
+  if (gpus.empty()) {
+    spawn("cpu", 0, static_cast<int>(args.get_int("cpu-threads", 0)));
+  } else {
+    for (int32_t g : gpus) spawn("cuda", g, 0);
+  }
+
+  if (args.has("listen")) {
+    const auto [host, port] = actors::parse_host_port(args.get("listen", ""), "listen");
+    const char* bind = (host == "0.0.0.0" || host == "*") ? nullptr : host.c_str();
+    std::ofstream port_file;
+    if (args.has("port-file")) port_file.open(args.get("port-file", ""));
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      const uint16_t want = port == 0 ? 0 : static_cast<uint16_t>(port + i);
+      auto bound = system.middleman().publish(blocks[i], want, bind, true);
+      if (!bound) {
+        actors::stop_actors(system, blocks);
+        throw std::runtime_error("cannot listen on " + host + ":" + std::to_string(want) + ": " +
+                                 system.render(bound.error()));
+      }
+      if (port_file.is_open()) port_file << *bound << "\n";
+      std::fprintf(stderr, "%s: context actor %zu published on %s:%u\n", name.c_str(), i,
+                   host.c_str(), static_cast<unsigned>(*bound));
+    }
+  }
+
+  // Runs until a signal, or until every context actor has stopped (the head went away or
+  // refused the registration).
+  caf::scoped_actor self{system};
+  for (const auto& b : blocks) self->monitor(b);
+  size_t alive = blocks.size();
+  while (alive > 0 && !stop_requested()) {
+    self->receive([&](const caf::down_msg&) { --alive; },
+                  caf::after(std::chrono::milliseconds(200)) >> [] {});
+  }
+  actors::stop_actors(system, blocks);
+  if (alive == 0) {
+    std::fprintf(stderr, "%s: no context actor left, exiting\n", name.c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace starattn::cli
