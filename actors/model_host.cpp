@@ -4,6 +4,8 @@
 
 #include <cstdio>
 
+#include "runtime/bpe_tokenizer.h"
+
 namespace starattn::actors {
 
 ModelHost::ModelHost(const std::string& model_dir, const std::string& device, int gpu,
@@ -12,6 +14,9 @@ ModelHost::ModelHost(const std::string& model_dir, const std::string& device, in
   backend_ = make_backend(device, gpu, threads);
   loaded_ = open_model(model_dir);
   model_ = std::make_unique<Transformer>(loaded_.config, *loaded_.weights, *backend_);
+  tokenizer_ = load_tokenizer(model_dir);
+  if (!dynamic_cast<const ByteTokenizer*>(tokenizer_.get()))
+    chat_ = detect_chat_template(read_chat_template(model_dir), *tokenizer_);
   // FNV-1a over the config's JSON: equal shapes and special ids, or a refused registration.
   uint64_t h = 0xcbf29ce484222325ull;
   for (unsigned char c : loaded_.config.to_json()) h = (h ^ c) * 0x100000001b3ull;

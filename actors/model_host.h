@@ -8,9 +8,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "runtime/backend.h"
+#include "runtime/chat_template.h"
 #include "runtime/tokenizer.h"
 #include "runtime/transformer.h"
 #include "runtime/weight_source.h"
@@ -25,7 +27,9 @@ class ModelHost {
   const Transformer& model() const { return *model_; }
   const ModelConfig& config() const { return model_->config(); }
   Backend& backend() const { return *backend_; }
-  const Tokenizer& tokenizer() const { return tokenizer_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  // The model's chat template; empty for byte-level models.
+  const std::optional<ChatTemplate>& chat_template() const { return chat_; }
   int threads() const { return threads_; }
   // A fingerprint of the model's shape: head and workers must serve the same model.
   const std::string& digest() const { return digest_; }
@@ -36,7 +40,8 @@ class ModelHost {
   std::unique_ptr<Backend> backend_;
   LoadedModel loaded_;
   std::unique_ptr<Transformer> model_;
-  ByteTokenizer tokenizer_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::optional<ChatTemplate> chat_;
   int threads_ = 0;
   std::string digest_;
 };

@@ -9,6 +9,7 @@
 
 #include "actors/messages.h"
 #include "runtime/block_plan.h"
+#include "runtime/prompt.h"
 #include "transport/wire.h"
 
 namespace starattn::actors {
@@ -193,13 +194,21 @@ void admit(Self* self, const caf::actor& client, const std::string& bytes) {
     wire::check_version(r.submit.protocol_version(), "the client");
     wire::SubmitRequest& q = r.submit;
     const Tokenizer& tok = st.options.model->tokenizer();
-    if (q.context_is_text()) {
-      // Text contexts start a sequence, so they get the model's BOS (as `starattn run` does).
+    if (q.context_is_text() && q.query_is_text()) {
+      // A question over a document: laid out with the model's chat template (runtime/prompt.h).
+      const PromptIds p = document_prompt(tok, st.options.model->chat_template(),
+                                          q.context_text(), q.query_text());
+      q.clear_context();
+      q.clear_query();
+      for (int32_t id : p.context) q.add_context(id);
+      for (int32_t id : p.query) q.add_query(id);
+    } else if (q.context_is_text()) {
+      // Text contexts start a sequence, so they get the model's BOS.
       q.clear_context();
       if (cfg.bos_token_id >= 0) q.add_context(cfg.bos_token_id);
       for (int32_t id : tok.encode(q.context_text())) q.add_context(id);
     }
-    if (q.query_is_text()) {
+    if (q.query_is_text() && !q.context_is_text()) {
       q.clear_query();
       for (int32_t id : tok.encode(q.query_text())) q.add_query(id);
     }

@@ -1,42 +1,34 @@
 #!/usr/bin/env bash
-# The main job on a fresh Debian machine: install dependencies, build, then answer a question
-# over a long generated document through several local context workers, in star and full mode.
+# The main job on a fresh Debian machine: install dependencies, build, fetch the default model
+# (SmolLM2-135M-Instruct), then answer a question over a long generated document through several
+# local context workers with Star Attention, and again with full attention for comparison.
+# Environment: STARATTN_WORKERS (default 4), STARATTN_DOC_LINES (document length, default 260),
+# STARATTN_DEVICE (cpu or cuda), STARATTN_BUILD_DIR (default build).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 ./deploy/install-deps.sh
+model=$(./deploy/fetch-model.sh | tail -n1)
 build=${STARATTN_BUILD_DIR:-build}
 generator=()
-command -v ninja >/dev/null && generator=(-G Ninja)
+[ -f "$build/CMakeCache.txt" ] || { command -v ninja >/dev/null && generator=(-G Ninja); }
 cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" --target starattn -j "$(nproc)"
 bin="$build/tools/starattn"
 
-work=${STARATTN_DEMO_DIR:-$build/demo}
+work="$build/demo"
 mkdir -p "$work"
-model="$work/model"
-[ -f "$model/config.json" ] || "$bin" init-model --preset small --seed 7 --out "$model"
-
-# A long document with a fact hidden in the middle.
 doc="$work/document.txt"
-python3 - "$doc" <<'PY'
-import random, sys
-random.seed(5)
-words = "river stone market lantern harbor orchard signal winter copper meadow".split()
-lines = []
-for i in range(120):
-    lines.append(" ".join(random.choice(words) for _ in range(12)) + ".")
-    if i == 60:
-        lines.append("The secret passphrase is amber falcon.")
-open(sys.argv[1], "w").write("\n".join(lines) + "\n")
-PY
+python3 tools/make_document.py --lines "${STARATTN_DOC_LINES:-260}" --seed 5 > "$doc"
 
 workers=${STARATTN_WORKERS:-4}
-question="What is the secret passphrase?"
+device=${STARATTN_DEVICE:-cpu}
+question="What is the code word of the northern lighthouse?"
+echo "== document: $(wc -w < "$doc") words; question: $question"
 echo "== star attention, $workers context workers =="
-"$bin" run --model "$model" --context-file "$doc" --query "$question" \
-  --workers "$workers" --max-tokens 24 --mode star
+"$bin" run --model "$model" --device "$device" --context-file "$doc" --query "$question" \
+  --workers "$workers" --max-tokens 40 --mode star
 echo "== full attention (baseline) =="
-"$bin" run --model "$model" --context-file "$doc" --query "$question" \
-  --max-tokens 24 --mode full
+"$bin" run --model "$model" --device "$device" --context-file "$doc" --query "$question" \
+  --max-tokens 40 --mode full

@@ -18,7 +18,8 @@ echo "== dependencies"
 
 echo "== python environment"
 # numpy: tests that generate or check reference data in Python.
-py=$(./deploy/python-env.sh numpy | tail -n1)
+# openai: the serving tests use the official client; tokenizers + gguf: the live tokenizer check.
+py=$(./deploy/python-env.sh numpy openai tokenizers gguf | tail -n1)
 # Tests that call python3 get the venv's (and CMake's FindPython3 prefers an active venv).
 VIRTUAL_ENV=$(dirname "$(dirname "$py")")
 PATH="$VIRTUAL_ENV/bin:$PATH"

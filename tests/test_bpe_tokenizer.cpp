@@ -9,6 +9,8 @@
 #include <fstream>
 #include <memory>
 
+#include <cstdlib>
+
 #include <nlohmann/json.hpp>
 
 #include "runtime/bpe_tokenizer.h"
@@ -27,8 +29,12 @@ using namespace starattn::testing;
 
 const json& fixture() {
   static const json j = [] {
-    const auto path = std::filesystem::path(__FILE__).parent_path() / "data" /
-                      "smollm2_tokenizer_reference.json";
+    // STARATTN_TOKENIZER_REFERENCE points at ids freshly made by the `tokenizers` library
+    // (tests/tokenizer_live.sh); otherwise the recorded copy.
+    const char* env = std::getenv("STARATTN_TOKENIZER_REFERENCE");
+    const auto path = env && *env ? std::filesystem::path(env)
+                                  : std::filesystem::path(__FILE__).parent_path() / "data" /
+                                        "smollm2_tokenizer_reference.json";
     std::ifstream in(path);
     if (!in) throw std::runtime_error("cannot open " + path.string());
     return json::parse(in);

@@ -16,12 +16,14 @@ namespace starattn::cli {
 namespace {
 
 const char* kRunHelp =
-    "usage: starattn run --model DIR (--context-file F | --context-ids \"1,2,..\")\n"
+    "usage: starattn run [--model DIR|FILE.gguf] (--context-file F | --context-ids \"1,2,..\")\n"
     "                    (--query TEXT | --query-ids \"..\") [options]\n"
     "       starattn run --head HOST:PORT (--context-file F | ...) (--query ...) [options]\n"
     "Answers the query over the context with Star Attention and streams the answer to stdout;\n"
     "per-phase timings go to stderr. Without --head it runs the scheduler, the query actor and\n"
-    "--workers context actors in this process; with --head it submits to a running head.\n\n"
+    "--workers context actors in this process; with --head it submits to a running head.\n"
+    "Without --model it uses the default model (SmolLM2-135M-Instruct, deploy/fetch-model.sh).\n"
+    "A text context with a text query is laid out with the model's chat template.\n\n"
     "  --head HOST:PORT       submit to the head of a cluster (starattn serve)\n"
     "  --min-workers N        with --head: wait until N workers are registered (default 1)\n"
     "  --timeout S            with --head: give up when nothing arrives for S seconds (120)\n"
@@ -37,7 +39,8 @@ const char* kRunHelp =
     "  --output text|ids      decoded text (default) or token ids separated by spaces\n"
     "  --dump-logits FILE     write each generated token's logits (float32 rows of vocab size)\n"
     "  --device cpu|cuda      backend (default cpu); --gpu N picks the device\n"
-    "  --threads N            cpu threads (default: all cores)\n";
+    "  --threads N            cpu threads (default: all cores)\n"
+    "  --random-weights CONFIG  random weights of a config.json's shape (Engine path, benchmarks)\n";
 
 // Where tokens go: stdout (text or ids) and the logits dump.
 class Printer {
@@ -146,9 +149,22 @@ int run_on_actors(caf::actor_system& system, const caf::actor& scheduler,
   return 0;
 }
 
+// --model, else the default model deploy/fetch-model.sh installs.
+std::string model_path(const Args& args) {
+  if (args.has("model")) return args.get("model", "");
+  const std::string path = default_model_path();
+  if (!std::ifstream(path))
+    throw std::invalid_argument("no --model given and the default model is not at " + path +
+                                ": run deploy/fetch-model.sh (or pass --model)");
+  return path;
+}
+
 int run_engine(const Args& args, Printer& out) {
   EngineOptions options;
-  options.model = args.require("model");
+  options.random_weights = args.has("random-weights");
+  if (options.random_weights && args.has("model"))
+    throw std::invalid_argument("give one of --model and --random-weights");
+  options.model = options.random_weights ? args.get("random-weights", "") : model_path(args);
   options.device = args.get("device", "cpu");
   options.gpu = static_cast<int>(args.get_int("gpu", 0));
   options.workers = static_cast<int>(args.get_int("workers", 1));
@@ -156,7 +172,11 @@ int run_engine(const Args& args, Printer& out) {
   Engine engine(options);
   const wire::SubmitRequest sub = build_request(args, out.want_logits());
   GenerateRequest req;
-  if (sub.context_is_text()) {
+  if (sub.context_is_text() && sub.query_is_text()) {
+    PromptIds p = engine.document_prompt(sub.context_text(), sub.query_text());
+    req.context = std::move(p.context);
+    req.query = std::move(p.query);
+  } else if (sub.context_is_text()) {
     // Text contexts start a sequence, so they get the model's BOS like any prompt would.
     if (engine.config().bos_token_id >= 0) req.context.push_back(engine.config().bos_token_id);
     const auto ids = engine.tokenizer().encode(sub.context_text());
@@ -164,8 +184,8 @@ int run_engine(const Args& args, Printer& out) {
   } else {
     req.context.assign(sub.context().begin(), sub.context().end());
   }
-  if (sub.query_is_text()) req.query = engine.tokenizer().encode(sub.query_text());
-  else req.query.assign(sub.query().begin(), sub.query().end());
+  if (!sub.query_is_text()) req.query.assign(sub.query().begin(), sub.query().end());
+  else if (!sub.context_is_text()) req.query = engine.tokenizer().encode(sub.query_text());
   req.mode = parse_mode(sub.mode());
   req.block_size = sub.block_size();
   req.anchor_size = sub.anchor_size();
@@ -213,10 +233,11 @@ int cmd_run(int argc, char** argv) {
                   {"model", "context-file", "context-ids", "query", "query-ids", "max-tokens",
                    "mode", "workers", "block-size", "anchor-size", "seed", "output", "device",
                    "gpu", "threads", "temperature", "top-k", "top-p", "dump-logits", "head",
-                   "min-workers", "timeout"},
+                   "min-workers", "timeout", "random-weights"},
                   {"ignore-eos", "no-anchor", "engine"});
   Printer out(args);
-  if (args.flag("engine")) return run_engine(args, out);
+  // Random weights exist only in the Engine library path (benchmarks).
+  if (args.flag("engine") || args.has("random-weights")) return run_engine(args, out);
   const wire::SubmitRequest req = build_request(args, out.want_logits());
 
   caf::actor_system_config config;
@@ -242,7 +263,7 @@ int cmd_run(int argc, char** argv) {
   if (workers < 1)
     throw std::invalid_argument("workers must be at least 1, got " + std::to_string(workers));
   auto model = std::make_shared<actors::ModelHost>(
-      args.require("model"), args.get("device", "cpu"), static_cast<int>(args.get_int("gpu", 0)),
+      model_path(args), args.get("device", "cpu"), static_cast<int>(args.get_int("gpu", 0)),
       static_cast<int>(args.get_int("threads", 0)));
   actors::Head head = actors::spawn_head(system, model, false);
   std::vector<caf::actor> all{head.scheduler, head.query};

@@ -9,5 +9,7 @@ int cmd_serve(int argc, char** argv);
 int cmd_worker(int argc, char** argv);
 int cmd_bench_transport(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
+int cmd_serve_local(int argc, char** argv);
+int cmd_client(int argc, char** argv);
 
 }  // namespace starattn::cli

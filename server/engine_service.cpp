@@ -1,0 +1,320 @@
+#include "server/engine_service.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <future>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#include "runtime/chat_template.h"
+
+namespace starattn::server {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// One request: queued, then run by an engine thread. The handle a client holds is this object.
+struct Job : RequestHandle {
+  TextRequest request;
+  StreamCallbacks callbacks;
+  Clock::time_point submitted = Clock::now();
+  std::atomic<bool> cancelled{false};
+  std::function<bool(Job*)> dequeue;  // removes it from the queue if still there
+
+  void cancel() override {
+    if (cancelled.exchange(true)) return;
+    // A queued job never reaches an engine: finish it here, on the cancelling thread.
+    if (dequeue && dequeue(this)) {
+      Completion c;
+      c.finish_reason = "cancelled";
+      c.queue_ms = ms_between(submitted, Clock::now());
+      callbacks.on_done(c);
+    }
+  }
+};
+
+void fail(const StreamCallbacks& cb, ErrorKind kind, std::string message) {
+  cb.on_error(ServiceError{kind, std::move(message)});
+}
+
+}  // namespace
+
+struct EngineService::Impl : std::enable_shared_from_this<Impl> {
+  EngineServiceOptions options;
+  std::vector<std::unique_ptr<Engine>> engines;
+  ChatTemplate chat_template;
+  std::string model_name;
+  ServiceInfo info;
+
+  mutable std::mutex mutex;
+  std::condition_variable wake;
+  std::deque<std::shared_ptr<Job>> queue;
+  bool stopping = false;
+  std::vector<std::shared_ptr<Job>> running;  // per engine; null when idle
+  std::vector<std::unique_ptr<std::atomic<int64_t>>> kv_tokens;  // per engine
+  std::vector<std::thread> threads;
+
+  bool remove_queued(Job* job) {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto it = std::find_if(queue.begin(), queue.end(),
+                                 [&](const std::shared_ptr<Job>& j) { return j.get() == job; });
+    if (it == queue.end()) return false;
+    queue.erase(it);
+    return true;
+  }
+
+  void worker_loop(size_t index) {
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lock(mutex);
+        wake.wait(lock, [&] { return stopping || !queue.empty(); });
+        if (stopping) return;
+        job = std::move(queue.front());
+        queue.pop_front();
+        running[index] = job;
+      }
+      run(index, *job);
+      std::lock_guard<std::mutex> lock(mutex);
+      running[index].reset();
+    }
+  }
+
+  void run(size_t index, Job& job) {
+    Engine& engine = *engines[index];
+    const TextRequest& r = job.request;
+    const auto started = Clock::now();
+    std::atomic<int64_t>& kv = *kv_tokens[index];
+    if (job.cancelled) {  // cancelled between leaving the queue and starting
+      Completion c;
+      c.finish_reason = "cancelled";
+      c.queue_ms = ms_between(job.submitted, started);
+      job.callbacks.on_done(c);
+      return;
+    }
+    try {
+      GenerateRequest g;
+      std::string context_text = r.context, query_text = r.query;
+      if (r.chat) {
+        ChatSplit split = split_chat(chat_template, r.messages);
+        context_text = std::move(split.context);
+        query_text = std::move(split.query);
+      }
+      const Tokenizer& tok = engine.tokenizer();
+      // A context starts the sequence, so it gets the model's BOS as any prompt would, unless
+      // the template text already begins with it (Llama 3 writes <|begin_of_text|> itself).
+      g.context = tok.encode(context_text);
+      const int32_t bos = engine.config().bos_token_id;
+      if (bos >= 0 && (g.context.empty() || g.context.front() != bos))
+        g.context.insert(g.context.begin(), bos);
+      g.query = tok.encode(query_text);
+      const int64_t limit = options.max_context_tokens;
+      if (limit > 0 && static_cast<int64_t>(g.context.size()) > limit)
+        throw std::length_error("context of " + std::to_string(g.context.size()) +
+                                " tokens is larger than this server's capacity of " +
+                                std::to_string(limit) + " context tokens");
+      g.mode = parse_mode(r.mode);
+      g.block_size = r.block_size;
+      g.anchor_size = r.anchor_size;
+      g.max_tokens = r.max_tokens;
+      g.sampling = r.sampling;
+      g.ignore_eos = r.ignore_eos;
+
+      StreamDecoder decoder(tok);
+      StopMatcher stops(r.stop);
+      kv = static_cast<int64_t>(g.context.size() + g.query.size());
+      bool client_cancelled = false;
+      const GenerateStats s = engine.generate(g, [&](int32_t id, const float*) {
+        ++kv;
+        if (job.cancelled) {
+          client_cancelled = true;
+          return false;
+        }
+        TokenEvent ev;
+        ev.text = stops.push(decoder.push(id));
+        ev.tokens.push_back(id);
+        if (!job.callbacks.on_token(ev)) {
+          job.cancelled = true;
+          client_cancelled = true;
+          return false;
+        }
+        return !stops.stopped();
+      });
+      kv = 0;
+      if (!stops.stopped() && !client_cancelled) {
+        TokenEvent tail;
+        tail.text = stops.push(decoder.flush());
+        tail.text += stops.flush();
+        if (!tail.text.empty()) job.callbacks.on_token(tail);
+      }
+      Completion c;
+      c.finish_reason = client_cancelled ? "cancelled" : stops.stopped() ? "stop" : s.finish_reason;
+      c.context_tokens = s.context_tokens;
+      c.prompt_tokens = s.context_tokens + s.query_tokens;
+      c.completion_tokens = s.generated;
+      c.blocks = s.blocks;
+      c.block_size = s.block_size;
+      c.anchor_size = s.anchor_size;
+      c.queue_ms = ms_between(job.submitted, started);
+      c.phase1_ms = s.phase1_ms;
+      c.first_token_ms = s.first_token_ms;
+      c.decode_ms = s.decode_ms;
+      job.callbacks.on_done(c);
+    } catch (const std::length_error& e) {
+      kv = 0;
+      fail(job.callbacks, ErrorKind::capacity, e.what());
+    } catch (const std::invalid_argument& e) {
+      kv = 0;
+      fail(job.callbacks, ErrorKind::invalid_request, e.what());
+    } catch (const std::exception& e) {
+      kv = 0;
+      fail(job.callbacks, ErrorKind::internal, std::string("generation failed: ") + e.what());
+    }
+  }
+};
+
+EngineService::EngineService(const EngineServiceOptions& options) : impl_(std::make_shared<Impl>()) {
+  if (options.engines < 1)
+    throw std::invalid_argument("engines must be at least 1, got " + std::to_string(options.engines));
+  if (options.max_queue < 0)
+    throw std::invalid_argument("max_queue must not be negative");
+  Impl& s = *impl_;
+  s.options = options;
+  // Each engine is built on the thread that will run it: a GPU backend binds its device to the
+  // thread that creates it, and every later call must come from that thread.
+  const size_t n = static_cast<size_t>(options.engines);
+  s.engines.resize(n);
+  s.running.resize(n);
+  for (size_t i = 0; i < n; ++i) s.kv_tokens.push_back(std::make_unique<std::atomic<int64_t>>(0));
+  std::vector<std::future<int64_t>> ready;
+  for (size_t i = 0; i < n; ++i) {
+    auto promise = std::make_shared<std::promise<int64_t>>();
+    ready.push_back(promise->get_future());
+    s.threads.emplace_back([impl = impl_.get(), i, promise] {
+      try {
+        impl->engines[i] = std::make_unique<Engine>(impl->options.engine);
+        promise->set_value(impl->engines[i]->kv_capacity_tokens());
+      } catch (...) {
+        promise->set_exception(std::current_exception());
+        return;
+      }
+      impl->worker_loop(i);
+    });
+  }
+  int64_t capacity = 0;
+  std::exception_ptr failed;
+  for (size_t i = 0; i < n; ++i) {
+    try {
+      const int64_t c = ready[i].get();
+      if (i == 0) capacity = c;
+    } catch (...) {
+      if (!failed) failed = std::current_exception();
+    }
+  }
+  const auto stop_threads = [&s] {
+    {
+      std::lock_guard<std::mutex> lock(s.mutex);
+      s.stopping = true;
+    }
+    s.wake.notify_all();
+    for (auto& t : s.threads) t.join();
+  };
+  if (failed) {
+    stop_threads();
+    std::rethrow_exception(failed);
+  }
+  try {
+    s.chat_template = detect_chat_template(
+        options.engine.random_weights ? std::string() : read_chat_template(options.engine.model),
+        s.engines.front()->tokenizer());
+  } catch (...) {
+    stop_threads();  // the threads are running: a constructor that throws must not leave them
+    throw;
+  }
+  s.model_name = options.model_name;
+  if (s.model_name.empty()) {
+    std::filesystem::path p(options.engine.model);
+    if (!p.has_filename()) p = p.parent_path();
+    s.model_name = p.filename().string();
+  }
+  // Computed once: asking a backend for free memory from a network thread while it runs a
+  // request on its own thread is not something every backend supports.
+  s.info.model = s.model_name;
+  s.info.max_context_tokens = options.max_context_tokens > 0 ? options.max_context_tokens : capacity;
+  s.info.max_queue = options.max_queue;
+}
+
+EngineService::~EngineService() {
+  std::deque<std::shared_ptr<Job>> dropped;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    impl_->stopping = true;
+    dropped.swap(impl_->queue);
+    for (auto& job : impl_->running)
+      if (job) job->cancelled = true;
+  }
+  impl_->wake.notify_all();
+  for (auto& t : impl_->threads) t.join();
+  for (auto& job : dropped) fail(job->callbacks, ErrorKind::shutting_down, "the server is shutting down");
+}
+
+std::shared_ptr<RequestHandle> EngineService::submit(TextRequest request, StreamCallbacks callbacks) {
+  auto job = std::make_shared<Job>();
+  job->request = std::move(request);
+  job->callbacks = std::move(callbacks);
+  // The handle may outlive the service: it only reaches the queue through a weak pointer.
+  std::weak_ptr<Impl> weak = impl_;
+  job->dequeue = [weak](Job* j) {
+    const auto impl = weak.lock();
+    return impl && impl->remove_queued(j);
+  };
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    if (impl_->stopping) {
+      fail(job->callbacks, ErrorKind::shutting_down, "the server is shutting down");
+      return job;
+    }
+    // Idle engines take queued requests at once, so they do not count against the limit.
+    const auto idle = std::count(impl_->running.begin(), impl_->running.end(), nullptr);
+    if (static_cast<int64_t>(impl_->queue.size()) >= impl_->options.max_queue + idle) {
+      fail(job->callbacks, ErrorKind::overloaded,
+           "the server is busy: " + std::to_string(impl_->queue.size()) +
+               " requests are already waiting (limit " + std::to_string(impl_->options.max_queue) + ")");
+      return job;
+    }
+    impl_->queue.push_back(job);
+  }
+  impl_->wake.notify_one();
+  return job;
+}
+
+ServiceInfo EngineService::info() const { return impl_->info; }
+
+std::vector<WorkerLoad> EngineService::load() const {
+  std::vector<WorkerLoad> out;
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  for (size_t i = 0; i < impl_->engines.size(); ++i) {
+    WorkerLoad w;
+    w.worker = "engine" + std::to_string(i);
+    w.kv_tokens = impl_->kv_tokens[i]->load();
+    w.active_requests = impl_->running[i] ? 1 : 0;
+    out.push_back(w);
+  }
+  return out;
+}
+
+int EngineService::queued() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return static_cast<int>(impl_->queue.size());
+}
+
+}  // namespace starattn::server

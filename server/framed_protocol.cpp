@@ -1,0 +1,107 @@
+#include "server/framed_protocol.h"
+
+#include <stdexcept>
+
+namespace starattn::server {
+
+std::string encode_frame(const google::protobuf::MessageLite& message) {
+  const size_t n = message.ByteSizeLong();
+  if (n > kMaxServingFrame)
+    throw std::length_error("frame of " + std::to_string(n) + " bytes exceeds the limit of " +
+                            std::to_string(kMaxServingFrame));
+  std::string out(4, '\0');
+  for (int i = 0; i < 4; ++i) out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+  out += message.SerializeAsString();
+  return out;
+}
+
+uint32_t decode_frame_length(const unsigned char prefix[4]) {
+  return static_cast<uint32_t>(prefix[0]) | static_cast<uint32_t>(prefix[1]) << 8 |
+         static_cast<uint32_t>(prefix[2]) << 16 | static_cast<uint32_t>(prefix[3]) << 24;
+}
+
+serving::GenerateRequest request_to_proto(const TextRequest& r) {
+  serving::GenerateRequest p;
+  p.set_chat(r.chat);
+  p.set_context(r.context);
+  p.set_query(r.query);
+  for (const auto& m : r.messages) {
+    auto* pm = p.add_messages();
+    pm->set_role(m.role);
+    pm->set_content(m.content);
+  }
+  p.set_mode(r.mode);
+  p.set_block_size(r.block_size);
+  p.set_anchor_size(r.anchor_size);
+  p.set_max_tokens(r.max_tokens);
+  p.set_temperature(r.sampling.temperature);
+  p.set_top_k(r.sampling.top_k);
+  p.set_top_p(r.sampling.top_p);
+  p.set_seed(r.sampling.seed);
+  for (const auto& s : r.stop) p.add_stop(s);
+  p.set_ignore_eos(r.ignore_eos);
+  return p;
+}
+
+TextRequest request_from_proto(const serving::GenerateRequest& p) {
+  TextRequest r;
+  r.chat = p.chat();
+  r.context = p.context();
+  r.query = p.query();
+  for (const auto& m : p.messages()) r.messages.push_back({m.role(), m.content()});
+  r.mode = p.mode().empty() ? "star" : p.mode();
+  if (r.mode != "star" && r.mode != "full")
+    throw std::invalid_argument("mode must be star or full, got '" + r.mode + "'");
+  if (p.block_size() < 0) throw std::invalid_argument("block_size must not be negative");
+  if (p.anchor_size() < 0) throw std::invalid_argument("anchor_size must not be negative");
+  r.block_size = p.block_size();
+  r.anchor_size = p.anchor_size();
+  if (p.max_tokens() < 0) throw std::invalid_argument("max_tokens must not be negative");
+  r.max_tokens = p.max_tokens();
+  if (!(p.temperature() >= 0)) throw std::invalid_argument("temperature must not be negative");
+  r.sampling.temperature = p.temperature();
+  if (p.top_k() < 0) throw std::invalid_argument("top_k must not be negative");
+  r.sampling.top_k = p.top_k();
+  r.sampling.top_p = p.top_p() == 0 ? 1.0f : p.top_p();
+  if (!(r.sampling.top_p > 0 && r.sampling.top_p <= 1)) throw std::invalid_argument("top_p must be in (0, 1]");
+  r.sampling.seed = p.seed();
+  for (const auto& s : p.stop()) r.stop.push_back(s);
+  r.ignore_eos = p.ignore_eos();
+  if (r.chat && r.messages.empty()) throw std::invalid_argument("a chat request needs messages");
+  if (!r.chat && r.query.empty()) throw std::invalid_argument("the query is empty");
+  return r;
+}
+
+serving::Done completion_to_proto(const Completion& c) {
+  serving::Done d;
+  d.set_finish_reason(c.finish_reason);
+  d.set_prompt_tokens(c.prompt_tokens);
+  d.set_context_tokens(c.context_tokens);
+  d.set_completion_tokens(c.completion_tokens);
+  d.set_blocks(c.blocks);
+  d.set_block_size(c.block_size);
+  d.set_anchor_size(c.anchor_size);
+  d.set_queue_ms(c.queue_ms);
+  d.set_phase1_ms(c.phase1_ms);
+  d.set_first_token_ms(c.first_token_ms);
+  d.set_decode_ms(c.decode_ms);
+  return d;
+}
+
+Completion completion_from_proto(const serving::Done& d) {
+  Completion c;
+  c.finish_reason = d.finish_reason();
+  c.prompt_tokens = d.prompt_tokens();
+  c.context_tokens = d.context_tokens();
+  c.completion_tokens = d.completion_tokens();
+  c.blocks = d.blocks();
+  c.block_size = d.block_size();
+  c.anchor_size = d.anchor_size();
+  c.queue_ms = d.queue_ms();
+  c.phase1_ms = d.phase1_ms();
+  c.first_token_ms = d.first_token_ms();
+  c.decode_ms = d.decode_ms();
+  return c;
+}
+
+}  // namespace starattn::server

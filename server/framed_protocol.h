@@ -1,0 +1,31 @@
+// The framed TCP protocol's pieces shared by server and client: frame encoding (u32 little-endian
+// length + protobuf bytes) and conversions between serving.proto and the service's types.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "server/generation_service.h"
+#include "server/serving.pb.h"
+
+namespace starattn::server {
+
+constexpr uint32_t kServingProtocolVersion = 1;
+// Larger frames are refused before anything is buffered: a peer speaking another protocol
+// decodes as a huge length.
+constexpr size_t kMaxServingFrame = 64u << 20;
+
+// The 4-byte length prefix followed by the serialized message; throws std::length_error beyond
+// kMaxServingFrame.
+std::string encode_frame(const google::protobuf::MessageLite& message);
+uint32_t decode_frame_length(const unsigned char prefix[4]);
+
+serving::GenerateRequest request_to_proto(const TextRequest& request);
+// Throws std::invalid_argument naming the field for values the service cannot take.
+TextRequest request_from_proto(const serving::GenerateRequest& request);
+
+serving::Done completion_to_proto(const Completion& completion);
+Completion completion_from_proto(const serving::Done& done);
+
+}  // namespace starattn::server

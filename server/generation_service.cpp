@@ -1,0 +1,75 @@
+#include "server/generation_service.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace starattn::server {
+
+const char* error_kind_name(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::invalid_request: return "invalid_request";
+    case ErrorKind::capacity: return "capacity";
+    case ErrorKind::overloaded: return "overloaded";
+    case ErrorKind::shutting_down: return "shutting_down";
+    case ErrorKind::internal: return "internal";
+  }
+  return "internal";
+}
+
+ChatSplit split_chat(const ChatTemplate& chat_template, const std::vector<ChatMessage>& messages) {
+  size_t last_user = messages.size();
+  for (size_t i = messages.size(); i-- > 0;)
+    if (messages[i].role == "user") {
+      last_user = i;
+      break;
+    }
+  if (last_user == messages.size())
+    throw std::invalid_argument("messages must contain at least one message with role \"user\"");
+  const std::vector<ChatMessage> before(messages.begin(),
+                                        messages.begin() + static_cast<std::ptrdiff_t>(last_user));
+  const std::string whole = apply_chat_template(chat_template, messages, true);
+  // The template renders message by message, so the earlier turns are a prefix of the whole
+  // conversation; cutting there keeps every byte of the template on one side or the other.
+  std::string prefix = before.empty() ? std::string() : apply_chat_template(chat_template, before, false);
+  if (whole.compare(0, prefix.size(), prefix) != 0) prefix.clear();  // defensive: never split oddly
+  return {prefix, whole.substr(prefix.size())};
+}
+
+StopMatcher::StopMatcher(std::vector<std::string> stops) {
+  for (auto& s : stops)
+    if (!s.empty()) stops_.push_back(std::move(s));
+}
+
+std::string StopMatcher::push(const std::string& text) {
+  if (stopped_) return {};
+  held_ += text;
+  size_t first = std::string::npos;
+  for (const auto& s : stops_) first = std::min(first, held_.find(s));
+  if (first != std::string::npos) {
+    std::string out = held_.substr(0, first);
+    held_.clear();
+    stopped_ = true;
+    return out;
+  }
+  // Keep the longest tail that could still grow into a stop string.
+  size_t keep = 0;
+  for (const auto& s : stops_) {
+    const size_t limit = std::min(s.size() - 1, held_.size());
+    for (size_t n = limit; n > keep; --n)
+      if (held_.compare(held_.size() - n, n, s, 0, n) == 0) {
+        keep = n;
+        break;
+      }
+  }
+  std::string out = held_.substr(0, held_.size() - keep);
+  held_.erase(0, held_.size() - keep);
+  return out;
+}
+
+std::string StopMatcher::flush() {
+  std::string out;
+  out.swap(held_);
+  return stopped_ ? std::string() : out;
+}
+
+}  // namespace starattn::server

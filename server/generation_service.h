@@ -1,0 +1,137 @@
+// The seam between the network front ends (HTTP, framed TCP) and whatever generates tokens: the
+// in-process Engine (EngineService) or, in a cluster, the head's scheduler actor. Requests and
+// results are text-level: the service owns tokenization, chat templates and stop strings, so a
+// front end never needs the model.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/backend.h"
+#include "runtime/chat_template.h"
+
+namespace starattn::server {
+
+struct TextRequest {
+  // Either `context` + `query` (completions), or `messages` (chat: all but the last user
+  // message become the context, the chat template applied; see split_chat()).
+  bool chat = false;
+  std::string context;
+  std::string query;
+  std::vector<ChatMessage> messages;
+  std::string mode = "star";  // "star" or "full"
+  int64_t block_size = 0;     // 0: the service's default
+  int64_t anchor_size = 0;    // 0: the block size
+  int max_tokens = 64;
+  SamplingParams sampling;
+  std::vector<std::string> stop;  // stop strings; the text ends before the first match
+  bool ignore_eos = false;        // generate exactly max_tokens (benchmarks, tests)
+};
+
+// Why a request failed; front ends map it to a status (HTTP 400/413/503/500, a TCP error code).
+enum class ErrorKind {
+  invalid_request,  // bad field values the service found (mode, block sizes, empty query)
+  capacity,         // the context (plus query and max_tokens) does not fit in KV memory
+  overloaded,       // the queue is full; try again later
+  shutting_down,    // the service is stopping
+  internal,         // anything else: a bug or a backend failure
+};
+const char* error_kind_name(ErrorKind kind);
+
+struct ServiceError {
+  ErrorKind kind = ErrorKind::internal;
+  std::string message;
+};
+
+struct TokenEvent {
+  std::string text;              // decoded text released by this token; may be empty (held
+                                 // back: an incomplete UTF-8 character or a stop-string prefix)
+  std::vector<int32_t> tokens;  // the token id(s) this event stands for
+};
+
+struct Completion {
+  std::string finish_reason;  // "stop", "length" or "cancelled"
+  int64_t prompt_tokens = 0;  // context + query tokens
+  int64_t context_tokens = 0;
+  int64_t completion_tokens = 0;
+  int blocks = 0;
+  int64_t block_size = 0;
+  int64_t anchor_size = 0;
+  double queue_ms = 0;        // waiting for an engine
+  double phase1_ms = 0;       // context encoding
+  double first_token_ms = 0;  // query prefill + first sample
+  double decode_ms = 0;       // later tokens
+};
+
+// Exactly one of on_done / on_error is called, exactly once, after every on_token. Callbacks run
+// on a service thread; they must not block for long (front ends post to their own executors).
+// on_token returning false cancels the request (on_done then reports "cancelled").
+struct StreamCallbacks {
+  std::function<bool(const TokenEvent&)> on_token;
+  std::function<void(const Completion&)> on_done;
+  std::function<void(const ServiceError&)> on_error;
+};
+
+// A submitted request. cancel() is thread-safe and idempotent; a queued request is dropped
+// without running, a running one stops at its next token and frees its KV.
+class RequestHandle {
+ public:
+  virtual ~RequestHandle() = default;
+  virtual void cancel() = 0;
+};
+
+// KV held by one worker (an engine of a pool, or a context actor of a cluster), for /metrics.
+struct WorkerLoad {
+  std::string worker;
+  int64_t kv_tokens = 0;  // tokens whose K/V the worker holds right now
+  int active_requests = 0;
+};
+
+struct ServiceInfo {
+  std::string model;            // the name clients see in "model"
+  int64_t max_context_tokens = 0;  // what one request's context may hold (0: unknown)
+  int max_queue = 0;
+};
+
+class GenerationService {
+ public:
+  virtual ~GenerationService() = default;
+  // Thread-safe. Never throws for a bad request: errors arrive through on_error (possibly
+  // before submit returns, on the calling thread).
+  virtual std::shared_ptr<RequestHandle> submit(TextRequest request, StreamCallbacks callbacks) = 0;
+  virtual ServiceInfo info() const = 0;
+  virtual std::vector<WorkerLoad> load() const = 0;
+  // Requests waiting for a worker.
+  virtual int queued() const = 0;
+};
+
+// Splits a chat into (context, query) text: the template applied to the whole conversation with
+// the generation prompt, cut where the last user message starts. Everything before it is the
+// context (encoded with Star Attention); the last user turn and the assistant prompt are the
+// query. Throws std::invalid_argument when there is no user message.
+struct ChatSplit {
+  std::string context;
+  std::string query;
+};
+ChatSplit split_chat(const ChatTemplate& chat_template, const std::vector<ChatMessage>& messages);
+
+// Holds back generated text that may be the start of a stop string, so a client never sees
+// text past a stop. push() returns the text that is safe to emit; after a match, stopped() is
+// true and the text before the match has been returned.
+class StopMatcher {
+ public:
+  explicit StopMatcher(std::vector<std::string> stops);
+  std::string push(const std::string& text);
+  std::string flush();  // at the end: whatever is still held back
+  bool stopped() const { return stopped_; }
+
+ private:
+  std::vector<std::string> stops_;
+  std::string held_;
+  bool stopped_ = false;
+};
+
+}  // namespace starattn::server

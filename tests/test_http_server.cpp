@@ -1,0 +1,395 @@
+// The HTTP front end: OpenAI-style request parsing (strict fields and types), the JSON it
+// answers with, stop strings, chat splitting, a randomized fuzzing run of the request parsers
+// (JSON and raw HTTP), and the server end to end over loopback against the Engine's own answer.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <random>
+#include <thread>
+
+#include "runtime/engine.h"
+#include "runtime/random_model.h"
+#include "server/engine_service.h"
+#include "server/http_api.h"
+#include "server/http_server.h"
+#include "tests/support/test_models.h"
+
+namespace starattn::server {
+namespace {
+
+using json = nlohmann::json;
+
+int status_of(Endpoint e, const std::string& body) {
+  try {
+    parse_api_request(e, body);
+    return 200;
+  } catch (const ApiError& err) {
+    return err.status;
+  }
+}
+
+std::string param_of(Endpoint e, const std::string& body) {
+  try {
+    parse_api_request(e, body);
+  } catch (const ApiError& err) {
+    return err.param;
+  }
+  return "<accepted>";
+}
+
+TEST(HttpApi, ParsesACompletionRequest) {
+  const ApiRequest r = parse_api_request(
+      Endpoint::completions,
+      R"({"model":"m","prompt":"ctx","query":"q?","max_tokens":5,"temperature":0.5,"top_p":0.9,
+          "top_k":3,"seed":11,"stop":["a","b"],"block_size":8,"anchor_size":4,"mode":"full",
+          "stream":true,"stream_options":{"include_usage":true}})");
+  EXPECT_EQ(r.model, "m");
+  EXPECT_EQ(r.request.context, "ctx");
+  EXPECT_EQ(r.request.query, "q?");
+  EXPECT_EQ(r.request.max_tokens, 5);
+  EXPECT_FLOAT_EQ(r.request.sampling.temperature, 0.5f);
+  EXPECT_FLOAT_EQ(r.request.sampling.top_p, 0.9f);
+  EXPECT_EQ(r.request.sampling.top_k, 3);
+  EXPECT_EQ(r.request.sampling.seed, 11u);
+  EXPECT_EQ(r.request.stop, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(r.request.block_size, 8);
+  EXPECT_EQ(r.request.anchor_size, 4);
+  EXPECT_EQ(r.request.mode, "full");
+  EXPECT_TRUE(r.stream);
+  EXPECT_TRUE(r.include_usage);
+  EXPECT_FALSE(r.request.chat);
+}
+
+TEST(HttpApi, ParsesAChatRequest) {
+  const ApiRequest r = parse_api_request(
+      Endpoint::chat_completions,
+      R"({"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"doc"}]},
+          {"role":"assistant","content":"ok"},{"role":"user","content":"q"}],"stop":"x","max_completion_tokens":3})");
+  ASSERT_EQ(r.request.messages.size(), 4u);
+  EXPECT_TRUE(r.request.chat);
+  EXPECT_EQ(r.request.messages[1].content, "doc");
+  EXPECT_EQ(r.request.stop, std::vector<std::string>{"x"});
+  EXPECT_EQ(r.request.max_tokens, 3);
+}
+
+TEST(HttpApi, RefusesBadRequestsNamingTheField) {
+  const auto c = Endpoint::completions;
+  EXPECT_EQ(status_of(c, "{not json"), 400);
+  EXPECT_EQ(status_of(c, "[1,2]"), 400);
+  EXPECT_EQ(status_of(c, ""), 400);
+  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","bogus":1})"), "bogus");
+  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","max_tokens":"5"})"), "max_tokens");
+  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","max_tokens":-1})"), "max_tokens");
+  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","max_tokens":2.5})"), "max_tokens");
+  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","temperature":"hot"})"), "temperature");
+  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","top_p":0})"), "top_p");
+  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","stream":"yes"})"), "stream");
+  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","stop":[1]})"), "stop");
+  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","mode":"half"})"), "mode");
+  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","block_size":4,"anchor_size":8})"), "anchor_size");
+  EXPECT_EQ(param_of(c, R"({"prompt":"p"})"), "query");
+  EXPECT_EQ(param_of(c, R"({"query":"q"})"), "prompt");
+  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","messages":[]})"), "messages");
+  const auto chat = Endpoint::chat_completions;
+  EXPECT_EQ(param_of(chat, R"({"messages":[{"role":"assistant","content":"a"}]})"), "messages");
+  EXPECT_EQ(param_of(chat, R"({"messages":[{"role":"user","content":"a","x":1}]})"), "messages[0].x");
+  EXPECT_EQ(param_of(chat, R"({"messages":[{"role":"wizard","content":"a"}]})"), "messages[0].role");
+  EXPECT_EQ(param_of(chat, R"({"messages":"hi"})"), "messages");
+  EXPECT_EQ(param_of(chat, R"({"prompt":"p","messages":[{"role":"user","content":"a"}]})"), "prompt");
+  // Deep nesting is refused before parsing.
+  EXPECT_EQ(status_of(c, std::string(100000, '[') + std::string(100000, ']')), 400);
+}
+
+TEST(HttpApi, ErrorJsonHasOpenAIShape) {
+  const json j = json::parse(error_json(bad_request("max_tokens", "bad")));
+  EXPECT_EQ(j["error"]["message"], "bad");
+  EXPECT_EQ(j["error"]["type"], "invalid_request_error");
+  EXPECT_EQ(j["error"]["param"], "max_tokens");
+  EXPECT_TRUE(j["error"]["code"].is_null());
+  const ApiError cap = service_error_to_api({ErrorKind::capacity, "too long"});
+  EXPECT_EQ(cap.status, 400);
+  EXPECT_EQ(cap.code, "context_length_exceeded");
+  EXPECT_EQ(service_error_to_api({ErrorKind::overloaded, "busy"}).status, 503);
+  EXPECT_EQ(service_error_to_api({ErrorKind::internal, "bug"}).status, 500);
+}
+
+TEST(HttpApi, InvalidUtf8InGeneratedTextIsReplaced) {
+  const ResponseMeta meta{"cmpl-1", "m", 1};
+  const json j = json::parse(chunk_json(Endpoint::completions, meta, "a\xff", ""));
+  EXPECT_EQ(j["choices"][0]["text"], "a\xEF\xBF\xBD");
+}
+
+TEST(StopMatcher, HoldsBackPrefixesAndCutsAtTheStop) {
+  StopMatcher m({"END", "xy"});
+  EXPECT_EQ(m.push("hello E"), "hello ");
+  EXPECT_EQ(m.push("N"), "");
+  EXPECT_EQ(m.push("x"), "EN");  // "ENx" can no longer be "END", but "x" may start "xy"
+  EXPECT_EQ(m.push("yz"), "");   // "xy" matched: nothing more comes out
+  EXPECT_TRUE(m.stopped());
+  StopMatcher m2({"END"});
+  EXPECT_EQ(m2.push("abE"), "ab");
+  EXPECT_EQ(m2.push("ND tail"), "");
+  EXPECT_TRUE(m2.stopped());
+  StopMatcher m3({"zz"});
+  EXPECT_EQ(m3.push("az"), "a");
+  EXPECT_EQ(m3.flush(), "z");
+}
+
+TEST(ChatSplit, LastUserTurnIsTheQuery) {
+  ChatTemplate t;
+  t.kind = ChatTemplateKind::chatml;
+  const std::vector<ChatMessage> msgs{{"system", "S"}, {"user", "DOC"}, {"assistant", "ok"}, {"user", "Q"}};
+  const ChatSplit s = split_chat(t, msgs);
+  EXPECT_EQ(s.context + s.query, apply_chat_template(t, msgs, true));
+  EXPECT_NE(s.context.find("DOC"), std::string::npos);
+  EXPECT_EQ(s.query.find("DOC"), std::string::npos);
+  EXPECT_NE(s.query.find("Q"), std::string::npos);
+  EXPECT_THROW(split_chat(t, {{"system", "S"}}), std::invalid_argument);
+}
+
+// Randomized inputs (deterministic seed): mutated valid bodies and random bytes must either parse
+// or be refused with ApiError 400, never crash or throw anything else. The raw HTTP parser gets
+// the same treatment with mutated request heads.
+TEST(HttpApiFuzz, RequestParsersSurviveRandomInputs) {
+  std::mt19937_64 rng(20240607);
+  const std::vector<std::string> seeds{
+      R"({"model":"m","prompt":"ctx","query":"q","max_tokens":5,"stop":["a"],"stream":true})",
+      R"({"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"text","text":"x"}]}],"top_k":2})",
+      R"({"prompt":["p"],"query":"\u00e9\ud83d\ude00","seed":18446744073709551615,"temperature":1e308})",
+  };
+  static const char kAlphabet[] = "{}[]\":,0123456789-+.eE truefalsn\\u\x00\xff\xc3\xa9" "abc";
+  const std::string alphabet(kAlphabet, sizeof kAlphabet - 1);  // keeps the NUL byte
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  int runs = 0;
+  while (std::chrono::steady_clock::now() < deadline || runs < 2000) {
+    std::string body = seeds[rng() % seeds.size()];
+    const int edits = 1 + static_cast<int>(rng() % 8);
+    for (int e = 0; e < edits && !body.empty(); ++e) {
+      const size_t pos = rng() % body.size();
+      switch (rng() % 4) {
+        case 0: body[pos] = alphabet[rng() % alphabet.size()]; break;
+        case 1: body.insert(pos, 1, alphabet[rng() % alphabet.size()]); break;
+        case 2: body.erase(pos, 1 + rng() % 4); break;
+        default: body.resize(pos); break;
+      }
+    }
+    for (Endpoint ep : {Endpoint::completions, Endpoint::chat_completions}) {
+      try {
+        parse_api_request(ep, body);
+      } catch (const ApiError& err) {
+        ASSERT_EQ(err.status, 400) << body;
+        ASSERT_NO_THROW(json::parse(error_json(err)));
+      } catch (const std::exception& other) {
+        FAIL() << "unexpected exception " << other.what() << " for " << body;
+      }
+    }
+    // The HTTP parser on a mutated request head plus body.
+    std::string raw = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                      std::to_string(body.size()) + "\r\n\r\n" + body;
+    for (int e = 0; e < 3; ++e) raw[rng() % raw.size()] = static_cast<char>(rng() & 0xff);
+    boost::beast::http::request_parser<boost::beast::http::string_body> parser;
+    parser.body_limit(1 << 20);
+    boost::beast::error_code ec;
+    parser.put(boost::asio::buffer(raw), ec);
+    ++runs;
+  }
+  EXPECT_GT(runs, 1000);
+}
+
+// ---- the server over loopback ----
+
+struct HttpReply {
+  int status = 0;
+  std::string head, body;
+};
+
+// A tiny blocking HTTP/1.1 client with Connection: close (the body ends at EOF; chunked
+// framing is undone by the caller when needed).
+HttpReply http_request(uint16_t port, const std::string& method, const std::string& path,
+                       const std::string& body, const std::string& extra_headers = "") {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    throw std::runtime_error("connect failed");
+  }
+  std::string req = method + " " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" +
+                    extra_headers + "Content-Type: application/json\r\nContent-Length: " +
+                    std::to_string(body.size()) + "\r\n\r\n" + body;
+  for (size_t off = 0; off < req.size();) {
+    const ssize_t n = send(fd, req.data() + off, req.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) break;
+    off += static_cast<size_t>(n);
+  }
+  std::string all;
+  char buf[4096];
+  for (ssize_t n; (n = recv(fd, buf, sizeof buf, 0)) > 0;) all.append(buf, static_cast<size_t>(n));
+  close(fd);
+  HttpReply r;
+  const size_t split = all.find("\r\n\r\n");
+  if (split == std::string::npos) return r;
+  r.head = all.substr(0, split);
+  r.body = all.substr(split + 4);
+  r.status = std::stoi(all.substr(9, 3));
+  return r;
+}
+
+std::string unchunk(const std::string& body) {
+  std::string out;
+  size_t pos = 0;
+  while (pos < body.size()) {
+    const size_t eol = body.find("\r\n", pos);
+    const size_t n = std::stoul(body.substr(pos, eol - pos), nullptr, 16);
+    if (n == 0) break;
+    out += body.substr(eol + 2, n);
+    pos = eol + 2 + n + 2;
+  }
+  return out;
+}
+
+class HttpServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    write_random_model(testing::test_config(), 99, dir_.path());
+    EngineServiceOptions so;
+    so.engine.model = dir_.path();
+    so.engine.threads = 1;
+    so.max_context_tokens = 512;
+    service_ = std::make_unique<EngineService>(so);
+    HttpServerOptions ho;
+    ho.bearer_token = "sekret";
+    server_ = std::make_unique<HttpServer>(io_, *service_, metrics_, ho);
+    for (int i = 0; i < 2; ++i) threads_.emplace_back([this] { io_.run(); });
+  }
+  void TearDown() override {
+    server_->stop();
+    work_.reset();
+    io_.stop();
+    for (auto& t : threads_) t.join();
+    service_.reset();  // before the io_context its callbacks post to
+  }
+  // The Engine's own answer for the same text, greedy.
+  std::string reference(const std::string& context, const std::string& query, int max_tokens) {
+    EngineOptions o;
+    o.model = dir_.path();
+    o.threads = 1;
+    Engine engine(o);
+    GenerateRequest g;
+    g.context.push_back(engine.config().bos_token_id);
+    for (int32_t t : engine.tokenizer().encode(context)) g.context.push_back(t);
+    g.query = engine.tokenizer().encode(query);
+    g.max_tokens = max_tokens;
+    g.ignore_eos = true;
+    StreamDecoder dec(engine.tokenizer());
+    std::string text;
+    engine.generate(g, [&](int32_t id, const float*) {
+      text += dec.push(id);
+      return true;
+    });
+    return text + dec.flush();
+  }
+  const std::string auth_ = "Authorization: Bearer sekret\r\n";
+  testing::TempDir dir_;
+  std::unique_ptr<EngineService> service_;
+  Metrics metrics_;
+  boost::asio::io_context io_;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_ =
+      boost::asio::make_work_guard(io_);
+  std::unique_ptr<HttpServer> server_;
+  std::vector<std::thread> threads_;
+};
+
+TEST_F(HttpServerTest, AnswersLikeTheEngineStreamedAndWhole) {
+  const uint16_t port = server_->port();
+  const std::string context = "The quick brown fox jumps over the lazy dog. ";
+  const std::string expected = reference(context, "Who jumps?", 12);
+  const json req{{"prompt", context}, {"query", "Who jumps?"}, {"max_tokens", 12}, {"ignore_eos", true}};
+
+  const HttpReply whole = http_request(port, "POST", "/v1/completions", req.dump(), auth_);
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  const json j = json::parse(whole.body);
+  EXPECT_EQ(j["object"], "text_completion");
+  EXPECT_EQ(j["usage"]["completion_tokens"], 12);
+  const std::string got_whole = j["choices"][0]["text"];
+  // The JSON text is the engine's bytes with invalid UTF-8 replaced; compare through json.
+  EXPECT_EQ(got_whole, json::parse(json(expected).dump(-1, ' ', false, json::error_handler_t::replace)).get<std::string>());
+
+  json sreq = req;
+  sreq["stream"] = true;
+  const HttpReply streamed = http_request(port, "POST", "/v1/completions", sreq.dump(), auth_);
+  ASSERT_EQ(streamed.status, 200);
+  EXPECT_NE(streamed.head.find("text/event-stream"), std::string::npos);
+  const std::string events = unchunk(streamed.body);
+  std::string text;
+  size_t pos = 0;
+  bool done = false;
+  while ((pos = events.find("data: ", pos)) != std::string::npos) {
+    const size_t end = events.find("\n\n", pos);
+    const std::string data = events.substr(pos + 6, end - pos - 6);
+    pos = end;
+    if (data == "[DONE]") {
+      done = true;
+      break;
+    }
+    text += json::parse(data)["choices"][0]["text"].get<std::string>();
+  }
+  EXPECT_TRUE(done);
+  EXPECT_EQ(text, got_whole);
+}
+
+TEST_F(HttpServerTest, StopStringsEndTheAnswerBeforeTheMatch) {
+  const std::string context = "Stop strings are checked on the decoded text. ";
+  const std::string expected = reference(context, "Go.", 32);
+  // A printable two-byte stop string whose first occurrence is past the start of the answer.
+  size_t cut = std::string::npos;
+  for (size_t p = 2; p + 1 < expected.size() && cut == std::string::npos; ++p) {
+    const auto printable = [](char c) { return c >= 0x20 && c < 0x7f; };
+    if (printable(expected[p]) && printable(expected[p + 1]) && expected.find(expected.substr(p, 2)) == p) cut = p;
+  }
+  if (cut == std::string::npos) GTEST_SKIP() << "no usable stop string in this model's answer";
+  const json req{{"prompt", context}, {"query", "Go."}, {"max_tokens", 32}, {"ignore_eos", true},
+                 {"stop", {"\x01never", expected.substr(cut, 2)}}};
+  const HttpReply r = http_request(server_->port(), "POST", "/v1/completions", req.dump(), auth_);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json j = json::parse(r.body);
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  const std::string want = expected.substr(0, cut);
+  EXPECT_EQ(j["choices"][0]["text"].get<std::string>(),
+            json::parse(json(want).dump(-1, ' ', false, json::error_handler_t::replace)).get<std::string>());
+}
+
+TEST_F(HttpServerTest, ErrorsAreJsonAndTheServerKeepsServing) {
+  const uint16_t port = server_->port();
+  EXPECT_EQ(http_request(port, "GET", "/health", "").status, 200);  // no token needed
+  EXPECT_EQ(http_request(port, "GET", "/metrics", "").status, 401);
+  const HttpReply bad = http_request(port, "POST", "/v1/completions", "{oops", auth_);
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_EQ(json::parse(bad.body)["error"]["type"], "invalid_request_error");
+  EXPECT_EQ(http_request(port, "POST", "/v1/nothing", "{}", auth_).status, 404);
+  EXPECT_EQ(http_request(port, "GET", "/v1/completions", "", auth_).status, 405);
+  const json big{{"prompt", std::string(2000, 'a')}, {"query", "q"}};
+  const HttpReply cap = http_request(port, "POST", "/v1/completions", big.dump(), auth_);
+  EXPECT_EQ(cap.status, 400);
+  EXPECT_EQ(json::parse(cap.body)["error"]["code"], "context_length_exceeded");
+  const HttpReply m = http_request(port, "GET", "/metrics", "", auth_);
+  EXPECT_EQ(m.status, 200);
+  EXPECT_NE(m.body.find("starattn_requests_total{endpoint=\"/v1/completions\",status=\"400\"} 2"), std::string::npos)
+      << m.body;
+  EXPECT_NE(m.body.find("starattn_kv_tokens_held{worker=\"engine0\"} 0"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace starattn::server
