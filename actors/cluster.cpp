@@ -18,22 +18,33 @@ void configure_caf(caf::actor_system_config& config) {
   config.set("scheduler.max-threads", 2);
 }
 
-Head spawn_head(caf::actor_system& system, std::shared_ptr<ModelHost> model, bool verbose,
-                std::chrono::milliseconds exchange_timeout) {
+Head spawn_head(caf::actor_system& system, std::shared_ptr<ModelHost> model,
+                const HeadOptions& options) {
   Head h;
   h.health = std::make_shared<WorkerHealth>();
   QueryOptions qo;
   qo.model = model;
   qo.health = h.health;
-  qo.exchange_timeout = exchange_timeout;
+  qo.exchange_timeout = options.exchange_timeout;
   h.query = spawn_query(system, qo);
   SchedulerOptions so;
   so.model = std::move(model);
   so.query = h.query;
   so.health = h.health;
-  so.verbose = verbose;
+  so.verbose = options.verbose;
+  so.max_context_tokens = options.max_context_tokens;
+  so.max_running = options.max_running;
+  so.max_queue = options.max_queue;
   h.scheduler = spawn_scheduler(system, so);
   return h;
+}
+
+Head spawn_head(caf::actor_system& system, std::shared_ptr<ModelHost> model, bool verbose,
+                std::chrono::milliseconds exchange_timeout) {
+  HeadOptions o;
+  o.verbose = verbose;
+  o.exchange_timeout = exchange_timeout;
+  return spawn_head(system, std::move(model), o);
 }
 
 std::pair<std::string, uint16_t> parse_host_port(const std::string& text, const std::string& option) {
@@ -110,6 +121,7 @@ wire::Finished submit(caf::actor_system& system, const caf::actor& scheduler,
   std::string failure;
   while (!done && failure.empty()) {
     self->receive(
+        [&](accepted_atom, const std::string&) {},  // the id matters only to cancel
         [&](token_atom, const std::string& bytes) {
           on_token(wire::decode<wire::TokenEvent>(bytes, "the head"));
         },

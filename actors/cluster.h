@@ -29,8 +29,19 @@ struct Head {
   std::shared_ptr<WorkerHealth> health;
 };
 
+struct HeadOptions {
+  bool verbose = true;
+  std::chrono::milliseconds exchange_timeout{30000};
+  // The scheduler's limits (SchedulerOptions): 0 means none.
+  int64_t max_context_tokens = 0;
+  int max_running = 0;
+  int max_queue = 256;
+};
+
 // The head's actors over `model` (the query actor computes on it, the scheduler reads its
 // config and tokenizer).
+Head spawn_head(caf::actor_system& system, std::shared_ptr<ModelHost> model,
+                const HeadOptions& options);
 Head spawn_head(caf::actor_system& system, std::shared_ptr<ModelHost> model, bool verbose,
                 std::chrono::milliseconds exchange_timeout = std::chrono::seconds(30));
 

@@ -44,9 +44,11 @@ std::string encode_blocks(Self* self, const std::string& bytes) {
       tokens.emplace_back(b.tokens().begin(), b.tokens().end());
       n += b.tokens_size();
     }
+    auto compute = host.lock_compute();
     auto shard = std::make_shared<ContextShard>(host.model(), n);
     shard->encode(anchor, blocks, tokens);
     host.backend().synchronize();
+    if (compute.owns_lock()) compute.unlock();
     self->state.server->add(req.request_id(), shard);
     self->state.held[req.request_id()] = n;
     reply.set_ok(true);
@@ -72,6 +74,9 @@ std::string status(Self* self, const std::string& bytes) {
     w->set_device(self->state.options.device);
     w->set_ucx_address(self->state.server->address());
     w->set_active_requests(self->state.server->active());
+    int64_t held = 0;
+    for (const auto& [id, n] : self->state.held) held += n;
+    w->set_kv_tokens_held(held);
     reply.set_active_requests(self->state.server->active());
     reply.set_ok(true);
   } catch (const std::exception& e) {
@@ -86,7 +91,7 @@ caf::behavior context_block(Self* self, ContextBlockOptions options) {
   auto& st = self->state;
   const ModelHost& host = *st.options.model;
   adopt_compute_threads(host.threads());
-  st.server = std::make_unique<ShardServer>(host.model(), host.threads(), st.options.name);
+  st.server = std::make_unique<ShardServer>(host, host.threads(), st.options.name);
 
   wire::RegisterWorker reg;
   reg.set_protocol_version(wire::kProtocolVersion);

@@ -16,8 +16,8 @@ using transport::Payload;
 // ---------------------------------------------------------------------------------------------
 // ShardServer
 
-ShardServer::ShardServer(const Transformer& model, int threads, std::string name)
-    : model_(model), threads_(threads), name_(std::move(name)),
+ShardServer::ShardServer(const ModelHost& host, int threads, std::string name)
+    : host_(host), model_(host.model()), threads_(threads), name_(std::move(name)),
       ucx_(std::make_unique<transport::UcxWorker>()) {
   ucx_->listen(kAmAttend);
   address_ = ucx_->address();
@@ -37,12 +37,16 @@ void ShardServer::add(uint64_t request_id, std::shared_ptr<ContextShard> shard) 
 }
 
 void ShardServer::remove(uint64_t request_id) {
-  std::shared_ptr<ContextShard> gone;  // freed outside the lock
-  std::lock_guard<std::mutex> lock(mutex_);
-  auto it = shards_.find(request_id);
-  if (it == shards_.end()) return;
-  gone = std::move(it->second);
-  shards_.erase(it);
+  std::shared_ptr<ContextShard> gone;  // freed outside the map's lock, under the compute lock
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = shards_.find(request_id);
+    if (it == shards_.end()) return;
+    gone = std::move(it->second);
+    shards_.erase(it);
+  }
+  const auto compute = host_.lock_compute();
+  gone.reset();
 }
 
 int ShardServer::active() const {
@@ -113,6 +117,7 @@ void ShardServer::answer(AmMessage& msg) {
                 std::to_string(T * c.q_dim() * 4));
   try {
     Backend& be = model_.backend();
+    const auto compute = host_.lock_compute();
     if (!q_buf_.allocated() || q_buf_.view().rows < T)
       q_buf_ = be.alloc(T, c.q_dim(), be.activation_dtype());
     const Tensor q = q_buf_.rows(0, T);

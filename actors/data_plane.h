@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "runtime/star_attention.h"
+#include "actors/model_host.h"
 #include "transport/ucx_endpoint.h"
 
 namespace starattn::actors {
@@ -34,7 +35,8 @@ namespace starattn::actors {
 // A context shard's data plane: one UCX worker, one thread.
 class ShardServer {
  public:
-  ShardServer(const Transformer& model, int threads, std::string name);
+  // `host` provides the model and the lock around its backend's compute (see ModelHost).
+  ShardServer(const ModelHost& host, int threads, std::string name);
   ~ShardServer();
   ShardServer(const ShardServer&) = delete;
   ShardServer& operator=(const ShardServer&) = delete;
@@ -53,6 +55,7 @@ class ShardServer {
   void refuse(const transport::AmMessage& msg, uint64_t request_id, uint64_t seq, int shard,
               const std::string& why);
 
+  const ModelHost& host_;
   const Transformer& model_;
   int threads_;
   std::string name_;

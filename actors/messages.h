@@ -14,8 +14,13 @@ namespace starattn::actors {
 
 // context_block -> scheduler (request): RegisterWorker -> RegisterReply.
 using register_atom = caf::atom_constant<caf::atom("register")>;
-// client -> scheduler: SubmitRequest; the scheduler then sends token/finished to the client.
+// client -> scheduler: SubmitRequest; the scheduler then sends accepted (unless it refuses the
+// request at once), token* and finished to the client.
 using submit_atom = caf::atom_constant<caf::atom("submit")>;
+// scheduler -> client: Accepted (the request id, for cancel).
+using accepted_atom = caf::atom_constant<caf::atom("accepted")>;
+// client -> scheduler: CancelRequest; the client then gets a Finished ("cancelled").
+using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
 // query -> scheduler -> client: TokenEvent.
 using token_atom = caf::atom_constant<caf::atom("token")>;
 // query -> scheduler -> client: Finished (exactly one per submitted request).
@@ -31,7 +36,8 @@ using start_atom = caf::atom_constant<caf::atom("start")>;
 // In-process only (scheduler and query always share the head process), plain integers:
 // query -> itself (request id): run the next decode step.
 using step_atom = caf::atom_constant<caf::atom("step")>;
-// scheduler -> query (request id): drop the request, its client already got an error.
+// scheduler -> query (request id): drop the request, its client already got an error or
+// cancelled it.
 using abort_atom = caf::atom_constant<caf::atom("abort")>;
 // scheduler -> query (worker id): the worker died, close its endpoint.
 using forget_atom = caf::atom_constant<caf::atom("forget")>;

@@ -15,6 +15,8 @@ ModelHost::ModelHost(const std::string& model_dir, const std::string& device, in
   loaded_ = open_model(model_dir);
   model_ = std::make_unique<Transformer>(loaded_.config, *loaded_.weights, *backend_);
   tokenizer_ = load_tokenizer(model_dir);
+  if (dynamic_cast<const ByteTokenizer*>(tokenizer_.get()))
+    tokenizer_ = std::make_unique<ByteTokenizer>(loaded_.config.vocab_size);
   if (!dynamic_cast<const ByteTokenizer*>(tokenizer_.get()))
     chat_ = detect_chat_template(read_chat_template(model_dir), *tokenizer_);
   // FNV-1a over the config's JSON: equal shapes and special ids, or a refused registration.

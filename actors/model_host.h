@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 
@@ -31,6 +32,14 @@ class ModelHost {
   // The model's chat template; empty for byte-level models.
   const std::optional<ChatTemplate>& chat_template() const { return chat_; }
   int threads() const { return threads_; }
+  // Serialises compute on backends that one thread at a time must drive (cuda: one stream,
+  // shared staging buffers); the cpu backend is safe from several threads, so the lock returned
+  // for it holds nothing. A context actor encodes on its own thread and answers attention on its
+  // data-plane thread: both take this lock around their backend work.
+  std::unique_lock<std::mutex> lock_compute() const {
+    return backend_->name() == "cpu" ? std::unique_lock<std::mutex>(compute_mutex_, std::defer_lock)
+                                     : std::unique_lock<std::mutex>(compute_mutex_);
+  }
   // A fingerprint of the model's shape: head and workers must serve the same model.
   const std::string& digest() const { return digest_; }
   // Tokens of KV that fit in `fraction` of the backend's free memory.
@@ -44,6 +53,7 @@ class ModelHost {
   std::optional<ChatTemplate> chat_;
   int threads_ = 0;
   std::string digest_;
+  mutable std::mutex compute_mutex_;
 };
 
 // Gives the calling thread the backend's cpu thread count (OpenMP's setting is per thread, and

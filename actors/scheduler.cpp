@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <deque>
 #include <map>
 #include <set>
+#include <stdexcept>
 
 #include "actors/messages.h"
 #include "runtime/block_plan.h"
@@ -22,6 +24,7 @@ struct Worker {
   caf::actor actor;
   std::string name, device, ucx_address;
   int64_t capacity_tokens = 0;
+  int64_t kv_tokens = 0;  // placed here by requests not yet released
   std::set<uint64_t> requests;
 };
 
@@ -30,9 +33,12 @@ struct Request {
   caf::actor client;
   wire::SubmitRequest submit;        // with ids resolved (text tokenized)
   std::vector<uint64_t> shard_workers;  // merge order
+  std::map<uint64_t, int64_t> kv;       // worker id -> tokens of KV placed there
   std::vector<int32_t> stop;
   int pending_encodes = 0;
+  bool running = false;                 // placed on the workers (not waiting in the queue)
   bool decoding = false;
+  int32_t generated = 0;                // tokens forwarded to the client
   clock::time_point t0;
   wire::Finished stats;              // the planning part, completed by the query actor
 };
@@ -41,9 +47,28 @@ struct SchedulerState {
   SchedulerOptions options;
   std::map<uint64_t, Worker> workers;  // live workers, in registration order
   std::map<uint64_t, Request> requests;
+  std::deque<uint64_t> waiting;  // admitted, not yet placed (max_running reached)
+  int running = 0;
+  bool pumping = false;
+  ChatTemplate chat;  // the model's, or the fallback EngineService uses for template-less models
   uint64_t next_worker = 1, next_request = 1;
   uint64_t done = 0, failed = 0;
 };
+
+// A refusal with the kind the client should see (see wire::ErrorKind).
+struct Refused : std::runtime_error {
+  Refused(wire::ErrorKind k, const std::string& what) : std::runtime_error(what), kind(k) {}
+  wire::ErrorKind kind;
+};
+
+// The kind of an exception thrown while admitting or placing a request.
+wire::ErrorKind kind_of(const std::exception& e) {
+  if (const auto* r = dynamic_cast<const Refused*>(&e)) return r->kind;
+  if (dynamic_cast<const wire::ProtocolError*>(&e)) return wire::ERROR_PROTOCOL;
+  if (dynamic_cast<const std::length_error*>(&e)) return wire::ERROR_CAPACITY;
+  if (dynamic_cast<const std::invalid_argument*>(&e)) return wire::ERROR_INVALID_REQUEST;
+  return wire::ERROR_INTERNAL;
+}
 
 using Self = caf::stateful_actor<SchedulerState>;
 
@@ -63,12 +88,42 @@ void release_kv(Self* self, Request& r) {
     auto it = self->state.workers.find(w);
     if (it == self->state.workers.end()) continue;
     it->second.requests.erase(r.id);
+    it->second.kv_tokens -= r.kv[w];
     self->send(it->second.actor, release_atom::value, wire::encode(rel));
   }
+  r.kv.clear();
+  r.shard_workers.clear();
+}
+
+void start_request(Self* self, uint64_t id);
+
+// Starts waiting requests while there is room. Guarded: a request that fails while starting
+// ends (and pumps) from inside this loop.
+void pump(Self* self) {
+  auto& st = self->state;
+  if (st.pumping) return;
+  st.pumping = true;
+  while (!st.waiting.empty() &&
+         (st.options.max_running <= 0 || st.running < st.options.max_running)) {
+    const uint64_t id = st.waiting.front();
+    st.waiting.pop_front();
+    start_request(self, id);
+  }
+  st.pumping = false;
+}
+
+// Forgets a request whose client has heard the end; frees its slot for a waiting one.
+void end_request(Self* self, std::map<uint64_t, Request>::iterator it) {
+  auto& st = self->state;
+  if (it->second.running) --st.running;
+  else st.waiting.erase(std::remove(st.waiting.begin(), st.waiting.end(), it->first), st.waiting.end());
+  st.requests.erase(it);
+  pump(self);
 }
 
 // Ends a request with an error: the client hears why, every worker frees its KV.
-void fail(Self* self, uint64_t id, const std::string& why) {
+void fail(Self* self, uint64_t id, const std::string& why,
+          wire::ErrorKind kind = wire::ERROR_INTERNAL) {
   auto it = self->state.requests.find(id);
   if (it == self->state.requests.end()) return;
   Request& r = it->second;
@@ -79,17 +134,55 @@ void fail(Self* self, uint64_t id, const std::string& why) {
   f.set_request_id(id);
   f.set_ok(false);
   f.set_error(why);
+  f.set_error_kind(kind);
   f.set_finish_reason("error");
+  f.set_generated(r.generated);
   send_finished(self, r.client, f);
-  self->state.requests.erase(it);
   ++self->state.failed;
+  end_request(self, it);
 }
 
-void refuse_submit(Self* self, const caf::actor& client, const std::string& why) {
+// The requester's cancel: stops phase 2, frees the KV, and answers with a "cancelled" Finished
+// (ok: nothing went wrong) carrying what was generated so far.
+void cancel(Self* self, const std::string& bytes) {
+  auto& st = self->state;
+  wire::CancelRequest c;
+  try {
+    c = wire::decode<wire::CancelRequest>(bytes, "a client");
+    wire::check_version(c.protocol_version(), "the cancel request");
+  } catch (const std::exception& e) {
+    log(self, std::string("ignored a cancel: ") + e.what());
+    return;
+  }
+  auto it = st.requests.find(c.request_id());
+  if (it == st.requests.end()) return;  // ended meanwhile: the client has its Finished already
+  Request& r = it->second;
+  // Only the requester may cancel: ids are small integers anyone could guess.
+  if (!r.client || r.client.address() != self->current_sender()) {
+    log(self, "ignored a cancel of request " + std::to_string(r.id) + " from another actor");
+    return;
+  }
+  if (r.decoding) self->send(st.options.query, abort_atom::value, r.id);
+  release_kv(self, r);
+  wire::Finished f = r.stats;
+  f.set_request_id(r.id);
+  f.set_ok(true);
+  f.set_finish_reason("cancelled");
+  f.set_generated(r.generated);
+  send_finished(self, r.client, f);
+  log(self, "request " + std::to_string(r.id) + " cancelled after " + std::to_string(r.generated) +
+                " tokens");
+  ++st.done;
+  end_request(self, it);
+}
+
+void refuse_submit(Self* self, const caf::actor& client, const std::string& why,
+                   wire::ErrorKind kind) {
   log(self, "refused a request: " + why);
   wire::Finished f;
   f.set_ok(false);
   f.set_error(why);
+  f.set_error_kind(kind);
   f.set_finish_reason("error");
   send_finished(self, client, f);
   ++self->state.failed;
@@ -130,6 +223,7 @@ std::string do_register(Self* self, const std::string& bytes) {
   return wire::encode(reply);
 }
 
+
 std::string do_status(Self* self, const std::string& bytes) {
   auto& st = self->state;
   wire::StatusReply reply;
@@ -145,8 +239,10 @@ std::string do_status(Self* self, const std::string& bytes) {
       ws->set_capacity_tokens(w.capacity_tokens);
       ws->set_ucx_address(w.ucx_address);
       ws->set_active_requests(static_cast<int32_t>(w.requests.size()));
+      ws->set_kv_tokens_held(w.kv_tokens);
     }
     reply.set_active_requests(static_cast<int32_t>(st.requests.size()));
+    reply.set_queued_requests(static_cast<int32_t>(st.waiting.size()));
     reply.set_requests_done(st.done);
     reply.set_requests_failed(st.failed);
     reply.set_ok(true);
@@ -180,51 +276,85 @@ void start_phase2(Self* self, Request& r) {
   self->send(st.options.query, start_atom::value, wire::encode(s));
 }
 
-// Plans the blocks exactly as Engine::generate does and sends each worker its run.
-void admit(Self* self, const caf::actor& client, const std::string& bytes) {
+
+// Decodes and tokenizes a submission and checks what does not depend on the workers; throws
+// (see kind_of) when the request cannot run.
+void prepare(Self* self, Request& r, const std::string& bytes) {
   auto& st = self->state;
   const ModelConfig& cfg = st.options.model->config();
-  Request r;
-  r.client = client;
-  r.t0 = clock::now();
+  r.submit = wire::decode<wire::SubmitRequest>(bytes, "a client");
+  wire::check_version(r.submit.protocol_version(), "the client");
+  wire::SubmitRequest& q = r.submit;
+  const Tokenizer& tok = st.options.model->tokenizer();
+  if (q.messages_size() > 0) {
+    if (q.context_size() > 0 || q.query_size() > 0 || q.context_is_text() || q.query_is_text())
+      throw std::invalid_argument("a chat request gives messages only, not context or query");
+    std::vector<ChatMessage> messages;
+    for (const auto& m : q.messages()) messages.push_back({m.role(), m.content()});
+    // The same layout as `starattn run --messages-file` in one process (runtime/prompt.h).
+    const PromptIds p = chat_prompt(tok, st.chat, messages);
+    for (int32_t id : p.context) q.add_context(id);
+    for (int32_t id : p.query) q.add_query(id);
+  } else if (q.context_is_text() && q.query_is_text()) {
+    // A question over a document: laid out with the model's chat template (runtime/prompt.h).
+    const PromptIds p = document_prompt(tok, st.options.model->chat_template(),
+                                        q.context_text(), q.query_text());
+    q.clear_context();
+    q.clear_query();
+    for (int32_t id : p.context) q.add_context(id);
+    for (int32_t id : p.query) q.add_query(id);
+  } else if (q.context_is_text()) {
+    // Text contexts start a sequence, so they get the model's BOS.
+    q.clear_context();
+    if (cfg.bos_token_id >= 0) q.add_context(cfg.bos_token_id);
+    for (int32_t id : tok.encode(q.context_text())) q.add_context(id);
+  }
+  if (q.query_is_text() && !q.context_is_text()) {
+    q.clear_query();
+    for (int32_t id : tok.encode(q.query_text())) q.add_query(id);
+  }
+  if (q.query_size() == 0) throw std::invalid_argument("the query is empty: it needs at least one token");
+  if (q.max_tokens() < 0) throw std::invalid_argument("max_tokens must not be negative");
+  for (const auto* ids : {&q.context(), &q.query()})
+    for (int32_t id : *ids)
+      if (id < 0 || id >= cfg.vocab_size)
+        throw std::invalid_argument("token id " + std::to_string(id) +
+                                    " is outside the vocabulary (size " +
+                                    std::to_string(cfg.vocab_size) + ")");
+  const int64_t limit = st.options.max_context_tokens;
+  if (limit > 0 && q.context_size() > limit)
+    throw Refused(wire::ERROR_CAPACITY,
+                  "context of " + std::to_string(q.context_size()) +
+                      " tokens is larger than this server's capacity of " + std::to_string(limit) +
+                      " context tokens");
+  const std::string mode = q.mode().empty() ? "star" : q.mode();
+  if (mode != "star" && mode != "full")
+    throw std::invalid_argument("unknown attention mode '" + mode + "' (expected star or full)");
+  if (!q.ignore_eos()) {
+    r.stop.assign(q.stop_ids().begin(), q.stop_ids().end());
+    if (r.stop.empty()) r.stop.assign(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end());
+  }
+}
+
+// Plans the blocks exactly as Engine::generate does, over the workers live now, and sends each
+// worker its run. Fails the request when it cannot be placed.
+void start_request(Self* self, uint64_t id) {
+  auto& st = self->state;
+  auto found = st.requests.find(id);
+  if (found == st.requests.end()) return;
+  Request& r = found->second;
+  r.running = true;
+  ++st.running;
+  r.t0 = clock::now();  // phase 1 starts now, not when the request began to wait
   std::vector<std::vector<BlockSpec>> runs;
   std::vector<uint64_t> run_workers;
   try {
-    r.submit = wire::decode<wire::SubmitRequest>(bytes, "a client");
-    wire::check_version(r.submit.protocol_version(), "the client");
-    wire::SubmitRequest& q = r.submit;
-    const Tokenizer& tok = st.options.model->tokenizer();
-    if (q.context_is_text() && q.query_is_text()) {
-      // A question over a document: laid out with the model's chat template (runtime/prompt.h).
-      const PromptIds p = document_prompt(tok, st.options.model->chat_template(),
-                                          q.context_text(), q.query_text());
-      q.clear_context();
-      q.clear_query();
-      for (int32_t id : p.context) q.add_context(id);
-      for (int32_t id : p.query) q.add_query(id);
-    } else if (q.context_is_text()) {
-      // Text contexts start a sequence, so they get the model's BOS.
-      q.clear_context();
-      if (cfg.bos_token_id >= 0) q.add_context(cfg.bos_token_id);
-      for (int32_t id : tok.encode(q.context_text())) q.add_context(id);
-    }
-    if (q.query_is_text() && !q.context_is_text()) {
-      q.clear_query();
-      for (int32_t id : tok.encode(q.query_text())) q.add_query(id);
-    }
-    if (q.query_size() == 0) throw std::invalid_argument("the query is empty: it needs at least one token");
-    if (q.max_tokens() < 0) throw std::invalid_argument("max_tokens must not be negative");
-    for (const auto* ids : {&q.context(), &q.query()})
-      for (int32_t id : *ids)
-        if (id < 0 || id >= cfg.vocab_size)
-          throw std::invalid_argument("token id " + std::to_string(id) +
-                                      " is outside the vocabulary (size " +
-                                      std::to_string(cfg.vocab_size) + ")");
+    const wire::SubmitRequest& q = r.submit;
     const int64_t C = q.context_size();
     std::vector<const Worker*> live;
-    for (const auto& [id, w] : st.workers) live.push_back(&w);
+    for (const auto& [wid, w] : st.workers) live.push_back(&w);
     if (live.empty() && C > 0)
-      throw std::runtime_error("no context workers are registered with the head");
+      throw Refused(wire::ERROR_OVERLOADED, "no context workers are registered with the head");
     const std::string mode = q.mode().empty() ? "star" : q.mode();
     int64_t b, a;
     size_t use = live.size();
@@ -232,14 +362,12 @@ void admit(Self* self, const caf::actor& client, const std::string& bytes) {
       b = std::max<int64_t>(C, 1);
       a = 0;
       use = std::min<size_t>(use, 1);
-    } else if (mode == "star") {
+    } else {
       const auto W = static_cast<int64_t>(std::max<size_t>(use, 1));
       b = q.block_size() > 0 ? q.block_size() : std::max<int64_t>(1, (C + W - 1) / W);
       a = q.anchor_size() > 0 ? q.anchor_size() : b;
       check_block_sizes(b, a);
       if (q.no_anchor()) a = 0;
-    } else {
-      throw std::invalid_argument("unknown attention mode '" + mode + "' (expected star or full)");
     }
     const std::vector<BlockSpec> blocks = split_blocks(C, b);
     r.stats.set_context_tokens(C);
@@ -264,21 +392,12 @@ void admit(Self* self, const caf::actor& client, const std::string& bytes) {
       for (size_t i = 0; i < runs.size(); ++i)
         if (!runs[i].empty()) run_workers.push_back(live[i]->id);
     }
-    if (!q.ignore_eos()) {
-      r.stop.assign(q.stop_ids().begin(), q.stop_ids().end());
-      if (r.stop.empty()) r.stop.assign(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end());
-    }
   } catch (const std::exception& e) {
-    refuse_submit(self, client, e.what());
-    return;
+    return fail(self, id, e.what(), kind_of(e));
   }
 
-  r.id = st.next_request++;
   r.shard_workers = run_workers;
   r.stats.set_workers_used(static_cast<int32_t>(run_workers.size()));
-  r.stats.set_request_id(r.id);
-  if (client) self->monitor(client);
-  const uint64_t id = r.id;
   log(self, "request " + std::to_string(id) + ": context " +
                 std::to_string(r.stats.context_tokens()) + " tokens in " +
                 std::to_string(r.stats.blocks()) + " blocks on " +
@@ -290,27 +409,31 @@ void admit(Self* self, const caf::actor& client, const std::string& bytes) {
   base.set_request_id(id);
   for (int64_t i = 0; i < std::min<int64_t>(a, static_cast<int64_t>(context.size())); ++i)
     base.add_anchor(context[static_cast<size_t>(i)]);
-  auto& req = st.requests.emplace(id, std::move(r)).first->second;
   size_t k = 0;
   for (const auto& run : runs) {
     if (run.empty()) continue;
     Worker& w = st.workers.at(run_workers[k++]);
     w.requests.insert(id);
     wire::EncodeRequest e = base;
+    int64_t tokens = 0;
     for (const BlockSpec& blk : run) {
       auto* pb = e.add_blocks();
       pb->set_index(blk.index);
       pb->set_start(blk.start);
       for (int64_t t = blk.start; t < blk.start + blk.length; ++t)
         pb->add_tokens(context[static_cast<size_t>(t)]);
+      tokens += blk.length;
     }
-    ++req.pending_encodes;
+    // Counted from the moment the encode is sent: release_kv() uncounts it whatever happens.
+    w.kv_tokens += tokens;
+    r.kv[w.id] = tokens;
+    ++r.pending_encodes;
     const std::string wname = w.name;
     self->request(w.actor, st.options.encode_timeout, encode_atom::value, wire::encode(e))
         .then(
             [self, id, wname](const std::string& reply) {
               auto it = self->state.requests.find(id);
-              if (it == self->state.requests.end()) return;  // failed meanwhile
+              if (it == self->state.requests.end()) return;  // failed or cancelled meanwhile
               wire::EncodeReply rep;
               try {
                 rep = wire::decode<wire::EncodeReply>(reply, "worker " + wname);
@@ -325,7 +448,45 @@ void admit(Self* self, const caf::actor& client, const std::string& bytes) {
                                  caf::to_string(err));
             });
   }
-  if (req.pending_encodes == 0) start_phase2(self, req);  // an empty context
+  if (r.pending_encodes == 0) start_phase2(self, r);  // an empty context
+}
+
+void admit(Self* self, const caf::actor& client, const std::string& bytes) {
+  auto& st = self->state;
+  Request r;
+  r.client = client;
+  try {
+    prepare(self, r, bytes);
+  } catch (const std::exception& e) {
+    refuse_submit(self, client, e.what(), kind_of(e));
+    return;
+  }
+  const bool must_wait = st.options.max_running > 0 && st.running >= st.options.max_running;
+  if (must_wait && static_cast<int64_t>(st.waiting.size()) >= st.options.max_queue) {
+    refuse_submit(self, client,
+                  "the server is busy: " + std::to_string(st.waiting.size()) +
+                      " requests are already waiting (limit " +
+                      std::to_string(st.options.max_queue) + ")",
+                  wire::ERROR_OVERLOADED);
+    return;
+  }
+  r.id = st.next_request++;
+  r.stats.set_request_id(r.id);
+  const uint64_t id = r.id;
+  st.requests.emplace(id, std::move(r));
+  if (client) {
+    self->monitor(client);
+    wire::Accepted acc;
+    acc.set_request_id(id);
+    self->send(client, accepted_atom::value, wire::encode(acc));
+  }
+  if (must_wait) {
+    st.waiting.push_back(id);
+    log(self, "request " + std::to_string(id) + " waits (" + std::to_string(st.waiting.size()) +
+                  " in the queue)");
+    return;
+  }
+  start_request(self, id);
 }
 
 void on_down(Self* self, const caf::down_msg& dm) {
@@ -347,13 +508,19 @@ void on_down(Self* self, const caf::down_msg& dm) {
   for (const auto& [id, r] : st.requests)
     if (r.client && r.client.address() == dm.source) orphaned.push_back(id);
   for (uint64_t id : orphaned) {
-    st.requests.at(id).client = nullptr;
+    auto it = st.requests.find(id);
+    if (it == st.requests.end()) continue;
+    it->second.client = nullptr;
     fail(self, id, "the client went away");
   }
 }
 
 caf::behavior scheduler(Self* self, SchedulerOptions options) {
   self->state.options = std::move(options);
+  const ModelHost& host = *self->state.options.model;
+  // Byte-level models have no template; chats then use the fallback EngineService uses too.
+  self->state.chat = host.chat_template() ? *host.chat_template()
+                                          : detect_chat_template("", host.tokenizer());
   self->set_default_handler(caf::drop);
   self->set_down_handler([self](const caf::down_msg& dm) { on_down(self, dm); });
   return {
@@ -362,6 +529,7 @@ caf::behavior scheduler(Self* self, SchedulerOptions options) {
       [self](submit_atom, const std::string& bytes) {
         admit(self, caf::actor_cast<caf::actor>(self->current_sender()), bytes);
       },
+      [self](cancel_atom, const std::string& bytes) { cancel(self, bytes); },
       [self](token_atom, const std::string& bytes) {
         // From the query actor: forward to the requester.
         uint64_t id = 0;
@@ -371,8 +539,9 @@ caf::behavior scheduler(Self* self, SchedulerOptions options) {
           return;
         }
         auto it = self->state.requests.find(id);
-        if (it != self->state.requests.end() && it->second.client)
-          self->send(it->second.client, token_atom::value, bytes);
+        if (it == self->state.requests.end()) return;  // failed or cancelled meanwhile
+        ++it->second.generated;
+        if (it->second.client) self->send(it->second.client, token_atom::value, bytes);
       },
       [self](finished_atom, const std::string& bytes) {
         wire::Finished f;
@@ -391,8 +560,8 @@ caf::behavior scheduler(Self* self, SchedulerOptions options) {
         send_finished(self, r.client, out);
         log(self, "request " + std::to_string(r.id) + " done: " + std::to_string(f.generated()) +
                       " tokens (" + f.finish_reason() + ")");
-        self->state.requests.erase(it);
         ++self->state.done;
+        end_request(self, it);
       },
   };
 }

@@ -3,10 +3,13 @@
 // query actor, streams tokens back to the requester and frees the workers' KV when a request
 // ends. Workers register at any time (a new request uses every worker live at its admission);
 // the scheduler monitors them and fails the in-flight requests of one that dies with an error
-// naming it, while later requests go to the workers that remain.
+// naming it, while later requests go to the workers that remain. The requester learns the id
+// at once (Accepted) and may cancel by it; with max_running set, requests beyond it wait in a
+// FIFO queue (beyond max_queue they are refused as overloaded).
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 
 #include <caf/actor.hpp>
@@ -22,6 +25,9 @@ struct SchedulerOptions {
   caf::actor query;
   std::shared_ptr<WorkerHealth> health;
   std::chrono::seconds encode_timeout{600};
+  int64_t max_context_tokens = 0;  // refuse larger contexts (capacity); 0: the workers' KV decides
+  int max_running = 0;             // requests placed on the workers at once; 0: no limit
+  int max_queue = 256;             // requests waiting beyond max_running
   bool verbose = true;
 };
 

@@ -56,10 +56,12 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
     impl_->loaded.config = ModelConfig::from_file(path);
     impl_->loaded.weights = random_weight_source(impl_->loaded.config, options.weight_seed);
     impl_->loaded.path = path;
-    impl_->tokenizer = std::make_unique<ByteTokenizer>();
+    impl_->tokenizer = std::make_unique<ByteTokenizer>(impl_->loaded.config.vocab_size);
   } else {
     impl_->loaded = open_model(options.model);
     impl_->tokenizer = load_tokenizer(options.model);
+    if (dynamic_cast<const ByteTokenizer*>(impl_->tokenizer.get()))
+      impl_->tokenizer = std::make_unique<ByteTokenizer>(impl_->loaded.config.vocab_size);
     // Byte-level models have no chat template; every real vocabulary gets one (guessed with a
     // note when the model does not say).
     if (!dynamic_cast<const ByteTokenizer*>(impl_->tokenizer.get()))

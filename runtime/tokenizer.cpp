@@ -15,9 +15,9 @@ std::vector<int32_t> ByteTokenizer::encode(const std::string& text) const {
 
 std::string ByteTokenizer::token_bytes(int32_t id) const {
   if (id >= 0 && id < 256) return std::string(1, static_cast<char>(static_cast<unsigned char>(id)));
-  if (id == kBos || id == kEos || id == kPad) return std::string();
+  if (id >= 256 && id < vocab_) return std::string();
   throw std::out_of_range("ByteTokenizer: token id " + std::to_string(id) +
-                          " is outside the vocabulary of " + std::to_string(kVocab));
+                          " is outside the vocabulary of " + std::to_string(vocab_));
 }
 
 namespace {

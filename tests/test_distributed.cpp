@@ -226,10 +226,13 @@ TEST_F(Distributed, HeadAndThreeWorkersMatchTheInProcessRunExactly) {
 TEST_F(Distributed, TwoRequestsInFlightBothAnswerRight) {
   start_cluster(3);
   const std::string ctx_a = ids(200, 3), ctx_b = ids(1500, 4);
-  ASSERT_EQ(run(local(3, request(ctx_a, 300, path("a.local.bin"))), "a.local"), 0);
+  // A decodes long enough (about a second and a half here) that B's client can start, connect
+  // and be admitted before A ends even on a loaded machine; 300 tokens (~150 ms) were not.
+  const int a_tokens = 3000;
+  ASSERT_EQ(run(local(3, request(ctx_a, a_tokens, path("a.local.bin"))), "a.local"), 0);
   ASSERT_EQ(run(local(3, request(ctx_b, 10, path("b.local.bin"))), "b.local"), 0);
   // A decodes for a while; B is submitted (and encoded) once A's first tokens are out.
-  Proc a(remote(3, request(ctx_a, 300, path("a.remote.bin"))), path("a.remote.out"),
+  Proc a(remote(3, request(ctx_a, a_tokens, path("a.remote.bin"))), path("a.remote.out"),
          path("a.remote.err"));
   for (int i = 0; i < 500 && a.out().empty(); ++i) std::this_thread::sleep_for(10ms);
   ASSERT_FALSE(a.out().empty()) << a.err();
@@ -269,6 +272,89 @@ TEST_F(Distributed, KilledWorkerFailsItsRequestAndTheHeadServesOn) {
   // The next request runs on the two workers left and matches a two-worker in-process run.
   expect_same_as_local(2, ids(300, 6), 10, "after");
   EXPECT_TRUE(head_->alive());
+}
+
+TEST_F(Distributed, CancelByIdStopsTheRequestAndFreesTheWorkersKv) {
+  start_cluster(2);
+  caf::actor_system_config config;
+  actors::configure_caf(config);
+  caf::actor_system system{config};
+  {
+    const caf::actor sched = actors::connect_remote(system, "127.0.0.1", static_cast<uint16_t>(port_), 10s);
+    std::vector<caf::actor> workers;
+    for (const auto& pf : worker_ports_)
+      workers.push_back(actors::connect_remote(system, "127.0.0.1",
+                                               static_cast<uint16_t>(std::atoi(slurp(pf).c_str())), 10s));
+    wire::SubmitRequest req;
+    req.set_protocol_version(wire::kProtocolVersion);
+    for (int i = 0; i < 300; ++i) req.add_context(i % 256);
+    req.add_query(7);
+    req.set_max_tokens(20000);  // seconds of decoding: still running when cancelled
+    req.set_ignore_eos(true);
+    req.mutable_sampling()->set_top_p(1.0f);  // greedy
+    caf::scoped_actor client{system}, stranger{system};
+    client->send(sched, actors::submit_atom::value, wire::encode(req));
+    uint64_t id = 0;
+    int tokens = 0;
+    wire::Finished finished;
+    bool done = false;
+    const auto wait_tokens = [&](int n) {
+      while (!done && tokens < n)
+        client->receive(
+            [&](actors::accepted_atom, const std::string& b) {
+              id = wire::decode<wire::Accepted>(b, "head").request_id();
+            },
+            [&](actors::token_atom, const std::string&) { ++tokens; },
+            [&](actors::finished_atom, const std::string& b) {
+              finished = wire::decode<wire::Finished>(b, "head");
+              done = true;
+            },
+            caf::after(20s) >> [&] { done = true; });
+    };
+    wait_tokens(3);
+    ASSERT_GT(id, 0u) << "no Accepted before the tokens";
+    ASSERT_FALSE(done) << finished.error();
+    const auto kv_total = [&] {
+      int64_t n = 0;
+      const wire::StatusReply st = actors::query_status(system, sched, 10s);
+      for (const auto& w : st.workers()) n += w.kv_tokens_held();
+      return n;
+    };
+    EXPECT_EQ(kv_total(), 300);
+    for (const auto& w : workers) {
+      const wire::StatusReply st = actors::query_status(system, w, 10s);
+      EXPECT_EQ(st.workers(0).kv_tokens_held(), 150);
+    }
+    wire::CancelRequest cancel;
+    cancel.set_protocol_version(wire::kProtocolVersion);
+    cancel.set_request_id(id);
+    // Only the requester may cancel: the stranger's cancel is ignored, the request decodes on.
+    stranger->send(sched, actors::cancel_atom::value, wire::encode(cancel));
+    actors::query_status(system, sched, 10s);  // answered after the stranger's cancel was handled
+    wait_tokens(tokens + 20);
+    ASSERT_FALSE(done) << "a stranger cancelled the request: " << finished.finish_reason();
+    client->send(sched, actors::cancel_atom::value, wire::encode(cancel));
+    wait_tokens(1 << 30);
+    ASSERT_TRUE(finished.ok()) << finished.error();
+    EXPECT_EQ(finished.finish_reason(), "cancelled");
+    EXPECT_EQ(finished.generated(), tokens);
+    EXPECT_LT(tokens, 20000);
+    EXPECT_EQ(kv_total(), 0);
+    // The head sent the releases before the Finished, but on another connection than ours to
+    // the workers: give them a moment.
+    for (const auto& w : workers) {
+      wire::StatusReply st;
+      for (int i = 0; i < 100; ++i) {
+        st = actors::query_status(system, w, 10s);
+        if (st.workers(0).kv_tokens_held() == 0) break;
+        std::this_thread::sleep_for(50ms);
+      }
+      EXPECT_EQ(st.workers(0).kv_tokens_held(), 0);
+      EXPECT_EQ(st.active_requests(), 0);
+    }
+  }
+  actors::stop_actors(system, {});
+  expect_same_as_local(2, ids(250, 9), 6, "after_cancel");
 }
 
 int tcp_garbage(int port, size_t bytes) {

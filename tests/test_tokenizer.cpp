@@ -179,3 +179,21 @@ TEST(StreamDecoder, InvalidBytesPassThrough) {
 
 }  // namespace
 }  // namespace starattn
+
+namespace starattn {
+namespace {
+
+// Random checkpoints without a vocabulary of their own may have more ids than the 259 of the
+// byte vocabulary; those decode to no text instead of failing the request.
+TEST(ByteTokenizer, LargerModelVocabularyDecodesExtraIdsToNothing) {
+  const ByteTokenizer tok(448);
+  EXPECT_EQ(tok.vocab_size(), 448);
+  EXPECT_EQ(tok.token_bytes(65), "A");
+  EXPECT_EQ(tok.token_bytes(300), "");
+  EXPECT_EQ(tok.token_bytes(447), "");
+  EXPECT_THROW(tok.token_bytes(448), std::out_of_range);
+  EXPECT_EQ(ByteTokenizer(100).vocab_size(), 259);  // never smaller than the bytes + specials
+}
+
+}  // namespace
+}  // namespace starattn

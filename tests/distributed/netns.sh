@@ -5,6 +5,12 @@
 # the veth links (namespaces share the host's memory, where UCX would otherwise pick shared
 # memory). The cluster's answer must equal the one-process run's, token ids and logits.
 #
+# Nothing is added to the root namespace: the bridge lives in a namespace of its own and the
+# client runs beside the head. Other tests run alongside this one (ctest -j), and UCX's TCP
+# transport puts their data plane on whichever interface it ranks first, a fresh bridge with an
+# address included; deleting that bridge at the end silently cut the connections of clusters
+# started meanwhile (their exchanges then timed out).
+#
 # usage: netns.sh STARATTN_BIN LAUNCH_SH        exit 77 = skipped (namespaces not permitted)
 set -euo pipefail
 bin=$1
@@ -18,31 +24,32 @@ ip netns add "${tag}probe" 2>/dev/null || skip "cannot create network namespaces
 ip netns del "${tag}probe"
 
 tmp=$(mktemp -d)
+switch=${tag}sw
 bridge=br$tag
 subnet=10.$((200 + $$ % 50)).$(($$ % 250))
 cleanup() {
   for i in 0 1 2; do ip netns del "${tag}n$i" 2>/dev/null || true; done
-  ip link del "$bridge" 2>/dev/null || true
+  ip netns del "$switch" 2>/dev/null || true
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 
-ip link add "$bridge" type bridge || skip "cannot create a bridge"
-ip addr add "$subnet.1/24" dev "$bridge"
-ip link set "$bridge" up
+ip netns add "$switch"
+ip -n "$switch" link add "$bridge" type bridge || skip "cannot create a bridge"
+ip -n "$switch" link set "$bridge" up
 for i in 0 1 2; do
   ns=${tag}n$i
   ip netns add "$ns"
-  ip link add "v${tag}$i" type veth peer name "p${tag}$i" || skip "cannot create veth pairs"
-  ip link set "p${tag}$i" netns "$ns"
+  ip -n "$switch" link add "v${tag}$i" type veth peer name "p${tag}$i" netns "$ns" ||
+    skip "cannot create veth pairs"
   ip -n "$ns" addr add "$subnet.$((10 + i))/24" dev "p${tag}$i"
   ip -n "$ns" link set "p${tag}$i" up
   ip -n "$ns" link set lo up
-  ip link set "v${tag}$i" master "$bridge"
-  ip link set "v${tag}$i" up
+  ip -n "$switch" link set "v${tag}$i" master "$bridge"
+  ip -n "$switch" link set "v${tag}$i" up
   echo "${ns} $subnet.$((10 + i))" >> "$tmp/hosts"
 done
-# The namespaces reach each other (and the root namespace) across the bridge.
+# The namespaces reach each other across the bridge.
 command -v ping >/dev/null && for i in 1 2; do
   ip netns exec "${tag}n$i" ping -c1 -W5 "$subnet.10" >/dev/null ||
     { echo "FAIL: namespace ${tag}n$i cannot reach $subnet.10"; exit 1; }
@@ -60,7 +67,7 @@ export STARATTN_LOG_DIR="$tmp/logs" STARATTN_WORKER_ARGS="--cpu-threads 2" STARA
 export UCX_TLS=tcp
 rc=0
 timeout 120 "$launch" "$tmp/hosts" -- \
-  timeout 90 "$bin" run --head "$subnet.10:7711" --min-workers 3 "${req[@]}" \
+  ip netns exec "${tag}n0" timeout 90 "$bin" run --head "$subnet.10:7711" --min-workers 3 "${req[@]}" \
   --dump-logits "$tmp/remote.bin" > "$tmp/remote.out" 2> "$tmp/remote.err" || rc=$?
 if [ $rc -ne 0 ]; then
   echo "FAIL: the cluster run exited with $rc"

@@ -162,3 +162,115 @@ def read_http_response(sock):
                 break
             body += chunk
     return status, body
+
+
+class Cluster:
+    """`starattn serve --http/--tcp` (the head) and `workers` `starattn worker` processes on
+    loopback, on a fresh tiny random model. Logs go to files (a full pipe would stall a process);
+    close() always ends every process, by SIGKILL when SIGTERM is not enough."""
+
+    def __init__(self, workers=2, head_args=(), threads=2):
+        self.dir = tempfile.TemporaryDirectory(prefix="starattn-cluster-")
+        self.model = self.path("model")
+        self.threads = threads
+        self.procs, self.workers, self.logs = [], [], []
+        try:
+            subprocess.run([cli(), "init-model", "--preset", "tiny", "--seed", "7", "--out", self.model],
+                           check=True, stdout=subprocess.DEVNULL, timeout=60)
+            port_file = self.path("head.port")
+            self.head = self._spawn("head", [cli(), "serve", "--listen", "127.0.0.1:0", "--port-file", port_file,
+                                             "--model", self.model, "--threads", str(threads),
+                                             "--exchange-timeout", "20", "--http", "127.0.0.1:0",
+                                             "--tcp", "127.0.0.1:0"] + list(head_args), stdout=subprocess.PIPE)
+            self.port, self.tcp_port = self._read_addresses(self.head, 60)
+            self.base = f"http://127.0.0.1:{self.port}"
+            wait_for(lambda: os.path.exists(port_file) and read_text(port_file).strip(), 30, "the head's port file")
+            self.head_port = int(read_text(port_file))
+            for i in range(workers):
+                self.workers.append(self._spawn(f"w{i}", [
+                    cli(), "worker", "--head", f"127.0.0.1:{self.head_port}", "--model", self.model,
+                    "--cpu-threads", str(threads), "--name", f"w{i}"]))
+            wait_for(lambda: len(self.kv_held()) == workers, 60, f"{workers} workers to register")
+        except BaseException:
+            sys.stderr.write(self.logs_text())
+            self.close()
+            raise
+
+    def path(self, name):
+        return os.path.join(self.dir.name, name)
+
+    def _spawn(self, tag, args, stdout=subprocess.DEVNULL):
+        self.logs.append((tag, self.path(tag + ".log")))
+        env = dict(os.environ, OMP_WAIT_POLICY="passive")
+        with open(self.path(tag + ".log"), "w") as log:
+            p = subprocess.Popen(args, stdout=stdout, stderr=log, env=env)
+        self.procs.append(p)
+        return p
+
+    @staticmethod
+    def _read_addresses(proc, timeout):
+        """The http:// and tcp:// lines the head prints once listening (bounded wait)."""
+        import select
+        deadline, data, found = time.time() + timeout, b"", {}
+        while len(found) < 2:
+            left = deadline - time.time()
+            if left <= 0 or proc.poll() is not None:
+                raise RuntimeError("the head did not print its addresses: " + data.decode(errors="replace"))
+            if select.select([proc.stdout], [], [], min(left, 0.5))[0]:
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                data += chunk
+                for m in re.finditer(rb"(http|tcp)://[^:\s]+:(\d+)", data):
+                    found[m.group(1).decode()] = int(m.group(2))
+        return found["http"], found["tcp"]
+
+    def kv_held(self):
+        """{worker: KV tokens the head has placed there}, from the head's /metrics."""
+        try:
+            m = metrics(self.port)
+        except OSError:
+            return {}
+        return {k[len('starattn_kv_tokens_held{worker="'):-2]: v for k, v in m.items()
+                if k.startswith("starattn_kv_tokens_held{")}
+
+    def head_log(self):
+        return read_text(self.path("head.log"))
+
+    def logs_text(self):
+        out = ""
+        for tag, name in self.logs:
+            out += f"---- {tag} ----\n" + read_text(name)[-4000:]
+        return out
+
+    def run_local(self, workers, *request):
+        """`starattn run` in one process with the same settings; returns the token ids."""
+        r = subprocess.run([cli(), "run", "--model", self.model, "--workers", str(workers),
+                            "--threads", str(self.threads), "--output", "ids"] + list(request),
+                           capture_output=True, timeout=120)
+        if r.returncode != 0:
+            raise AssertionError("starattn run failed: " + r.stderr.decode(errors="replace"))
+        return [int(t) for t in r.stdout.split()]
+
+    def close(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stdout:
+                p.stdout.close()
+        self.procs = []
+        self.dir.cleanup()
+
+
+def read_text(path):
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def byte_text(ids):
+    """The text the byte tokenizer's ids stand for, as the HTTP server renders it."""
+    return bytes(i for i in ids if i < 256).decode("utf-8", "replace")

@@ -41,6 +41,7 @@ const char* kBenchHelp =
     "(default scripts tools/bench/torch_baseline.py and tools/bench/hf_e2e.py, run with python3).\n"
     "Prints one table; timings are medians of CUDA-event times after warm-ups.\n";
 
+#if defined(STARATTN_HAVE_CUDA)  // the helpers below serve the cuda benchmarks only
 std::vector<int64_t> parse_list(const std::string& s) {
   std::vector<int64_t> out;
   std::stringstream ss(s);
@@ -91,7 +92,6 @@ double lookup(const std::map<std::string, double>& m, const std::string& k) {
   return it == m.end() ? NAN : it->second;
 }
 
-#if defined(STARATTN_HAVE_CUDA)
 
 // Fills a backend tensor with uniform [-1, 1) values (from a fixed host pattern, so no time is
 // spent on generating gigabytes).

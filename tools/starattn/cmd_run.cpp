@@ -6,8 +6,11 @@
 #include <fstream>
 #include <memory>
 
+#include <nlohmann/json.hpp>
+
 #include "actors/cluster.h"
 #include "actors/context_block.h"
+#include "runtime/chat_template.h"
 #include "runtime/engine.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
@@ -18,12 +21,15 @@ namespace {
 const char* kRunHelp =
     "usage: starattn run [--model DIR|FILE.gguf] (--context-file F | --context-ids \"1,2,..\")\n"
     "                    (--query TEXT | --query-ids \"..\") [options]\n"
+    "       starattn run [--model DIR|FILE.gguf] --messages-file CHAT.json [options]\n"
     "       starattn run --head HOST:PORT (--context-file F | ...) (--query ...) [options]\n"
     "Answers the query over the context with Star Attention and streams the answer to stdout;\n"
     "per-phase timings go to stderr. Without --head it runs the scheduler, the query actor and\n"
     "--workers context actors in this process; with --head it submits to a running head.\n"
     "Without --model it uses the default model (SmolLM2-135M-Instruct, deploy/fetch-model.sh).\n"
-    "A text context with a text query is laid out with the model's chat template.\n\n"
+    "A text context with a text query is laid out with the model's chat template.\n"
+    "A chat (--messages-file: a JSON list of {role, content}, or an object with \"messages\")\n"
+    "uses the chat template too: everything before the last user message is the context.\n\n"
     "  --head HOST:PORT       submit to the head of a cluster (starattn serve)\n"
     "  --min-workers N        with --head: wait until N workers are registered (default 1)\n"
     "  --timeout S            with --head: give up when nothing arrives for S seconds (120)\n"
@@ -97,14 +103,36 @@ void print_stats(const wire::Finished& s, const std::string& mode, const std::st
   std::fprintf(stderr, "generated %d tokens, finish: %s\n", s.generated(), s.finish_reason().c_str());
 }
 
+// A chat file: [{"role": ..., "content": ...}, ...] or an OpenAI request body with "messages".
+void read_messages(const std::string& path, wire::SubmitRequest& r) {
+  const nlohmann::json doc = nlohmann::json::parse(read_file(path), nullptr, false);
+  const nlohmann::json& list = doc.is_object() && doc.contains("messages") ? doc["messages"] : doc;
+  if (!list.is_array() || list.empty())
+    throw std::invalid_argument(path + ": expected a non-empty JSON list of {role, content} messages");
+  for (const auto& m : list) {
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") ||
+        !m["content"].is_string())
+      throw std::invalid_argument(path + ": every message needs string fields role and content");
+    auto* turn = r.add_messages();
+    turn->set_role(m["role"].get<std::string>());
+    turn->set_content(m["content"].get<std::string>());
+  }
+}
+
 wire::SubmitRequest build_request(const Args& args, bool want_logits) {
-  if (args.has("context-file") == args.has("context-ids"))
+  const bool chat = args.has("messages-file");
+  if (chat && (args.has("context-file") || args.has("context-ids") || args.has("query") ||
+               args.has("query-ids")))
+    throw std::invalid_argument("--messages-file holds the whole prompt: no --context-* or --query*");
+  if (!chat && args.has("context-file") == args.has("context-ids"))
     throw std::invalid_argument("give exactly one of --context-file and --context-ids");
-  if (args.has("query") == args.has("query-ids"))
+  if (!chat && args.has("query") == args.has("query-ids"))
     throw std::invalid_argument("give exactly one of --query and --query-ids");
   wire::SubmitRequest r;
   r.set_protocol_version(wire::kProtocolVersion);
-  if (args.has("context-ids")) {
+  if (chat) {
+    read_messages(args.get("messages-file", ""), r);
+  } else if (args.has("context-ids")) {
     for (int32_t id : parse_id_list(args.get("context-ids", ""), "context-ids")) r.add_context(id);
   } else {
     r.set_context_is_text(true);
@@ -112,7 +140,7 @@ wire::SubmitRequest build_request(const Args& args, bool want_logits) {
   }
   if (args.has("query-ids")) {
     for (int32_t id : parse_id_list(args.get("query-ids", ""), "query-ids")) r.add_query(id);
-  } else {
+  } else if (!chat) {
     r.set_query_is_text(true);
     r.set_query_text(args.get("query", ""));
   }
@@ -172,7 +200,17 @@ int run_engine(const Args& args, Printer& out) {
   Engine engine(options);
   const wire::SubmitRequest sub = build_request(args, out.want_logits());
   GenerateRequest req;
-  if (sub.context_is_text() && sub.query_is_text()) {
+  if (sub.messages_size() > 0) {
+    // The scheduler's layout (actors/scheduler.cpp), with its fallback template.
+    std::vector<ChatMessage> messages;
+    for (const auto& m : sub.messages()) messages.push_back({m.role(), m.content()});
+    const ChatTemplate chat = engine.chat_template()
+                                  ? *engine.chat_template()
+                                  : detect_chat_template("", engine.tokenizer());
+    PromptIds p = chat_prompt(engine.tokenizer(), chat, messages);
+    req.context = std::move(p.context);
+    req.query = std::move(p.query);
+  } else if (sub.context_is_text() && sub.query_is_text()) {
     PromptIds p = engine.document_prompt(sub.context_text(), sub.query_text());
     req.context = std::move(p.context);
     req.query = std::move(p.query);
@@ -184,8 +222,13 @@ int run_engine(const Args& args, Printer& out) {
   } else {
     req.context.assign(sub.context().begin(), sub.context().end());
   }
-  if (!sub.query_is_text()) req.query.assign(sub.query().begin(), sub.query().end());
-  else if (!sub.context_is_text()) req.query = engine.tokenizer().encode(sub.query_text());
+  if (sub.messages_size() > 0) {
+    // the chat's query is laid out above
+  } else if (!sub.query_is_text()) {
+    req.query.assign(sub.query().begin(), sub.query().end());
+  } else if (!sub.context_is_text()) {
+    req.query = engine.tokenizer().encode(sub.query_text());
+  }
   req.mode = parse_mode(sub.mode());
   req.block_size = sub.block_size();
   req.anchor_size = sub.anchor_size();
@@ -233,7 +276,7 @@ int cmd_run(int argc, char** argv) {
                   {"model", "context-file", "context-ids", "query", "query-ids", "max-tokens",
                    "mode", "workers", "block-size", "anchor-size", "seed", "output", "device",
                    "gpu", "threads", "temperature", "top-k", "top-p", "dump-logits", "head",
-                   "min-workers", "timeout", "random-weights"},
+                   "min-workers", "timeout", "random-weights", "messages-file"},
                   {"ignore-eos", "no-anchor", "engine"});
   Printer out(args);
   // Random weights exist only in the Engine library path (benchmarks).
@@ -271,7 +314,14 @@ int cmd_run(int argc, char** argv) {
   try {
     for (int i = 0; i < workers; ++i) {
       actors::ContextBlockOptions o;
-      o.model = model;
+      // The cpu backend serves several actors at once; a gpu backend drives one stream from one
+      // thread at a time, so each context actor gets its own (weights loaded once per actor).
+      o.model = args.get("device", "cpu") == "cpu"
+                    ? model
+                    : std::make_shared<actors::ModelHost>(
+                          model_path(args), args.get("device", "cpu"),
+                          static_cast<int>(args.get_int("gpu", 0)),
+                          static_cast<int>(args.get_int("threads", 0)));
       o.scheduler = head.scheduler;
       o.device = args.get("device", "cpu");
       o.name = "local/" + std::to_string(i);

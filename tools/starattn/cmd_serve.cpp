@@ -1,16 +1,28 @@
 // starattn serve: the head of a cluster (scheduler + query actor), published for workers and
-// clients through CAF's middleman.
+// clients through CAF's middleman, and optionally the HTTP and framed TCP servers over it.
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
 
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <optional>
 #include <thread>
+#include <tuple>
+#include <vector>
 
 #include "actors/cluster.h"
+#include "actors/scheduler_service.h"
+#include "server/client.h"
+#include "server/http_server.h"
+#include "server/tcp_server.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
 #include "tools/starattn/signals.h"
@@ -19,15 +31,93 @@ namespace starattn::cli {
 namespace {
 
 const char* kServeHelp =
-    "usage: starattn serve --listen HOST:PORT --model DIR [options]\n"
+    "usage: starattn serve --listen HOST:PORT --model DIR [--http HOST:PORT] [--tcp HOST:PORT]\n"
+    "                      [options]\n"
     "Runs the head of a cluster: the scheduler (workers register with it, clients submit to it)\n"
-    "and the query actor. Stops on SIGINT/SIGTERM.\n\n"
+    "and the query actor. With --http and/or --tcp it also serves clients itself, as\n"
+    "`starattn serve-local` does: OpenAI-style HTTP (POST /v1/completions, /v1/chat/completions,\n"
+    "GET /health, /metrics) and the framed TCP protocol of `starattn client`. Their addresses\n"
+    "are printed to stdout once listening. Stops on SIGINT/SIGTERM.\n\n"
     "  --listen HOST:PORT     address to accept workers and clients on (port 0: any free port)\n"
     "  --port-file F          write the port actually bound to F\n"
+    "  --http HOST:PORT       HTTP address (loopback unless told otherwise; port 0: any free port)\n"
+    "  --tcp HOST:PORT        framed TCP address\n"
+    "  --io-threads N         network threads of the HTTP/TCP servers (default 2)\n"
+    "  --max-running N        requests on the workers at once; more wait (default 0: no limit)\n"
+    "  --max-queue N          requests waiting beyond --max-running (default 256)\n"
+    "  --max-context-tokens N refuse larger contexts (default: what the workers' KV allows)\n"
+    "  --max-body-bytes N     HTTP body limit (default 8 MiB)\n"
+    "  --header-timeout-ms N  time for a request's headers (default 10000)\n"
+    "  --body-timeout-ms N    time for a request's body (default 30000)\n"
+    "  --api-key-env VAR      require 'Authorization: Bearer $VAR' over HTTP (not for /health)\n"
+    "  --model-name NAME      the model's name in responses (default: the directory name)\n"
     "  --device cpu|cuda      backend of the query actor (default cpu); --gpu N picks the device\n"
     "  --threads N            cpu threads (default: all cores)\n"
     "  --exchange-timeout S   fail a request when a layer's replies take longer (default 30)\n"
     "  --quiet                no per-request log lines on stderr\n";
+
+std::string default_model_name(const std::string& model) {
+  std::filesystem::path p(model);
+  if (!p.has_filename()) p = p.parent_path();
+  return p.filename().string();
+}
+
+server::HttpServerOptions http_options(const Args& args) {
+  server::HttpServerOptions ho;
+  ho.max_body_bytes = static_cast<size_t>(args.get_int("max-body-bytes", 8 << 20));
+  ho.header_timeout = std::chrono::milliseconds(args.get_int("header-timeout-ms", 10000));
+  ho.body_timeout = std::chrono::milliseconds(args.get_int("body-timeout-ms", 30000));
+  if (args.has("api-key-env")) {
+    // The key comes through the environment so it never shows up in `ps`.
+    const char* key = std::getenv(args.get("api-key-env", "").c_str());
+    if (key == nullptr || *key == '\0')
+      throw std::invalid_argument("--api-key-env " + args.get("api-key-env", "") +
+                                  ": the variable is empty or unset");
+    ho.bearer_token = key;
+  }
+  std::tie(ho.host, ho.port) = server::parse_host_port(args.get("http", ""), "--http");
+  return ho;
+}
+
+// The HTTP/TCP front ends over the scheduler until a stop signal. Everything here is destroyed
+// before the caller stops the actors: the servers, then the service (which ends its open
+// requests, whose callbacks post to `io`), then `io` (and the sessions' request handles).
+void serve_clients(caf::actor_system& system, const actors::Head& head, const Args& args) {
+  actors::SchedulerServiceOptions so;
+  so.model_name = args.get("model-name", default_model_name(args.require("model")));
+  so.max_context_tokens = args.get_int("max-context-tokens", 0);
+  so.max_queue = static_cast<int>(args.get_int("max-queue", 256));
+  const int io_threads = static_cast<int>(args.get_int("io-threads", 2));
+  if (io_threads < 1) throw std::invalid_argument("--io-threads must be at least 1");
+
+  server::Metrics metrics;
+  boost::asio::io_context io;
+  actors::SchedulerService service(system, head.scheduler, so);
+  std::optional<server::HttpServer> http;
+  std::optional<server::TcpServer> tcp;
+  if (args.has("http")) {
+    server::HttpServerOptions ho = http_options(args);
+    http.emplace(io, service, metrics, ho);
+    std::printf("http://%s:%u\n", ho.host.c_str(), static_cast<unsigned>(http->port()));
+  }
+  if (args.has("tcp")) {
+    server::TcpServerOptions to;
+    std::tie(to.host, to.port) = server::parse_host_port(args.get("tcp", ""), "--tcp");
+    tcp.emplace(io, service, metrics, to);
+    std::printf("tcp://%s:%u\n", to.host.c_str(), static_cast<unsigned>(tcp->port()));
+  }
+  std::fflush(stdout);
+  auto work = boost::asio::make_work_guard(io);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < io_threads; ++i) threads.emplace_back([&io] { io.run(); });
+  while (!stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::fprintf(stderr, "starattn serve: stopping\n");
+  if (http) http->stop();
+  if (tcp) tcp->stop();
+  work.reset();
+  io.stop();
+  for (auto& t : threads) t.join();
+}
 
 }  // namespace
 
@@ -37,9 +127,13 @@ int cmd_serve(int argc, char** argv) {
     return 0;
   }
   const Args args(argc, argv, 2,
-                  {"listen", "model", "port-file", "device", "gpu", "threads", "exchange-timeout"},
+                  {"listen", "model", "port-file", "device", "gpu", "threads", "exchange-timeout",
+                   "http", "tcp", "io-threads", "max-running", "max-queue", "max-context-tokens",
+                   "max-body-bytes", "header-timeout-ms", "body-timeout-ms", "api-key-env",
+                   "model-name"},
                   {"quiet"});
   const auto [host, port] = actors::parse_host_port(args.require("listen"), "listen");
+  if (args.has("http")) http_options(args);  // a bad option fails before the model loads
   auto model = std::make_shared<actors::ModelHost>(
       args.require("model"), args.get("device", "cpu"), static_cast<int>(args.get_int("gpu", 0)),
       static_cast<int>(args.get_int("threads", 0)));
@@ -48,22 +142,39 @@ int cmd_serve(int argc, char** argv) {
   caf::actor_system_config config;
   actors::configure_caf(config);
   caf::actor_system system{config};
-  const auto timeout = std::chrono::milliseconds(
+  actors::HeadOptions options;
+  options.verbose = !args.flag("quiet");
+  options.exchange_timeout = std::chrono::milliseconds(
       static_cast<int64_t>(args.get_double("exchange-timeout", 30) * 1000));
-  actors::Head head = actors::spawn_head(system, model, !args.flag("quiet"), timeout);
-  const char* bind = (host == "0.0.0.0" || host == "*") ? nullptr : host.c_str();
-  auto bound = system.middleman().publish(head.scheduler, port, bind, true);
-  if (!bound) {
+  options.max_context_tokens = args.get_int("max-context-tokens", 0);
+  options.max_running = static_cast<int>(args.get_int("max-running", 0));
+  options.max_queue = static_cast<int>(args.get_int("max-queue", 256));
+  if (options.max_running < 0 || options.max_queue < 0)
+    throw std::invalid_argument("--max-running and --max-queue must not be negative");
+  actors::Head head = actors::spawn_head(system, model, options);
+  try {
+    const char* bind = (host == "0.0.0.0" || host == "*") ? nullptr : host.c_str();
+    auto bound = system.middleman().publish(head.scheduler, port, bind, true);
+    if (!bound)
+      throw std::runtime_error("cannot listen on " + host + ":" + std::to_string(port) + ": " +
+                               system.render(bound.error()));
+    if (args.has("port-file")) std::ofstream(args.get("port-file", "")) << *bound << "\n";
+    std::fprintf(stderr, "starattn serve: listening on %s:%u (protocol %u, model %s)\n",
+                 host.c_str(), static_cast<unsigned>(*bound), wire::kProtocolVersion,
+                 model->digest().c_str());
+    if (args.has("http") || args.has("tcp")) {
+      serve_clients(system, head, args);
+    } else {
+      while (!stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      std::fprintf(stderr, "starattn serve: stopping\n");
+    }
+  } catch (...) {
+    // The actor system's destructor would wait for the head's actors forever.
     actors::stop_actors(system, {head.scheduler, head.query});
-    throw std::runtime_error("cannot listen on " + host + ":" + std::to_string(port) + ": " +
-                             system.render(bound.error()));
+    throw;
   }
-  if (args.has("port-file")) std::ofstream(args.get("port-file", "")) << *bound << "\n";
-  std::fprintf(stderr, "starattn serve: listening on %s:%u (protocol %u, model %s)\n", host.c_str(),
-               static_cast<unsigned>(*bound), wire::kProtocolVersion, model->digest().c_str());
-  while (!stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  std::fprintf(stderr, "starattn serve: stopping\n");
   actors::stop_actors(system, {head.scheduler, head.query});
+  exit_after(0);
   return 0;
 }
 

@@ -110,11 +110,10 @@ int cmd_worker(int argc, char** argv) {
                   caf::after(std::chrono::milliseconds(200)) >> [] {});
   }
   actors::stop_actors(system, blocks);
-  if (alive == 0) {
-    std::fprintf(stderr, "%s: no context actor left, exiting\n", name.c_str());
-    return 1;
-  }
-  return 0;
+  const int status = alive == 0 ? 1 : 0;
+  if (alive == 0) std::fprintf(stderr, "%s: no context actor left, exiting\n", name.c_str());
+  exit_after(status);
+  return status;
 }
 
 }  // namespace starattn::cli

@@ -11,5 +11,6 @@ int cmd_bench_transport(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_serve_local(int argc, char** argv);
 int cmd_client(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
 
 }  // namespace starattn::cli

@@ -27,6 +27,7 @@ const Command kCommands[] = {
     {"serve-local", starattn::cli::cmd_serve_local,
      "serve HTTP (OpenAI-style) and framed TCP from an in-process engine"},
     {"client", starattn::cli::cmd_client, "stream an answer from a server's framed TCP port"},
+    {"eval", starattn::cli::cmd_eval, "RULER-style accuracy of star vs full attention (eval/)"},
     {"bench", starattn::cli::cmd_bench, "GPU kernel and end-to-end benchmarks against PyTorch (cuda)"},
     {"bench-transport", starattn::cli::cmd_bench_transport,
      "measure the data plane's Q -> (O, lse) round trip between two processes"},

@@ -1,0 +1,320 @@
+#include "actors/scheduler_service.h"
+
+#include <caf/all.hpp>
+
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <utility>
+
+#include "actors/cluster.h"
+#include "actors/messages.h"
+#include "transport/wire.h"
+
+namespace starattn::actors {
+namespace {
+
+using server::ErrorKind;
+using server::ServiceError;
+
+// In-process only (service -> a request's bridge), no payload.
+using client_cancel_atom = caf::atom_constant<caf::atom("clcancel")>;
+using shutdown_atom = caf::atom_constant<caf::atom("shutdown")>;
+
+// The open requests' bridges, so the destructor can end them and wait, and a gate that keeps
+// callbacks from running once it has returned.
+struct Registry {
+  std::mutex mutex;
+  std::condition_variable changed;
+  // Weak: the last strong reference must not die inside the bridge's own exit.
+  std::map<uint64_t, caf::actor_addr> bridges;
+  uint64_t next = 0;
+  bool stopping = false;
+  std::shared_mutex gate;  // callbacks run under a shared lock
+  bool closed = false;     // under `gate`: no more callbacks
+};
+
+struct Handle : server::RequestHandle {
+  caf::actor bridge;
+  std::atomic<bool> cancelled{false};
+  void cancel() override {
+    if (!cancelled.exchange(true) && bridge) caf::anon_send(bridge, client_cancel_atom::value);
+  }
+};
+
+ErrorKind service_kind(wire::ErrorKind kind) {
+  switch (kind) {
+    case wire::ERROR_INVALID_REQUEST: return ErrorKind::invalid_request;
+    case wire::ERROR_CAPACITY: return ErrorKind::capacity;
+    case wire::ERROR_OVERLOADED: return ErrorKind::overloaded;
+    default: return ErrorKind::internal;  // ERROR_PROTOCOL too: head and service are one binary
+  }
+}
+
+wire::SubmitRequest to_submit(const server::TextRequest& r) {
+  wire::SubmitRequest s;
+  s.set_protocol_version(wire::kProtocolVersion);
+  if (r.chat) {
+    for (const auto& m : r.messages) {
+      auto* turn = s.add_messages();
+      turn->set_role(m.role);
+      turn->set_content(m.content);
+    }
+  } else {
+    // Laid out by the scheduler with document_prompt(), as `starattn run` lays out a
+    // --context-file with a --query.
+    s.set_context_is_text(true);
+    s.set_context_text(r.context);
+    s.set_query_is_text(true);
+    s.set_query_text(r.query);
+  }
+  s.set_mode(r.mode);
+  s.set_block_size(r.block_size);
+  s.set_anchor_size(r.anchor_size);
+  s.set_max_tokens(r.max_tokens);
+  s.set_ignore_eos(r.ignore_eos);
+  s.mutable_sampling()->set_temperature(r.sampling.temperature);
+  s.mutable_sampling()->set_top_k(r.sampling.top_k);
+  s.mutable_sampling()->set_top_p(r.sampling.top_p);
+  s.mutable_sampling()->set_seed(r.sampling.seed);
+  return s;
+}
+
+struct BridgeState {
+  std::shared_ptr<Registry> registry;
+  caf::actor scheduler;
+  server::StreamCallbacks callbacks;
+  std::optional<server::StopMatcher> stops;
+  uint64_t id = 0;            // 0 until Accepted
+  std::string ending;         // "stop" or "cancelled" once we asked the scheduler to end it
+  bool cancel_sent = false;
+  int32_t tokens = 0;
+};
+
+using Bridge = caf::stateful_actor<BridgeState>;
+
+// Runs one callback unless the service has closed its gate (it is gone or going).
+template <class F>
+bool deliver(Bridge* self, F&& f) {
+  std::shared_lock<std::shared_mutex> lock(self->state.registry->gate);
+  if (self->state.registry->closed) return false;
+  return f();
+}
+
+void send_cancel(Bridge* self) {
+  auto& st = self->state;
+  if (st.cancel_sent || st.id == 0) return;  // without an id, Accepted will send it
+  st.cancel_sent = true;
+  wire::CancelRequest c;
+  c.set_protocol_version(wire::kProtocolVersion);
+  c.set_request_id(st.id);
+  self->send(st.scheduler, cancel_atom::value, wire::encode(c));
+}
+
+// The request ends early at our asking; the scheduler's "cancelled" Finished completes it.
+void end_early(Bridge* self, const std::string& reason) {
+  if (!self->state.ending.empty()) return;
+  self->state.ending = reason;
+  send_cancel(self);
+}
+
+void fail_and_quit(Bridge* self, ErrorKind kind, const std::string& message) {
+  deliver(self, [&] {
+    self->state.callbacks.on_error(ServiceError{kind, message});
+    return true;
+  });
+  self->quit();
+}
+
+void on_token(Bridge* self, const std::string& bytes) {
+  auto& st = self->state;
+  if (!st.ending.empty()) return;  // cancelled or stopped: the rest is not wanted
+  wire::TokenEvent t;
+  try {
+    t = wire::decode<wire::TokenEvent>(bytes, "the scheduler");
+  } catch (const std::exception& e) {
+    end_early(self, "cancelled");
+    return fail_and_quit(self, ErrorKind::internal, e.what());
+  }
+  ++st.tokens;
+  server::TokenEvent ev;
+  ev.text = st.stops->push(t.text());
+  ev.tokens.push_back(t.token());
+  const bool more = deliver(self, [&] { return st.callbacks.on_token(ev); });
+  if (!more) end_early(self, "cancelled");
+  else if (st.stops->stopped()) end_early(self, "stop");
+}
+
+void on_finished(Bridge* self, const std::string& bytes) {
+  auto& st = self->state;
+  wire::Finished f;
+  try {
+    f = wire::decode<wire::Finished>(bytes, "the scheduler");
+  } catch (const std::exception& e) {
+    return fail_and_quit(self, ErrorKind::internal, e.what());
+  }
+  // A request we ended is done whatever raced with the cancel (a last token, a failure).
+  if (!f.ok() && st.ending.empty()) return fail_and_quit(self, service_kind(f.error_kind()), f.error());
+  std::string reason = st.ending;
+  if (reason.empty()) {
+    server::TokenEvent tail;
+    tail.text = st.stops->push(f.text_tail());
+    tail.text += st.stops->flush();
+    if (!tail.text.empty()) deliver(self, [&] { return st.callbacks.on_token(tail); });
+    reason = st.stops->stopped() ? "stop" : f.finish_reason();
+  }
+  server::Completion c;
+  c.finish_reason = reason;
+  c.context_tokens = f.context_tokens();
+  c.prompt_tokens = f.context_tokens() + f.query_tokens();
+  c.completion_tokens = st.ending.empty() ? f.generated() : st.tokens;
+  c.blocks = f.blocks();
+  c.block_size = f.block_size();
+  c.anchor_size = f.anchor_size();
+  c.phase1_ms = f.phase1_ms();
+  c.first_token_ms = f.first_token_ms();
+  c.decode_ms = f.decode_ms();
+  deliver(self, [&] {
+    st.callbacks.on_done(c);
+    return true;
+  });
+  self->quit();
+}
+
+caf::behavior bridge(Bridge* self, std::shared_ptr<Registry> registry, uint64_t key,
+                     caf::actor scheduler, std::shared_ptr<server::TextRequest> request,
+                     std::shared_ptr<server::StreamCallbacks> callbacks) {
+  auto& st = self->state;
+  st.registry = registry;
+  st.scheduler = scheduler;
+  st.callbacks = std::move(*callbacks);
+  st.stops.emplace(request->stop);
+  self->attach_functor([registry, key] {
+    std::lock_guard<std::mutex> lock(registry->mutex);
+    registry->bridges.erase(key);
+    registry->changed.notify_all();
+  });
+  self->set_default_handler(caf::drop);
+  self->monitor(scheduler);
+  self->set_down_handler([self](const caf::down_msg& dm) {
+    if (dm.source != self->state.scheduler.address()) return;
+    fail_and_quit(self, ErrorKind::shutting_down,
+                  "the head's scheduler stopped (" + caf::to_string(dm.reason) + ")");
+  });
+  self->send(scheduler, submit_atom::value, wire::encode(to_submit(*request)));
+  return {
+      [self](accepted_atom, const std::string& bytes) {
+        try {
+          self->state.id = wire::decode<wire::Accepted>(bytes, "the scheduler").request_id();
+        } catch (const std::exception& e) {
+          return fail_and_quit(self, ErrorKind::internal, e.what());
+        }
+        if (!self->state.ending.empty()) send_cancel(self);  // cancelled before we knew the id
+      },
+      [self](token_atom, const std::string& bytes) { on_token(self, bytes); },
+      [self](finished_atom, const std::string& bytes) { on_finished(self, bytes); },
+      [self](client_cancel_atom) { end_early(self, "cancelled"); },
+      [self](shutdown_atom) {
+        // Free the workers' KV now; without an id yet, the scheduler sees us go (client down).
+        send_cancel(self);
+        fail_and_quit(self, ErrorKind::shutting_down, "the server is shutting down");
+      },
+  };
+}
+
+}  // namespace
+
+struct SchedulerService::Impl {
+  caf::actor_system& system;
+  caf::actor scheduler;
+  SchedulerServiceOptions options;
+  std::shared_ptr<Registry> registry = std::make_shared<Registry>();
+
+  Impl(caf::actor_system& s, caf::actor sched, SchedulerServiceOptions o)
+      : system(s), scheduler(std::move(sched)), options(std::move(o)) {}
+
+  std::optional<wire::StatusReply> status() const {
+    try {
+      wire::StatusReply s = query_status(system, scheduler, options.status_timeout);
+      if (s.ok()) return s;
+    } catch (const std::exception&) {
+      // /metrics and /health report nothing rather than fail when the head is slow
+    }
+    return std::nullopt;
+  }
+};
+
+SchedulerService::SchedulerService(caf::actor_system& system, caf::actor scheduler,
+                                   SchedulerServiceOptions options)
+    : impl_(std::make_shared<Impl>(system, std::move(scheduler), std::move(options))) {
+  if (!impl_->scheduler) throw std::invalid_argument("SchedulerService needs a scheduler actor");
+}
+
+SchedulerService::~SchedulerService() {
+  Registry& reg = *impl_->registry;
+  std::vector<caf::actor> open;
+  {
+    std::lock_guard<std::mutex> lock(reg.mutex);
+    reg.stopping = true;
+    for (const auto& [key, addr] : reg.bridges)
+      if (auto a = caf::actor_cast<caf::actor>(addr)) open.push_back(std::move(a));
+  }
+  for (const auto& a : open) caf::anon_send(a, shutdown_atom::value);
+  {
+    std::unique_lock<std::mutex> lock(reg.mutex);
+    reg.changed.wait_for(lock, impl_->options.shutdown_timeout, [&] { return reg.bridges.empty(); });
+  }
+  // A bridge still running now (a wedged CAF scheduler) must not call into a dead front end.
+  std::unique_lock<std::shared_mutex> gate(reg.gate);
+  reg.closed = true;
+}
+
+std::shared_ptr<server::RequestHandle> SchedulerService::submit(server::TextRequest request,
+                                                                server::StreamCallbacks callbacks) {
+  auto handle = std::make_shared<Handle>();
+  Registry& reg = *impl_->registry;
+  std::lock_guard<std::mutex> lock(reg.mutex);
+  if (reg.stopping) {
+    callbacks.on_error(ServiceError{ErrorKind::shutting_down, "the server is shutting down"});
+    return handle;
+  }
+  // Spawned under the lock so the destructor either sees the bridge or refuses the request.
+  const uint64_t key = reg.next++;
+  handle->bridge = impl_->system.spawn(
+      bridge, impl_->registry, key, impl_->scheduler,
+      std::make_shared<server::TextRequest>(std::move(request)),
+      std::make_shared<server::StreamCallbacks>(std::move(callbacks)));
+  reg.bridges.emplace(key, handle->bridge.address());
+  return handle;
+}
+
+server::ServiceInfo SchedulerService::info() const {
+  server::ServiceInfo i;
+  i.model = impl_->options.model_name;
+  i.max_context_tokens = impl_->options.max_context_tokens;
+  i.max_queue = impl_->options.max_queue;
+  return i;
+}
+
+std::vector<server::WorkerLoad> SchedulerService::load() const {
+  std::vector<server::WorkerLoad> out;
+  const auto s = impl_->status();
+  if (!s) return out;
+  for (const auto& w : s->workers()) {
+    server::WorkerLoad l;
+    l.worker = w.name();
+    l.kv_tokens = w.kv_tokens_held();
+    l.active_requests = w.active_requests();
+    out.push_back(l);
+  }
+  return out;
+}
+
+int SchedulerService::queued() const {
+  const auto s = impl_->status();
+  return s ? s->queued_requests() : 0;
+}
+
+}  // namespace starattn::actors

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Everything checked and measured on a GPU machine in one go (one device lease):
+#   tools/bench/gpu_check.sh BUNDLE_DIR OUT_DIR [e2e contexts, default 32768]
+# BUNDLE_DIR is a deploy/bundle.sh output (starattn + test binaries); run from the repository root.
+# 1. the GPU test suites; 2. the actor path on the GPU against the Engine path; 3. tools/reference/
+# hf_compare.py against transformers (float32 on the cpu backend, bf16 on the GPU); 4. kernel benchmarks against PyTorch;
+# 5. end to end against transformers on a Llama-3.1-8B-shaped random model.
+set -u
+B=$1
+OUT=$2
+CONTEXTS=${3:-32768}
+. "$B/env.sh"
+export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=passive
+S="$B/bin/starattn"
+step() { echo "=== $*" | tee -a "$OUT/summary.txt"; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+date -u | tee -a "$OUT/gpu.txt"
+
+step "gpu tests"
+for t in test_cuda_ops test_cuda_engine; do
+  timeout 240 "$B/bin/$t" > "$OUT/$t.log" 2>&1
+  echo "$t rc=$? $(grep -E 'PASSED|FAILED' "$OUT/$t.log" | tail -n 2 | tr '\n' ' ')" | tee -a "$OUT/summary.txt"
+done
+
+step "actors on the gpu: 2 context actors in one process vs the Engine path"
+m=$(mktemp -d)
+"$S" init-model --config tools/bench/byte_d64_config.json --seed 3 --out "$m/model" 2>/dev/null
+ctx=$(python3 -c "import random; r=random.Random(1); print(','.join(str(r.randrange(256)) for _ in range(700)))")
+for path in "--engine" ""; do
+  timeout 120 "$S" run --model "$m/model" --device cuda --workers 2 --context-ids "$ctx" \
+    --query-ids 5,6,7 --max-tokens 12 --ignore-eos --output ids $path > "$m/out$path.txt" 2>> "$OUT/actors.err"
+  echo "run $path rc=$? ids: $(cat "$m/out$path.txt")" | tee -a "$OUT/summary.txt"
+done
+
+step "hf_compare float32 on the cpu backend, on this machine's transformers"
+timeout 200 python3 tools/reference/hf_compare.py --starattn "$S" --device cpu \
+  --out-md "$OUT/hf_compare_cpu.md" > "$OUT/hf_compare_cpu.log" 2>&1
+echo "hf_compare cpu rc=$?" | tee -a "$OUT/summary.txt"
+tail -n 1 "$OUT/hf_compare_cpu.log" | tee -a "$OUT/summary.txt"
+
+step "hf_compare bf16 on the gpu"
+timeout 300 python3 tools/reference/hf_compare.py --starattn "$S" --device cuda --tol 3e-2 \
+  --out-md "$OUT/hf_compare_cuda.md" > "$OUT/hf_compare.log" 2>&1
+echo "hf_compare rc=$?" | tee -a "$OUT/summary.txt"
+tail -n 3 "$OUT/hf_compare.log" | tee -a "$OUT/summary.txt"
+
+step "kernels"
+timeout 200 "$S" bench kernels 2> "$OUT/kernels.err" | tee "$OUT/kernels.txt"
+
+step "end to end"
+timeout 330 "$S" bench e2e --random-weights tools/bench/llama31_8b_config.json --contexts "$CONTEXTS" \
+  --workers 4 --query 16 --decode-tokens 32 2> "$OUT/e2e.err" | tee "$OUT/e2e.txt"
+tail -n 5 "$OUT/e2e.err"
