@@ -28,8 +28,9 @@ TaskResult run(Engine& engine, AttentionMode mode, const std::string& block) {
   c.seed = 0;
   c.mode = mode;
   c.block = parse_size_spec(block, "block-size");
-  // The answer (" 1234567." and the end of turn) is under ten tokens: a smaller budget than
-  // RULER's 128 changes nothing for a model that stops, and bounds the time of one that rambles.
+  // The answer (" 1234567." and the end of turn) is under ten tokens. A smaller budget than
+  // RULER's 128 bounds the time of a model that rambles after it; the prompt then fills
+  // L - 24 tokens (about 990 here) instead of L - 128.
   c.max_tokens = 24;
   const auto results = run_eval(engine, c);
   EXPECT_EQ(results.size(), 1u);
