@@ -11,28 +11,14 @@
 
 #include "runtime/backend.h"
 #include "runtime/cpu_backend.h"
+#include "tests/support/backend_helpers.h"
 
 namespace starattn {
 namespace {
 
-std::vector<float> random_vec(std::mt19937& rng, size_t n, float sd = 1.0f) {
-  std::normal_distribution<float> dist(0.0f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
-
-Buffer make(Backend& be, int64_t rows, int64_t cols, const std::vector<float>& host) {
-  Buffer b = be.alloc(rows, cols, DType::f32);
-  be.upload(host.data(), b.view());
-  return b;
-}
-
-std::vector<float> fetch(Backend& be, const Tensor& t) {
-  std::vector<float> host(static_cast<size_t>(t.rows * t.cols));
-  be.download(t, host.data());
-  return host;
-}
+using testing::fetch;
+using testing::make;
+using testing::random_vec;
 
 struct Problem {
   int64_t T, S;
