@@ -237,6 +237,14 @@ class CpuBackend final : public Backend {
         std::fill(o, o + N, 0.0f);
     }
     if (K == 0) return;
+    if (T == 1) {
+      // One row (every decode step): sgemm would first pack all of w, which costs as much as the
+      // product itself; sgemv streams w once.
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(N), static_cast<int>(K), 1.0f,
+                  static_cast<const float*>(w.data), blas_ld(w), static_cast<const float*>(x.data),
+                  1, 1.0f, static_cast<float*>(out.data), 1);
+      return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(N),
                 static_cast<int>(K), 1.0f, static_cast<const float*>(x.data), blas_ld(x),
                 static_cast<const float*>(w.data), blas_ld(w), 1.0f, static_cast<float*>(out.data),
