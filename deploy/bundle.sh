@@ -25,6 +25,8 @@
 #   BUNDLE_MAX_MIB (default 60): the size limit; the script fails above it.
 #   BUNDLE_TAR=1: also write OUT_DIR.tar.gz; the limit then applies to the archive.
 #   BUNDLE_RDMA=1: bundle the RDMA verbs libraries too (see above).
+#   BUNDLE_TESTS=GLOB: only test programs whose name matches (default all; 'none' for none).
+#   BUNDLE_STRIP=0: keep symbols (default: strip the shipped programs and libraries).
 set -euo pipefail
 
 die() { echo "bundle.sh: error: $*" >&2; exit 1; }
@@ -34,6 +36,12 @@ log() { echo "bundle.sh: $*"; }
 BUILD_DIR=$1
 OUT_DIR=$2
 MAX_MIB=${BUNDLE_MAX_MIB:-60}
+# Which test programs travel (a shell glob on the file name): all of them make the bundle too big
+# for the 64 MiB a device run carries, so e.g. BUNDLE_TESTS='test_cuda_*'; BUNDLE_TESTS=none for
+# operators who ship starattn alone.
+BUNDLE_TESTS=${BUNDLE_TESTS:-*}
+# Strip symbols from what is shipped (BUNDLE_STRIP=0 keeps them for debugging on the host).
+BUNDLE_STRIP=${BUNDLE_STRIP:-1}
 BUNDLE_RDMA=${BUNDLE_RDMA:-0}
 
 [ -d "$BUILD_DIR" ] || die "build folder '$BUILD_DIR' does not exist (build the project first)"
@@ -55,6 +63,8 @@ if [ -d "$BUILD_DIR/tests" ]; then
   # Every dynamically linked ELF program under tests/ (it has a program interpreter; shared
   # libraries and scripts do not), except CMake's own probe binaries in CMakeFiles/.
   while IFS= read -r -d '' f; do
+    # shellcheck disable=SC2254  # BUNDLE_TESTS is a glob on purpose
+    case "$(basename "$f")" in $BUNDLE_TESTS) ;; *) continue ;; esac
     if readelf -l "$f" 2>/dev/null | grep -q 'Requesting program interpreter'; then
       executables+=("$f")
     fi
@@ -159,7 +169,10 @@ if [ -n "${copied[libucs.so.0]:-}" ]; then
   log "UCX modules from $ucx_mod_dir: ${!modules[*]}"
 fi
 
-# ---- RUNPATH: executables look in ../lib, libraries next to themselves ----
+# ---- strip, then RUNPATH: executables look in ../lib, libraries next to themselves ----
+if [ "$BUNDLE_STRIP" = 1 ]; then
+  strip --strip-unneeded "$OUT_DIR"/bin/* "$OUT_DIR"/lib/*.so* 2>/dev/null || true
+fi
 # ($ORIGIN is for the dynamic loader, not the shell: the single quotes are intended.)
 # shellcheck disable=SC2016
 for f in "$OUT_DIR"/bin/*; do
