@@ -25,6 +25,7 @@
 #include "server/tcp_server.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
+#include "tools/starattn/front_ends.h"
 #include "tools/starattn/signals.h"
 
 namespace starattn::cli {
@@ -62,23 +63,6 @@ std::string default_model_name(const std::string& model) {
   return p.filename().string();
 }
 
-server::HttpServerOptions http_options(const Args& args) {
-  server::HttpServerOptions ho;
-  ho.max_body_bytes = static_cast<size_t>(args.get_int("max-body-bytes", 8 << 20));
-  ho.header_timeout = std::chrono::milliseconds(args.get_int("header-timeout-ms", 10000));
-  ho.body_timeout = std::chrono::milliseconds(args.get_int("body-timeout-ms", 30000));
-  if (args.has("api-key-env")) {
-    // The key comes through the environment so it never shows up in `ps`.
-    const char* key = std::getenv(args.get("api-key-env", "").c_str());
-    if (key == nullptr || *key == '\0')
-      throw std::invalid_argument("--api-key-env " + args.get("api-key-env", "") +
-                                  ": the variable is empty or unset");
-    ho.bearer_token = key;
-  }
-  std::tie(ho.host, ho.port) = server::parse_host_port(args.get("http", ""), "--http");
-  return ho;
-}
-
 // The HTTP/TCP front ends over the scheduler until a stop signal. Everything here is destroyed
 // before the caller stops the actors: the servers, then the service (which ends its open
 // requests, whose callbacks post to `io`), then `io` (and the sessions' request handles).
@@ -87,36 +71,9 @@ void serve_clients(caf::actor_system& system, const actors::Head& head, const Ar
   so.model_name = args.get("model-name", default_model_name(args.require("model")));
   so.max_context_tokens = args.get_int("max-context-tokens", 0);
   so.max_queue = static_cast<int>(args.get_int("max-queue", 256));
-  const int io_threads = static_cast<int>(args.get_int("io-threads", 2));
-  if (io_threads < 1) throw std::invalid_argument("--io-threads must be at least 1");
-
-  server::Metrics metrics;
-  boost::asio::io_context io;
+  FrontEnds front;  // outlives the service, whose last callbacks post to its io_context
   actors::SchedulerService service(system, head.scheduler, so);
-  std::optional<server::HttpServer> http;
-  std::optional<server::TcpServer> tcp;
-  if (args.has("http")) {
-    server::HttpServerOptions ho = http_options(args);
-    http.emplace(io, service, metrics, ho);
-    std::printf("http://%s:%u\n", ho.host.c_str(), static_cast<unsigned>(http->port()));
-  }
-  if (args.has("tcp")) {
-    server::TcpServerOptions to;
-    std::tie(to.host, to.port) = server::parse_host_port(args.get("tcp", ""), "--tcp");
-    tcp.emplace(io, service, metrics, to);
-    std::printf("tcp://%s:%u\n", to.host.c_str(), static_cast<unsigned>(tcp->port()));
-  }
-  std::fflush(stdout);
-  auto work = boost::asio::make_work_guard(io);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < io_threads; ++i) threads.emplace_back([&io] { io.run(); });
-  while (!stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  std::fprintf(stderr, "starattn serve: stopping\n");
-  if (http) http->stop();
-  if (tcp) tcp->stop();
-  work.reset();
-  io.stop();
-  for (auto& t : threads) t.join();
+  front.serve(service, args, args.has("http"), "", "starattn serve");
 }
 
 }  // namespace
@@ -133,7 +90,7 @@ int cmd_serve(int argc, char** argv) {
                    "model-name"},
                   {"quiet"});
   const auto [host, port] = actors::parse_host_port(args.require("listen"), "listen");
-  if (args.has("http")) http_options(args);  // a bad option fails before the model loads
+  if (args.has("http")) http_options(args, "");  // a bad option fails before the model loads
   auto model = std::make_shared<actors::ModelHost>(
       args.require("model"), args.get("device", "cpu"), static_cast<int>(args.get_int("gpu", 0)),
       static_cast<int>(args.get_int("threads", 0)));

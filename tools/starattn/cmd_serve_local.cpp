@@ -16,6 +16,7 @@
 #include "server/tcp_server.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
+#include "tools/starattn/front_ends.h"
 #include "tools/starattn/signals.h"
 
 namespace starattn::cli {
@@ -67,54 +68,15 @@ int cmd_serve_local(int argc, char** argv) {
   so.max_context_tokens = args.get_int("max-context-tokens", 0);
   so.model_name = args.get("model-name", "");
 
-  server::HttpServerOptions ho;
-  ho.max_body_bytes = static_cast<size_t>(args.get_int("max-body-bytes", 8 << 20));
-  ho.header_timeout = std::chrono::milliseconds(args.get_int("header-timeout-ms", 10000));
-  ho.body_timeout = std::chrono::milliseconds(args.get_int("body-timeout-ms", 30000));
-  if (args.has("api-key-env")) {
-    // The key comes through the environment so it never shows up in `ps`.
-    const char* key = std::getenv(args.get("api-key-env", "").c_str());
-    if (key == nullptr || *key == '\0')
-      throw std::invalid_argument("--api-key-env " + args.get("api-key-env", "") + ": the variable is empty or unset");
-    ho.bearer_token = key;
-  }
   const bool want_http = args.has("http") || !args.has("tcp");
-  const int io_threads = static_cast<int>(args.get_int("io-threads", 2));
-  if (io_threads < 1) throw std::invalid_argument("--io-threads must be at least 1");
-
-  // Destroyed in reverse: the service (joining its engine threads, whose callbacks post to
-  // the io_context) goes before the io_context, and the metrics the sessions report to last.
-  server::Metrics metrics;
-  boost::asio::io_context io;
-  server::EngineService service(so);
-  std::optional<server::HttpServer> http;
-  std::optional<server::TcpServer> tcp;
-  if (want_http) {
-    std::tie(ho.host, ho.port) = server::parse_host_port(args.get("http", "127.0.0.1:8000"), "--http");
-    http.emplace(io, service, metrics, ho);
-    std::printf("http://%s:%u\n", ho.host.c_str(), static_cast<unsigned>(http->port()));
-  }
-  if (args.has("tcp")) {
-    server::TcpServerOptions to;
-    std::tie(to.host, to.port) = server::parse_host_port(args.get("tcp", ""), "--tcp");
-    tcp.emplace(io, service, metrics, to);
-    std::printf("tcp://%s:%u\n", to.host.c_str(), static_cast<unsigned>(tcp->port()));
-  }
-  std::fflush(stdout);
-  std::fprintf(stderr, "starattn serve-local: model %s, %d engine(s) x %d context worker(s); Ctrl-C stops\n",
-               service.info().model.c_str(), so.engines, so.engine.workers);
+  http_options(args, "127.0.0.1:8000");  // a bad option fails before the model loads
 
   install_stop_signals();
-  auto work = boost::asio::make_work_guard(io);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < io_threads; ++i) threads.emplace_back([&io] { io.run(); });
-  while (!stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  std::fprintf(stderr, "starattn serve-local: stopping\n");
-  if (http) http->stop();
-  if (tcp) tcp->stop();
-  work.reset();
-  io.stop();
-  for (auto& t : threads) t.join();
+  FrontEnds front;  // outlives the service, whose engine threads' callbacks post to its io_context
+  server::EngineService service(so);
+  std::fprintf(stderr, "starattn serve-local: model %s, %d engine(s) x %d context worker(s); Ctrl-C stops\n",
+               service.info().model.c_str(), so.engines, so.engine.workers);
+  front.serve(service, args, want_http, "127.0.0.1:8000", "starattn serve-local");
   return 0;
 }
 
