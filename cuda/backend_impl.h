@@ -16,6 +16,7 @@
 
 #include "cuda/common.cuh"
 #include "runtime/backend.h"
+#include "runtime/op_checks.h"
 
 namespace starattn::cuda_detail {
 
@@ -28,40 +29,19 @@ inline void check_cublas(cublasStatus_t st, const char* what) {
     throw std::runtime_error(std::string("cuda ") + what + ": cuBLAS " + cublasGetStatusString(st));
 }
 
-inline std::string shape(const Tensor& t) {
-  std::string s = "[" + std::to_string(t.rows) + " x " + std::to_string(t.cols);
-  if (t.stride != t.cols) s += ", stride " + std::to_string(t.stride);
-  return s + " " + dtype_name(t.dtype) + "]";
-}
+using op_checks::fail;
+using op_checks::overlaps;
+using op_checks::shape;
 
-[[noreturn]] inline void fail(const char* op, const std::string& what) {
-  throw std::invalid_argument(std::string(op) + ": " + what);
-}
-
-// f32 or bf16, non-negative extents, a stride that covers a row, data unless empty.
+// f32 or bf16 here, and the layout rules every backend shares.
 inline void check_view(const char* op, const char* name, const Tensor& t) {
-  if (t.dtype != DType::f32 && t.dtype != DType::bf16)
-    fail(op, std::string(name) + " " + shape(t) + " must be f32 or bf16 on the cuda backend");
-  if (t.rows < 0 || t.cols < 0) fail(op, std::string(name) + " " + shape(t) + " has a negative extent");
-  if (t.rows > 1 && t.stride < t.cols)
-    fail(op, std::string(name) + " " + shape(t) + " has a row stride shorter than its row");
-  if (!t.empty() && t.data == nullptr) fail(op, std::string(name) + " " + shape(t) + " has no data");
+  op_checks::check_view(op, name, t, t.dtype == DType::f32 || t.dtype == DType::bf16,
+                        "f32 or bf16 on the cuda backend");
 }
 
 inline void check_shape(const char* op, const char* name, const Tensor& t, int64_t rows, int64_t cols) {
   check_view(op, name, t);
-  if (t.rows != rows || t.cols != cols)
-    fail(op, std::string(name) + " is " + shape(t) + ", expected [" + std::to_string(rows) + " x " +
-                 std::to_string(cols) + "]");
-}
-
-inline bool overlaps(const Tensor& a, const Tensor& b) {
-  if (a.empty() || b.empty()) return false;
-  const char* a0 = static_cast<const char*>(a.data);
-  const char* b0 = static_cast<const char*>(b.data);
-  const char* a1 = a0 + ((a.rows - 1) * a.stride + a.cols) * static_cast<int64_t>(dtype_size(a.dtype));
-  const char* b1 = b0 + ((b.rows - 1) * b.stride + b.cols) * static_cast<int64_t>(dtype_size(b.dtype));
-  return a0 < b1 && b0 < a1;
+  op_checks::check_extent(op, name, t, rows, cols);
 }
 
 // Calls f with a value of the element type of t (float or bf16), to instantiate templates.

@@ -21,11 +21,7 @@ void CudaBackend::embedding(const int32_t* ids, const Tensor& table, Tensor out)
   check_shape("embedding", "out", out, out.rows, table.cols);
   if (out.rows == 0) return;
   if (ids == nullptr) fail("embedding", "null ids for out " + shape(out));
-  for (int64_t i = 0; i < out.rows; ++i)
-    if (ids[i] < 0 || ids[i] >= table.rows)
-      throw std::out_of_range("embedding: token id " + std::to_string(ids[i]) + " at position " +
-                              std::to_string(i) + " is outside the vocabulary of " +
-                              std::to_string(table.rows));
+  op_checks::check_token_ids(ids, out.rows, table.rows);
   bind();
   const auto dev = stage({{ids, static_cast<size_t>(out.rows) * sizeof(int32_t)}}, "embedding");
   const int32_t* d_ids = static_cast<const int32_t*>(dev[0]);

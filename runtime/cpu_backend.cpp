@@ -22,6 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "runtime/op_checks.h"
 #include "runtime/cpu_attention.h"
 #include "runtime/sampling.h"
 
@@ -36,32 +37,18 @@ constexpr size_t kAlignment = 64;
 // Below this many elements an elementwise op runs on one thread: the fork/join costs more.
 constexpr int64_t kParallelMin = 1 << 15;
 
-std::string shape(const Tensor& t) {
-  std::string s = "[" + std::to_string(t.rows) + " x " + std::to_string(t.cols);
-  if (t.stride != t.cols) s += ", stride " + std::to_string(t.stride);
-  return s + " " + dtype_name(t.dtype) + "]";
-}
+using op_checks::fail;
+using op_checks::overlaps;
+using op_checks::shape;
 
-[[noreturn]] void fail(const char* op, const std::string& what) {
-  throw std::invalid_argument(std::string(op) + ": " + what);
-}
-
-// Every view an op touches: f32, non-negative extents, a stride that covers a row, and data
-// behind it unless it is empty.
+// Every view an op touches: f32 here, and the layout rules every backend shares.
 void check_view(const char* op, const char* name, const Tensor& t) {
-  if (t.dtype != DType::f32)
-    fail(op, std::string(name) + " " + shape(t) + " must be f32 on the cpu backend");
-  if (t.rows < 0 || t.cols < 0) fail(op, std::string(name) + " " + shape(t) + " has a negative extent");
-  if (t.rows > 1 && t.stride < t.cols)
-    fail(op, std::string(name) + " " + shape(t) + " has a row stride shorter than its row");
-  if (!t.empty() && t.data == nullptr) fail(op, std::string(name) + " " + shape(t) + " has no data");
+  op_checks::check_view(op, name, t, t.dtype == DType::f32, "f32 on the cpu backend");
 }
 
 void check_shape(const char* op, const char* name, const Tensor& t, int64_t rows, int64_t cols) {
   check_view(op, name, t);
-  if (t.rows != rows || t.cols != cols)
-    fail(op, std::string(name) + " is " + shape(t) + ", expected [" + std::to_string(rows) + " x " +
-                 std::to_string(cols) + "]");
+  op_checks::check_extent(op, name, t, rows, cols);
 }
 
 float* row_ptr(const Tensor& t, int64_t r) { return static_cast<float*>(t.data) + r * t.stride; }
@@ -71,15 +58,6 @@ int blas_ld(const Tensor& t) {
   return static_cast<int>(std::max<int64_t>({t.stride, t.cols, 1}));
 }
 
-// Whether the memory spans of two views intersect (used to refuse in-place GEMMs).
-bool overlaps(const Tensor& a, const Tensor& b) {
-  if (a.empty() || b.empty()) return false;
-  const char* a0 = static_cast<const char*>(a.data);
-  const char* b0 = static_cast<const char*>(b.data);
-  const char* a1 = a0 + ((a.rows - 1) * a.stride + a.cols) * 4;
-  const char* b1 = b0 + ((b.rows - 1) * b.stride + b.cols) * 4;
-  return a0 < b1 && b0 < a1;
-}
 
 class CpuBackend final : public Backend {
  public:
@@ -181,12 +159,7 @@ class CpuBackend final : public Backend {
     check_shape("embedding", "out", out, out.rows, table.cols);
     if (out.rows == 0) return;
     if (ids == nullptr) fail("embedding", "null ids for out " + shape(out));
-    // Check every id before writing anything, so a bad id leaves out untouched.
-    for (int64_t i = 0; i < out.rows; ++i)
-      if (ids[i] < 0 || ids[i] >= table.rows)
-        throw std::out_of_range("embedding: token id " + std::to_string(ids[i]) + " at position " +
-                                std::to_string(i) + " is outside the vocabulary of " +
-                                std::to_string(table.rows));
+    op_checks::check_token_ids(ids, out.rows, table.rows);
 #pragma omp parallel for schedule(static) if (out.rows * out.cols >= kParallelMin)
     for (int64_t i = 0; i < out.rows; ++i)
       std::memcpy(row_ptr(out, i), row_ptr(table, ids[i]), static_cast<size_t>(table.cols) * 4);
