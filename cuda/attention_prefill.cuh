@@ -12,7 +12,8 @@
 // in registers) and walks the visible keys in tiles of BN, K and V tiles double buffered in
 // shared memory through cp.async so the next tile loads while this one is multiplied. The
 // default is W = 4, BN = 64; other (W, BN) variants are compiled for D = 128 with bf16 output and
-// picked with STARATTN_PREFILL_VARIANT (benchmarks: tools/bench).
+// picked with STARATTN_PREFILL_VARIANT (benchmarks: tools/bench). By default the Hopper kernel of
+// attention_prefill_wgmma.cuh (wgmma + TMA, sm_90a) runs instead, and this kernel is its fallback.
 #pragma once
 
 #include <cmath>
@@ -163,21 +164,32 @@ void launch_attention_prefill_d(const AttentionParams& p, cudaStream_t stream) {
   check_launch("attention_prefill_kernel");
 }
 
-// Tile variants of the prefill kernel, "w<warps>n<keys>"; 0 is the default (w4n64).
+// Prefill kernels: "wgmma" (4, the default) is the Hopper kernel of attention_prefill_wgmma.cuh
+// (sm_90a, 2.4-2.8x this file's kernel on an H200); where it does not apply (other devices, head
+// sizes, a refused tensor map) the launch falls back to this file's mma.sync kernel, whose tile
+// variants "w<warps>n<keys>" (0-3, w4n64 first) remain selectable for benchmarks.
+constexpr int kPrefillVariantWgmma = 4;
 inline int prefill_variant_from_name(const char* name) {
-  static const char* const kNames[] = {"w4n64", "w8n64", "w4n32", "w8n32"};
-  if (name == nullptr || *name == '\0') return 0;
-  for (int i = 0; i < 4; ++i)
+  static const char* const kNames[] = {"w4n64", "w8n64", "w4n32", "w8n32", "wgmma"};
+  if (name == nullptr || *name == '\0') return kPrefillVariantWgmma;
+  for (int i = 0; i < 5; ++i)
     if (std::string(name) == kNames[i]) return i;
-  throw std::invalid_argument(std::string("STARATTN_PREFILL_VARIANT must be w4n64, w8n64, w4n32 or w8n32, got '") +
-                              name + "'");
+  throw std::invalid_argument(
+      std::string("STARATTN_PREFILL_VARIANT must be w4n64, w8n64, w4n32, w8n32 or wgmma, got '") + name + "'");
 }
+
+// Defined in attention_prefill_wgmma.cuh (included at the end of this file). Returns false,
+// launching nothing, where the wgmma kernel does not apply.
+template <int kUnused = 0>
+bool launch_attention_prefill_wgmma(const AttentionParams& p, int head_dim, bool o_is_f32, cudaStream_t stream);
 
 // head_dim 64 or 128; o_is_f32 selects the output element type. Inputs are checked by the caller.
 // variant (prefill_variant_from_name) applies to D = 128 with bf16 output; others use the default.
+// The wgmma variant applies to D = 64 and 128 with either output type.
 inline void launch_attention_prefill(const AttentionParams& p, int head_dim, bool o_is_f32,
                                      cudaStream_t stream, int variant = 0) {
   if (p.T == 0) return;
+  if (variant == kPrefillVariantWgmma && launch_attention_prefill_wgmma(p, head_dim, o_is_f32, stream)) return;
   if (head_dim == 64) {
     o_is_f32 ? launch_attention_prefill_d<64, float>(p, stream) : launch_attention_prefill_d<64, bf16>(p, stream);
   } else if (head_dim == 128) {
@@ -198,3 +210,5 @@ inline void launch_attention_prefill(const AttentionParams& p, int head_dim, boo
 }
 
 }  // namespace starattn::cuda
+
+#include "cuda/attention_prefill_wgmma.cuh"  // NOLINT(build/include_order): needs the declarations above

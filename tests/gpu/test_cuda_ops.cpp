@@ -181,9 +181,26 @@ class CudaAttention : public CudaOps {
 
   // Runs one case on the cpu and on the gpu with the attention kernel forced to `path`
   // ("prefill", "decode" or "auto").
-  void run(const AttnCase& c, const char* path) {
-    const std::string what = describe(c) + " path " + path;
-    Backend* g = forced(path);
+  void run(const AttnCase& c, const char* path) { run_on(c, forced(path), std::string("path ") + path); }
+
+  // A cuda backend on the prefill path with STARATTN_PREFILL_VARIANT=`variant` (read when the
+  // backend is made), one per variant.
+  Backend* prefill_variant(const std::string& variant) {
+    std::unique_ptr<Backend>& b = variants_[variant];
+    if (!b) {
+      setenv("STARATTN_CUDA_ATTENTION", "prefill", 1);
+      setenv("STARATTN_PREFILL_VARIANT", variant.c_str(), 1);
+      b = make_backend("cuda", 0);
+      unsetenv("STARATTN_CUDA_ATTENTION");
+      unsetenv("STARATTN_PREFILL_VARIANT");
+    }
+    return b.get();
+  }
+  std::map<std::string, std::unique_ptr<Backend>> variants_;
+
+  // Runs one case on the cpu and on the gpu backend g; `label` names g in failure messages.
+  void run_on(const AttnCase& c, Backend* g, const std::string& label) {
+    const std::string what = describe(c) + " " + label;
     const int64_t qdim = int64_t{c.hq} * c.d, kvdim = int64_t{c.hkv} * c.d;
     const std::vector<float> q = random(c.T * qdim, -2.0f, 2.0f), k = random(c.S * kvdim),
                              v = random(c.S * kvdim);
@@ -235,6 +252,34 @@ TEST_F(CudaAttention, MatchesCpu) {
     }
 }
 
+// Every prefill kernel variant, the Hopper wgmma kernel included (on other devices, and for
+// shapes it does not take, it falls back to the default kernel): tile remainders, GQA groups,
+// D 64 and 128, masks with cached-prefix and negative offsets, bf16 and f32 output.
+TEST_F(CudaAttention, EveryPrefillVariant) {
+  struct Heads {
+    int hq, hkv, d;
+  };
+  const Heads heads[] = {{32, 8, 128}, {4, 4, 128}, {9, 3, 64}};
+  const std::pair<int64_t, int64_t> sizes[] = {{1, 1}, {5, 37}, {65, 130}, {129, 1000}, {300, 300}, {200, 700}};
+  for (const char* variant : {"w4n64", "w8n64", "w4n32", "w8n32", "wgmma"}) {
+    Backend* g = prefill_variant(variant);
+    const std::string label = std::string("prefill variant ") + variant;
+    for (const Heads& h : heads)
+      for (const auto& ts : sizes) {
+        const int64_t T = ts.first, S = ts.second;
+        const std::pair<MaskKind, int64_t> masks[] = {
+            {MaskKind::none, 0}, {MaskKind::causal, 0}, {MaskKind::causal, S - T}, {MaskKind::causal, -70}};
+        for (const auto& m : masks) {
+          run_on({T, S, h.hq, h.hkv, h.d, m.first, m.second, DType::bf16}, g, label);
+          if (HasFailure()) return;
+        }
+      }
+    run_on({300, 500, 32, 8, 128, MaskKind::causal, 200, DType::f32}, g, label);
+    run_on({70, 90, 9, 3, 64, MaskKind::none, 0, DType::f32}, g, label);
+    if (HasFailure()) return;
+  }
+}
+
 TEST_F(CudaAttention, F32OutputAndAutoPath) {
   run({70, 90, 32, 8, 128, MaskKind::causal, 20, DType::f32}, "auto");
   run({3, 500, 9, 3, 64, MaskKind::none, 0, DType::f32}, "auto");
@@ -264,9 +309,9 @@ TEST_F(CudaAttention, NoKeysAndInPlace) {
   for (float x : get(*gpu_, o.t)) ASSERT_EQ(x, 0.0f);
   for (float x : get(*gpu_, l.t)) ASSERT_EQ(x, -INFINITY);
 
-  // o = q (in place), as the engine may do; both kernels.
-  for (const char* path : {"prefill", "decode"}) {
-    Backend* g = forced(path);
+  // o = q (in place), as the engine may do; both kernels, and the wgmma prefill variant.
+  for (const char* path : {"prefill", "decode", "wgmma"}) {
+    Backend* g = std::string(path) == "wgmma" ? prefill_variant(path) : forced(path);
     const int64_t T = 70, S = 100;
     const std::vector<float> hqv = random(T * 8 * 128), hk = random(S * 2 * 128), hv = random(S * 2 * 128);
     Dev cq = cpu(hqv, T, 8 * 128), ck = cpu(hk, S, 256), cv = cpu(hv, S, 256), co = cpu({}, T, 8 * 128),
