@@ -11,12 +11,18 @@
 // r = t * group + g, so the group's query heads share every K/V tile that is read (GQA reads
 // K/V once per split, not once per query head). grid (splits, Hkv, ceil(T * group / 16)).
 // Each of the 4 warps walks its own tiles of KT keys (16 by default, 32 as a variant; tile w,
-// w + 4, ...) of the split with a
-// private double buffer filled by cp.async: no block-wide barrier in the key loop, so loads
-// stay in flight. At the end the 4 warps' (m, l, o) are combined through shared memory.
+// w + 4, ...) of the split with a private ring of NS buffers (2 by default: double buffering;
+// STARATTN_DECODE_STAGES=3 or 4 keeps NS - 1 tiles in flight per warp) filled by cp.async: no
+// block-wide barrier in the key loop, so loads stay in flight. At the end the 4 warps' (m, l, o)
+// are combined through shared memory.
+//
+// The split count fills exactly one wave of resident blocks (the occupancy API says how many
+// blocks fit on an SM), so no straggler blocks run alone after the wave.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "cuda/attention_prefill.cuh"
 #include "cuda/merge.cuh"
@@ -26,11 +32,11 @@ namespace starattn::cuda {
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeKeys = 16;  // keys per warp tile (default; STARATTN_DECODE_KEYS=32 for the old 32-key tiles)
 
-template <int D, int KT = kDecodeKeys>
+template <int D, int KT = kDecodeKeys, int NS = 2>
 constexpr int decode_smem_bytes() {
-  // q tile (16 x D) + per warp two buffers of K and V (KT x D each); at least the f32 area the
+  // q tile (16 x D) + per warp NS buffers of K and V (KT x D each); at least the f32 area the
   // warps combine through at the end.
-  constexpr int tiles = (16 + kDecodeWarps * 4 * KT) * D * static_cast<int>(sizeof(bf16));
+  constexpr int tiles = (16 + kDecodeWarps * 2 * NS * KT) * D * static_cast<int>(sizeof(bf16));
   constexpr int combine = 16 * D * 2 + kDecodeWarps * (16 * (D + 8) + 32) * 4;
   return tiles > combine ? tiles : combine;
 }
@@ -42,10 +48,11 @@ struct DecodeParams {
   int64_t lse_split_stride;
 };
 
-template <int D, class OutT, int KT>
+template <int D, class OutT, int KT, int NS>
 __global__ void __launch_bounds__(kDecodeWarps * 32)
     attention_decode_kernel(const DecodeParams dp) {
   static_assert(D % 64 == 0, "head size must be a multiple of 64");
+  static_assert(NS >= 2 && NS <= 4, "2 to 4 buffers per warp");
   constexpr int kChunks = D / 8, kThreads = kDecodeWarps * 32;
   const AttentionParams& p = dp.a;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -88,7 +95,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
   }
   const int n_tiles = s_end > s_begin ? static_cast<int>(ceil_div_dev(s_end - s_begin, KT)) : 0;
 
-  bf16* wbuf = skv + warp * 4 * KT * D;  // [K0, V0, K1, V1]
+  bf16* wbuf = skv + warp * 2 * NS * KT * D;  // [K0, V0, K1, V1, ...]
   const bf16* kh = p.k + static_cast<int64_t>(kvh) * D;
   const bf16* vh = p.v + static_cast<int64_t>(kvh) * D;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
@@ -96,25 +103,32 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 #pragma unroll
   for (int d = 0; d < D / 8; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
 
-  int j = warp;
-  if (j < n_tiles) {
-    load_tile_async<KT, D, 32>(wbuf, kh, p.k_stride, s_begin + int64_t{j} * KT, s_end, lane);
-    load_tile_async<KT, D, 32>(wbuf + KT * D, vh, p.v_stride, s_begin + int64_t{j} * KT, s_end, lane);
+  // Prologue: this warp's first NS - 1 tiles (one commit group each, empty past the end, so the
+  // group count below stays exact).
+#pragma unroll
+  for (int st = 0; st < NS - 1; ++st) {
+    const int jj = warp + st * kDecodeWarps;
+    if (jj < n_tiles) {
+      bf16* buf = wbuf + st * 2 * KT * D;
+      load_tile_async<KT, D, 32>(buf, kh, p.k_stride, s_begin + int64_t{jj} * KT, s_end, lane);
+      load_tile_async<KT, D, 32>(buf + KT * D, vh, p.v_stride, s_begin + int64_t{jj} * KT, s_end, lane);
+    }
+    cp_async_commit();
   }
-  cp_async_commit();
-  for (int it = 0; j < n_tiles; j += kDecodeWarps, ++it) {
-    const int b = it & 1;
-    const int jn = j + kDecodeWarps;
-    if (jn < n_tiles) {  // the other buffer was released by the __syncwarp ending the last pass
-      bf16* nbuf = wbuf + (b ^ 1) * 2 * KT * D;
+  int b = 0;  // ring slot of tile j
+  for (int j = warp; j < n_tiles; j += kDecodeWarps) {
+    const int jn = j + (NS - 1) * kDecodeWarps;
+    if (jn < n_tiles) {  // slot b - 1 was released by the __syncwarp ending the last pass
+      bf16* nbuf = wbuf + (b == 0 ? NS - 1 : b - 1) * 2 * KT * D;
       load_tile_async<KT, D, 32>(nbuf, kh, p.k_stride, s_begin + int64_t{jn} * KT, s_end, lane);
       load_tile_async<KT, D, 32>(nbuf + KT * D, vh, p.v_stride, s_begin + int64_t{jn} * KT, s_end, lane);
     }
     cp_async_commit();
-    cp_async_wait<1>();  // tile j has landed (for this lane) ...
-    __syncwarp();        // ... and for every lane of the warp
+    cp_async_wait<NS - 1>();  // tile j has landed (for this lane) ...
+    __syncwarp();             // ... and for every lane of the warp
 
     const bf16* ck = wbuf + b * 2 * KT * D;
+    b = b + 1 == NS ? 0 : b + 1;
     float s[KT / 8][4];
     qk_tile<D, KT / 8>(qf, ck, 0, lane, s);
     const int64_t n0 = s_begin + int64_t{j} * KT;
@@ -180,16 +194,33 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 
 // How the keys are split for one call.
 struct DecodePlan {
-  int keys_per_tile = kDecodeKeys;  // 16 (3 blocks per SM), or 32 (1 block per SM: 135 KB of tiles)
+  int keys_per_tile = kDecodeKeys;  // 16 (default), or 32 (135 KB of tiles: 1 block per SM)
+  int stages = 2;                   // buffers per warp (2..4 with 16-key tiles; 2 with 32)
   int splits = 1;
   int64_t keys_per_split = kDecodeKeys;
   int64_t workspace_floats = 0;  // f32 scratch the launch needs (0 with one split)
 };
 
-// Enough splits to fill the GPU (num_sms x resident blocks), but at least 2 tiles per warp each.
-inline DecodePlan plan_attention_decode(const AttentionParams& p, int head_dim, int num_sms, int keys_per_tile = kDecodeKeys) {
+// Shared memory of the variant a plan selects.
+inline int decode_smem_bytes_for(int head_dim, int keys_per_tile, int stages) {
+  if (keys_per_tile == 32) return head_dim == 64 ? decode_smem_bytes<64, 32, 2>() : decode_smem_bytes<128, 32, 2>();
+  switch (stages) {
+    case 3: return head_dim == 64 ? decode_smem_bytes<64, 16, 3>() : decode_smem_bytes<128, 16, 3>();
+    case 4: return head_dim == 64 ? decode_smem_bytes<64, 16, 4>() : decode_smem_bytes<128, 16, 4>();
+    default: return head_dim == 64 ? decode_smem_bytes<64, 16, 2>() : decode_smem_bytes<128, 16, 2>();
+  }
+}
+
+// One wave of splits: as many blocks as fit on the GPU at once (num_sms x blocks_per_sm, rounded
+// down, so no straggler blocks run alone after the wave), but at least 2 tiles per warp each.
+// blocks_per_sm: resident blocks per SM of the kernel (decode_blocks_per_sm); 0 estimates it from
+// the shared memory alone.
+inline DecodePlan plan_attention_decode(const AttentionParams& p, int head_dim, int num_sms,
+                                        int keys_per_tile = kDecodeKeys, int stages = 2,
+                                        int blocks_per_sm = 0) {
   DecodePlan plan;
-  plan.keys_per_tile = keys_per_tile == 16 ? 16 : 32;
+  plan.keys_per_tile = keys_per_tile == 32 ? 32 : 16;
+  plan.stages = plan.keys_per_tile == 32 ? 2 : std::min(4, std::max(2, stages));
   const int KT = plan.keys_per_tile;
   const int64_t group = p.n_q_heads / p.n_kv_heads;
   const int64_t row_groups = ceil_div(static_cast<int64_t>(p.T) * group, 16);
@@ -198,12 +229,12 @@ inline DecodePlan plan_attention_decode(const AttentionParams& p, int head_dim, 
     const int64_t n = static_cast<int64_t>(p.T) + p.causal_offset;  // last row's visible keys
     s_eff = n < 0 ? 0 : (n < p.S ? n : p.S);
   }
-  const int smem = KT == 16 ? (head_dim == 64 ? decode_smem_bytes<64, 16>() : decode_smem_bytes<128, 16>())
-                            : (head_dim == 64 ? decode_smem_bytes<64, 32>() : decode_smem_bytes<128, 32>());
-  const int64_t per_sm = std::max<int64_t>(1, (227 * 1024) / (smem + 1024));
+  const int smem = decode_smem_bytes_for(head_dim, KT, plan.stages);
+  const int64_t per_sm =
+      blocks_per_sm > 0 ? blocks_per_sm : std::max<int64_t>(1, (227 * 1024) / (smem + 1024));
   const int64_t base = static_cast<int64_t>(p.n_kv_heads) * row_groups;
   const int64_t tiles = ceil_div(s_eff, KT);
-  int64_t splits = ceil_div(num_sms * per_sm, base);
+  int64_t splits = (num_sms * per_sm) / base;
   splits = std::min(splits, ceil_div(tiles, 2 * kDecodeWarps));
   splits = std::max<int64_t>(splits, 1);
   plan.keys_per_split = std::max<int64_t>(1, ceil_div(tiles, splits)) * KT;
@@ -213,16 +244,16 @@ inline DecodePlan plan_attention_decode(const AttentionParams& p, int head_dim, 
   return plan;
 }
 
-template <int D, class OutT, int KT>
+template <int D, class OutT, int KT, int NS>
 void launch_attention_decode_d(const AttentionParams& p, const DecodePlan& plan, float* workspace,
                                cudaStream_t stream) {
-  constexpr int smem = decode_smem_bytes<D, KT>();
+  constexpr int smem = decode_smem_bytes<D, KT, NS>();
   const int64_t group = p.n_q_heads / p.n_kv_heads;
   const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(p.n_kv_heads),
                   static_cast<unsigned>(ceil_div(static_cast<int64_t>(p.T) * group, 16)));
   DecodeParams dp{p, plan.keys_per_split, 0, 0};
   if (plan.splits == 1) {
-    constexpr auto kernel = attention_decode_kernel<D, OutT, KT>;
+    constexpr auto kernel = attention_decode_kernel<D, OutT, KT, NS>;
     allow_dynamic_smem<kernel>(smem, "attention_decode_kernel");
     kernel<<<grid, kDecodeWarps * 32, smem, stream>>>(dp);
     check_launch("attention_decode_kernel");
@@ -238,7 +269,7 @@ void launch_attention_decode_d(const AttentionParams& p, const DecodePlan& plan,
   dp.a.lse_stride = p.n_q_heads;
   dp.o_split_stride = rows * p.n_q_heads * D;
   dp.lse_split_stride = rows * p.n_q_heads;
-  constexpr auto kernel = attention_decode_kernel<D, float, KT>;
+  constexpr auto kernel = attention_decode_kernel<D, float, KT, NS>;
   allow_dynamic_smem<kernel>(smem, "attention_decode_kernel");
   kernel<<<grid, kDecodeWarps * 32, smem, stream>>>(dp);
   check_launch("attention_decode_kernel");
@@ -248,27 +279,54 @@ void launch_attention_decode_d(const AttentionParams& p, const DecodePlan& plan,
                               p.lse_stride, rows, p.n_q_heads, D, stream);
 }
 
+// Resident blocks per SM of the split kernel of one variant (occupancy API: shared memory and
+// registers), asked once per process.
+template <int D, int KT, int NS>
+int decode_blocks_per_sm_d() {
+  static const int blocks = [] {
+    constexpr auto kernel = attention_decode_kernel<D, float, KT, NS>;
+    constexpr int smem = decode_smem_bytes<D, KT, NS>();
+    allow_dynamic_smem<kernel>(smem, "attention_decode_kernel");
+    int n = 0;
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kDecodeWarps * 32, smem),
+               "attention_decode_kernel occupancy");
+    return n > 0 ? n : 1;
+  }();
+  return blocks;
+}
+
+inline int decode_blocks_per_sm(int head_dim, int keys_per_tile, int stages) {
+  if (head_dim != 64 && head_dim != 128) return 1;
+  const bool d64 = head_dim == 64;
+  if (keys_per_tile == 32) return d64 ? decode_blocks_per_sm_d<64, 32, 2>() : decode_blocks_per_sm_d<128, 32, 2>();
+  switch (stages) {
+    case 3: return d64 ? decode_blocks_per_sm_d<64, 16, 3>() : decode_blocks_per_sm_d<128, 16, 3>();
+    case 4: return d64 ? decode_blocks_per_sm_d<64, 16, 4>() : decode_blocks_per_sm_d<128, 16, 4>();
+    default: return d64 ? decode_blocks_per_sm_d<64, 16, 2>() : decode_blocks_per_sm_d<128, 16, 2>();
+  }
+}
+
+template <int D, class OutT>
+void launch_attention_decode_v(const AttentionParams& p, const DecodePlan& plan, float* workspace,
+                               cudaStream_t stream) {
+  if (plan.keys_per_tile == 32) return launch_attention_decode_d<D, OutT, 32, 2>(p, plan, workspace, stream);
+  switch (plan.stages) {
+    case 3: return launch_attention_decode_d<D, OutT, 16, 3>(p, plan, workspace, stream);
+    case 4: return launch_attention_decode_d<D, OutT, 16, 4>(p, plan, workspace, stream);
+    default: return launch_attention_decode_d<D, OutT, 16, 2>(p, plan, workspace, stream);
+  }
+}
+
 // workspace: plan.workspace_floats f32 of device memory (unused with one split).
 inline void launch_attention_decode(const AttentionParams& p, int head_dim, bool o_is_f32,
                                     const DecodePlan& plan, float* workspace, cudaStream_t stream) {
   if (p.T == 0) return;
-  const bool k16 = plan.keys_per_tile == 16;
   if (head_dim == 64) {
-    if (k16) {
-      o_is_f32 ? launch_attention_decode_d<64, float, 16>(p, plan, workspace, stream)
-               : launch_attention_decode_d<64, bf16, 16>(p, plan, workspace, stream);
-    } else {
-      o_is_f32 ? launch_attention_decode_d<64, float, 32>(p, plan, workspace, stream)
-               : launch_attention_decode_d<64, bf16, 32>(p, plan, workspace, stream);
-    }
+    o_is_f32 ? launch_attention_decode_v<64, float>(p, plan, workspace, stream)
+             : launch_attention_decode_v<64, bf16>(p, plan, workspace, stream);
   } else if (head_dim == 128) {
-    if (k16) {
-      o_is_f32 ? launch_attention_decode_d<128, float, 16>(p, plan, workspace, stream)
-               : launch_attention_decode_d<128, bf16, 16>(p, plan, workspace, stream);
-    } else {
-      o_is_f32 ? launch_attention_decode_d<128, float, 32>(p, plan, workspace, stream)
-               : launch_attention_decode_d<128, bf16, 32>(p, plan, workspace, stream);
-    }
+    o_is_f32 ? launch_attention_decode_v<128, float>(p, plan, workspace, stream)
+             : launch_attention_decode_v<128, bf16>(p, plan, workspace, stream);
   } else {
     throw std::invalid_argument("attention_decode: head_dim " + std::to_string(head_dim) +
                                 " not compiled (64, 128)");

@@ -5,9 +5,12 @@
 #include <cublas_v2.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -81,6 +84,83 @@ inline AttentionPath attention_path_from_env() {
                               v + "'");
 }
 
+// STARATTN_PROFILE=1: every op of the backend is timed with a pair of CUDA events on its stream
+// (name -> count, total ms), grouped by the section the engine names (Backend::profile_section).
+// Events are resolved in batches (a stream synchronisation every few thousand ops, only while
+// profiling) and printed, sorted by total time, by report(): at cuda_profile_report() and when
+// the backend is destroyed. Off (no profiler object at all) unless the variable is set.
+class OpProfiler {
+ public:
+  explicit OpProfiler(cudaStream_t stream) : stream_(stream) {}
+  ~OpProfiler();
+  OpProfiler(const OpProfiler&) = delete;
+  OpProfiler& operator=(const OpProfiler&) = delete;
+
+  // Records an op's start event; end() records its end event under `key`. Never throw.
+  cudaEvent_t begin();
+  void end(cudaEvent_t start, std::string key);
+  // Closes the current section and opens `name` (null: none, ops go to "other").
+  void section(const char* name);
+  // Prints the summary of everything recorded since the last report (or the start), then forgets it.
+  void report(std::FILE* out, const std::string& label);
+
+ private:
+  struct Pending {
+    size_t section;
+    std::string key;
+    cudaEvent_t a, b;
+  };
+  struct Stat {
+    int64_t count = 0;
+    double ms = 0;
+  };
+  struct SectionStats {
+    std::string name;
+    std::map<std::string, Stat> ops;
+    double span_ms = 0;  // GPU time between the section's boundary events (ops + idle gaps)
+    double wall_ms = 0;  // host time between the boundaries
+    int64_t spans = 0;
+  };
+  cudaEvent_t take();
+  size_t section_index(const std::string& name);
+  void resolve();  // synchronises the stream and folds finished events into the stats
+
+  cudaStream_t stream_;
+  std::vector<cudaEvent_t> pool_;
+  std::vector<Pending> pending_;
+  std::vector<SectionStats> sections_;
+  size_t current_ = SIZE_MAX;  // open section, SIZE_MAX: none
+  cudaEvent_t open_event_ = nullptr;
+  double open_wall_ms_ = 0;
+  struct ClosedSpan {
+    size_t section;
+    cudaEvent_t a, b;
+    double wall_ms;
+  };
+  std::vector<ClosedSpan> spans_;
+};
+
+// Times one op when profiling (p non-null); costs one branch otherwise.
+class ProfileScope {
+ public:
+  ProfileScope(OpProfiler* p, const char* name) : p_(p), key_(p ? name : "") {
+    if (p_) start_ = p_->begin();
+  }
+  ~ProfileScope() {
+    if (p_) p_->end(start_, std::move(key_));
+  }
+  ProfileScope(const ProfileScope&) = delete;
+  ProfileScope& operator=(const ProfileScope&) = delete;
+  bool active() const { return p_ != nullptr; }
+  // Adds detail to the key (call only when active()).
+  void append(const std::string& s) { key_ += s; }
+
+ private:
+  OpProfiler* p_;
+  std::string key_;
+  cudaEvent_t start_ = nullptr;
+};
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device);
@@ -105,8 +185,12 @@ class CudaBackend final : public Backend {
   void merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) override;
   void swiglu(const Tensor& gate, const Tensor& up, Tensor out) override;
   void add(Tensor x, const Tensor& y) override;
+  void add_rmsnorm(Tensor x, const Tensor& y, const Tensor& weight, float eps, Tensor out) override;
   int32_t sample(const Tensor& logits_row, const SamplingParams& params, uint64_t step) override;
   void synchronize() override;
+  void profile_section(const char* name) override;
+  // Prints and resets the per-op profile (STARATTN_PROFILE=1); no-op when profiling is off.
+  void profile_report(const std::string& label);
 
   // For benchmarks and tests (cuda_backend.h): the stream every op is queued on, and the high
   // water mark of bytes allocated through alloc() since the last reset.
@@ -125,12 +209,26 @@ class CudaBackend final : public Backend {
   // Copies host arrays to device scratch for kernels queued next; returns their device addresses.
   std::vector<void*> stage(std::initializer_list<HostArray> arrays, const char* op);
   float* workspace(int64_t floats, const char* op);
+  // A host array's copy on the device that stays valid until the array's contents change: every
+  // layer of a forward passes RoPE the same positions and inv_freq, so they are copied once per
+  // forward instead of once per layer.
+  struct DeviceCopy {
+    std::vector<char> host;
+    void* dev = nullptr;
+    size_t capacity = 0;
+    bool valid = false;
+  };
+  const void* cached_copy(DeviceCopy& c, const void* host, size_t bytes, const char* op);
 
   int device_ = 0;
   int num_sms_ = 1;
   AttentionPath attention_path_ = AttentionPath::automatic;
   int prefill_variant_ = 0;        // STARATTN_PREFILL_VARIANT (cuda::prefill_variant_from_name)
   int decode_keys_per_tile_ = 16;  // STARATTN_DECODE_KEYS (16, the default, or 32)
+  int decode_stages_ = 2;          // STARATTN_DECODE_STAGES (2, the default, 3 or 4; 16-key tiles)
+  bool gemv_ = true;               // STARATTN_GEMV=0: one-row bf16 matmuls through cuBLAS too
+  std::unique_ptr<OpProfiler> profiler_;  // STARATTN_PROFILE=1
+  DeviceCopy rope_positions_, rope_inv_freq_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
 

@@ -13,6 +13,7 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
+#include <chrono>
 #include <functional>
 #include <cstdio>
 #include <cstdlib>
@@ -67,6 +68,12 @@ CudaBackend::CudaBackend(int device) : device_(device) {
       throw std::invalid_argument(std::string("STARATTN_DECODE_KEYS must be 16 or 32, got '") + k + "'");
     decode_keys_per_tile_ = std::atoi(k);
   }
+  if (const char* g = std::getenv("STARATTN_GEMV"); g != nullptr && std::strcmp(g, "0") == 0) gemv_ = false;
+  if (const char* st = std::getenv("STARATTN_DECODE_STAGES"); st != nullptr && *st != '\0') {
+    if (std::strcmp(st, "2") != 0 && std::strcmp(st, "3") != 0 && std::strcmp(st, "4") != 0)
+      throw std::invalid_argument(std::string("STARATTN_DECODE_STAGES must be 2, 3 or 4, got '") + st + "'");
+    decode_stages_ = std::atoi(st);
+  }
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
   check_cuda(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
   check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -79,6 +86,9 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   }
   check_cuda(cudaMalloc(&d_result_, 2 * sizeof(int32_t)), "cudaMalloc (sample result)");
   check_cuda(cudaMallocHost(&h_result_, 2 * sizeof(int32_t)), "cudaMallocHost (sample result)");
+  if (const char* prof = std::getenv("STARATTN_PROFILE");
+      prof != nullptr && *prof != '\0' && std::strcmp(prof, "0") != 0)
+    profiler_ = std::make_unique<OpProfiler>(stream_);
 }
 
 CudaBackend::~CudaBackend() {
@@ -88,6 +98,16 @@ CudaBackend::~CudaBackend() {
   };
   cudaSetDevice(device_);
   report(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  if (profiler_) {
+    try {
+      profiler_->report(stderr, "at teardown");
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "cuda profile: %s\n", e.what());
+    }
+    profiler_.reset();
+  }
+  for (DeviceCopy* c : {&rope_positions_, &rope_inv_freq_})
+    if (c->dev) cudaFree(c->dev);
   for (auto& entry : live_) report(cudaFree(entry.first), "cudaFree");
   for (Slot& s : slots_) {
     if (s.host) cudaFreeHost(s.host);
@@ -143,6 +163,30 @@ std::vector<void*> CudaBackend::stage(std::initializer_list<HostArray> arrays, c
   if (total) check_cuda(cudaMemcpyAsync(dev_args_, s.host, total, cudaMemcpyHostToDevice, stream_), op);
   check_cuda(cudaEventRecord(s.done, stream_), op);
   return out;
+}
+
+const void* CudaBackend::cached_copy(DeviceCopy& c, const void* host, size_t bytes, const char* op) {
+  if (c.valid && c.host.size() == bytes && (bytes == 0 || std::memcmp(c.host.data(), host, bytes) == 0))
+    return c.dev;
+  c.valid = false;
+  if (c.capacity < bytes || c.dev == nullptr) {
+    check_cuda(cudaStreamSynchronize(stream_), op);  // queued kernels may still read the old copy
+    if (c.dev) check_cuda(cudaFree(c.dev), op);
+    c.dev = nullptr;
+    c.capacity = 0;
+    const size_t cap = std::max<size_t>(bytes + bytes / 2, 4096);
+    check_cuda(cudaMalloc(&c.dev, cap), op);
+    c.capacity = cap;
+  }
+  if (bytes > 0) {
+    // Through the staging ring (pinned, event-guarded), then on the stream into the cached copy:
+    // kernels queued earlier that read the old contents run before this copy does.
+    const auto staged = stage({{host, bytes}}, op);
+    check_cuda(cudaMemcpyAsync(c.dev, staged[0], bytes, cudaMemcpyDeviceToDevice, stream_), op);
+  }
+  c.host.assign(static_cast<const char*>(host), static_cast<const char*>(host) + bytes);
+  c.valid = true;
+  return c.dev;
 }
 
 float* CudaBackend::workspace(int64_t floats, const char* op) {
@@ -305,7 +349,11 @@ void CudaBackend::copy(const Tensor& src, Tensor dst) {
   if (src.empty()) return;
   if (src.data == dst.data && src.stride == dst.stride && src.dtype == dst.dtype) return;
   bind();
-  if (src.dtype == dst.dtype) {
+  ProfileScope prof(profiler_.get(), "copy");
+  // Small copies (the KV-cache append of a decode step: one row per layer) as a kernel: cheaper
+  // in the stream than a copy-engine cudaMemcpy2DAsync. Same-type conversion is exact.
+  const bool small = src.rows * src.cols <= (int64_t{1} << 16);
+  if (src.dtype == dst.dtype && !small) {
     const size_t es = dtype_size(src.dtype);
     check_cuda(cudaMemcpy2DAsync(dst.data, static_cast<size_t>(std::max<int64_t>(dst.stride, dst.cols)) * es, src.data,
                                  static_cast<size_t>(std::max<int64_t>(src.stride, src.cols)) * es,
@@ -321,6 +369,166 @@ void CudaBackend::copy(const Tensor& src, Tensor dst) {
       cuda::launch_convert(ptr<const In>(src), src.stride, ptr<Out>(dst), dst.stride, src.rows, src.cols, stream_);
     });
   });
+}
+
+// ---- per-op profile (STARATTN_PROFILE=1) ----
+
+OpProfiler::~OpProfiler() {
+  for (const Pending& p : pending_) {
+    cudaEventDestroy(p.a);
+    cudaEventDestroy(p.b);
+  }
+  for (const ClosedSpan& c : spans_) {
+    cudaEventDestroy(c.a);
+    cudaEventDestroy(c.b);
+  }
+  if (open_event_) cudaEventDestroy(open_event_);
+  for (cudaEvent_t e : pool_) cudaEventDestroy(e);
+}
+
+cudaEvent_t OpProfiler::take() {
+  if (!pool_.empty()) {
+    cudaEvent_t e = pool_.back();
+    pool_.pop_back();
+    return e;
+  }
+  cudaEvent_t e = nullptr;
+  if (cudaEventCreate(&e) != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  return e;
+}
+
+namespace {
+double wall_now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+size_t OpProfiler::section_index(const std::string& name) {
+  for (size_t i = 0; i < sections_.size(); ++i)
+    if (sections_[i].name == name) return i;
+  sections_.push_back(SectionStats{});
+  sections_.back().name = name;
+  return sections_.size() - 1;
+}
+
+cudaEvent_t OpProfiler::begin() {
+  cudaEvent_t e = take();
+  if (e && cudaEventRecord(e, stream_) != cudaSuccess) cudaGetLastError();
+  return e;
+}
+
+void OpProfiler::end(cudaEvent_t start, std::string key) {
+  if (start == nullptr) return;
+  cudaEvent_t e = take();
+  if (e == nullptr) {
+    pool_.push_back(start);
+    return;
+  }
+  if (cudaEventRecord(e, stream_) != cudaSuccess) cudaGetLastError();
+  const size_t sec = current_ == SIZE_MAX ? section_index("other") : current_;
+  pending_.push_back({sec, std::move(key), start, e});
+  if (pending_.size() >= 4096) {
+    try {
+      resolve();
+    } catch (...) {
+    }
+  }
+}
+
+void OpProfiler::section(const char* name) {
+  cudaEvent_t e = take();
+  if (e && cudaEventRecord(e, stream_) != cudaSuccess) cudaGetLastError();
+  const double now = wall_now_ms();
+  if (current_ != SIZE_MAX && open_event_ && e) {
+    cudaEvent_t close = take();
+    if (close && cudaEventRecord(close, stream_) != cudaSuccess) cudaGetLastError();
+    if (close) spans_.push_back({current_, open_event_, close, now - open_wall_ms_});
+    else pool_.push_back(open_event_);
+    open_event_ = nullptr;
+  } else if (open_event_) {
+    pool_.push_back(open_event_);
+    open_event_ = nullptr;
+  }
+  if (name == nullptr) {
+    current_ = SIZE_MAX;
+    if (e) pool_.push_back(e);
+    return;
+  }
+  current_ = section_index(name);
+  open_event_ = e;
+  open_wall_ms_ = now;
+}
+
+void OpProfiler::resolve() {
+  check_cuda(cudaStreamSynchronize(stream_), "profile");
+  for (const Pending& p : pending_) {
+    float ms = 0.0f;
+    if (cudaEventElapsedTime(&ms, p.a, p.b) != cudaSuccess) cudaGetLastError();
+    Stat& st = sections_[p.section].ops[p.key];
+    ++st.count;
+    st.ms += ms;
+    pool_.push_back(p.a);
+    pool_.push_back(p.b);
+  }
+  pending_.clear();
+  for (const ClosedSpan& c : spans_) {
+    float ms = 0.0f;
+    if (cudaEventElapsedTime(&ms, c.a, c.b) != cudaSuccess) cudaGetLastError();
+    SectionStats& sec = sections_[c.section];
+    sec.span_ms += ms;
+    sec.wall_ms += c.wall_ms;
+    ++sec.spans;
+    pool_.push_back(c.a);
+    pool_.push_back(c.b);
+  }
+  spans_.clear();
+}
+
+void OpProfiler::report(std::FILE* out, const std::string& label) {
+  resolve();
+  std::fprintf(out, "== cuda op profile (STARATTN_PROFILE=1)%s%s ==\n", label.empty() ? "" : ": ", label.c_str());
+  for (const SectionStats& sec : sections_) {
+    double total = 0;
+    int64_t launches = 0;
+    for (const auto& [key, st] : sec.ops) {
+      total += st.ms;
+      launches += st.count;
+    }
+    if (launches == 0 && sec.spans == 0) continue;
+    std::fprintf(out, "-- section %s: %lld ops, %.3f ms in ops", sec.name.c_str(), static_cast<long long>(launches), total);
+    if (sec.spans > 0)
+      std::fprintf(out, "; GPU span %.3f ms (%.1f%% in ops, the rest idle or between ops), host wall %.3f ms over %lld span(s)",
+                   sec.span_ms, sec.span_ms > 0 ? 100.0 * total / sec.span_ms : 0.0, sec.wall_ms,
+                   static_cast<long long>(sec.spans));
+    std::fprintf(out, "\n");
+    std::vector<std::pair<std::string, Stat>> rows(sec.ops.begin(), sec.ops.end());
+    std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+    std::fprintf(out, "   %-44s %9s %11s %10s %7s\n", "op", "count", "total ms", "mean us", "% ops");
+    for (const auto& [key, st] : rows)
+      std::fprintf(out, "   %-44s %9lld %11.3f %10.2f %6.1f%%\n", key.c_str(), static_cast<long long>(st.count), st.ms,
+                   st.count ? 1e3 * st.ms / static_cast<double>(st.count) : 0.0, total > 0 ? 100.0 * st.ms / total : 0.0);
+  }
+  std::fflush(out);
+  for (SectionStats& sec : sections_) {
+    sec.ops.clear();
+    sec.span_ms = sec.wall_ms = 0;
+    sec.spans = 0;
+  }
+}
+
+void CudaBackend::profile_section(const char* name) {
+  if (!profiler_) return;
+  bind();
+  profiler_->section(name);
+}
+
+void CudaBackend::profile_report(const std::string& label) {
+  if (!profiler_) return;
+  bind();
+  profiler_->report(stderr, label);
 }
 
 }  // namespace starattn::cuda_detail
@@ -383,6 +591,10 @@ double cuda_copy_bandwidth_gbs(Backend& be, int64_t bytes, int iters) {
   cudaFree(b);
   std::sort(ms.begin(), ms.end());
   return 2.0 * static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e-3) / 1e9;
+}
+
+void cuda_profile_report(Backend& be, const std::string& label) {
+  as_cuda(be, "cuda_profile_report").profile_report(label);
 }
 
 int64_t cuda_peak_allocated_bytes(Backend& be, bool reset) {

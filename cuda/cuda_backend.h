@@ -29,6 +29,10 @@ double cuda_copy_bandwidth_gbs(Backend& be, int64_t bytes, int iters);
 // High water mark of the bytes held by the backend's allocations (weights, KV, activations;
 // not cuBLAS's or the decode split scratch); reset: start a new mark at the current level.
 int64_t cuda_peak_allocated_bytes(Backend& be, bool reset);
+// STARATTN_PROFILE=1: prints the per-op profile recorded since the last call (op -> count, total
+// ms, per section the engine named: phase1, prefill, decode) to stderr under `label`, then resets
+// it. No-op when the variable is unset (the profile is also printed when the backend is destroyed).
+void cuda_profile_report(Backend& be, const std::string& label);
 // "NVIDIA H200, 132 SMs, 143771 MiB, sm_90, driver ..., runtime ...".
 std::string cuda_device_description(Backend& be);
 

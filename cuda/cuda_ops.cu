@@ -8,6 +8,7 @@
 #include "cuda/attention_prefill.cuh"
 #include "cuda/backend_impl.h"
 #include "cuda/elementwise.cuh"
+#include "cuda/gemv.cuh"
 #include "cuda/merge.cuh"
 #include "cuda/norm.cuh"
 #include "cuda/rope.cuh"
@@ -23,6 +24,7 @@ void CudaBackend::embedding(const int32_t* ids, const Tensor& table, Tensor out)
   if (ids == nullptr) fail("embedding", "null ids for out " + shape(out));
   op_checks::check_token_ids(ids, out.rows, table.rows);
   bind();
+  ProfileScope prof(profiler_.get(), "embedding");
   const auto dev = stage({{ids, static_cast<size_t>(out.rows) * sizeof(int32_t)}}, "embedding");
   const int32_t* d_ids = static_cast<const int32_t*>(dev[0]);
   dispatch(table.dtype, [&](auto tt) {
@@ -43,6 +45,7 @@ void CudaBackend::rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tens
   if (!(eps >= 0.0f)) fail("rmsnorm", "eps must be >= 0, got " + std::to_string(eps));
   if (x.rows > INT32_MAX) fail("rmsnorm", "x " + shape(x) + " has too many rows");
   bind();
+  ProfileScope prof(profiler_.get(), "rmsnorm");
   dispatch(x.dtype, [&](auto xt) {
     dispatch(weight.dtype, [&](auto wt) {
       dispatch(out.dtype, [&](auto ot) {
@@ -74,7 +77,31 @@ void CudaBackend::matmul(const Tensor& x, const Tensor& w, const Tensor* bias, T
       ld(out) > INT32_MAX)
     fail("matmul", shapes + ": too large for 32-bit cuBLAS dimensions");
   bind();
+  ProfileScope prof(profiler_.get(), "matmul");
+  if (prof.active())
+    prof.append(" N=" + std::to_string(N) + " K=" + std::to_string(K) + (T == 1 ? " T=1" : " T>1") +
+                (bias ? " +bias" : ""));
   const size_t oes = dtype_size(out.dtype);
+  // One bf16 row (a decode step): the weight-streaming kernel (cuda/gemv.cuh), bias fused. The
+  // vocabulary projection stays on cuBLAS, which already streams it at ~4.2 TB/s.
+  if (gemv_ && T == 1 && x.dtype == DType::bf16 && N <= 65536 &&
+      cuda::gemv_supported(x.data, w.data, ld(w), K)) {
+    if (prof.active()) prof.append(" gemv");
+    dispatch(out.dtype, [&](auto ot) {
+      using OT = decltype(ot);
+      if (bias == nullptr) {
+        cuda::launch_gemv_bf16<OT, bf16>(ptr<const bf16>(x), ptr<const bf16>(w), ld(w), nullptr, ptr<OT>(out), N, K,
+                                         stream_);
+      } else {
+        dispatch(bias->dtype, [&](auto bt) {
+          using BT = decltype(bt);
+          cuda::launch_gemv_bf16<OT, BT>(ptr<const bf16>(x), ptr<const bf16>(w), ld(w), ptr<const BT>(*bias),
+                                         ptr<OT>(out), N, K, stream_);
+        });
+      }
+    });
+    return;
+  }
   if (K == 0) {
     check_cuda(cudaMemset2DAsync(out.data, static_cast<size_t>(ld(out)) * oes, 0, static_cast<size_t>(N) * oes,
                                  static_cast<size_t>(T), stream_),
@@ -112,13 +139,14 @@ void CudaBackend::rope(const RopeArgs& a) {
   if (a.positions == nullptr || a.inv_freq == nullptr)
     fail("rope", "null positions or inv_freq for x " + shape(a.x));
   bind();
-  const auto dev = stage({{a.positions, static_cast<size_t>(a.x.rows) * sizeof(int32_t)},
-                          {a.inv_freq, static_cast<size_t>(a.head_dim / 2) * sizeof(float)}},
-                         "rope");
+  ProfileScope prof(profiler_.get(), "rope");
+  // Every layer of a forward passes the same positions and inv_freq: copied once, then reused.
+  const void* d_pos = cached_copy(rope_positions_, a.positions, static_cast<size_t>(a.x.rows) * sizeof(int32_t), "rope");
+  const void* d_freq = cached_copy(rope_inv_freq_, a.inv_freq, static_cast<size_t>(a.head_dim / 2) * sizeof(float), "rope");
   dispatch(a.x.dtype, [&](auto xt) {
     using T = decltype(xt);
     cuda::launch_rope(ptr<T>(a.x), a.x.stride, a.x.rows, a.n_heads, a.head_dim,
-                      static_cast<const int32_t*>(dev[0]), static_cast<const float*>(dev[1]), stream_);
+                      static_cast<const int32_t*>(d_pos), static_cast<const float*>(d_freq), stream_);
   });
 }
 
@@ -185,11 +213,16 @@ void CudaBackend::attention(const AttentionArgs& a) {
   bool decode = T <= 16 || (prefill_blocks < num_sms_ && T * group <= 256);
   if (attention_path_ == AttentionPath::prefill) decode = false;
   if (attention_path_ == AttentionPath::decode) decode = true;
+  ProfileScope prof(profiler_.get(), decode ? "attention decode" : "attention prefill");
   if (!decode) {
     cuda::launch_attention_prefill(p, static_cast<int>(D), o_f32, stream_, prefill_variant_);
     return;
   }
-  const cuda::DecodePlan plan = cuda::plan_attention_decode(p, static_cast<int>(D), num_sms_, decode_keys_per_tile_);
+  const int stages = decode_keys_per_tile_ == 32 ? 2 : decode_stages_;
+  const cuda::DecodePlan plan = cuda::plan_attention_decode(
+      p, static_cast<int>(D), num_sms_, decode_keys_per_tile_, stages,
+      cuda::decode_blocks_per_sm(static_cast<int>(D), decode_keys_per_tile_, stages));
+  if (prof.active()) prof.append(std::string(T == 1 ? " T=1" : " T>1") + (plan.splits == 1 ? " 1 split" : " split+merge"));
   float* ws = plan.workspace_floats > 0 ? workspace(plan.workspace_floats, op) : nullptr;
   cuda::launch_attention_decode(p, static_cast<int>(D), o_f32, plan, ws, stream_);
 }
@@ -222,10 +255,25 @@ void CudaBackend::merge_partials(const std::vector<Partial>& parts, Tensor o, Te
   if (T == 0 || hq == 0) return;
   if (hq > INT32_MAX || d > INT32_MAX || parts.size() > INT32_MAX) fail(op, "too many heads or partials");
   bind();
+  ProfileScope prof(profiler_.get(), "merge_partials");
   const int n = static_cast<int>(parts.size());
+  const DType in = n > 0 ? parts[0].o.dtype : DType::f32;
+  if (n <= cuda::kInlineShards) {
+    // The descriptors travel in the kernel's parameters: no host->device copy per layer.
+    dispatch(in, [&](auto it) {
+      dispatch(o.dtype, [&](auto ot) {
+        using InT = decltype(it);
+        using OT = decltype(ot);
+        cuda::InlineShards<InT> list{};
+        for (int r = 0; r < n; ++r) list.shards[r] = descs[static_cast<size_t>(r)];
+        cuda::launch_merge_partials<OT>(list, n, ptr<OT>(o), o.stride, ptr<float>(lse), lse.stride, T,
+                                        static_cast<int>(hq), static_cast<int>(d), stream_);
+      });
+    });
+    return;
+  }
   const auto dev = stage({{descs.data(), descs.size() * sizeof(cuda::ShardDesc)}}, op);
   const auto* d_descs = static_cast<const cuda::ShardDesc*>(dev[0]);
-  const DType in = n > 0 ? parts[0].o.dtype : DType::f32;
   dispatch(in, [&](auto it) {
     dispatch(o.dtype, [&](auto ot) {
       using InT = decltype(it);
@@ -244,6 +292,7 @@ void CudaBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor out) {
     fail("swiglu", "gate " + shape(gate) + ", up " + shape(up) + " and out " + shape(out) +
                        " must share one dtype on cuda");
   bind();
+  ProfileScope prof(profiler_.get(), "swiglu");
   dispatch(gate.dtype, [&](auto gt) {
     using T = decltype(gt);
     cuda::launch_swiglu(ptr<const T>(gate), gate.stride, ptr<const T>(up), up.stride, ptr<T>(out), out.stride,
@@ -255,11 +304,40 @@ void CudaBackend::add(Tensor x, const Tensor& y) {
   check_view("add", "x", x);
   check_shape("add", "y", y, x.rows, x.cols);
   bind();
+  ProfileScope prof(profiler_.get(), "add");
   dispatch(x.dtype, [&](auto xt) {
     dispatch(y.dtype, [&](auto yt) {
       using XT = decltype(xt);
       using YT = decltype(yt);
       cuda::launch_add(ptr<XT>(x), x.stride, ptr<const YT>(y), y.stride, x.rows, x.cols, stream_);
+    });
+  });
+}
+
+void CudaBackend::add_rmsnorm(Tensor x, const Tensor& y, const Tensor& weight, float eps, Tensor out) {
+  const char* op = "add_rmsnorm";
+  check_view(op, "x", x);
+  check_shape(op, "y", y, x.rows, x.cols);
+  check_shape(op, "weight", weight, 1, x.cols);
+  check_shape(op, "out", out, x.rows, x.cols);
+  if (x.rows > 0 && x.cols == 0) fail(op, "x " + shape(x) + " has empty rows");
+  if (!(eps >= 0.0f)) fail(op, "eps must be >= 0, got " + std::to_string(eps));
+  if (overlaps(out, x) || overlaps(out, y)) fail(op, "out " + shape(out) + " overlaps x " + shape(x) + " or y " + shape(y));
+  if (x.rows > INT32_MAX) fail(op, "x " + shape(x) + " has too many rows");
+  bind();
+  ProfileScope prof(profiler_.get(), "add_rmsnorm");
+  dispatch(x.dtype, [&](auto xt) {
+    dispatch(y.dtype, [&](auto yt) {
+      dispatch(weight.dtype, [&](auto wt) {
+        dispatch(out.dtype, [&](auto ot) {
+          using XT = decltype(xt);
+          using YT = decltype(yt);
+          using WT = decltype(wt);
+          using OT = decltype(ot);
+          cuda::launch_add_rmsnorm(ptr<XT>(x), x.stride, ptr<const YT>(y), y.stride, ptr<const WT>(weight),
+                                   ptr<OT>(out), out.stride, x.rows, x.cols, eps, stream_);
+        });
+      });
     });
   });
 }
@@ -270,6 +348,7 @@ int32_t CudaBackend::sample(const Tensor& logits_row, const SamplingParams& para
     fail("sample", "logits " + shape(logits_row) + " must be one non-empty row");
   if (logits_row.cols > INT32_MAX) fail("sample", "logits " + shape(logits_row) + " too long");
   bind();
+  ProfileScope prof(profiler_.get(), "sample");
   const int n = static_cast<int>(logits_row.cols);
   // sample_token validates the parameters before anything else; a one-logit call gives the
   // greedy path the very same checks and messages.

@@ -5,10 +5,10 @@
 //
 // Shapes: every shard r has o_r [T, H * D] (InT: bf16 or f32) and lse_r [T, H] f32, natural
 // log; the result o [T, H * D] (OutT) and lse [T, H] f32. The output may be the very views of one
-// shard: each lane reads every shard's element before it writes that element, and lse is
-// written after the whole warp is done reading.
+// shard: each thread reads every shard's element before it writes that element, and lse is
+// written after the whole block is done reading.
 //
-// One warp per (row, head); lanes stride over D. Shards come through an accessor so the same
+// One block per (row, head); threads stride over D. Shards come through an accessor so the same
 // kernel merges a list of tensors (merge_partials) and the key splits of decode attention.
 #pragma once
 
@@ -52,6 +52,22 @@ struct UniformShards {
   }
 };
 
+// Up to this many shards travel inside the kernel's parameters (no host->device copy per call).
+constexpr int kInlineShards = 16;
+
+// Shards given by value in the kernel parameters (n <= kInlineShards). The kernel takes its
+// Shards as a __grid_constant__ parameter, so indexing this array reads parameter memory.
+template <class InT>
+struct InlineShards {
+  ShardDesc shards[kInlineShards];
+  __device__ float lse(int s, int64_t t, int h) const {
+    return shards[s].lse[t * shards[s].lse_stride + h];
+  }
+  __device__ float o(int s, int64_t t, int64_t col) const {
+    return to_f32(static_cast<const InT*>(shards[s].o)[t * shards[s].o_stride + col]);
+  }
+};
+
 __device__ __forceinline__ float warp_max(float x) {
 #pragma unroll
   for (int k = 16; k > 0; k >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, k));
@@ -63,51 +79,93 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-constexpr int kMergeWarps = 8;
+constexpr int kMergeThreads = 128;
+constexpr int kMergeChunk = 512;  // shard weights staged in shared memory per pass
 
-// grid ceil(T * H / 8), block 256 threads.
+// grid T * H (one block per (row, head)), block 128 threads. The block reduces max and sum of
+// the shards' lse with all its threads, stages the weights exp(l_r - m) in shared memory, and
+// then every thread owns output columns d (tid, tid + 128, ...) and walks the shards, 8 loads in
+// flight, instead of one warp walking them one by one (decode merges 50+ key splits).
 template <class OutT, class Shards>
-__global__ void __launch_bounds__(kMergeWarps * 32)
-    merge_partials_kernel(const Shards shards, int n, OutT* o, int64_t o_stride, float* lse,
-                          int64_t lse_stride, int64_t T, int H, int D) {
-  const int lane = threadIdx.x & 31;
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * kMergeWarps + (threadIdx.x >> 5);
-  if (item >= T * H) return;  // uniform per warp
+__global__ void __launch_bounds__(kMergeThreads)
+    merge_partials_kernel(const __grid_constant__ Shards shards, int n, OutT* o, int64_t o_stride,
+                          float* lse, int64_t lse_stride, int64_t T, int H, int D) {
+  __shared__ float red[kMergeThreads / 32];
+  __shared__ float wts[kMergeChunk];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t item = blockIdx.x;
   const int64_t t = item / H;
   const int h = static_cast<int>(item % H);
 
   float m = -INFINITY;
-  for (int s = lane; s < n; s += 32) m = fmaxf(m, shards.lse(s, t, h));
+  for (int s = tid; s < n; s += kMergeThreads) m = fmaxf(m, shards.lse(s, t, h));
   m = warp_max(m);
+  if (lane == 0) red[warp] = m;
+  __syncthreads();
+  m = red[0];
+#pragma unroll
+  for (int w = 1; w < kMergeThreads / 32; ++w) m = fmaxf(m, red[w]);
+  __syncthreads();  // red is reused below
   OutT* orow = o + t * o_stride + static_cast<int64_t>(h) * D;
-  if (m == -INFINITY) {
-    for (int d = lane; d < D; d += 32) orow[d] = from_f32<OutT>(0.0f);
-    __syncwarp();
-    if (lane == 0) lse[t * lse_stride + h] = -INFINITY;
+  if (m == -INFINITY) {  // uniform over the block
+    for (int d = tid; d < D; d += kMergeThreads) orow[d] = from_f32<OutT>(0.0f);
+    if (tid == 0) lse[t * lse_stride + h] = -INFINITY;
     return;
   }
   float z = 0.0f;
-  for (int s = lane; s < n; s += 32) z += expf(shards.lse(s, t, h) - m);
+  for (int s = tid; s < n; s += kMergeThreads) z += expf(shards.lse(s, t, h) - m);
   z = warp_sum(z);
+  if (lane == 0) red[warp] = z;
+  __syncthreads();
+  z = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kMergeThreads / 32; ++w) z += red[w];
   const float inv_z = 1.0f / z;
-  for (int d = lane; d < D; d += 32) {
-    float acc = 0.0f;
-    for (int s = 0; s < n; ++s) {
-      const float w = expf(shards.lse(s, t, h) - m);  // same value on every lane: a broadcast
-      if (w != 0.0f) acc += w * shards.o(s, t, static_cast<int64_t>(h) * D + d);
+
+  constexpr int kCols = 2;  // columns per thread held in registers (D <= 256 in one pass)
+  for (int d0 = 0; d0 < D; d0 += kCols * kMergeThreads) {
+    float acc[kCols] = {0.0f, 0.0f};
+    for (int c0 = 0; c0 < n; c0 += kMergeChunk) {
+      const int cn = n - c0 < kMergeChunk ? n - c0 : kMergeChunk;
+      __syncthreads();  // the previous chunk's weights are no longer read
+      for (int s = tid; s < cn; s += kMergeThreads) wts[s] = expf(shards.lse(c0 + s, t, h) - m);
+      __syncthreads();
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) {
+        const int d = d0 + c * kMergeThreads + tid;
+        if (d >= D) break;
+        const int64_t col = static_cast<int64_t>(h) * D + d;
+        float a = acc[c];
+        int s = 0;
+        for (; s + 8 <= cn; s += 8) {
+          float v[8];
+#pragma unroll
+          for (int u = 0; u < 8; ++u) v[u] = wts[s + u] != 0.0f ? shards.o(c0 + s + u, t, col) : 0.0f;
+#pragma unroll
+          for (int u = 0; u < 8; ++u) a = fmaf(wts[s + u], v[u], a);
+        }
+        for (; s < cn; ++s)
+          if (wts[s] != 0.0f) a = fmaf(wts[s], shards.o(c0 + s, t, col), a);
+        acc[c] = a;
+      }
     }
-    orow[d] = from_f32<OutT>(acc * inv_z);
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) {
+      const int d = d0 + c * kMergeThreads + tid;
+      if (d < D) orow[d] = from_f32<OutT>(acc[c] * inv_z);
+    }
   }
-  __syncwarp();  // every lane has read every shard's lse
-  if (lane == 0) lse[t * lse_stride + h] = m + logf(z);
+  __syncthreads();  // lse may be a shard's own view: every thread is done reading it
+  if (tid == 0) lse[t * lse_stride + h] = m + logf(z);
 }
 
 template <class OutT, class Shards>
 void launch_merge_partials(const Shards& shards, int n, OutT* o, int64_t o_stride, float* lse,
                            int64_t lse_stride, int64_t T, int H, int D, cudaStream_t stream) {
   if (T == 0 || H == 0) return;
-  const int64_t blocks = ceil_div(T * H, kMergeWarps);
-  merge_partials_kernel<OutT, Shards><<<static_cast<unsigned>(blocks), kMergeWarps * 32, 0, stream>>>(
+  const int64_t blocks = T * H;
+  if (blocks > 0x7fffffff) throw std::invalid_argument("merge_partials: more than 2^31 (row, head) pairs");
+  merge_partials_kernel<OutT, Shards><<<static_cast<unsigned>(blocks), kMergeThreads, 0, stream>>>(
       shards, n, o, o_stride, lse, lse_stride, T, H, D);
   check_launch("merge_partials_kernel");
 }

@@ -134,11 +134,22 @@ class Backend {
   virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor out) = 0;
   // x += y
   virtual void add(Tensor x, const Tensor& y) = 0;
+  // x += y, then out = x / rms(x) * weight: the residual add and the norm that follows it in one
+  // pass. Same result as add(x, y) then rmsnorm(x, weight, eps, out) (x is stored between the two,
+  // in its own dtype); out must not overlap x or y. The default does exactly those two calls.
+  virtual void add_rmsnorm(Tensor x, const Tensor& y, const Tensor& weight, float eps, Tensor out) {
+    add(x, y);
+    rmsnorm(x, weight, eps, out);
+  }
   // Picks a token from one row of logits; step distinguishes the draws of one seeded stream.
   virtual int32_t sample(const Tensor& logits_row, const SamplingParams& params,
                          uint64_t step) = 0;
   // Waits for queued work (no-op on synchronous backends).
   virtual void synchronize() = 0;
+  // Names the section of work that the following ops belong to ("phase1", "prefill", "decode")
+  // for per-op profiles (STARATTN_PROFILE=1 on cuda); null ends the current section. No-op on
+  // backends without a profiler.
+  virtual void profile_section(const char* name) { (void)name; }
 };
 
 // Creates a backend by name ("cpu", "cuda"); throws with the list of compiled backends otherwise.

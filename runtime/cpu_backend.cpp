@@ -294,6 +294,35 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // add then rmsnorm row by row while the row is in cache; the same float operations in the same
+  // order as the two separate ops, so the results are identical.
+  void add_rmsnorm(Tensor x, const Tensor& y, const Tensor& weight, float eps, Tensor out) override {
+    check_view("add_rmsnorm", "x", x);
+    check_shape("add_rmsnorm", "y", y, x.rows, x.cols);
+    check_shape("add_rmsnorm", "weight", weight, 1, x.cols);
+    check_shape("add_rmsnorm", "out", out, x.rows, x.cols);
+    if (x.rows > 0 && x.cols == 0) fail("add_rmsnorm", "x " + shape(x) + " has empty rows");
+    if (!(eps >= 0.0f)) fail("add_rmsnorm", "eps must be >= 0, got " + std::to_string(eps));
+    if (overlaps(out, x) || overlaps(out, y))
+      fail("add_rmsnorm", "out " + shape(out) + " overlaps x " + shape(x) + " or y " + shape(y));
+    const int64_t n = x.cols;
+    const float* w = row_ptr(weight, 0);
+#pragma omp parallel for schedule(static) if (x.rows * n >= kParallelMin)
+    for (int64_t r = 0; r < x.rows; ++r) {
+      float* xr = row_ptr(x, r);
+      const float* yv = row_ptr(y, r);
+      float* o = row_ptr(out, r);
+      double ss = 0.0;
+      for (int64_t c = 0; c < n; ++c) {
+        xr[c] += yv[c];
+        ss += static_cast<double>(xr[c]) * xr[c];
+      }
+      const float variance = static_cast<float>(ss / static_cast<double>(n));
+      const float inv_rms = 1.0f / std::sqrt(variance + eps);
+      for (int64_t c = 0; c < n; ++c) o[c] = w[c] * (xr[c] * inv_rms);
+    }
+  }
+
   int32_t sample(const Tensor& logits_row, const SamplingParams& params, uint64_t step) override {
     check_view("sample", "logits", logits_row);
     if (logits_row.rows != 1 || logits_row.cols == 0)

@@ -185,6 +185,7 @@ GenerateStats Engine::generate(const GenerateRequest& req, const TokenCallback& 
   const auto runs = assign_blocks(blocks, std::vector<int64_t>(workers, per_worker));
 
   const auto t0 = clock::now();
+  be.profile_section("phase1");
   const std::vector<int32_t> anchor(req.context.begin(),
                                     req.context.begin() + std::min<int64_t>(a, C));
   std::vector<std::unique_ptr<ContextShard>> shards;
@@ -215,6 +216,7 @@ GenerateStats Engine::generate(const GenerateRequest& req, const TokenCallback& 
   const auto t1 = clock::now();
   auto t_decode = t1;
   stats.finish_reason = "length";
+  be.profile_section("prefill");
   session.feed(req.query);
   for (int step = 0; step < req.max_tokens; ++step) {
     const int32_t token = be.sample(session.logits(), req.sampling, static_cast<uint64_t>(step));
@@ -222,6 +224,7 @@ GenerateStats Engine::generate(const GenerateRequest& req, const TokenCallback& 
     if (step == 0) {
       stats.first_token_ms = ms_since(t1);
       t_decode = clock::now();
+      be.profile_section("decode");
     }
     if (std::find(stop.begin(), stop.end(), token) != stop.end()) {
       stats.finish_reason = "stop";
@@ -236,6 +239,7 @@ GenerateStats Engine::generate(const GenerateRequest& req, const TokenCallback& 
   }
   be.synchronize();
   if (stats.generated > 0) stats.decode_ms = ms_since(t_decode);
+  be.profile_section(nullptr);
   return stats;
 }
 

@@ -18,32 +18,33 @@ void Workspace::reserve(const ModelConfig& c, int64_t rows) {
   const DType t = backend_.activation_dtype();
   x = backend_.alloc(n, c.hidden_size, t);
   xn = backend_.alloc(n, c.hidden_size, t);
-  q = backend_.alloc(n, c.q_dim(), t);
-  k = backend_.alloc(n, c.kv_dim(), t);
-  v = backend_.alloc(n, c.kv_dim(), t);
+  qkv = backend_.alloc(n, int64_t{c.q_dim()} + 2 * int64_t{c.kv_dim()}, t);
   attn = backend_.alloc(n, c.q_dim(), t);
   proj = backend_.alloc(n, c.hidden_size, t);
-  gate = backend_.alloc(n, c.intermediate_size, t);
-  up = backend_.alloc(n, c.intermediate_size, t);
+  gate_up = backend_.alloc(n, 2 * int64_t{c.intermediate_size}, t);
   act = backend_.alloc(n, c.intermediate_size, t);
   if (!logits.allocated()) logits = backend_.alloc(1, c.vocab_size, DType::f32);
   rows_ = n;
 }
 
-Buffer Transformer::load(const WeightSource& weights, const std::string& name, int64_t rows,
-                         int64_t cols) {
+void Transformer::load_into(const WeightSource& weights, const std::string& name, Tensor dst) {
   const std::vector<int64_t> shape = weights.shape(name);
   int64_t count = 1;
   for (int64_t d : shape) count *= d;
-  if (count != rows * cols)
+  if (count != dst.rows * dst.cols)
     throw std::runtime_error(weights.describe() + ": tensor " + name + " has " +
                              std::to_string(count) + " elements, expected " +
-                             std::to_string(rows) + "x" + std::to_string(cols));
+                             std::to_string(dst.rows) + "x" + std::to_string(dst.cols));
   std::vector<float> host(static_cast<size_t>(count));
   weights.read_f32(name, host.data());
+  backend_.upload(host.data(), dst);
+  weight_bytes_ += count * static_cast<int64_t>(dtype_size(dst.dtype));
+}
+
+Buffer Transformer::load(const WeightSource& weights, const std::string& name, int64_t rows,
+                         int64_t cols) {
   Buffer b = backend_.alloc(rows, cols, backend_.weight_dtype());
-  backend_.upload(host.data(), b.view());
-  weight_bytes_ += count * static_cast<int64_t>(dtype_size(backend_.weight_dtype()));
+  load_into(weights, name, b.view());
   return b;
 }
 
@@ -60,23 +61,28 @@ Transformer::Transformer(const ModelConfig& config, const WeightSource& w, Backe
     const std::string p = "model.layers." + std::to_string(i) + ".";
     Layer& L = layers_[static_cast<size_t>(i)];
     L.attn_norm = load(w, p + "input_layernorm.weight", 1, H);
-    L.wq = load(w, p + "self_attn.q_proj.weight", c.q_dim(), H);
-    L.wk = load(w, p + "self_attn.k_proj.weight", c.kv_dim(), H);
-    L.wv = load(w, p + "self_attn.v_proj.weight", c.kv_dim(), H);
+    const int64_t qd = c.q_dim(), kvd = c.kv_dim();
+    L.w_qkv = backend_.alloc(qd + 2 * kvd, H, backend_.weight_dtype());
+    load_into(w, p + "self_attn.q_proj.weight", L.w_qkv.rows(0, qd));
+    load_into(w, p + "self_attn.k_proj.weight", L.w_qkv.rows(qd, kvd));
+    load_into(w, p + "self_attn.v_proj.weight", L.w_qkv.rows(qd + kvd, kvd));
     if (c.attention_bias) {
-      L.bq = load(w, p + "self_attn.q_proj.bias", 1, c.q_dim());
-      L.bk = load(w, p + "self_attn.k_proj.bias", 1, c.kv_dim());
-      L.bv = load(w, p + "self_attn.v_proj.bias", 1, c.kv_dim());
+      L.b_qkv = backend_.alloc(1, qd + 2 * kvd, backend_.weight_dtype());
+      load_into(w, p + "self_attn.q_proj.bias", L.b_qkv.view().slice_cols(0, qd));
+      load_into(w, p + "self_attn.k_proj.bias", L.b_qkv.view().slice_cols(qd, kvd));
+      load_into(w, p + "self_attn.v_proj.bias", L.b_qkv.view().slice_cols(qd + kvd, kvd));
     }
     L.wo = load(w, p + "self_attn.o_proj.weight", H, c.q_dim());
     if (c.o_proj_bias) L.bo = load(w, p + "self_attn.o_proj.bias", 1, H);
     L.mlp_norm = load(w, p + "post_attention_layernorm.weight", 1, H);
-    L.w_gate = load(w, p + "mlp.gate_proj.weight", I, H);
-    L.w_up = load(w, p + "mlp.up_proj.weight", I, H);
+    L.w_gate_up = backend_.alloc(2 * I, H, backend_.weight_dtype());
+    load_into(w, p + "mlp.gate_proj.weight", L.w_gate_up.rows(0, I));
+    load_into(w, p + "mlp.up_proj.weight", L.w_gate_up.rows(I, I));
     L.w_down = load(w, p + "mlp.down_proj.weight", H, I);
     if (c.mlp_bias) {
-      L.b_gate = load(w, p + "mlp.gate_proj.bias", 1, I);
-      L.b_up = load(w, p + "mlp.up_proj.bias", 1, I);
+      L.b_gate_up = backend_.alloc(1, 2 * I, backend_.weight_dtype());
+      load_into(w, p + "mlp.gate_proj.bias", L.b_gate_up.view().slice_cols(0, I));
+      load_into(w, p + "mlp.up_proj.bias", L.b_gate_up.view().slice_cols(I, I));
       L.b_down = load(w, p + "mlp.down_proj.bias", 1, H);
     }
   }
@@ -89,41 +95,53 @@ void Transformer::forward(const int32_t* ids, const int32_t* positions, int64_t 
   const ModelConfig& c = config_;
   ws.reserve(c, n);
   Backend& be = backend_;
+  const int64_t qd = c.q_dim(), kvd = c.kv_dim(), I = c.intermediate_size;
   const Tensor x = ws.x.rows(0, n), xn = ws.xn.rows(0, n);
-  const Tensor q = ws.q.rows(0, n), k = ws.k.rows(0, n), v = ws.v.rows(0, n);
+  const Tensor qkv = ws.qkv.rows(0, n);
+  const Tensor q = qkv.slice_cols(0, qd), k = qkv.slice_cols(qd, kvd), v = qkv.slice_cols(qd + kvd, kvd);
   const Tensor attn = ws.attn.rows(0, n), proj = ws.proj.rows(0, n);
-  const Tensor gate = ws.gate.rows(0, n), up = ws.up.rows(0, n), act = ws.act.rows(0, n);
+  const Tensor gate_up = ws.gate_up.rows(0, n), act = ws.act.rows(0, n);
+  const Tensor gate = gate_up.slice_cols(0, I), up = gate_up.slice_cols(I, I);
+  auto bias = [](const Buffer& b) { return b.allocated() ? &b.view() : nullptr; };
 
   be.embedding(ids, embed_.view(), x);
+  be.rmsnorm(x, layers_[0].attn_norm.view(), c.rms_norm_eps, xn);
   for (int li = 0; li < c.num_layers; ++li) {
     const Layer& L = layers_[static_cast<size_t>(li)];
     const bool last = li + 1 == c.num_layers;
-    be.rmsnorm(x, L.attn_norm.view(), c.rms_norm_eps, xn);
-    be.matmul(xn, L.wk.view(), c.attention_bias ? &L.bk.view() : nullptr, k);
-    be.matmul(xn, L.wv.view(), c.attention_bias ? &L.bv.view() : nullptr, v);
-    be.rope({k, c.num_kv_heads, c.head_dim, positions, inv_freq_.data()});
     if (last && options.kv_only) {
-      // Phase 1 keeps only K/V: the last layer's attention and MLP feed nothing that is kept.
+      // Phase 1 keeps only K/V: the last layer's attention and MLP feed nothing that is kept, so
+      // only the k | v rows of the fused weight are multiplied.
+      const Tensor kv = qkv.slice_cols(qd, 2 * kvd);
+      const Tensor kv_bias = L.b_qkv.allocated() ? L.b_qkv.view().slice_cols(qd, 2 * kvd) : Tensor{};
+      be.matmul(xn, L.w_qkv.rows(qd, 2 * kvd), L.b_qkv.allocated() ? &kv_bias : nullptr, kv);
+      be.rope({k, c.num_kv_heads, c.head_dim, positions, inv_freq_.data()});
       hook.attend(li, Tensor{}, k, v, Tensor{});
       return;
     }
-    be.matmul(xn, L.wq.view(), c.attention_bias ? &L.bq.view() : nullptr, q);
-    be.rope({q, c.num_heads, c.head_dim, positions, inv_freq_.data()});
+    be.matmul(xn, L.w_qkv.view(), bias(L.b_qkv), qkv);
+    // q and k heads sit side by side with one head size: one RoPE pass rotates both.
+    be.rope({qkv.slice_cols(0, qd + kvd), c.num_heads + c.num_kv_heads, c.head_dim, positions,
+             inv_freq_.data()});
     hook.attend(li, q, k, v, attn);
-    be.matmul(attn, L.wo.view(), c.o_proj_bias ? &L.bo.view() : nullptr, proj);
-    be.add(x, proj);
-    be.rmsnorm(x, L.mlp_norm.view(), c.rms_norm_eps, xn);
-    be.matmul(xn, L.w_gate.view(), c.mlp_bias ? &L.b_gate.view() : nullptr, gate);
-    be.matmul(xn, L.w_up.view(), c.mlp_bias ? &L.b_up.view() : nullptr, up);
+    be.matmul(attn, L.wo.view(), bias(L.bo), proj);
+    be.add_rmsnorm(x, proj, L.mlp_norm.view(), c.rms_norm_eps, xn);
+    be.matmul(xn, L.w_gate_up.view(), bias(L.b_gate_up), gate_up);
     be.swiglu(gate, up, act);
-    be.matmul(act, L.w_down.view(), c.mlp_bias ? &L.b_down.view() : nullptr, proj);
-    be.add(x, proj);
+    be.matmul(act, L.w_down.view(), bias(L.b_down), proj);
+    if (!last) {
+      // The residual add and the next layer's input norm in one pass.
+      be.add_rmsnorm(x, proj, layers_[static_cast<size_t>(li) + 1].attn_norm.view(), c.rms_norm_eps, xn);
+    } else if (options.logits) {
+      // Only the last row feeds the logits: add and final norm on it alone.
+      be.add_rmsnorm(x.slice_rows(n - 1, 1), proj.slice_rows(n - 1, 1), final_norm_.view(),
+                     c.rms_norm_eps, xn.slice_rows(n - 1, 1));
+    } else {
+      be.add(x, proj);
+    }
   }
   if (!options.logits || options.kv_only) return;
-  const Tensor last_row = x.slice_rows(n - 1, 1);
-  const Tensor last_norm = xn.slice_rows(n - 1, 1);
-  be.rmsnorm(last_row, final_norm_.view(), c.rms_norm_eps, last_norm);
-  be.matmul(last_norm, c.tie_word_embeddings ? embed_.view() : lm_head_.view(), nullptr,
+  be.matmul(xn.slice_rows(n - 1, 1), c.tie_word_embeddings ? embed_.view() : lm_head_.view(), nullptr,
             ws.logits.view());
 }
 

@@ -30,7 +30,9 @@ class Workspace {
   void reserve(const ModelConfig& config, int64_t rows);
   int64_t capacity() const { return rows_; }
 
-  Buffer x, xn, q, k, v, attn, proj, gate, up, act, logits;
+  // qkv: [n, q_dim + 2 kv_dim], the q | k | v projections side by side (one GEMM); gate_up:
+  // [n, 2 intermediate], gate | up (one GEMM). The ops read column slices of them.
+  Buffer x, xn, qkv, attn, proj, gate_up, act, logits;
 
  private:
   Backend& backend_;
@@ -61,11 +63,17 @@ class Transformer {
   int64_t weight_bytes() const { return weight_bytes_; }
 
  private:
+  // Fused projections: w_qkv = [wq ; wk ; wv] ([q_dim + 2 kv_dim, hidden], one GEMM per layer
+  // instead of three), w_gate_up = [w_gate ; w_up] ([2 intermediate, hidden]); the biases are
+  // concatenated the same way. The checkpoint's tensors are loaded straight into their rows, so
+  // no separate copies are ever held.
   struct Layer {
-    Buffer attn_norm, wq, wk, wv, bq, bk, bv, wo, bo, mlp_norm, w_gate, w_up, w_down;
-    Buffer b_gate, b_up, b_down;  // only with mlp_bias
+    Buffer attn_norm, w_qkv, b_qkv, wo, bo, mlp_norm, w_gate_up, w_down;
+    Buffer b_gate_up, b_down;  // only with mlp_bias
   };
   Buffer load(const WeightSource& weights, const std::string& name, int64_t rows, int64_t cols);
+  // Loads tensor `name` ([dst.rows, dst.cols] elements) into dst, a view of backend memory.
+  void load_into(const WeightSource& weights, const std::string& name, Tensor dst);
 
   ModelConfig config_;
   Backend& backend_;

@@ -305,6 +305,54 @@ TEST_F(CpuOps, RmsnormMatchesFormula) {
   EXPECT_THROW(be->rmsnorm(x.view(), w.view(), 1e-5f, x.view()), std::invalid_argument);
 }
 
+// The fused residual add + norm equals add then rmsnorm exactly (same float operations), also on
+// strided views (the decoder passes slices of its workspaces), and refuses an out that overlaps x.
+TEST_F(CpuOps, AddRmsnormEqualsAddThenRmsnorm) {
+  std::mt19937 rng(17);
+  for (int64_t cols : {1, 64, 1000}) {
+    const int64_t rows = 7;
+    const auto x = random_vec(rng, static_cast<size_t>(rows * cols), 3.0f);
+    const auto y = random_vec(rng, static_cast<size_t>(rows * cols), 2.0f);
+    const auto w = random_vec(rng, static_cast<size_t>(cols));
+    Buffer xa = make(*be, rows, cols, x), xb = make(*be, rows, cols, x), yb = make(*be, rows, cols, y);
+    Buffer wb = make(*be, 1, cols, w);
+    Buffer oa = be->alloc(rows, cols, DType::f32), ob = be->alloc(rows, cols, DType::f32);
+    be->add_rmsnorm(xa.view(), yb.view(), wb.view(), 1e-5f, oa.view());
+    be->add(xb.view(), yb.view());
+    be->rmsnorm(xb.view(), wb.view(), 1e-5f, ob.view());
+    EXPECT_EQ(fetch(*be, xa.view()), fetch(*be, xb.view())) << cols;
+    EXPECT_EQ(fetch(*be, oa.view()), fetch(*be, ob.view())) << cols;
+  }
+  // Strided: the last row of wider buffers.
+  const int64_t cols = 96;
+  const auto x = random_vec(rng, 3 * 128, 3.0f), y = random_vec(rng, 3 * 128), w = random_vec(rng, cols);
+  Buffer xs = make(*be, 3, 128, x), ys = make(*be, 3, 128, y), wb = make(*be, 1, cols, w);
+  Buffer os = be->alloc(3, 128, DType::f32);
+  const Tensor xv = xs.view().slice_cols(0, cols).slice_rows(2, 1), yv = ys.view().slice_cols(0, cols).slice_rows(2, 1);
+  const Tensor ov = os.view().slice_cols(0, cols).slice_rows(2, 1);
+  be->add_rmsnorm(xv, yv, wb.view(), 1e-6f, ov);
+  const auto got_x = fetch(*be, xv), got_o = fetch(*be, ov);
+  double ms = 0.0;
+  for (int64_t c = 0; c < cols; ++c) {
+    const float s = x[2 * 128 + c] + y[2 * 128 + c];
+    ASSERT_EQ(got_x[c], s) << c;
+    ms += static_cast<double>(s) * s;
+  }
+  ms /= cols;
+  for (int64_t c = 0; c < cols; ++c) {
+    const double ref = w[c] * got_x[c] / std::sqrt(ms + 1e-6);
+    ASSERT_NEAR(got_o[c], ref, 1e-5 * std::max(1.0, std::abs(ref))) << c;
+  }
+  // Other rows untouched.
+  const auto all = fetch(*be, xs.view());
+  for (int64_t c = 0; c < 2 * 128; ++c) ASSERT_EQ(all[c], x[c]);
+  EXPECT_THROW(be->add_rmsnorm(xs.view(), ys.view().slice_cols(0, 128), make(*be, 1, 128, random_vec(rng, 128)).view(),
+                               1e-5f, xs.view()),
+               std::invalid_argument);
+  Buffer narrow = be->alloc(1, cols - 1, DType::f32);
+  EXPECT_THROW(be->add_rmsnorm(xv, yv, narrow.view(), 1e-5f, ov), std::invalid_argument);
+}
+
 TEST_F(CpuOps, SwigluAndAdd) {
   std::mt19937 rng(8);
   const int64_t rows = 11, cols = 300;

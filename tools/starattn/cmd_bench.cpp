@@ -39,7 +39,9 @@ const char* kBenchHelp =
     "                          [--workers 4] [--query 16] [--decode-tokens 32] [--hf SCRIPT|none]\n"
     "Measures the cuda backend on one GPU and, in the same run, PyTorch on the same shapes\n"
     "(default scripts tools/bench/torch_baseline.py and tools/bench/hf_e2e.py, run with python3).\n"
-    "Prints one table; timings are medians of CUDA-event times after warm-ups.\n";
+    "Prints one table; timings are medians of CUDA-event times after warm-ups.\n"
+    "STARATTN_PROFILE=1 (e2e): also prints every op's count and total GPU time per request and\n"
+    "section (phase1, prefill, decode) to stderr.\n";
 
 #if defined(STARATTN_HAVE_CUDA)  // the helpers below serve the cuda benchmarks only
 std::vector<int64_t> parse_list(const std::string& s) {
@@ -342,6 +344,8 @@ int bench_e2e(const Args& args) {
           row.error = e.what();
         }
         row.peak_gib = static_cast<double>(cuda_peak_allocated_bytes(engine.backend(), true)) / (1 << 30);
+        // STARATTN_PROFILE=1: the per-op table of this request (phase1, prefill, decode sections).
+        cuda_profile_report(engine.backend(), "C=" + std::to_string(C) + " " + row.mode);
         std::fprintf(stderr, "ours C=%lld %s: phase1 %.1f ms, first %.1f ms, decode %.2f ms/token %s\n",
                      static_cast<long long>(C), row.mode.c_str(), row.phase1, row.first, row.decode,
                      row.error.c_str());
