@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "runtime/chat_template.h"
+#include "runtime/prompt.h"
 
 namespace starattn::server {
 namespace {
@@ -103,20 +104,13 @@ struct EngineService::Impl : std::enable_shared_from_this<Impl> {
     }
     try {
       GenerateRequest g;
-      std::string context_text = r.context, query_text = r.query;
-      if (r.chat) {
-        ChatSplit split = split_chat(chat_template, r.messages);
-        context_text = std::move(split.context);
-        query_text = std::move(split.query);
-      }
+      // The same layouts as the head's scheduler and `starattn run` (runtime/prompt.h), so a
+      // request gets the same tokens whichever front end serves it.
+      PromptIds p = r.chat ? chat_prompt(engine.tokenizer(), chat_template, r.messages)
+                           : engine.document_prompt(r.context, r.query);
+      g.context = std::move(p.context);
+      g.query = std::move(p.query);
       const Tokenizer& tok = engine.tokenizer();
-      // A context starts the sequence, so it gets the model's BOS as any prompt would, unless
-      // the template text already begins with it (Llama 3 writes <|begin_of_text|> itself).
-      g.context = tok.encode(context_text);
-      const int32_t bos = engine.config().bos_token_id;
-      if (bos >= 0 && (g.context.empty() || g.context.front() != bos))
-        g.context.insert(g.context.begin(), bos);
-      g.query = tok.encode(query_text);
       const int64_t limit = options.max_context_tokens;
       if (limit > 0 && static_cast<int64_t>(g.context.size()) > limit)
         throw std::length_error("context of " + std::to_string(g.context.size()) +

@@ -16,25 +16,6 @@ const char* error_kind_name(ErrorKind kind) {
   return "internal";
 }
 
-ChatSplit split_chat(const ChatTemplate& chat_template, const std::vector<ChatMessage>& messages) {
-  size_t last_user = messages.size();
-  for (size_t i = messages.size(); i-- > 0;)
-    if (messages[i].role == "user") {
-      last_user = i;
-      break;
-    }
-  if (last_user == messages.size())
-    throw std::invalid_argument("messages must contain at least one message with role \"user\"");
-  const std::vector<ChatMessage> before(messages.begin(),
-                                        messages.begin() + static_cast<std::ptrdiff_t>(last_user));
-  const std::string whole = apply_chat_template(chat_template, messages, true);
-  // The template renders message by message, so the earlier turns are a prefix of the whole
-  // conversation; cutting there keeps every byte of the template on one side or the other.
-  std::string prefix = before.empty() ? std::string() : apply_chat_template(chat_template, before, false);
-  if (whole.compare(0, prefix.size(), prefix) != 0) prefix.clear();  // defensive: never split oddly
-  return {prefix, whole.substr(prefix.size())};
-}
-
 StopMatcher::StopMatcher(std::vector<std::string> stops) {
   for (auto& s : stops)
     if (!s.empty()) stops_.push_back(std::move(s));

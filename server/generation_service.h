@@ -17,7 +17,7 @@ namespace starattn::server {
 
 struct TextRequest {
   // Either `context` + `query` (completions), or `messages` (chat: all but the last user
-  // message become the context, the chat template applied; see split_chat()).
+  // message become the context, the chat template applied; see chat_prompt() in runtime/prompt.h).
   bool chat = false;
   std::string context;
   std::string query;
@@ -107,16 +107,6 @@ class GenerationService {
   // Requests waiting for a worker.
   virtual int queued() const = 0;
 };
-
-// Splits a chat into (context, query) text: the template applied to the whole conversation with
-// the generation prompt, cut where the last user message starts. Everything before it is the
-// context (encoded with Star Attention); the last user turn and the assistant prompt are the
-// query. Throws std::invalid_argument when there is no user message.
-struct ChatSplit {
-  std::string context;
-  std::string query;
-};
-ChatSplit split_chat(const ChatTemplate& chat_template, const std::vector<ChatMessage>& messages);
 
 // Holds back generated text that may be the start of a stop string, so a client never sees
 // text past a stop. push() returns the text that is safe to emit; after a match, stopped() is

@@ -145,18 +145,6 @@ TEST(StopMatcher, HoldsBackPrefixesAndCutsAtTheStop) {
   EXPECT_EQ(m3.flush(), "z");
 }
 
-TEST(ChatSplit, LastUserTurnIsTheQuery) {
-  ChatTemplate t;
-  t.kind = ChatTemplateKind::chatml;
-  const std::vector<ChatMessage> msgs{{"system", "S"}, {"user", "DOC"}, {"assistant", "ok"}, {"user", "Q"}};
-  const ChatSplit s = split_chat(t, msgs);
-  EXPECT_EQ(s.context + s.query, apply_chat_template(t, msgs, true));
-  EXPECT_NE(s.context.find("DOC"), std::string::npos);
-  EXPECT_EQ(s.query.find("DOC"), std::string::npos);
-  EXPECT_NE(s.query.find("Q"), std::string::npos);
-  EXPECT_THROW(split_chat(t, {{"system", "S"}}), std::invalid_argument);
-}
-
 // Randomized inputs (deterministic seed): mutated valid bodies and random bytes must either parse
 // or be refused with ApiError 400, never crash or throw anything else. The raw HTTP parser gets
 // the same treatment with mutated request heads.
