@@ -30,6 +30,43 @@ SizeSpec parse_size_spec(const std::string& text, const std::string& option) {
   return spec;
 }
 
+nlohmann::json instance_json(const Instance& inst, int index) {
+  return {{"task", inst.task},
+          {"length", inst.length},
+          {"sample", index},
+          {"seed", inst.seed},
+          {"max_tokens", inst.max_tokens},
+          {"document", inst.document},
+          {"question", inst.question},
+          {"answer_prefix", inst.answer_prefix},
+          {"expected", inst.expected},
+          {"answer", inst.answer},
+          {"context_ids", inst.ids.context},
+          {"query_ids", inst.ids.query}};
+}
+
+size_t dump_instances(const Layout& layout, const EvalConfig& config, std::ostream& out) {
+  if (config.samples < 1) throw std::invalid_argument("samples must be at least 1");
+  size_t written = 0;
+  for (const auto& task : config.tasks) {
+    if (!is_task(task)) throw std::invalid_argument("unknown task '" + task + "'");
+    for (const int64_t length : config.lengths) {
+      for (int i = 0; i < config.samples; ++i) {
+        const uint64_t seed = instance_seed(config.seed, task, length, i);
+        const Instance inst = make_instance(task, length, seed, layout, config.max_tokens);
+        // The filler is ASCII; replace rather than fail should a tokenizer's text ever not be.
+        out << instance_json(inst, i).dump(-1, ' ', false,
+                                           nlohmann::json::error_handler_t::replace)
+            << "\n";
+        ++written;
+      }
+    }
+  }
+  out.flush();
+  if (!out) throw std::runtime_error("writing the instances failed");
+  return written;
+}
+
 std::vector<TaskResult> run_eval(Engine& engine, const EvalConfig& config,
                                  const SampleCallback& on_sample) {
   if (config.samples < 1) throw std::invalid_argument("samples must be at least 1");

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,16 @@ struct TaskResult {
 
 // Called after each sample (progress reports).
 using SampleCallback = std::function<void(const TaskResult&, const SampleResult&)>;
+
+// One instance as JSON: task, length, sample (index), seed, max_tokens, document, question,
+// answer_prefix, expected, answer (Instance::answer) and the ids as the engine lays them out:
+// context_ids and query_ids (the question followed by the answer prefix).
+nlohmann::json instance_json(const Instance& inst, int index);
+
+// Writes every instance run_eval would run with this config (the same seeds) to `out`, one JSON
+// object per line (instance_json), without running a model: the data behind tools/train/.
+// Returns how many were written.
+size_t dump_instances(const Layout& layout, const EvalConfig& config, std::ostream& out);
 
 // Every task at every length, `samples` instances each, in the configured mode.
 std::vector<TaskResult> run_eval(Engine& engine, const EvalConfig& config,

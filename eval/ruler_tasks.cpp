@@ -102,13 +102,17 @@ void make_niah(Instance& inst, Rng& rng, const Layout& layout) {
   std::vector<std::string> key_list;
   std::vector<Insert> inserts;
   std::vector<std::string> expected;
+  std::vector<Insert> answer_values;  // the queried values at their needles' depths
   for (int k = 0; k < keys; ++k) {
     key_list.push_back(make_key(rng, used_keys));
     for (int v = 0; v < values_per_key; ++v) {
       const std::string value = make_value(rng, used_values, 1000000, 9999999);
       inserts.push_back({rng.unit(), "One of the special magic numbers for " + key_list.back() +
                                          " is: " + value + "."});
-      if (k < queried) expected.push_back(value);
+      if (k < queried) {
+        expected.push_back(value);
+        answer_values.push_back({inserts.back().depth, value});
+      }
     }
   }
   // The queried keys are the first ones generated; the needles' order in the text is random.
@@ -120,6 +124,14 @@ void make_niah(Instance& inst, Rng& rng, const Layout& layout) {
   inst.answer_prefix = "The " + what + " for " + join_list(asked) + " mentioned in the provided text " +
                        (plural ? "are" : "is");
   inst.expected = expected;
+  // Several values of one key are listed in their order in the text (as compose places them);
+  // several keys' values in the question's order.
+  if (values_per_key > 1)
+    std::stable_sort(answer_values.begin(), answer_values.end(),
+                     [](const Insert& x, const Insert& y) { return x.depth < y.depth; });
+  std::vector<std::string> in_order;
+  for (const auto& v : answer_values) in_order.push_back(v.text);
+  inst.answer = " " + join_list(in_order) + ".";
   inst.needles = static_cast<int>(inserts.size());
   fill_haystack(inst,
                 "Some special magic numbers are hidden within the following text. Make sure to "
@@ -156,6 +168,7 @@ void make_vt(Instance& inst, Rng& rng, const Layout& layout) {
                        std::to_string(kHops + 1) + " variables are assigned the value " + value +
                        ", they are:";
   inst.expected = vars;
+  for (const auto& v : vars) inst.answer += " " + v;
   inst.needles = static_cast<int>(inserts.size());
   fill_haystack(inst,
                 "Memorize and track the chain of variable assignments hidden in the following "
@@ -193,6 +206,13 @@ void make_cwe(Instance& inst, Rng& rng, const Layout& layout) {
     for (size_t i = 0; i < list.size(); ++i)
       inst.document += std::to_string(i + 1) + ". " + list[i] + (i + 1 < list.size() ? "\n" : "");
     inst.ids = layout(inst.document, inst.question, inst.answer_prefix);
+    // The common words in the order they first appear in the list.
+    inst.answer.clear();
+    std::set<std::string> named;
+    for (const auto& w : list)
+      if (named.size() < common.size() &&
+          std::find(common.begin(), common.end(), w) != common.end() && named.insert(w).second)
+        inst.answer += " " + w;
     return inst.prompt_tokens() <= budget;
   };
   // When the vocabulary runs out before the budget is full, the rare words repeat more often;

@@ -54,6 +54,11 @@ struct Instance {
   std::string question;       // the query half, in the user turn
   std::string answer_prefix;  // the start of the assistant turn
   std::vector<std::string> expected;  // strings a correct answer contains
+  // A reply that follows answer_prefix and scores 1 (training targets, tools/train/): the values
+  // in the order the question or the text gives them (" 1234567.", " 1234567, 2345678, ... and
+  // 4567890."; variables and words separated by spaces, words in order of first appearance). It
+  // fits the answer budget in bytes, except cwe's at times (long words).
+  std::string answer;
   int needles = 0;                    // inserted lines (needles, chain links); 0 for cwe
   PromptIds ids;                      // as laid out for the model
   int64_t prompt_tokens() const {

@@ -2,11 +2,17 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iostream>
+#include <memory>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 
 #include "eval/eval_runner.h"
+#include "runtime/bpe_tokenizer.h"
+#include "runtime/chat_template.h"
 #include "runtime/engine.h"
+#include "runtime/tokenizer.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
 
@@ -17,6 +23,8 @@ const char* kEvalHelp =
     "usage: starattn eval [--model DIR|FILE.gguf] --task NAME[,NAME..]|all --length L[,L..]\n"
     "                     [--samples N] [--mode star|full] [--block-size B] [--anchor-size A]\n"
     "                     [--no-anchor] [--seed S] [--json FILE] [options]\n"
+    "       starattn eval [--model DIR] --task .. --length .. [--samples N] [--seed S]\n"
+    "                     --dump-instances FILE\n"
     "Generates RULER-style instances (seeded), prompts the model through its chat template,\n"
     "answers greedily and scores as RULER does (the fraction of expected strings in the answer).\n"
     "Prints a table (task, length, mode, block, anchor, samples, score in percent).\n"
@@ -36,7 +44,13 @@ const char* kEvalHelp =
     "  --device cpu|cuda  backend (default cpu); --gpu N picks the device\n"
     "  --workers W        in-process context workers (default 1)\n"
     "  --threads N        cpu threads (default: all cores)\n"
-    "  --quiet            no per-sample progress on stderr\n";
+    "  --quiet            no per-sample progress on stderr\n"
+    "  --dump-instances FILE\n"
+    "                     write the instances (one JSON object a line: task, length, sample, seed,\n"
+    "                     document, question, answer_prefix, expected, a correct answer, and the\n"
+    "                     context and query ids as the engine lays them out) to FILE ('-': stdout)\n"
+    "                     instead of running a model; without --model, the byte-level layout of\n"
+    "                     our byte models (no weights are read either way)\n";
 
 std::vector<std::string> split_list(const std::string& text) {
   std::vector<std::string> out;
@@ -45,6 +59,34 @@ std::vector<std::string> split_list(const std::string& text) {
   while (std::getline(in, item, ','))
     if (!item.empty()) out.push_back(item);
   return out;
+}
+
+// --dump-instances: the prompts only, laid out with the model's tokenizer and chat template (the
+// engine's choice) or, without --model, as for a byte-level model.
+int dump_instances(const Args& args, const eval::EvalConfig& config) {
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::optional<ChatTemplate> chat;
+  if (args.has("model")) {
+    const std::string model = args.get("model", "");
+    tokenizer = load_tokenizer(model);
+    if (!dynamic_cast<const ByteTokenizer*>(tokenizer.get()))
+      chat = detect_chat_template(read_chat_template(model), *tokenizer);
+  } else {
+    tokenizer = std::make_unique<ByteTokenizer>();
+  }
+  const eval::Layout layout = eval::chat_layout(*tokenizer, chat);
+  const std::string path = args.get("dump-instances", "");
+  size_t written = 0;
+  if (path == "-") {
+    written = eval::dump_instances(layout, config, std::cout);
+  } else {
+    std::ofstream out(path);
+    if (!out) throw std::runtime_error("cannot write " + path);
+    written = eval::dump_instances(layout, config, out);
+  }
+  if (!args.flag("quiet"))
+    std::fprintf(stderr, "wrote %zu instances to %s\n", written, path == "-" ? "stdout" : path.c_str());
+  return 0;
 }
 
 }  // namespace
@@ -56,7 +98,7 @@ int cmd_eval(int argc, char** argv) {
   }
   const Args args(argc, argv, 2,
                   {"model", "task", "length", "samples", "mode", "block-size", "anchor-size", "seed",
-                   "json", "device", "gpu", "workers", "threads", "max-tokens"},
+                   "json", "device", "gpu", "workers", "threads", "max-tokens", "dump-instances"},
                   {"no-anchor", "quiet"});
   eval::EvalConfig config;
   const std::string tasks = args.require("task");
@@ -82,6 +124,7 @@ int cmd_eval(int argc, char** argv) {
   if (config.mode == AttentionMode::full &&
       (args.has("block-size") || args.has("anchor-size") || args.flag("no-anchor")))
     throw std::invalid_argument("--block-size, --anchor-size and --no-anchor apply to star mode");
+  if (args.has("dump-instances")) return dump_instances(args, config);
 
   EngineOptions options;
   options.model = args.has("model") ? args.get("model", "") : default_model_path();
