@@ -5,7 +5,7 @@ One row per task and length; one column group per configuration found in the fil
 with each block/anchor setting). Star columns give the score, the ratio to full attention on the
 same prompts, and how many answers were identical to full attention's.
 
-usage: accuracy_table.py FILE.json [FILE.json ...]
+usage: tools/accuracy/table.py FILE.json [FILE.json ...]
 """
 import json
 import sys
