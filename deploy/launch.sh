@@ -20,11 +20,14 @@
 #   STARATTN_REMOTE_EXEC  run commands through this instead of ssh; "{host}" is replaced by the
 #                         host's NAME, e.g. "ip netns exec {host}" (the command is passed to
 #                         `bash -c`). Hosts named localhost run locally without ssh.
-#   UCX_*                 passed on to every process (e.g. UCX_TLS=tcp)
+#   UCX_*                 passed on to every process (e.g. UCX_TLS=tcp). Set UCX_NET_DEVICES to
+#                         the cluster's interface (e.g. UCX_NET_DEVICES=eth0 or mlx5_0:1): UCX's
+#                         TCP transport otherwise takes whichever interface it ranks first, and a
+#                         docker or VPN bridge that goes away silences the data plane.
 set -euo pipefail
 
 if [ $# -lt 1 ] || [ "$1" = "--help" ]; then
-  sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 hostfile=$1
