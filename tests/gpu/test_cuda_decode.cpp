@@ -15,129 +15,31 @@
 // Without a CUDA device every test is skipped.
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <map>
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
-
-#include <unistd.h>
 
 #include "cuda/cuda_backend.h"
 #include "runtime/backend.h"
 #include "runtime/engine.h"
 #include "runtime/model_config.h"
-#include "runtime/random_model.h"
 #include "runtime/rope.h"
+#include "tests/gpu/gpu_test_support.h"
 
 namespace starattn {
 namespace {
 
-float bf16_round(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return f;
-  u += 0x7fffu + ((u >> 16) & 1u);
-  u &= 0xffff0000u;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using testing::Dev;
+using testing::expect_close_per_element;
+using testing::ScopedEnv;
 
-struct Dev {
-  Buffer buf;
-  Tensor t;
-};
-
-// Sets an environment variable for the lifetime of the object (backends read them when made).
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const std::string& value) : name_(name) {
-    if (const char* old = std::getenv(name)) {
-      had_ = true;
-      old_ = old;
-    }
-    setenv(name, value.c_str(), 1);
-  }
-  ~ScopedEnv() {
-    if (had_) setenv(name_, old_.c_str(), 1);
-    else unsetenv(name_);
-  }
-
- private:
-  const char* name_;
-  bool had_ = false;
-  std::string old_;
-};
-
-// max |err| <= rel * max |ref| and per element |err| <= rel * max |ref| + rtol * |ref|; -inf
-// must match exactly; NaN fails.
-void expect_close(const std::vector<float>& ref, const std::vector<float>& got, const std::string& what,
-                  float rel = 2e-2f, float rtol = 2e-2f) {
-  ASSERT_EQ(ref.size(), got.size()) << what;
-  float ref_max = 0.0f;
-  for (float r : ref)
-    if (std::isfinite(r)) ref_max = std::max(ref_max, std::fabs(r));
-  const float atol = rel * std::max(ref_max, 1e-6f);
-  size_t bad = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (std::isnan(got[i])) {
-      ADD_FAILURE() << what << ": element " << i << " is NaN, ref " << ref[i];
-      return;
-    }
-    if (std::isinf(ref[i]) || std::isinf(got[i])) {
-      if (ref[i] != got[i] && bad++ < 5) ADD_FAILURE() << what << ": element " << i << " is " << got[i] << ", ref " << ref[i];
-      continue;
-    }
-    const float err = std::fabs(got[i] - ref[i]);
-    if (err > atol + rtol * std::fabs(ref[i]) && bad++ < 5)
-      ADD_FAILURE() << what << ": element " << i << " is " << got[i] << ", ref " << ref[i] << " (tolerance "
-                    << atol + rtol * std::fabs(ref[i]) << ")";
-  }
-}
-
-class CudaDecode : public ::testing::Test {
+class CudaDecode : public testing::CudaVsCpuTest {
  protected:
-  void SetUp() override {
-    if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
-    cpu_ = make_backend("cpu");
-    gpu_ = make_backend("cuda", 0);
-  }
-
-  std::vector<float> random(int64_t n, float lo = -1.0f, float hi = 1.0f) {
-    std::uniform_real_distribution<float> dist(lo, hi);
-    std::vector<float> v(static_cast<size_t>(n));
-    for (float& x : v) x = bf16_round(dist(rng_));
-    return v;
-  }
-  static Dev on(Backend& be, const std::vector<float>& host, int64_t rows, int64_t cols, DType dt, int64_t pad = 0) {
-    Dev d;
-    d.buf = be.alloc(rows, cols + pad, dt);
-    d.t = d.buf.view().slice_cols(0, cols);
-    if (!host.empty()) be.upload(host.data(), d.t);
-    return d;
-  }
-  Dev cpu(const std::vector<float>& host, int64_t rows, int64_t cols) { return on(*cpu_, host, rows, cols, DType::f32); }
-  Dev gpu(const std::vector<float>& host, int64_t rows, int64_t cols, DType dt = DType::bf16, int64_t pad = 0) {
-    return on(*gpu_, host, rows, cols, dt, pad);
-  }
-  Dev gpu_out(int64_t rows, int64_t cols, DType dt, int64_t pad = 0) {
-    return gpu(std::vector<float>(static_cast<size_t>(rows * cols), NAN), rows, cols, dt, pad);
-  }
-  static std::vector<float> get(Backend& be, const Tensor& t) {
-    std::vector<float> h(static_cast<size_t>(t.rows * t.cols));
-    if (!h.empty()) be.download(t, h.data());
-    return h;
-  }
-
-  std::unique_ptr<Backend> cpu_, gpu_;
-  std::mt19937_64 rng_{20261201};
+  CudaDecode() : CudaVsCpuTest(20261201) {}
 };
 
 // ---- add_rmsnorm ----
@@ -162,8 +64,8 @@ TEST_F(CudaDecode, AddRmsNormMatchesAddThenNorm) {
           gpu_->add_rmsnorm(gx.t, gy.t, gw.t, 1e-5f, go.t);
           const float xrel = xdt == DType::bf16 ? 1e-2f : 1e-5f;
           const float orel = (odt == DType::bf16 || xdt == DType::bf16) ? 1e-2f : 1e-5f;
-          expect_close(get(*cpu_, cx.t), get(*gpu_, gx.t), what + " x", xrel, xrel);
-          expect_close(get(*cpu_, co.t), get(*gpu_, go.t), what + " out", orel, orel);
+          expect_close_per_element(get(*cpu_, cx.t), get(*gpu_, gx.t), what + " x", xrel, xrel);
+          expect_close_per_element(get(*cpu_, co.t), get(*gpu_, go.t), what + " out", orel, orel);
           if (HasFailure()) return;
         }
   // Matches the two separate cuda ops bit for bit (x stored in bf16 between them).
@@ -211,7 +113,7 @@ TEST_F(CudaDecode, RopeOnFusedQkvSliceAndChangingPositions) {
       a.x = gq.t.slice_cols(0, qd);
       gpu_->rope(a);
       const std::string what = "rope T " + std::to_string(T) + " step " + std::to_string(step);
-      expect_close(get(*cpu_, cq.t), get(*gpu_, gq.t), what, 1.5e-2f, 1.5e-2f);
+      expect_close_per_element(get(*cpu_, cq.t), get(*gpu_, gq.t), what, 1.5e-2f, 1.5e-2f);
       // v (the last kvd columns) is untouched.
       const std::vector<float> g = get(*gpu_, gq.t);
       for (int64_t r = 0; r < T; ++r)
@@ -256,12 +158,12 @@ TEST_F(CudaDecode, MergePartialsInlineAndStaged) {
       cpu_->merge_partials(cparts, co.t, cl.t);
       Dev go = gpu_out(T, hq * d, DType::f32), gl = gpu_out(T, hq, DType::f32);
       gpu_->merge_partials(gparts, go.t, gl.t);
-      expect_close(get(*cpu_, co.t), get(*gpu_, go.t), what + " o", 1e-5f, 1e-4f);
-      expect_close(get(*cpu_, cl.t), get(*gpu_, gl.t), what + " lse", 1e-5f, 1e-5f);
+      expect_close_per_element(get(*cpu_, co.t), get(*gpu_, go.t), what + " o", 1e-5f, 1e-4f);
+      expect_close_per_element(get(*cpu_, cl.t), get(*gpu_, gl.t), what + " lse", 1e-5f, 1e-5f);
       // In place into partial 0.
       gpu_->merge_partials(gparts, g_o[0].t, g_l[0].t);
-      expect_close(get(*cpu_, co.t), get(*gpu_, g_o[0].t), what + " in-place o", 1e-5f, 1e-4f);
-      expect_close(get(*cpu_, cl.t), get(*gpu_, g_l[0].t), what + " in-place lse", 1e-5f, 1e-5f);
+      expect_close_per_element(get(*cpu_, co.t), get(*gpu_, g_o[0].t), what + " in-place o", 1e-5f, 1e-4f);
+      expect_close_per_element(get(*cpu_, cl.t), get(*gpu_, g_l[0].t), what + " in-place lse", 1e-5f, 1e-5f);
       if (HasFailure()) return;
     }
 }
@@ -299,8 +201,8 @@ class CudaDecodeVariants : public CudaDecode {
     a.q = gq.t, a.k = gk.t, a.v = gv.t, a.o = go.t, a.lse = gl.t;
     g.attention(a);
     g.synchronize();
-    expect_close(get(*cpu_, co.t), get(g, go.t), what + " o");
-    expect_close(get(*cpu_, cl.t), get(g, gl.t), what + " lse", 1e-4f, 1e-4f);
+    expect_close_per_element(get(*cpu_, co.t), get(g, go.t), what + " o");
+    expect_close_per_element(get(*cpu_, cl.t), get(g, gl.t), what + " lse", 1e-4f, 1e-4f);
   }
 };
 
@@ -361,7 +263,7 @@ TEST_F(CudaDecode, OneRowMatmulMatchesCpuAndCublas) {
           const Tensor out = go.t.slice_cols(8, sh.N);
           g->matmul(xrow, gw.t, bias_kind ? &gb.t : nullptr, out);
           const float rel = out_dt == DType::bf16 ? 1e-2f : 1e-4f;
-          expect_close(ref, get(*g, out), what + (g == gpu_.get() ? " (gemv)" : " (cublas)"), rel, rel);
+          expect_close_per_element(ref, get(*g, out), what + (g == gpu_.get() ? " (gemv)" : " (cublas)"), rel, rel);
           const std::vector<float> all = get(*g, go.t);  // nothing outside the slice written
           for (int64_t i = 0; i < 8; ++i) ASSERT_TRUE(std::isnan(all[static_cast<size_t>(i)])) << what;
           for (int64_t i = 8 + sh.N; i < sh.N + 24; ++i) ASSERT_TRUE(std::isnan(all[static_cast<size_t>(i)])) << what;
@@ -385,93 +287,31 @@ TEST_F(CudaDecode, SmallAndLargeStridedCopiesAreExact) {
 
 // ---- the engine: fused projections with biases ----
 
-namespace fs = std::filesystem;
+using testing::expect_logits_close;
+using testing::ModelDir;
+using testing::Outcome;
 
-class ModelDir {
- public:
-  explicit ModelDir(const ModelConfig& c) {
-    static int counter = 0;
-    dir_ = fs::temp_directory_path() /
-           ("starattn_gpu_decode_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(dir_);
-    std::ofstream(dir_ / "config.json") << c.to_json();
-  }
-  ~ModelDir() {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  std::string config() const { return (dir_ / "config.json").string(); }
+constexpr uint64_t kWeightSeed = 11;
 
- private:
-  fs::path dir_;
-};
-
-struct GenRun {
-  std::vector<int32_t> tokens;
-  std::vector<std::vector<float>> logits;
-};
-
-GenRun generate(const std::string& config, const std::string& device, int workers, AttentionMode mode) {
-  EngineOptions o;
-  o.model = config;
-  o.random_weights = true;
-  o.weight_seed = 11;
-  o.device = device;
-  o.workers = workers;
-  Engine e(o);
-  std::mt19937_64 rng(5);
-  std::uniform_int_distribution<int32_t> tok(0, 255);
-  GenerateRequest r;
-  for (int i = 0; i < 300; ++i) r.context.push_back(tok(rng));
-  for (int i = 0; i < 7; ++i) r.query.push_back(tok(rng));
-  r.mode = mode;
-  r.max_tokens = 6;
-  r.ignore_eos = true;
-  GenRun out;
-  const size_t vocab = static_cast<size_t>(e.config().vocab_size);
-  e.generate(
-      r,
-      [&](int32_t id, const float* logits) {
-        out.tokens.push_back(id);
-        out.logits.emplace_back(logits, logits + vocab);
-        return true;
-      },
-      true);
-  return out;
-}
-
-void expect_runs_close(const GenRun& ref, const GenRun& got, const std::string& what) {
-  ASSERT_FALSE(ref.logits.empty()) << what;
-  for (size_t s = 0; s < ref.logits.size() && s < got.logits.size(); ++s) {
-    if (s > 0 && ref.tokens[s - 1] != got.tokens[s - 1]) break;
-    float ref_max = 0.0f, worst = 0.0f;
-    for (float x : ref.logits[s]) ref_max = std::max(ref_max, std::fabs(x));
-    for (size_t i = 0; i < ref.logits[s].size(); ++i) {
-      ASSERT_FALSE(std::isnan(got.logits[s][i])) << what << " step " << s;
-      worst = std::max(worst, std::fabs(got.logits[s][i] - ref.logits[s][i]));
-    }
-    EXPECT_LE(worst, 3e-2f * ref_max) << what << " step " << s;
-  }
+// Six tokens after 300 context and 7 query tokens, on an engine with random weights.
+Outcome generate(const std::string& config, const std::string& device, int workers, AttentionMode mode) {
+  return testing::generate(*testing::make_engine(config, device, workers, kWeightSeed),
+                           testing::random_request(300, 7, mode, 0, 6, 5));
 }
 
 TEST_F(CudaDecode, EngineWithBiasesMatchesCpu) {
   for (int head_dim : {64, 128}) {
-    ModelConfig c = preset_config("small");
-    c.hidden_size = 512;
-    c.intermediate_size = 1024;
-    c.head_dim = head_dim;
-    c.num_heads = 512 / head_dim;
-    c.num_kv_heads = 2;
-    c.num_layers = 3;
+    ModelConfig c = testing::gpu_model_config(head_dim, 3);
     c.attention_bias = true;  // q, k, v and o biases (Hugging Face Llama's attention_bias)
     c.o_proj_bias = true;
     c.mlp_bias = true;
     ModelDir dir(c);
     for (AttentionMode mode : {AttentionMode::full, AttentionMode::star}) {
       const std::string what = std::string("head_dim ") + std::to_string(head_dim) + " " + mode_name(mode);
-      const GenRun ref = generate(dir.config(), "cpu", 3, mode);
-      const GenRun got = generate(dir.config(), "cuda", 3, mode);
-      expect_runs_close(ref, got, what);
+      const Outcome ref = generate(dir.config(), "cpu", 3, mode);
+      const Outcome got = generate(dir.config(), "cuda", 3, mode);
+      ASSERT_FALSE(ref.logits.empty()) << what;
+      expect_logits_close(ref, got, what, /*check_top1=*/false);
       if (HasFailure()) return;
     }
   }
@@ -480,26 +320,13 @@ TEST_F(CudaDecode, EngineWithBiasesMatchesCpu) {
 // ---- profile ----
 
 TEST_F(CudaDecode, ProfileReportsOpsBySectionAndChangesNothing) {
-  ModelConfig c = preset_config("small");
-  c.hidden_size = 512;
-  c.intermediate_size = 1024;
-  c.head_dim = 128;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.num_layers = 2;
-  ModelDir dir(c);
-  const GenRun plain = generate(dir.config(), "cuda", 2, AttentionMode::star);
-  GenRun profiled;
+  ModelDir dir(testing::gpu_model_config(128, 2));
+  const Outcome plain = generate(dir.config(), "cuda", 2, AttentionMode::star);
+  Outcome profiled;
   std::string report;
   {
     ScopedEnv env("STARATTN_PROFILE", "1");
-    EngineOptions o;
-    o.model = dir.config();
-    o.random_weights = true;
-    o.weight_seed = 11;
-    o.device = "cuda";
-    o.workers = 2;
-    Engine e(o);
+    const std::unique_ptr<Engine> e = testing::make_engine(dir.config(), "cuda", 2, kWeightSeed);
     profiled = generate(dir.config(), "cuda", 2, AttentionMode::star);  // its own engine, profiled too
     std::mt19937_64 rng(9);
     std::uniform_int_distribution<int32_t> tok(0, 255);
@@ -508,9 +335,9 @@ TEST_F(CudaDecode, ProfileReportsOpsBySectionAndChangesNothing) {
     r.query = {1, 2, 3};
     r.max_tokens = 4;
     r.ignore_eos = true;
-    e.generate(r, [](int32_t, const float*) { return true; });
+    e->generate(r, [](int32_t, const float*) { return true; });
     ::testing::internal::CaptureStderr();
-    cuda_profile_report(e.backend(), "test");
+    cuda_profile_report(e->backend(), "test");
     report = ::testing::internal::GetCapturedStderr();
   }
   EXPECT_EQ(plain.tokens, profiled.tokens);

@@ -8,11 +8,8 @@
 // Without a CUDA device every test is skipped.
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <random>
@@ -24,101 +21,20 @@
 #include "runtime/model_config.h"
 #include "runtime/rope.h"
 #include "runtime/sampling.h"
+#include "tests/gpu/gpu_test_support.h"
 
 namespace starattn {
 namespace {
 
-float bf16_round(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return f;
-  u += 0x7fffu + ((u >> 16) & 1u);
-  u &= 0xffff0000u;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using testing::bf16_round;
+using testing::Dev;
+using testing::expect_close;
+using testing::ScopedEnv;
 
-// A device tensor with its owning buffer; rows may be padded (stride > cols) to test strides.
-struct Dev {
-  Buffer buf;
-  Tensor t;
-};
-
-class CudaOps : public ::testing::Test {
+class CudaOps : public testing::CudaVsCpuTest {
  protected:
-  void SetUp() override {
-    if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
-    cpu_ = make_backend("cpu");
-    gpu_ = make_backend("cuda", 0);
-  }
-
-  std::vector<float> random(int64_t n, float lo = -1.0f, float hi = 1.0f) {
-    std::uniform_real_distribution<float> dist(lo, hi);
-    std::vector<float> v(static_cast<size_t>(n));
-    for (float& x : v) x = bf16_round(dist(rng_));
-    return v;
-  }
-
-  Dev on(Backend& be, const std::vector<float>& host, int64_t rows, int64_t cols, DType dt,
-         int64_t pad = 0) {
-    Dev d;
-    d.buf = be.alloc(rows, cols + pad, dt);
-    d.t = d.buf.view().slice_cols(0, cols);
-    if (!host.empty()) be.upload(host.data(), d.t);
-    return d;
-  }
-  Dev gpu(const std::vector<float>& host, int64_t rows, int64_t cols, DType dt = DType::bf16,
-          int64_t pad = 0) {
-    return on(*gpu_, host, rows, cols, dt, pad);
-  }
-  Dev cpu(const std::vector<float>& host, int64_t rows, int64_t cols) {
-    return on(*cpu_, host, rows, cols, DType::f32);
-  }
-  // An output tensor on the gpu filled with NaN.
-  Dev gpu_out(int64_t rows, int64_t cols, DType dt, int64_t pad = 0) {
-    return gpu(std::vector<float>(static_cast<size_t>(rows * cols), NAN), rows, cols, dt, pad);
-  }
-  static std::vector<float> get(Backend& be, const Tensor& t) {
-    std::vector<float> h(static_cast<size_t>(t.rows * t.cols));
-    if (!h.empty()) be.download(t, h.data());
-    return h;
-  }
-
-  std::unique_ptr<Backend> cpu_, gpu_;
-  std::mt19937_64 rng_{20261128};
+  CudaOps() : CudaVsCpuTest(20261128) {}
 };
-
-// See the file comment. -inf in the reference must be -inf in the result.
-void expect_close(const std::vector<float>& ref, const std::vector<float>& got, const std::string& what,
-                  float rel = 2e-2f, float rtol = 2e-2f) {
-  ASSERT_EQ(ref.size(), got.size()) << what;
-  float ref_max = 0.0f;
-  for (float r : ref)
-    if (std::isfinite(r)) ref_max = std::max(ref_max, std::fabs(r));
-  const float atol = rel * std::max(ref_max, 1e-6f);
-  float worst = 0.0f;
-  size_t worst_i = 0, bad = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (std::isnan(got[i])) {
-      ADD_FAILURE() << what << ": element " << i << " is NaN (unwritten or invalid), ref " << ref[i];
-      return;
-    }
-    if (std::isinf(ref[i]) || std::isinf(got[i])) {
-      if (ref[i] != got[i] && bad++ < 5)
-        ADD_FAILURE() << what << ": element " << i << " is " << got[i] << ", ref " << ref[i];
-      continue;
-    }
-    const float err = std::fabs(got[i] - ref[i]);
-    if (err > worst) {
-      worst = err;
-      worst_i = i;
-    }
-    if (err > atol + rtol * std::fabs(ref[i]) && bad++ < 5)
-      ADD_FAILURE() << what << ": element " << i << " is " << got[i] << ", ref " << ref[i]
-                    << " (tolerance " << atol + rtol * std::fabs(ref[i]) << ")";
-  }
-  EXPECT_LE(worst, atol) << what << ": max error at " << worst_i << " (ref " << ref[worst_i] << ")";
-}
 
 // ---- memory and transfers ----
 
@@ -171,9 +87,8 @@ class CudaAttention : public CudaOps {
   Backend* forced(const std::string& path) {
     std::unique_ptr<Backend>& b = forced_[path];
     if (!b) {
-      setenv("STARATTN_CUDA_ATTENTION", path.c_str(), 1);
+      ScopedEnv env("STARATTN_CUDA_ATTENTION", path);
       b = make_backend("cuda", 0);
-      unsetenv("STARATTN_CUDA_ATTENTION");
     }
     return b.get();
   }
@@ -188,11 +103,8 @@ class CudaAttention : public CudaOps {
   Backend* prefill_variant(const std::string& variant) {
     std::unique_ptr<Backend>& b = variants_[variant];
     if (!b) {
-      setenv("STARATTN_CUDA_ATTENTION", "prefill", 1);
-      setenv("STARATTN_PREFILL_VARIANT", variant.c_str(), 1);
+      ScopedEnv attention("STARATTN_CUDA_ATTENTION", "prefill"), prefill("STARATTN_PREFILL_VARIANT", variant);
       b = make_backend("cuda", 0);
-      unsetenv("STARATTN_CUDA_ATTENTION");
-      unsetenv("STARATTN_PREFILL_VARIANT");
     }
     return b.get();
   }
