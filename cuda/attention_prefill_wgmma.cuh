@@ -530,7 +530,7 @@ __global__ void __launch_bounds__(wgp::kThreads, 1)
   }
 #else
   (void)tm_q, (void)tm_k, (void)tm_v, (void)p;
-  __trap();  // built without sm_90a: launch_attention_prefill_wgmma never launches this
+  __trap();  // built without sm_90a: device_supported() is false, so this is never launched
 #endif
 }
 
@@ -567,8 +567,32 @@ inline bool make_head_tile_map(CUtensorMap* map, const bf16* base, int64_t rows,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// The current device runs the sm_90a kernel: compute capability 9.0 and a 9.0 binary in this
-// build (remembered per device).
+// Writes 1 where this build's device code for the running GPU has the sm_90a features (wgmma,
+// setmaxnreg), 0 where it does not (a plain sm_90 build: the kernel above would trap). A template
+// so that every translation unit including this header may define it.
+template <int kUnused = 0>
+__global__ void wgmma_build_probe(int* out) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
+// Runs the probe once: false on any CUDA error, so the caller falls back to the mma.sync kernel.
+inline bool built_with_sm90a_features() {
+  int* flag = nullptr;
+  if (cudaMalloc(&flag, sizeof(int)) != cudaSuccess) return false;
+  int host = 0;
+  wgmma_build_probe<<<1, 1>>>(flag);
+  const bool ok = cudaGetLastError() == cudaSuccess &&
+                  cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess && host == 1;
+  cudaFree(flag);
+  return ok;
+}
+
+// The current device runs the sm_90a kernel: compute capability 9.0 and sm_90a device code in
+// this build (probed once, remembered per device).
 inline bool device_supported() {
   static std::atomic<uint64_t> known{0}, good{0};
   int dev = 0;
@@ -581,7 +605,7 @@ inline bool device_supported() {
                   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
                   major == 9 && minor == 0 &&
                   cudaFuncGetAttributes(&attr, attention_prefill_wgmma_kernel<128, bf16, 2>) == cudaSuccess &&
-                  attr.binaryVersion >= 90;
+                  attr.binaryVersion >= 90 && built_with_sm90a_features();
   if (ok) good.fetch_or(bit, std::memory_order_relaxed);
   known.fetch_or(bit, std::memory_order_release);
   return ok;
