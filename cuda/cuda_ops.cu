@@ -152,29 +152,14 @@ void CudaBackend::rope(const RopeArgs& a) {
 
 void CudaBackend::attention(const AttentionArgs& a) {
   const char* op = "attention";
-  if (a.n_q_heads <= 0 || a.n_kv_heads <= 0 || a.head_dim <= 0 || a.n_q_heads % a.n_kv_heads != 0)
-    fail(op, "needs n_q_heads a positive multiple of n_kv_heads and head_dim > 0, got Hq " +
-                 std::to_string(a.n_q_heads) + ", Hkv " + std::to_string(a.n_kv_heads) + ", D " +
-                 std::to_string(a.head_dim));
+  op_checks::check_attention_shapes(op, a, [op](const char* name, const Tensor& t, int64_t rows, int64_t cols) {
+    check_shape(op, name, t, rows, cols);
+  });
   const int64_t T = a.q.rows, S = a.k.rows, D = a.head_dim;
-  const int64_t qdim = a.n_q_heads * D, kvdim = a.n_kv_heads * D;
-  const std::string heads = " (Hq " + std::to_string(a.n_q_heads) + ", Hkv " + std::to_string(a.n_kv_heads) +
-                            ", D " + std::to_string(D) + ")";
-  try {
-    check_shape(op, "q", a.q, T, qdim);
-    check_shape(op, "k", a.k, S, kvdim);
-    check_shape(op, "v", a.v, S, kvdim);
-    check_shape(op, "o", a.o, T, qdim);
-    check_shape(op, "lse", a.lse, T, a.n_q_heads);
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(e.what() + heads);
-  }
   if (D != 64 && D != 128) fail(op, "head_dim " + std::to_string(D) + " is not supported on cuda (64, 128)");
   if (a.q.dtype != DType::bf16 || a.k.dtype != DType::bf16 || a.v.dtype != DType::bf16)
     fail(op, "q, k and v must be bf16 on cuda, got q " + shape(a.q) + ", k " + shape(a.k) + ", v " + shape(a.v));
   if (a.lse.dtype != DType::f32) fail(op, "lse " + shape(a.lse) + " must be f32");
-  if (overlaps(a.o, a.k) || overlaps(a.o, a.v) || overlaps(a.lse, a.o))
-    fail(op, "o " + shape(a.o) + " or lse overlaps k, v or o");
   if (!(a.scale > 0.0f)) fail(op, "scale must be > 0, got " + std::to_string(a.scale));
   if (T == 0) return;
   if (T > INT32_MAX || S > INT32_MAX) fail(op, "more than 2^31 rows or keys");

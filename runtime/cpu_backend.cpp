@@ -341,28 +341,10 @@ class CpuBackend final : public Backend {
 // cpu_attention.cpp.
 void CpuBackend::attention(const AttentionArgs& a) {
   const char* op = "attention";
-  if (a.n_q_heads <= 0 || a.n_kv_heads <= 0 || a.head_dim <= 0 || a.n_q_heads % a.n_kv_heads != 0)
-    fail(op, "needs n_q_heads a positive multiple of n_kv_heads and head_dim > 0, got Hq " +
-                 std::to_string(a.n_q_heads) + ", Hkv " + std::to_string(a.n_kv_heads) + ", D " +
-                 std::to_string(a.head_dim));
-  const int64_t T = a.q.rows, S = a.k.rows;
-  const int64_t qdim = static_cast<int64_t>(a.n_q_heads) * a.head_dim;
-  const int64_t kvdim = static_cast<int64_t>(a.n_kv_heads) * a.head_dim;
-  const std::string heads = " (Hq " + std::to_string(a.n_q_heads) + ", Hkv " +
-                            std::to_string(a.n_kv_heads) + ", D " + std::to_string(a.head_dim) + ")";
-  try {
-    check_shape(op, "q", a.q, T, qdim);
-    check_shape(op, "k", a.k, S, kvdim);
-    check_shape(op, "v", a.v, S, kvdim);
-    check_shape(op, "o", a.o, T, qdim);
-    check_shape(op, "lse", a.lse, T, a.n_q_heads);
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(e.what() + heads);
-  }
-  // o may be q itself (each work item reads its own q rows/heads before writing them), but must
-  // not share memory with k, v or lse.
-  if (overlaps(a.o, a.k) || overlaps(a.o, a.v) || overlaps(a.lse, a.o))
-    fail(op, "o " + shape(a.o) + " or lse overlaps k, v or o");
+  op_checks::check_attention_shapes(op, a, [op](const char* name, const Tensor& t, int64_t rows, int64_t cols) {
+    check_shape(op, name, t, rows, cols);
+  });
+  const int64_t T = a.q.rows;
   if (T == 0) return;
   cpu_attention(a);
 }

@@ -49,6 +49,33 @@ inline bool overlaps(const Tensor& a, const Tensor& b) {
   return a0 < b1 && b0 < a1;
 }
 
+// The shapes every backend's attention needs: Hq a positive multiple of Hkv, q and o [T x Hq*D],
+// k and v [S x Hkv*D], lse [T x Hq] (a shape error names the heads); o may be q itself (each work
+// item reads its own q rows and head before writing them) but must not share memory with k, v or
+// lse. `check_shape(name, view, rows, cols)` is the backend's, with its rule on element types.
+template <class CheckShape>
+void check_attention_shapes(const char* op, const AttentionArgs& a, CheckShape check_shape) {
+  if (a.n_q_heads <= 0 || a.n_kv_heads <= 0 || a.head_dim <= 0 || a.n_q_heads % a.n_kv_heads != 0)
+    fail(op, "needs n_q_heads a positive multiple of n_kv_heads and head_dim > 0, got Hq " +
+                 std::to_string(a.n_q_heads) + ", Hkv " + std::to_string(a.n_kv_heads) + ", D " +
+                 std::to_string(a.head_dim));
+  const int64_t T = a.q.rows, S = a.k.rows;
+  const int64_t qdim = static_cast<int64_t>(a.n_q_heads) * a.head_dim;
+  const int64_t kvdim = static_cast<int64_t>(a.n_kv_heads) * a.head_dim;
+  try {
+    check_shape("q", a.q, T, qdim);
+    check_shape("k", a.k, S, kvdim);
+    check_shape("v", a.v, S, kvdim);
+    check_shape("o", a.o, T, qdim);
+    check_shape("lse", a.lse, T, a.n_q_heads);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(e.what() + std::string(" (Hq ") + std::to_string(a.n_q_heads) + ", Hkv " +
+                                std::to_string(a.n_kv_heads) + ", D " + std::to_string(a.head_dim) + ")");
+  }
+  if (overlaps(a.o, a.k) || overlaps(a.o, a.v) || overlaps(a.lse, a.o))
+    fail(op, "o " + shape(a.o) + " or lse overlaps k, v or o");
+}
+
 // Every id before anything is written, so a bad id leaves the output untouched.
 inline void check_token_ids(const int32_t* ids, int64_t n, int64_t vocab) {
   for (int64_t i = 0; i < n; ++i)
