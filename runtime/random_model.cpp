@@ -73,8 +73,7 @@ class RandomWeights : public WeightSource {
   bool has(const std::string& name) const override { return specs_.count(name) != 0; }
   std::vector<int64_t> shape(const std::string& name) const override { return spec(name).shape; }
   void read_f32(const std::string& name, float* out) const override {
-    const std::vector<float> values = random_tensor(spec(name), seed_);
-    std::copy(values.begin(), values.end(), out);
+    fill_random_tensor(spec(name), seed_, out);
   }
   std::string describe() const override {
     return "random weights (seed " + std::to_string(seed_) + ")";
@@ -105,6 +104,14 @@ ModelConfig preset_config(const std::string& name) {
 std::vector<float> random_tensor(const TensorSpec& spec, uint64_t seed) {
   int64_t n = 1;
   for (int64_t d : spec.shape) n *= d;
+  std::vector<float> out(static_cast<size_t>(n));
+  fill_random_tensor(spec, seed, out.data());
+  return out;
+}
+
+void fill_random_tensor(const TensorSpec& spec, uint64_t seed, float* o) {
+  int64_t n = 1;
+  for (int64_t d : spec.shape) n *= d;
   // Uniform noise with the wanted standard deviation: plain integer arithmetic is
   // bit-identical everywhere, unlike std::normal_distribution.
   float mean = 0.0f;
@@ -122,8 +129,6 @@ std::vector<float> random_tensor(const TensorSpec& spec, uint64_t seed) {
   // bit-identical everywhere and the tensor is filled in parallel (an 8B-parameter model in
   // seconds rather than minutes of one sequential generator).
   const uint64_t base = tensor_seed(seed, spec.name);
-  std::vector<float> out(static_cast<size_t>(n));
-  float* o = out.data();
 #pragma omp parallel for schedule(static) if (n > (int64_t{1} << 16))
   for (int64_t i = 0; i < n; ++i) {
     uint64_t z = base + static_cast<uint64_t>(i) * 0x9e3779b97f4a7c15ull;
@@ -133,7 +138,6 @@ std::vector<float> random_tensor(const TensorSpec& spec, uint64_t seed) {
     const double u = static_cast<double>(z >> 11) * 0x1.0p-53;  // [0, 1), 53 bits
     o[i] = static_cast<float>(mean + (2.0 * u - 1.0) * half_width);
   }
-  return out;
 }
 
 std::vector<NamedTensor> random_weights(const ModelConfig& config, uint64_t seed) {

@@ -25,6 +25,8 @@ std::vector<std::string> preset_names();
 // Values of one tensor: linear weights uniform with std 1/sqrt(fan_in) (activations stay O(1)
 // through the layers), norm weights 1 + small noise, biases small.
 std::vector<float> random_tensor(const TensorSpec& spec, uint64_t seed);
+// The same values written into `out` (the shape's product of elements), in parallel.
+void fill_random_tensor(const TensorSpec& spec, uint64_t seed, float* out);
 
 // All tensors of model_tensor_specs(config), in that order.
 std::vector<NamedTensor> random_weights(const ModelConfig& config, uint64_t seed);

@@ -35,9 +35,9 @@ void Transformer::load_into(const WeightSource& weights, const std::string& name
     throw std::runtime_error(weights.describe() + ": tensor " + name + " has " +
                              std::to_string(count) + " elements, expected " +
                              std::to_string(dst.rows) + "x" + std::to_string(dst.cols));
-  std::vector<float> host(static_cast<size_t>(count));
-  weights.read_f32(name, host.data());
-  backend_.upload(host.data(), dst);
+  if (staging_.size() < static_cast<size_t>(count)) staging_.resize(static_cast<size_t>(count));
+  weights.read_f32(name, staging_.data());
+  backend_.upload(staging_.data(), dst);
   weight_bytes_ += count * static_cast<int64_t>(dtype_size(dst.dtype));
 }
 
@@ -86,6 +86,7 @@ Transformer::Transformer(const ModelConfig& config, const WeightSource& w, Backe
       L.b_down = load(w, p + "mlp.down_proj.bias", 1, H);
     }
   }
+  std::vector<float>().swap(staging_);
 }
 
 void Transformer::forward(const int32_t* ids, const int32_t* positions, int64_t n,

@@ -74,6 +74,9 @@ class Transformer {
   Buffer load(const WeightSource& weights, const std::string& name, int64_t rows, int64_t cols);
   // Loads tensor `name` ([dst.rows, dst.cols] elements) into dst, a view of backend memory.
   void load_into(const WeightSource& weights, const std::string& name, Tensor dst);
+  // Host staging for load_into, reused across tensors and freed once the model is loaded: a fresh
+  // buffer per tensor made loading an 8B model page-fault tens of GB (most of a minute).
+  std::vector<float> staging_;
 
   ModelConfig config_;
   Backend& backend_;
