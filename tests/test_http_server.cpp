@@ -1,6 +1,6 @@
 // The HTTP front end: OpenAI-style request parsing (strict fields and types), the JSON it
-// answers with, stop strings, chat splitting, a randomized fuzzing run of the request parsers
-// (JSON and raw HTTP), and the server end to end over loopback against the Engine's own answer.
+// answers with, stop strings, serve-local's prompt layout, a randomized fuzzing run of the request
+// parsers (JSON and raw HTTP), and the server end to end over loopback against the Engine's answer.
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
@@ -14,6 +14,9 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -22,6 +25,7 @@
 #include "server/engine_service.h"
 #include "server/http_api.h"
 #include "server/http_server.h"
+#include "tests/support/smollm2.h"
 #include "tests/support/test_models.h"
 
 namespace starattn::server {
@@ -248,6 +252,52 @@ std::string unchunk(const std::string& body) {
   return out;
 }
 
+// serve-local lays requests out as the head's scheduler and `starattn run` do (runtime/prompt.h):
+// with a chat-template model a completion's context is the template's system and user turn
+// around the document, not the raw text; a chat's context is every turn before the last user one.
+TEST(EngineServiceLayout, CompletionsAndChatsUseThePromptLayoutsOfTheHead) {
+  const std::string model = testing::smollm2_gguf_path();
+  ASSERT_FALSE(model.empty()) << testing::smollm2_missing_message();
+  EngineServiceOptions so;
+  so.engine.model = model;
+  EngineService service(so);
+  EngineOptions eo;
+  eo.model = model;
+  Engine engine(eo);
+  const auto sizes_of = [&](TextRequest r) {
+    r.max_tokens = 1;
+    auto done = std::make_shared<std::promise<Completion>>();
+    StreamCallbacks cb;
+    cb.on_token = [](const TokenEvent&) { return true; };
+    cb.on_done = [done](const Completion& c) { done->set_value(c); };
+    cb.on_error = [done](const ServiceError& e) {
+      done->set_exception(std::make_exception_ptr(std::runtime_error(e.message)));
+    };
+    service.submit(std::move(r), cb);
+    const Completion c = done->get_future().get();
+    return std::make_pair(c.context_tokens, c.prompt_tokens - c.context_tokens);
+  };
+
+  TextRequest completion;
+  completion.context = "The keeper of the north light is Marguerite.";
+  completion.query = "Who keeps the north light?";
+  const PromptIds doc = engine.document_prompt(completion.context, completion.query);
+  const auto got = sizes_of(completion);
+  EXPECT_EQ(got.first, static_cast<int64_t>(doc.context.size()));
+  EXPECT_EQ(got.second, static_cast<int64_t>(doc.query.size()));
+  // The raw text would be far shorter than the template's turns around it.
+  EXPECT_GT(got.first, static_cast<int64_t>(engine.tokenizer().encode(completion.context).size()) + 10);
+
+  TextRequest chat;
+  chat.chat = true;
+  chat.messages = {{"system", "Answer briefly."}, {"user", completion.context}, {"assistant", "Noted."},
+                   {"user", completion.query}};
+  const PromptIds turns = chat_prompt(engine.tokenizer(), *engine.chat_template(), chat.messages);
+  const auto got_chat = sizes_of(chat);
+  EXPECT_EQ(got_chat.first, static_cast<int64_t>(turns.context.size()));
+  EXPECT_EQ(got_chat.second, static_cast<int64_t>(turns.query.size()));
+}
+
 class HttpServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -275,10 +325,10 @@ class HttpServerTest : public ::testing::Test {
     o.model = dir_.path();
     o.threads = 1;
     Engine engine(o);
+    const PromptIds p = engine.document_prompt(context, query);
     GenerateRequest g;
-    g.context.push_back(engine.config().bos_token_id);
-    for (int32_t t : engine.tokenizer().encode(context)) g.context.push_back(t);
-    g.query = engine.tokenizer().encode(query);
+    g.context = p.context;
+    g.query = p.query;
     g.max_tokens = max_tokens;
     g.ignore_eos = true;
     StreamDecoder dec(engine.tokenizer());
