@@ -1,6 +1,7 @@
 // starattn eval: RULER-style accuracy of one attention configuration (eval/).
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -156,7 +157,8 @@ int cmd_eval(int argc, char** argv) {
     std::ofstream out(args.get("json", ""));
     if (!out) throw std::runtime_error("cannot write " + args.get("json", ""));
     // Generated text may hold invalid UTF-8 (a cut character): replace it rather than fail.
-    out << eval::to_json(results, config, options.model)
+    // The model's file or directory name, not where it sits on this machine.
+    out << eval::to_json(results, config, std::filesystem::path(options.model).filename().string())
                .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
         << "\n";
     if (!out) throw std::runtime_error("writing " + args.get("json", "") + " failed");
