@@ -121,15 +121,16 @@ class CudaBackend final : public Backend {
   cudaStream_t stream() const { return stream_; }
   int64_t peak_allocated_bytes() const;
   void reset_peak_allocated_bytes();
+  int prefill_variant() const { return prefill_variant_; }
+  // Makes this thread's current device ours (ops may come from another thread than the
+  // constructor's).
+  void bind() const;
 
  private:
   struct HostArray {
     const void* data;
     size_t bytes;
   };
-  // Makes this thread's current device ours (ops may come from another thread than the
-  // constructor's).
-  void bind() const;
   // Copies host arrays to device scratch for kernels queued next; returns their device addresses.
   std::vector<void*> stage(std::initializer_list<HostArray> arrays, const char* op);
   float* workspace(int64_t floats, const char* op);

@@ -456,6 +456,12 @@ int64_t cuda_peak_allocated_bytes(Backend& be, bool reset) {
   return peak;
 }
 
+bool cuda_prefill_uses_wgmma(Backend& be) {
+  auto& c = as_cuda(be, "cuda_prefill_uses_wgmma");
+  c.bind();
+  return c.prefill_variant() == cuda::kPrefillVariantWgmma && cuda::wgp::device_supported();
+}
+
 std::string cuda_device_description(Backend& be) {
   auto& c = as_cuda(be, "cuda_device_description");
   (void)c;

@@ -33,6 +33,9 @@ int64_t cuda_peak_allocated_bytes(Backend& be, bool reset);
 // ms, per section the engine named: phase1, prefill, decode) to stderr under `label`, then resets
 // it. No-op when the variable is unset (the profile is also printed when the backend is destroyed).
 void cuda_profile_report(Backend& be, const std::string& label);
+// Whether this backend's prefill attention runs the Hopper wgmma kernel (an sm_90 GPU, a build
+// with sm_90a device code, the variant not overridden), rather than the mma.sync fallback.
+bool cuda_prefill_uses_wgmma(Backend& be);
 // "NVIDIA H200, 132 SMs, 143771 MiB, sm_90, driver ..., runtime ...".
 std::string cuda_device_description(Backend& be);
 

@@ -8,6 +8,8 @@
 // Without a CUDA device every test is skipped.
 #include <gtest/gtest.h>
 
+#include <cuda_runtime.h>
+
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -167,6 +169,16 @@ TEST_F(CudaAttention, MatchesCpu) {
 // Every prefill kernel variant, the Hopper wgmma kernel included (on other devices, and for
 // shapes it does not take, it falls back to the default kernel): tile remainders, GQA groups,
 // D 64 and 128, masks with cached-prefix and negative offsets, bf16 and f32 output.
+// The fallback is correct too, so the comparisons below would pass without the Hopper kernel:
+// on an sm_90 GPU the default must really be wgmma.
+TEST_F(CudaAttention, HopperRunsTheWgmmaKernelByDefault) {
+  cudaDeviceProp prop{};
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+  if (prop.major != 9 || prop.minor != 0) GTEST_SKIP() << "not an sm_90 GPU: " << prop.name;
+  EXPECT_TRUE(cuda_prefill_uses_wgmma(*gpu_)) << prop.name;
+  EXPECT_FALSE(cuda_prefill_uses_wgmma(*prefill_variant("w4n64")));
+}
+
 TEST_F(CudaAttention, EveryPrefillVariant) {
   struct Heads {
     int hq, hkv, d;
