@@ -125,11 +125,12 @@ int bench_kernels(const Args& args) {
     bool bytes = false;
   };
   std::vector<Row> rows;
-  std::string device;
+  std::string device, prefill_kernel;
   double copy_gbs = NAN;
   {
     auto be = make_backend("cuda", gpu);
     device = cuda_device_description(*be);
+    prefill_kernel = cuda_prefill_uses_wgmma(*be) ? "wgmma + TMA (sm_90a)" : "mma.sync";
     copy_gbs = cuda_copy_bandwidth_gbs(*be, int64_t{2} << 30, 20);
     const int64_t smax = *std::max_element(seqs.begin(), seqs.end());
     const int64_t kmax = std::max(2 * smax, decode_keys);
@@ -227,6 +228,7 @@ int bench_kernels(const Args& args) {
 
   std::printf("\n%s\ndevice-to-device copy: %.0f GB/s (read + write), torch: %s GB/s\n", device.c_str(), copy_gbs,
               fmt(lookup(torch, "copy/gbs"), "%.0f").c_str());
+  std::printf("prefill kernel: %s\n", prefill_kernel.c_str());
   std::printf("%-44s %10s %10s %12s %12s %8s\n", "prefill attention (Hq 32, Hkv 8, D 128)", "ours ms", "TFLOP/s",
               "torch flash", "torch cudnn", "ratio");
   for (const Row& r : rows) {
