@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "server/http_api.h"
+#include "server/listener.h"
 
 namespace starattn::server {
 namespace {
@@ -481,18 +482,8 @@ HttpServer::HttpServer(net::io_context& io, GenerationService& service, Metrics&
                        HttpServerOptions options) {
   auto shared = std::make_shared<Shared>(service, metrics, options);
   impl_ = std::make_shared<Impl>(io, shared);
-  beast::error_code ec;
-  const auto address = net::ip::make_address(options.host, ec);
-  if (ec) throw std::invalid_argument("bad HTTP listen address '" + options.host + "': " + ec.message());
-  const tcp::endpoint endpoint(address, options.port);
   auto& a = impl_->acceptor;
-  a.open(endpoint.protocol());
-  a.set_option(net::socket_base::reuse_address(true));
-  a.bind(endpoint, ec);
-  if (ec)
-    throw std::runtime_error("cannot listen for HTTP on " + options.host + ":" + std::to_string(options.port) +
-                             ": " + ec.message());
-  a.listen(net::socket_base::max_listen_connections);
+  listen_on(a, options.host, options.port, "HTTP");
   impl_->port = a.local_endpoint().port();
   impl_->accept();
 }

@@ -12,6 +12,7 @@
 #include <boost/asio/write.hpp>
 
 #include "server/framed_protocol.h"
+#include "server/listener.h"
 
 namespace starattn::server {
 namespace {
@@ -235,18 +236,8 @@ struct TcpServer::Impl : std::enable_shared_from_this<Impl> {
 
 TcpServer::TcpServer(net::io_context& io, GenerationService& service, Metrics& metrics, TcpServerOptions options) {
   impl_ = std::make_shared<Impl>(io, std::make_shared<Shared>(service, metrics, options));
-  error_code ec;
-  const auto address = net::ip::make_address(options.host, ec);
-  if (ec) throw std::invalid_argument("bad TCP listen address '" + options.host + "': " + ec.message());
-  const tcp::endpoint endpoint(address, options.port);
   auto& a = impl_->acceptor;
-  a.open(endpoint.protocol());
-  a.set_option(net::socket_base::reuse_address(true));
-  a.bind(endpoint, ec);
-  if (ec)
-    throw std::runtime_error("cannot listen for framed TCP on " + options.host + ":" +
-                             std::to_string(options.port) + ": " + ec.message());
-  a.listen(net::socket_base::max_listen_connections);
+  listen_on(a, options.host, options.port, "framed TCP");
   impl_->port = a.local_endpoint().port();
   impl_->accept();
 }

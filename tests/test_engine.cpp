@@ -13,24 +13,8 @@
 namespace starattn {
 namespace {
 
-struct Generated {
-  std::vector<int32_t> tokens;
-  std::vector<std::vector<float>> logits;
-  GenerateStats stats;
-};
-
-Generated generate(Engine& engine, GenerateRequest req) {
-  Generated r;
-  r.stats = engine.generate(
-      req,
-      [&](int32_t t, const float* logits) {
-        r.tokens.push_back(t);
-        r.logits.emplace_back(logits, logits + engine.config().vocab_size);
-        return true;
-      },
-      true);
-  return r;
-}
+using testing::Outcome;
+using testing::generate;
 
 class EngineTest : public ::testing::Test {
  protected:
@@ -67,9 +51,9 @@ class EngineTest : public ::testing::Test {
 TEST_F(EngineTest, StarWithBlockCoveringContextEqualsFull) {
   for (int workers : {1, 3}) {
     Engine engine = make(workers);
-    const Generated full = generate(engine, request(AttentionMode::full, 0, 0, 12));
+    const Outcome full = generate(engine, request(AttentionMode::full, 0, 0, 12));
     for (int64_t block : {96, 100, 500}) {
-      const Generated star = generate(engine, request(AttentionMode::star, block, 0, 12));
+      const Outcome star = generate(engine, request(AttentionMode::star, block, 0, 12));
       ASSERT_EQ(star.tokens, full.tokens) << "block " << block << " workers " << workers;
       ASSERT_EQ(star.logits.size(), full.logits.size());
       for (size_t s = 0; s < star.logits.size(); ++s)
@@ -82,7 +66,7 @@ TEST_F(EngineTest, StarWithBlockCoveringContextEqualsFull) {
 
 TEST_F(EngineTest, FullModeEqualsDenseCausalReference) {
   Engine engine = make(2);
-  const Generated full = generate(engine, request(AttentionMode::full, 0, 0, 5));
+  const Outcome full = generate(engine, request(AttentionMode::full, 0, 0, 5));
   const MemoryWeights weights(random_weights(config_, 2024));
   std::vector<int32_t> seq = context_;
   seq.insert(seq.end(), query_.begin(), query_.end());
@@ -101,15 +85,15 @@ TEST_F(EngineTest, FullModeEqualsDenseCausalReference) {
 
 TEST_F(EngineTest, DecodeLoopStarDiffersFromFullForSmallBlocks) {
   Engine engine = make(4);
-  const Generated full = generate(engine, request(AttentionMode::full, 0, 0, 8));
-  const Generated star = generate(engine, request(AttentionMode::star, 12, 0, 8));
+  const Outcome full = generate(engine, request(AttentionMode::full, 0, 0, 8));
+  const Outcome star = generate(engine, request(AttentionMode::star, 12, 0, 8));
   EXPECT_EQ(star.stats.blocks, 8);
   EXPECT_EQ(star.stats.workers_used, 4);
   // Blockwise-local phase 1 changes the context K/V, so the distributions must move.
   EXPECT_GT(testing::max_abs_diff(star.logits[0], full.logits[0]), 1e-3);
   // ... yet it is the same computation whichever worker count holds the blocks.
   Engine one = make(1);
-  const Generated star1 = generate(one, request(AttentionMode::star, 12, 0, 8));
+  const Outcome star1 = generate(one, request(AttentionMode::star, 12, 0, 8));
   EXPECT_EQ(star1.tokens, star.tokens);
   EXPECT_LE(testing::max_abs_diff(star1.logits[0], star.logits[0]), 1e-4);
 }
@@ -121,24 +105,24 @@ TEST_F(EngineTest, SeededSamplingIsReproducibleAndSeedsDiffer) {
   req.sampling.top_k = 50;
   req.sampling.top_p = 0.95f;
   req.sampling.seed = 1;
-  const Generated a = generate(engine, req);
-  const Generated b = generate(engine, req);
+  const Outcome a = generate(engine, req);
+  const Outcome b = generate(engine, req);
   EXPECT_EQ(a.tokens, b.tokens);
   req.sampling.seed = 2;
-  const Generated c = generate(engine, req);
+  const Outcome c = generate(engine, req);
   EXPECT_NE(a.tokens, c.tokens);
 }
 
 TEST_F(EngineTest, StopsAtEosAndMaxTokensAndCancel) {
   Engine engine = make(2);
   auto req = request(AttentionMode::star, 32, 0, 6);
-  const Generated greedy = generate(engine, req);
+  const Outcome greedy = generate(engine, req);
   ASSERT_EQ(greedy.tokens.size(), 6u);
   EXPECT_EQ(greedy.stats.finish_reason, "length");
   // Declaring the third greedy token a stop id ends the answer just before it.
   req.stop_ids = {greedy.tokens[2]};
   req.ignore_eos = false;
-  const Generated stopped = generate(engine, req);
+  const Outcome stopped = generate(engine, req);
   EXPECT_EQ(stopped.stats.finish_reason, "stop");
   const auto first = std::find(greedy.tokens.begin(), greedy.tokens.end(), greedy.tokens[2]);
   EXPECT_EQ(stopped.tokens,

@@ -188,26 +188,6 @@ class ModelDir {
   TempDir dir_;
 };
 
-struct Outcome {
-  std::vector<int32_t> tokens;
-  std::vector<std::vector<float>> logits;  // one row per generated token
-  GenerateStats stats;
-};
-
-inline Outcome generate(Engine& e, const GenerateRequest& r) {
-  Outcome out;
-  const size_t vocab = static_cast<size_t>(e.config().vocab_size);
-  out.stats = e.generate(
-      r,
-      [&](int32_t id, const float* logits) {
-        out.tokens.push_back(id);
-        out.logits.emplace_back(logits, logits + vocab);
-        return true;
-      },
-      true);
-  return out;
-}
-
 inline std::unique_ptr<Engine> make_engine(const std::string& config, const std::string& device, int workers,
                                            uint64_t weight_seed,
                                            double kv_fraction = EngineOptions().kv_memory_fraction) {

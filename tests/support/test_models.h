@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/engine.h"
 #include "runtime/memory_weights.h"
 #include "runtime/model_config.h"
 
@@ -34,5 +35,14 @@ std::vector<int32_t> random_tokens(std::mt19937_64& rng, int64_t n, int32_t voca
 double max_abs_diff(const float* a, const double* b, size_t n);
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b);
 double max_abs(const std::vector<double>& a);
+
+// What a request generated: every token with its logits row (the engine's logits callback), and
+// the run's stats. For comparing runs token by token and logit by logit.
+struct Outcome {
+  std::vector<int32_t> tokens;
+  std::vector<std::vector<float>> logits;  // one row per generated token
+  GenerateStats stats;
+};
+Outcome generate(Engine& engine, const GenerateRequest& request);
 
 }  // namespace starattn::testing
