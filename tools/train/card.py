@@ -62,8 +62,25 @@ def held_table(held):
     out = ["| length | " + " | ".join(tasks) + " |", "|---:|" + "---:|" * len(tasks)]
     for length, v in held.items():
         out.append(f"| {length} | " + " | ".join(
-            f"{v[t]['answer_exact']:.2f}" if t in v else "-" for t in tasks) + " |")
+            f"{v[t]['answer_token_acc']:.2f} / {v[t]['answer_exact']:.2f} ({v[t]['instances']})"
+            if t in v else "-" for t in tasks) + " |")
     return "\n".join(out)
+
+
+def portable_command(command):
+    """The run's command line without the machine's directories: the script as the repository
+    names it, the binary and the scratch directories as placeholders."""
+    out, words = [], command.split()
+    for i, w in enumerate(words):
+        flag = words[i - 1] if i else ""
+        if w.endswith("tools/train/train.py"):
+            w = "tools/train/train.py"
+        elif flag == "--starattn":
+            w = "STARATTN_BIN"
+        elif flag in ("--out", "--tmp"):
+            w = flag[2:].upper()
+        out.append(w)
+    return " ".join(out)
 
 
 def smoke_table(run):
@@ -109,7 +126,10 @@ def main():
                              for k, v in s["text_sources"].items())
     eval_part = smoke_table(a.run)
     if a.eval_table:
-        eval_part = "\n```\n" + open(a.eval_table).read().rstrip() + "\n```\n"
+        text = open(a.eval_table).read().rstrip()
+        # A markdown file goes in as it is; anything else is shown verbatim.
+        eval_part = ("\n" + text + "\n") if a.eval_table.endswith(".md") else \
+            ("\n```\n" + text + "\n```\n")
     chk = s.get("transformers_check", {})
     check = (f"max relative error {chk['max_rel_error']:.2e}, argmax agreement "
              f"{chk['argmax_agreement']:.3f} on {chk['tokens']} tokens" if chk.get("checked")
@@ -156,7 +176,10 @@ Losses averaged over the steps since the previous row; answer tokens are those o
 
 {curve_table(rows)}
 
-Held-out instances (generator seed {args['held_out_seed']}), share answered exactly under teacher forcing:
+Held-out instances (generator seed {args['held_out_seed']}) under teacher forcing: answer-token
+accuracy / share of instances whose every answer byte, punctuation and EOS included, is the argmax
+(instances). Two instances a cell: a quick check that the tasks were learned, not the evaluation
+(that is `starattn eval`, below, scored as RULER scores).
 
 {held_table(s['held_out'])}
 
@@ -178,12 +201,11 @@ encoded without the anchor sees at its start.
 
 ## Evaluation
 {eval_part}
+The accuracy grid of `docs/ACCURACY.md` on this model (GPU, bf16):
+
 ```
-starattn eval --model models/{name} --task all --length 4096,8192,16384 --samples 3 --mode full --device cuda --json full.json
-starattn eval --model models/{name} --task all --length 4096,8192,16384 --samples 3 --mode star --block-size L/4 --anchor-size L/4 --device cuda
-starattn eval --model models/{name} --task all --length 4096,8192,16384 --samples 3 --mode star --block-size L/8 --anchor-size L/8 --device cuda
-starattn eval --model models/{name} --task all --length 4096,8192,16384 --samples 3 --mode star --block-size L/16 --anchor-size L/16 --device cuda
-starattn eval --model models/{name} --task all --length 4096,8192,16384 --samples 3 --mode star --block-size L/4 --no-anchor --device cuda
+tools/accuracy/grid.sh models/{name} OUT 4096,8192,16384 16 --device cuda
+python3 tools/accuracy/table.py OUT/*.json
 ```
 
 ## Reproduce
@@ -193,7 +215,7 @@ cmake --build build --target starattn
 STARATTN_BIN=build/tools/starattn tools/train/run_on_device.sh OUT {args['minutes']}
 ```
 
-The run's command line: `{s.get('command', '')}`
+The run's command line: `{portable_command(s.get('command', ''))}`
 
 ```
 python3 tools/train/card.py --run RUNDIR --out models/{name}/README.md
