@@ -10,9 +10,10 @@
 # One `starattn eval --json` run per (configuration, length), STARATTN_GRID_JOBS of them at a time
 # (default 5; on one GPU they share it: a small model leaves it mostly idle). A run that fails or
 # is killed loses only its own cell. Seed 0 unless the extra options give --seed. Then
-# `python3 tools/accuracy/table.py OUT_DIR/*.json` prints the table.
+# `python3 tools/accuracy/table.py OUT_DIR/*.json` prints the table. STARATTN_GRID_PACK=1 then
+# puts the cells' files into OUT_DIR/grid.tar.gz (a lent machine may send back only a few files).
 set -euo pipefail
-[ $# -ge 4 ] || { sed -n '2,13p' "$0" >&2; exit 2; }
+[ $# -ge 4 ] || { sed -n '2,15p' "$0" >&2; exit 2; }
 MODEL=$1 OUT=$2 LENGTHS=$3 SAMPLES=$4
 shift 4
 BIN=${STARATTN_BIN:-starattn}
@@ -54,3 +55,7 @@ run_one() {
 export -f run_one
 export BIN MODEL OUT SAMPLES TIMEOUT name
 tr '\n' '\0' <"$jobs_file" | xargs -0 -P "$JOBS" -I{} bash -c 'run_one "$@"' _ {} "$@"
+if [ "${STARATTN_GRID_PACK:-0}" = 1 ]; then
+  (cd "$OUT" && files=$(find . -maxdepth 1 \( -name '*.json' -o -name '*.log' \) -print) &&
+     [ -n "$files" ] && tar czf grid.tar.gz $files && rm -f $files)
+fi

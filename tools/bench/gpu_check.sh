@@ -11,6 +11,8 @@
 #   e2e       end to end against transformers on a Llama-3.1-8B-shaped random model
 # All of it takes more than one 10-minute device call; e.g. GPU_CHECK_STEPS=tests,hf_cuda,e2e
 # (about 8 minutes with both contexts: the 8B random model loads in ~50 s, HF's too).
+# At the end every file it wrote goes into OUT_DIR/gpu_check.tar.gz, beside summary.txt
+# (GPU_CHECK_PACK=0 leaves them loose): a lent machine may send back only a few files per call.
 set -u
 B=$1
 OUT=$2
@@ -70,4 +72,9 @@ step "end to end"
 timeout 480 "$S" bench e2e --random-weights tools/bench/llama31_8b_config.json --contexts "$CONTEXTS" \
   --workers 4 --query 16 --decode-tokens 32 2> "$OUT/e2e.err" | tee "$OUT/e2e.txt"
 tail -n 5 "$OUT/e2e.err"
+fi
+
+if [ "${GPU_CHECK_PACK:-1}" = 1 ]; then
+  (cd "$OUT" && tar czf gpu_check.tar.gz --exclude=gpu_check.tar.gz --exclude=summary.txt . &&
+     find . -mindepth 1 -maxdepth 1 ! -name gpu_check.tar.gz ! -name summary.txt -exec rm -rf {} +)
 fi
