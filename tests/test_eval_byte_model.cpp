@@ -13,6 +13,7 @@
 
 #include "eval/eval_runner.h"
 #include "runtime/engine.h"
+#include "tests/support/eval_run.h"
 
 namespace starattn::eval {
 namespace {
@@ -22,20 +23,12 @@ constexpr int64_t kLength = 4096;
 
 std::string model_dir() { return std::string(STARATTN_SOURCE_DIR) + "/models/starattn-byte-16k"; }
 
+// The longest answer (" 1234567, 2345678, 3456789, and 4567890.") is 41 bytes; the model does
+// not always stop after it at 4K, so a budget under RULER's 128 bounds the time.
+constexpr int kMaxTokens = 48;
+
 TaskResult run(Engine& engine, const std::string& task, AttentionMode mode, const std::string& block) {
-  EvalConfig c;
-  c.tasks = {task};
-  c.lengths = {kLength};
-  c.samples = kSamples;
-  c.seed = 0;
-  c.mode = mode;
-  c.block = parse_size_spec(block, "block-size");
-  // The longest answer (" 1234567, 2345678, 3456789, and 4567890.") is 41 bytes; the model does
-  // not always stop after it, so a budget under RULER's 128 bounds the time.
-  c.max_tokens = 48;
-  const auto results = run_eval(engine, c);
-  EXPECT_EQ(results.size(), 1u);
-  return results.at(0);
+  return starattn::testing::run_task(engine, task, kLength, kSamples, mode, block, kMaxTokens);
 }
 
 TEST(EvalByteModel, ShippedFilesAreUnder16MB) {
@@ -60,17 +53,8 @@ TEST(EvalByteModel, RetrievalAt4KStarKeepsFullAccuracy) {
   for (const std::string task : {"niah_single", "niah_multivalue"}) {
     const TaskResult full = run(engine, task, AttentionMode::full, "");
     const TaskResult star = run(engine, task, AttentionMode::star, "L/4");
-    ASSERT_EQ(full.samples.size(), static_cast<size_t>(kSamples));
-    ASSERT_EQ(star.samples.size(), static_cast<size_t>(kSamples));
-    EXPECT_EQ(star.block_size, kLength / 4);
-    EXPECT_EQ(star.anchor_size, kLength / 4);
-    for (int i = 0; i < kSamples; ++i) {
-      EXPECT_EQ(full.samples[i].expected, star.samples[i].expected);
-      EXPECT_GT(full.samples[i].context_tokens, 3 * kLength / 4);  // the haystack is filled
-      std::printf("%s sample %d: expected %s; full: '%s'; star: '%s'\n", task.c_str(), i,
-                  full.samples[i].expected.at(0).c_str(), full.samples[i].output.c_str(),
-                  star.samples[i].output.c_str());
-    }
+    starattn::testing::expect_paired_quarter_blocks(full, star, kSamples, kLength);
+    if (::testing::Test::HasFatalFailure()) return;
     std::printf("%s at %lld tokens: full %.1f, star (B = A = L/4) %.1f\n", task.c_str(),
                 static_cast<long long>(kLength), full.score, star.score);
     full_sum += full.score;

@@ -130,9 +130,7 @@ def text_rows(tok, docs, length, rng, bos, eos, count=2):
             d = docs[rng.choice(len(docs))]
             start = 0
             if first:
-                start = int(rng.integers(0, max(1, len(d) - 64)))
-                nl = d.find(b"\n", start)
-                start = nl + 1 if 0 <= nl < len(d) - 1 else 0
+                start = data.random_line_start(d, rng)
                 first = False
             text = d[start:start + 8 * length].decode("utf-8", errors="replace")
             row += tok.encode(text).ids[:length + 1 - len(row)]

@@ -171,6 +171,14 @@ def _walk(root: Path, skip) -> list:
     return out
 
 
+def random_line_start(doc: bytes, rng: np.random.Generator) -> int:
+    """Offset of the line after a random point of doc (0 when there is none): a row's first
+    document starts there, so rows do not all open with a file's first line."""
+    start = int(rng.integers(0, max(1, len(doc) - 64)))
+    nl = doc.find(b"\n", start)
+    return nl + 1 if 0 <= nl < len(doc) - 1 else 0
+
+
 def text_row(docs: list, length: int, rng: np.random.Generator, weights=None) -> np.ndarray:
     """BOS + documents (the first from a random line, then whole ones) separated by EOS."""
     row = [np.array([BOS], dtype=np.uint16)]
@@ -180,9 +188,7 @@ def text_row(docs: list, length: int, rng: np.random.Generator, weights=None) ->
         d = docs[rng.choice(len(docs), p=weights)]
         start = 0
         if first:
-            start = int(rng.integers(0, max(1, len(d) - 64)))
-            nl = d.find(b"\n", start)
-            start = nl + 1 if 0 <= nl < len(d) - 1 else 0
+            start = random_line_start(d, rng)
             first = False
         piece = np.frombuffer(d[start:start + length - have], dtype=np.uint8).astype(np.uint16)
         row.append(piece)
