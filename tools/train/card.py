@@ -67,6 +67,15 @@ def held_table(held):
     return "\n".join(out)
 
 
+def mix_note(args):
+    mix = args.get("mix_last", 0.0)
+    if not mix:
+        return (" Every step of the last stage is at its length (runs before `--mix-last`); the model"
+                " learned to end its answers (EOS) at that length and less reliably at shorter ones.")
+    return (f" In the last stage {mix:.0%} of the steps go back to an earlier stage's length (drawn"
+            " uniformly, `--mix-last`), so what is learned last is not tied to one length.")
+
+
 def portable_command(command):
     """The run's command line without the machine's directories: the script as the repository
     names it, the binary and the scratch directories as placeholders."""
@@ -157,7 +166,7 @@ attention at the lengths it is evaluated at.
 - Objective: next-token cross-entropy on every token; loss = CE(text tokens) + {args['answer_weight']} x CE(answer tokens), each a mean over its tokens, so the task answers are learned quickly.
 - Attention: global causal attention (PyTorch scaled_dot_product_attention, fused flash/efficient kernels), bf16 autocast, float32 master weights.
 - Optimiser: AdamW (betas 0.9/0.95, weight decay {args['weight_decay']} on matrices), peak lr {args['lr']}, linear warm-up over {args['warmup_frac'] * 100:.0f}% of the time budget, cosine decay to {args['min_lr_frac'] * 100:.0f}% by its end; gradient clipping at {args['clip']}; {args['batch_tokens']} tokens per step.
-- Curriculum over length, by wall-clock share of the {args['minutes']} min budget: {stages}. Rows of one step share a length (a row holds length + 1 ids: inputs and shifted labels); the last stage, {s['stages'][-1][0]} tokens, is the longest.
+- Curriculum over length, by wall-clock share of the {args['minutes']} min budget: {stages}. Rows of one step share a length (a row holds length + 1 ids: inputs and shifted labels); the last stage, {s['stages'][-1][0]} tokens, is the longest.{mix_note(args)}
 
 | length | steps | tokens | seconds | tokens/s | instances drawn / generated |
 |---:|---:|---:|---:|---:|---:|
@@ -212,7 +221,7 @@ python3 tools/accuracy/table.py OUT/*.json
 
 ```
 cmake --build build --target starattn
-STARATTN_BIN=build/tools/starattn tools/train/run_on_device.sh OUT {args['minutes']}
+STARATTN_BIN=build/tools/starattn tools/train/run_on_device.sh OUT {args['minutes']} --mix-last {args.get('mix_last', 0.0):g}
 ```
 
 The run's command line: `{portable_command(s.get('command', ''))}`

@@ -53,6 +53,9 @@ def parse_args(argv=None):
     # schedule
     p.add_argument("--stages", default="1024:0.35,4096:0.15,8192:0.1,16384:0.4",
                    help="LENGTH:FRACTION of the time budget, in order")
+    p.add_argument("--mix-last", type=float, default=0.25,
+                   help="share of the last stage's steps at an earlier stage's length (drawn "
+                        "uniformly), so what is learned last is not tied to one length")
     p.add_argument("--batch-tokens", type=int, default=65536, help="tokens per step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr-frac", type=float, default=0.1)
@@ -97,12 +100,22 @@ def lr_at(frac, args):
 
 
 def stage_at(frac, stages):
+    """Index of the stage that the time share frac falls in."""
     acc = 0.0
-    for length, f in stages:
+    for i, (_, f) in enumerate(stages):
         acc += f
         if frac < acc:
-            return length
-    return stages[-1][0]
+            return i
+    return len(stages) - 1
+
+
+def step_length(stage, stages, mix_last, rng):
+    """The row length of one step. In the last stage a share mix_last of the steps goes back to
+    an earlier stage's length: a run that ended on one length only (the first trained model)
+    learned to end its answers (EOS) at that length and not at the shorter ones."""
+    if stage == len(stages) - 1 and stage > 0 and rng.random() < mix_last:
+        return stages[int(rng.integers(0, stage))][0]
+    return stages[stage][0]
 
 
 def log(t0, msg):
@@ -188,8 +201,10 @@ def train(args):
                                "rows")}
     tokens_seen = 0
     step = 0
-    cur_len, stage_start = None, 0.0
+    cur_stage = None
+    mix_rng = np.random.default_rng(args.seed + 2)
     t_train = time.time()
+    t_step = t_train
     t_last, tok_last = t_train, 0
     log(t0, f"training for {args.minutes} min, stages {stages}, {args.batch_tokens} tokens/step")
     while True:
@@ -197,13 +212,14 @@ def train(args):
         frac = elapsed / budget
         if frac >= 1.0:
             break
-        length = stage_at(frac, stages)
+        stage = stage_at(frac, stages)
+        length = step_length(stage, stages, args.mix_last, mix_rng)
         rows = max(1, args.batch_tokens // length)
-        if length != cur_len:
-            log(t0, f"stage: length {length}, {rows} rows/step (step {step})")
-            if cur_len is not None:
-                stage_stats[cur_len]["seconds"] = round(elapsed - stage_start, 2)
-            cur_len, stage_start = length, elapsed
+        if stage != cur_stage:
+            mix = (f", {args.mix_last:.0%} of steps at earlier lengths"
+                   if stage == len(stages) - 1 and stage > 0 and args.mix_last > 0 else "")
+            log(t0, f"stage: length {stages[stage][0]}{mix} (step {step})")
+            cur_stage = stage
         lr = lr_at(frac, args)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -244,6 +260,11 @@ def train(args):
         st = stage_stats.setdefault(length, {"steps": 0, "tokens": 0, "seconds": 0.0})
         st["steps"] += 1
         st["tokens"] += rows * length
+        # Wall time per length, step by step (lengths alternate in the last stage). The GPU runs
+        # behind the host by at most a few steps, so the sums are right to a step or two.
+        now_step = time.time()
+        st["seconds"] += now_step - t_step
+        t_step = now_step
         if step % args.log_every == 0:
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -270,9 +291,8 @@ def train(args):
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_seconds = time.time() - t_train
-    if cur_len is not None:
-        stage_stats[cur_len]["seconds"] = round(train_seconds - stage_start, 2)
     for length, st in stage_stats.items():
+        st["seconds"] = round(st["seconds"], 2)
         st["draws"] = batcher.drawn.get(length, 0)
         st["pool"] = len(instances.get(length, []))
     log(t0, f"trained {step} steps, {tokens_seen / 1e6:.1f}M tokens in {train_seconds:.0f} s "
