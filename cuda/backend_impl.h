@@ -48,6 +48,11 @@ inline void check_shape(const char* op, const char* name, const Tensor& t, int64
   op_checks::check_extent(op, name, t, rows, cols);
 }
 
+// check_shape bound to one op, for the checks op_checks.h shares between backends.
+inline auto shape_checker(const char* op) {
+  return [op](const char* name, const Tensor& t, int64_t rows, int64_t cols) { check_shape(op, name, t, rows, cols); };
+}
+
 // Calls f with a value of the element type of t (float or bf16), to instantiate templates.
 template <class F>
 void dispatch(DType t, F&& f) {

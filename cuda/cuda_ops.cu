@@ -38,11 +38,7 @@ void CudaBackend::embedding(const int32_t* ids, const Tensor& table, Tensor out)
 }
 
 void CudaBackend::rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor out) {
-  check_view("rmsnorm", "x", x);
-  check_shape("rmsnorm", "weight", weight, 1, x.cols);
-  check_shape("rmsnorm", "out", out, x.rows, x.cols);
-  if (x.rows > 0 && x.cols == 0) fail("rmsnorm", "x " + shape(x) + " has empty rows");
-  if (!(eps >= 0.0f)) fail("rmsnorm", "eps must be >= 0, got " + std::to_string(eps));
+  op_checks::check_norm_args("rmsnorm", x, nullptr, weight, eps, out, shape_checker("rmsnorm"));
   if (x.rows > INT32_MAX) fail("rmsnorm", "x " + shape(x) + " has too many rows");
   bind();
   ProfileScope prof(profiler_.get(), "rmsnorm");
@@ -152,9 +148,7 @@ void CudaBackend::rope(const RopeArgs& a) {
 
 void CudaBackend::attention(const AttentionArgs& a) {
   const char* op = "attention";
-  op_checks::check_attention_shapes(op, a, [op](const char* name, const Tensor& t, int64_t rows, int64_t cols) {
-    check_shape(op, name, t, rows, cols);
-  });
+  op_checks::check_attention_shapes(op, a, shape_checker(op));
   const int64_t T = a.q.rows, S = a.k.rows, D = a.head_dim;
   if (D != 64 && D != 128) fail(op, "head_dim " + std::to_string(D) + " is not supported on cuda (64, 128)");
   if (a.q.dtype != DType::bf16 || a.k.dtype != DType::bf16 || a.v.dtype != DType::bf16)
@@ -301,13 +295,7 @@ void CudaBackend::add(Tensor x, const Tensor& y) {
 
 void CudaBackend::add_rmsnorm(Tensor x, const Tensor& y, const Tensor& weight, float eps, Tensor out) {
   const char* op = "add_rmsnorm";
-  check_view(op, "x", x);
-  check_shape(op, "y", y, x.rows, x.cols);
-  check_shape(op, "weight", weight, 1, x.cols);
-  check_shape(op, "out", out, x.rows, x.cols);
-  if (x.rows > 0 && x.cols == 0) fail(op, "x " + shape(x) + " has empty rows");
-  if (!(eps >= 0.0f)) fail(op, "eps must be >= 0, got " + std::to_string(eps));
-  if (overlaps(out, x) || overlaps(out, y)) fail(op, "out " + shape(out) + " overlaps x " + shape(x) + " or y " + shape(y));
+  op_checks::check_norm_args(op, x, &y, weight, eps, out, shape_checker(op));
   if (x.rows > INT32_MAX) fail(op, "x " + shape(x) + " has too many rows");
   bind();
   ProfileScope prof(profiler_.get(), "add_rmsnorm");

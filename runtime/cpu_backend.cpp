@@ -51,6 +51,11 @@ void check_shape(const char* op, const char* name, const Tensor& t, int64_t rows
   op_checks::check_extent(op, name, t, rows, cols);
 }
 
+// check_shape bound to one op, for the checks op_checks.h shares between backends.
+auto shape_checker(const char* op) {
+  return [op](const char* name, const Tensor& t, int64_t rows, int64_t cols) { check_shape(op, name, t, rows, cols); };
+}
+
 float* row_ptr(const Tensor& t, int64_t r) { return static_cast<float*>(t.data) + r * t.stride; }
 
 // Leading dimension for BLAS: a single-row view may carry any stride, BLAS wants >= cols.
@@ -169,11 +174,7 @@ class CpuBackend final : public Backend {
   // y = weight * h. The sum of squares is accumulated in double (more accurate than torch's
   // float reduction, and order-independent for practical purposes), then rounded to float.
   void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor out) override {
-    check_view("rmsnorm", "x", x);
-    check_shape("rmsnorm", "weight", weight, 1, x.cols);
-    check_shape("rmsnorm", "out", out, x.rows, x.cols);
-    if (x.rows > 0 && x.cols == 0) fail("rmsnorm", "x " + shape(x) + " has empty rows");
-    if (!(eps >= 0.0f)) fail("rmsnorm", "eps must be >= 0, got " + std::to_string(eps));
+    op_checks::check_norm_args("rmsnorm", x, nullptr, weight, eps, out, shape_checker("rmsnorm"));
     const int64_t n = x.cols;
     const float* w = row_ptr(weight, 0);
 #pragma omp parallel for schedule(static) if (x.rows * n >= kParallelMin)
@@ -297,14 +298,7 @@ class CpuBackend final : public Backend {
   // add then rmsnorm row by row while the row is in cache; the same float operations in the same
   // order as the two separate ops, so the results are identical.
   void add_rmsnorm(Tensor x, const Tensor& y, const Tensor& weight, float eps, Tensor out) override {
-    check_view("add_rmsnorm", "x", x);
-    check_shape("add_rmsnorm", "y", y, x.rows, x.cols);
-    check_shape("add_rmsnorm", "weight", weight, 1, x.cols);
-    check_shape("add_rmsnorm", "out", out, x.rows, x.cols);
-    if (x.rows > 0 && x.cols == 0) fail("add_rmsnorm", "x " + shape(x) + " has empty rows");
-    if (!(eps >= 0.0f)) fail("add_rmsnorm", "eps must be >= 0, got " + std::to_string(eps));
-    if (overlaps(out, x) || overlaps(out, y))
-      fail("add_rmsnorm", "out " + shape(out) + " overlaps x " + shape(x) + " or y " + shape(y));
+    op_checks::check_norm_args("add_rmsnorm", x, &y, weight, eps, out, shape_checker("add_rmsnorm"));
     const int64_t n = x.cols;
     const float* w = row_ptr(weight, 0);
 #pragma omp parallel for schedule(static) if (x.rows * n >= kParallelMin)
@@ -341,9 +335,7 @@ class CpuBackend final : public Backend {
 // cpu_attention.cpp.
 void CpuBackend::attention(const AttentionArgs& a) {
   const char* op = "attention";
-  op_checks::check_attention_shapes(op, a, [op](const char* name, const Tensor& t, int64_t rows, int64_t cols) {
-    check_shape(op, name, t, rows, cols);
-  });
+  op_checks::check_attention_shapes(op, a, shape_checker(op));
   const int64_t T = a.q.rows;
   if (T == 0) return;
   cpu_attention(a);

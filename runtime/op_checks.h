@@ -76,6 +76,22 @@ void check_attention_shapes(const char* op, const AttentionArgs& a, CheckShape c
     fail(op, "o " + shape(a.o) + " or lse overlaps k, v or o");
 }
 
+// RMSNorm's arguments, and add_rmsnorm's when y is given (x += y, then out = rmsnorm(x)): x, y
+// and out [rows x cols], weight [1 x cols], no empty rows, eps >= 0; add_rmsnorm's out must not
+// share memory with x or y, which it updates and reads row by row. `check_shape` as above.
+template <class CheckShape>
+void check_norm_args(const char* op, const Tensor& x, const Tensor* y, const Tensor& weight, float eps,
+                     const Tensor& out, CheckShape check_shape) {
+  check_shape("x", x, x.rows, x.cols);
+  if (y) check_shape("y", *y, x.rows, x.cols);
+  check_shape("weight", weight, 1, x.cols);
+  check_shape("out", out, x.rows, x.cols);
+  if (x.rows > 0 && x.cols == 0) fail(op, "x " + shape(x) + " has empty rows");
+  if (!(eps >= 0.0f)) fail(op, "eps must be >= 0, got " + std::to_string(eps));
+  if (y && (overlaps(out, x) || overlaps(out, *y)))
+    fail(op, "out " + shape(out) + " overlaps x " + shape(x) + " or y " + shape(*y));
+}
+
 // Every id before anything is written, so a bad id leaves the output untouched.
 inline void check_token_ids(const int32_t* ids, int64_t n, int64_t vocab) {
   for (int64_t i = 0; i < n; ++i)
