@@ -39,13 +39,7 @@ def main(args):
     if "--wide" in args:
         print_wide(paths)
         return
-    # (task, length) -> config -> samples; files with other seeds add samples to the same cell.
-    rows = {}
-    for path in paths:
-        with open(path) as f:
-            for r in json.load(f)["results"]:
-                cell = rows.setdefault((r["task"], r["length"]), {})
-                cell.setdefault(config_name(r), []).extend(r["samples"])
+    rows = load_samples(paths)
     print("| task | length | samples | config | score | star/full | answers = full's |")
     print("|---|---|---|---|---|---|---|")
     for (task, length), configs in sorted(rows.items()):
@@ -64,6 +58,18 @@ def main(args):
             print(f"| {task} | {length} | {len(samples)} | {name} | {score:.1f} | {ratio} | {same} |")
 
 
+def load_samples(paths):
+    """(task, length) -> config -> samples, from `starattn eval --json` files; files with other
+    seeds add samples to the same cell."""
+    rows = {}
+    for path in paths:
+        with open(path) as f:
+            for r in json.load(f)["results"]:
+                cell = rows.setdefault((r["task"], r["length"]), {})
+                cell.setdefault(config_name(r), []).extend(r["samples"])
+    return rows
+
+
 def cell_scores(paths):
     """(task, length) -> config -> score, from JSON files or from a table printed by main()."""
     cells = {}
@@ -76,12 +82,9 @@ def cell_scores(paths):
                         continue
                     cells.setdefault((parts[0], int(parts[1])), {})[parts[3]] = float(parts[4])
             continue
-        samples = {}
-        with open(path) as f:
-            for r in json.load(f)["results"]:
-                samples.setdefault((r["task"], r["length"], config_name(r)), []).extend(r["samples"])
-        for (task, length, name), s in samples.items():
-            cells.setdefault((task, length), {})[name] = mean(s)
+        for cell, configs in load_samples([path]).items():
+            for name, samples in configs.items():
+                cells.setdefault(cell, {})[name] = mean(samples)
     return cells
 
 
