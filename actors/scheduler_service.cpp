@@ -16,8 +16,6 @@
 namespace starattn::actors {
 namespace {
 
-using server::ErrorKind;
-using server::ServiceError;
 
 // In-process only (service -> a request's bridge), no payload.
 using client_cancel_atom = caf::atom_constant<caf::atom("clcancel")>;
@@ -36,7 +34,7 @@ struct Registry {
   bool closed = false;     // under `gate`: no more callbacks
 };
 
-struct Handle : server::RequestHandle {
+struct Handle : RequestHandle {
   caf::actor bridge;
   std::atomic<bool> cancelled{false};
   void cancel() override {
@@ -53,7 +51,7 @@ ErrorKind service_kind(wire::ErrorKind kind) {
   }
 }
 
-wire::SubmitRequest to_submit(const server::TextRequest& r) {
+wire::SubmitRequest to_submit(const TextRequest& r) {
   wire::SubmitRequest s;
   s.set_protocol_version(wire::kProtocolVersion);
   if (r.chat) {
@@ -85,8 +83,8 @@ wire::SubmitRequest to_submit(const server::TextRequest& r) {
 struct BridgeState {
   std::shared_ptr<Registry> registry;
   caf::actor scheduler;
-  server::StreamCallbacks callbacks;
-  std::optional<server::StopMatcher> stops;
+  StreamCallbacks callbacks;
+  std::optional<StopMatcher> stops;
   uint64_t id = 0;            // 0 until Accepted
   std::string ending;         // "stop" or "cancelled" once we asked the scheduler to end it
   bool cancel_sent = false;
@@ -139,7 +137,7 @@ void on_token(Bridge* self, const std::string& bytes) {
     return fail_and_quit(self, ErrorKind::internal, e.what());
   }
   ++st.tokens;
-  server::TokenEvent ev;
+  TokenEvent ev;
   ev.text = st.stops->push(t.text());
   ev.tokens.push_back(t.token());
   const bool more = deliver(self, [&] { return st.callbacks.on_token(ev); });
@@ -159,13 +157,13 @@ void on_finished(Bridge* self, const std::string& bytes) {
   if (!f.ok() && st.ending.empty()) return fail_and_quit(self, service_kind(f.error_kind()), f.error());
   std::string reason = st.ending;
   if (reason.empty()) {
-    server::TokenEvent tail;
+    TokenEvent tail;
     tail.text = st.stops->push(f.text_tail());
     tail.text += st.stops->flush();
     if (!tail.text.empty()) deliver(self, [&] { return st.callbacks.on_token(tail); });
     reason = st.stops->stopped() ? "stop" : f.finish_reason();
   }
-  server::Completion c;
+  Completion c;
   c.finish_reason = reason;
   c.context_tokens = f.context_tokens();
   c.prompt_tokens = f.context_tokens() + f.query_tokens();
@@ -184,8 +182,8 @@ void on_finished(Bridge* self, const std::string& bytes) {
 }
 
 caf::behavior bridge(Bridge* self, std::shared_ptr<Registry> registry, uint64_t key,
-                     caf::actor scheduler, std::shared_ptr<server::TextRequest> request,
-                     std::shared_ptr<server::StreamCallbacks> callbacks) {
+                     caf::actor scheduler, std::shared_ptr<TextRequest> request,
+                     std::shared_ptr<StreamCallbacks> callbacks) {
   auto& st = self->state;
   st.registry = registry;
   st.scheduler = scheduler;
@@ -271,8 +269,8 @@ SchedulerService::~SchedulerService() {
   reg.closed = true;
 }
 
-std::shared_ptr<server::RequestHandle> SchedulerService::submit(server::TextRequest request,
-                                                                server::StreamCallbacks callbacks) {
+std::shared_ptr<RequestHandle> SchedulerService::submit(TextRequest request,
+                                                                StreamCallbacks callbacks) {
   auto handle = std::make_shared<Handle>();
   Registry& reg = *impl_->registry;
   std::lock_guard<std::mutex> lock(reg.mutex);
@@ -284,26 +282,26 @@ std::shared_ptr<server::RequestHandle> SchedulerService::submit(server::TextRequ
   const uint64_t key = reg.next++;
   handle->bridge = impl_->system.spawn(
       bridge, impl_->registry, key, impl_->scheduler,
-      std::make_shared<server::TextRequest>(std::move(request)),
-      std::make_shared<server::StreamCallbacks>(std::move(callbacks)));
+      std::make_shared<TextRequest>(std::move(request)),
+      std::make_shared<StreamCallbacks>(std::move(callbacks)));
   reg.bridges.emplace(key, handle->bridge.address());
   return handle;
 }
 
-server::ServiceInfo SchedulerService::info() const {
-  server::ServiceInfo i;
+ServiceInfo SchedulerService::info() const {
+  ServiceInfo i;
   i.model = impl_->options.model_name;
   i.max_context_tokens = impl_->options.max_context_tokens;
   i.max_queue = impl_->options.max_queue;
   return i;
 }
 
-std::vector<server::WorkerLoad> SchedulerService::load() const {
-  std::vector<server::WorkerLoad> out;
+std::vector<WorkerLoad> SchedulerService::load() const {
+  std::vector<WorkerLoad> out;
   const auto s = impl_->status();
   if (!s) return out;
   for (const auto& w : s->workers()) {
-    server::WorkerLoad l;
+    WorkerLoad l;
     l.worker = w.name();
     l.kv_tokens = w.kv_tokens_held();
     l.active_requests = w.active_requests();

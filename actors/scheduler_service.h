@@ -16,7 +16,7 @@
 #include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
 
-#include "server/generation_service.h"
+#include "runtime/generation_service.h"
 
 namespace starattn::actors {
 
@@ -31,7 +31,7 @@ struct SchedulerServiceOptions {
   std::chrono::milliseconds shutdown_timeout{10000};
 };
 
-class SchedulerService : public server::GenerationService {
+class SchedulerService : public GenerationService {
  public:
   // `system` must outlive the service and every handle it returned; `scheduler` runs in it.
   SchedulerService(caf::actor_system& system, caf::actor scheduler, SchedulerServiceOptions options);
@@ -41,11 +41,11 @@ class SchedulerService : public server::GenerationService {
   SchedulerService(const SchedulerService&) = delete;
   SchedulerService& operator=(const SchedulerService&) = delete;
 
-  std::shared_ptr<server::RequestHandle> submit(server::TextRequest request,
-                                                server::StreamCallbacks callbacks) override;
-  server::ServiceInfo info() const override;
+  std::shared_ptr<RequestHandle> submit(TextRequest request,
+                                                StreamCallbacks callbacks) override;
+  ServiceInfo info() const override;
   // From the scheduler's status: KV it has placed on each worker and not yet released.
-  std::vector<server::WorkerLoad> load() const override;
+  std::vector<WorkerLoad> load() const override;
   int queued() const override;
 
  private:

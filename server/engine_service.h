@@ -7,7 +7,7 @@
 #include <string>
 
 #include "runtime/engine.h"
-#include "server/generation_service.h"
+#include "runtime/generation_service.h"
 
 namespace starattn::server {
 

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string>
 
-#include "server/generation_service.h"
+#include "runtime/generation_service.h"
 #include "server/serving.pb.h"
 
 namespace starattn::server {

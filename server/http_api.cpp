@@ -167,6 +167,10 @@ ApiError service_error_to_api(const ServiceError& e) {
       return ApiError(503, "server_error", "", "overloaded", e.message);
     case ErrorKind::shutting_down:
       return ApiError(503, "server_error", "", "shutting_down", e.message);
+    case ErrorKind::worker_failed:
+      return ApiError(503, "server_error", "", "worker_failed", e.message);
+    case ErrorKind::timeout:
+      return ApiError(504, "server_error", "", "timeout", e.message);
     case ErrorKind::internal:
       break;
   }

@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "server/generation_service.h"
+#include "runtime/generation_service.h"
 
 namespace starattn::server {
 

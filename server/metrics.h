@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "server/generation_service.h"
+#include "runtime/generation_service.h"
 
 namespace starattn::server {
 

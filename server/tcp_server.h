@@ -9,7 +9,7 @@
 
 #include <boost/asio/io_context.hpp>
 
-#include "server/generation_service.h"
+#include "runtime/generation_service.h"
 #include "server/metrics.h"
 
 namespace starattn::server {

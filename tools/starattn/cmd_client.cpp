@@ -37,7 +37,7 @@ int cmd_client(int argc, char** argv) {
   const std::string output = args.get("output", "text");
   if (output != "text" && output != "ids")
     throw std::invalid_argument("--output must be text or ids, got '" + output + "'");
-  server::TextRequest r;
+  TextRequest r;
   r.context = args.has("context") ? args.get("context", "") : read_file(args.get("context-file", ""));
   r.query = args.require("query");
   r.mode = args.get("mode", "star");
@@ -59,7 +59,7 @@ int cmd_client(int argc, char** argv) {
   const auto [host, port] = server::parse_host_port(args.require("connect"), "--connect");
   server::Client client(host, port);
   bool first = true;
-  const server::Completion c = client.generate(r, [&](const server::TokenEvent& ev) {
+  const Completion c = client.generate(r, [&](const TokenEvent& ev) {
     if (output == "ids") {
       for (int32_t id : ev.tokens) std::printf(first ? "%d" : " %d", id), first = false;
     } else {

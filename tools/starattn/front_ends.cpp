@@ -35,7 +35,7 @@ server::HttpServerOptions http_options(const Args& args, const std::string& defa
   return ho;
 }
 
-void FrontEnds::serve(server::GenerationService& service, const Args& args, bool want_http,
+void FrontEnds::serve(GenerationService& service, const Args& args, bool want_http,
                       const std::string& default_http, const char* name) {
   const int io_threads = static_cast<int>(args.get_int("io-threads", 2));
   if (io_threads < 1) throw std::invalid_argument("--io-threads must be at least 1");

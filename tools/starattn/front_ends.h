@@ -6,7 +6,7 @@
 
 #include <boost/asio/io_context.hpp>
 
-#include "server/generation_service.h"
+#include "runtime/generation_service.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
 #include "tools/starattn/args.h"
@@ -25,7 +25,7 @@ class FrontEnds {
   // Serves HTTP (when want_http; --http or default_http) and framed TCP (when --tcp is given) for
   // `service` on --io-threads threads until a stop signal; the servers are closed on return.
   // `name` prefixes the log lines; the listening addresses go to stdout.
-  void serve(server::GenerationService& service, const Args& args, bool want_http,
+  void serve(GenerationService& service, const Args& args, bool want_http,
              const std::string& default_http, const char* name);
 
   server::Metrics metrics;

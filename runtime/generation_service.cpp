@@ -1,20 +1,9 @@
-#include "server/generation_service.h"
+#include "runtime/generation_service.h"
 
 #include <algorithm>
 #include <stdexcept>
 
-namespace starattn::server {
-
-const char* error_kind_name(ErrorKind kind) {
-  switch (kind) {
-    case ErrorKind::invalid_request: return "invalid_request";
-    case ErrorKind::capacity: return "capacity";
-    case ErrorKind::overloaded: return "overloaded";
-    case ErrorKind::shutting_down: return "shutting_down";
-    case ErrorKind::internal: return "internal";
-  }
-  return "internal";
-}
+namespace starattn {
 
 StopMatcher::StopMatcher(std::vector<std::string> stops) {
   for (auto& s : stops)
@@ -53,4 +42,4 @@ std::string StopMatcher::flush() {
   return stopped_ ? std::string() : out;
 }
 
-}  // namespace starattn::server
+}  // namespace starattn

@@ -12,8 +12,9 @@
 
 #include "runtime/backend.h"
 #include "runtime/chat_template.h"
+#include "runtime/errors.h"
 
-namespace starattn::server {
+namespace starattn {
 
 struct TextRequest {
   // Either `context` + `query` (completions), or `messages` (chat: all but the last user
@@ -31,15 +32,6 @@ struct TextRequest {
   bool ignore_eos = false;        // generate exactly max_tokens (benchmarks, tests)
 };
 
-// Why a request failed; front ends map it to a status (HTTP 400/413/503/500, a TCP error code).
-enum class ErrorKind {
-  invalid_request,  // bad field values the service found (mode, block sizes, empty query)
-  capacity,         // the context (plus query and max_tokens) does not fit in KV memory
-  overloaded,       // the queue is full; try again later
-  shutting_down,    // the service is stopping
-  internal,         // anything else: a bug or a backend failure
-};
-const char* error_kind_name(ErrorKind kind);
 
 struct ServiceError {
   ErrorKind kind = ErrorKind::internal;
@@ -124,4 +116,4 @@ class StopMatcher {
   bool stopped_ = false;
 };
 
-}  // namespace starattn::server
+}  // namespace starattn
