@@ -13,6 +13,7 @@
 #include "runtime/backend.h"
 #include "runtime/chat_template.h"
 #include "runtime/errors.h"
+#include "runtime/sampling.h"
 
 namespace starattn {
 
@@ -30,6 +31,12 @@ struct TextRequest {
   SamplingParams sampling;
   std::vector<std::string> stop;  // stop strings; the text ends before the first match
   bool ignore_eos = false;        // generate exactly max_tokens (benchmarks, tests)
+  // Token ids instead of text (a completions prompt given as ids): when `ids` is set, the
+  // service uses context_ids + query_ids as they are, with no template and no tokenizer.
+  bool ids = false;
+  std::vector<int32_t> context_ids, query_ids;
+  // Penalties, logit bias and log-probabilities (runtime/sampling.h).
+  LogitsProcessing logits;
 };
 
 
@@ -42,6 +49,9 @@ struct TokenEvent {
   std::string text;              // decoded text released by this token; may be empty (held
                                  // back: an incomplete UTF-8 character or a stop-string prefix)
   std::vector<int32_t> tokens;  // the token id(s) this event stands for
+  // One entry per token in `tokens` when the request asked for logprobs
+  // (LogitsProcessing::top_logprobs >= 0), else empty.
+  std::vector<TokenLogprob> logprobs;
 };
 
 struct Completion {

@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace starattn {
@@ -116,6 +118,53 @@ int32_t sample_token(const float* logits, int64_t n, const SamplingParams& param
   // Only reachable through rounding when u lands on the very top of the mass; never return a
   // zero-probability (-inf logit) candidate.
   return order[last_positive];
+}
+
+}  // namespace starattn
+
+namespace starattn {
+
+void adjust_logits(float* logits, int64_t n, const LogitsProcessing& p,
+                   const std::vector<int32_t>& generated) {
+  for (const auto& [id, bias] : p.logit_bias) {
+    if (id < 0 || id >= n)
+      throw std::invalid_argument("logit_bias names token " + std::to_string(id) +
+                                  ", outside the vocabulary (size " + std::to_string(n) + ")");
+    logits[id] += bias;
+  }
+  if (p.presence_penalty == 0 && p.frequency_penalty == 0) return;
+  std::unordered_map<int32_t, int> counts;
+  for (int32_t id : generated) ++counts[id];
+  for (const auto& [id, count] : counts) {
+    if (id < 0 || id >= n) continue;
+    logits[id] -= p.presence_penalty + p.frequency_penalty * static_cast<float>(count);
+  }
+}
+
+TokenLogprob token_logprob(const float* logits, int64_t n, int32_t token, int top_k) {
+  if (token < 0 || token >= n)
+    throw std::invalid_argument("token_logprob: token " + std::to_string(token) + " outside [0, " +
+                                std::to_string(n) + ")");
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, static_cast<double>(logits[i]));
+  double z = 0;
+  for (int64_t i = 0; i < n; ++i) z += std::exp(static_cast<double>(logits[i]) - m);
+  const double lse = m + std::log(z);
+  TokenLogprob out;
+  out.token = token;
+  out.logprob = static_cast<float>(logits[token] - lse);
+  if (top_k > 0) {
+    std::vector<int32_t> idx(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) idx[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+    const size_t k = std::min<size_t>(static_cast<size_t>(top_k), idx.size());
+    std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(k), idx.end(),
+                      [&](int32_t a, int32_t b) {
+                        return logits[a] != logits[b] ? logits[a] > logits[b] : a < b;
+                      });
+    for (size_t i = 0; i < k; ++i)
+      out.top.emplace_back(idx[i], static_cast<float>(logits[idx[i]] - lse));
+  }
+  return out;
 }
 
 }  // namespace starattn

@@ -3,6 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "runtime/backend.h"
 
@@ -18,5 +21,31 @@ double uniform_draw(uint64_t seed, uint64_t step);
 // is chosen by inverse CDF with uniform_draw(seed, step). Throws std::invalid_argument for
 // temperature < 0, top_p outside (0, 1], top_k < 0, and NaN or +inf logits.
 int32_t sample_token(const float* logits, int64_t n, const SamplingParams& params, uint64_t step);
+
+// What OpenAI-style requests add on top of sampling: penalties over the tokens generated so far,
+// a fixed bias per token id, and log-probabilities of the chosen and the most likely tokens.
+// Applied to the logits before sample_token (Generation does it, for every path alike).
+struct LogitsProcessing {
+  float presence_penalty = 0;   // subtracted once from every token already generated
+  float frequency_penalty = 0;  // subtracted once per earlier occurrence
+  std::vector<std::pair<int32_t, float>> logit_bias;  // added to the token's logit
+  int top_logprobs = -1;  // -1: no logprobs; 0: the chosen token's only; k: and the k most likely
+  bool adjusts_logits() const {
+    return presence_penalty != 0 || frequency_penalty != 0 || !logit_bias.empty();
+  }
+  bool wants_logprobs() const { return top_logprobs >= 0; }
+};
+
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0;  // natural log of the probability under the adjusted logits, temperature 1
+  std::vector<std::pair<int32_t, float>> top;  // the most likely tokens, by logprob descending
+};
+
+// Applies penalties and bias in place to logits[n]; `generated` lists the tokens generated so far.
+void adjust_logits(float* logits, int64_t n, const LogitsProcessing& p,
+                   const std::vector<int32_t>& generated);
+// log-softmax of logits[n] at `token`, and the top k (ties by lower id first).
+TokenLogprob token_logprob(const float* logits, int64_t n, int32_t token, int top_k);
 
 }  // namespace starattn
