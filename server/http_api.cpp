@@ -2,9 +2,12 @@
 
 #include <cmath>
 #include <limits>
+#include <mutex>
 #include <set>
 
 #include <nlohmann/json.hpp>
+
+#include "runtime/log.h"
 
 namespace starattn::server {
 namespace {
@@ -69,6 +72,14 @@ double get_number(const json& v, const std::string& field) {
   return x;
 }
 
+double get_number_in(const json& v, const std::string& field, double lo, double hi) {
+  const double x = get_number(v, field);
+  if (x < lo || x > hi)
+    throw bad_request(field, "'" + field + "' must be between " + json(lo).dump() + " and " + json(hi).dump() +
+                                 ", got " + json(x).dump());
+  return x;
+}
+
 bool get_bool(const json& v, const std::string& field) {
   if (!v.is_boolean()) throw wrong_type(field, "a boolean", v);
   return v.get<bool>();
@@ -88,6 +99,24 @@ std::vector<std::string> get_stop(const json& v) {
   return out;
 }
 
+// logit_bias: {"token id": bias}, ids as decimal strings, as OpenAI's API takes them.
+std::vector<std::pair<int32_t, float>> get_logit_bias(const json& v) {
+  const std::string field = "logit_bias";
+  if (!v.is_object()) throw wrong_type(field, "an object mapping token ids to numbers", v);
+  if (v.size() > kMaxLogitBias)
+    throw bad_request(field, "'logit_bias' may hold at most " + std::to_string(kMaxLogitBias) + " tokens");
+  std::vector<std::pair<int32_t, float>> out;
+  for (const auto& [key, bias] : v.items()) {
+    const std::string name = field + "[" + key + "]";
+    const bool digits = !key.empty() && key.size() <= 10 &&
+                        key.find_first_not_of("0123456789") == std::string::npos;
+    if (!digits || std::stoll(key) > std::numeric_limits<int32_t>::max())
+      throw bad_request(field, "'logit_bias' keys must be token ids (non-negative integers), got \"" + key + "\"");
+    out.push_back({static_cast<int32_t>(std::stoll(key)), static_cast<float>(get_number_in(bias, name, -100, 100))});
+  }
+  return out;
+}
+
 // Message content: a string, or OpenAI's list of parts of which we take the text parts.
 std::string get_content(const json& v, const std::string& field) {
   if (v.is_string()) return v.get<std::string>();
@@ -103,7 +132,7 @@ std::string get_content(const json& v, const std::string& field) {
   return text;
 }
 
-std::vector<ChatMessage> get_messages(const json& v) {
+std::vector<ChatMessage> get_messages(const json& v, std::vector<std::string>& ignored) {
   if (!v.is_array()) throw wrong_type("messages", "an array", v);
   if (v.empty()) throw bad_request("messages", "'messages' must not be empty");
   std::vector<ChatMessage> out;
@@ -120,8 +149,8 @@ std::vector<ChatMessage> get_messages(const json& v) {
       } else if (key == "content") {
         msg.content = get_content(value, field + ".content");
         have_content = true;
-      } else if (key != "name") {
-        throw bad_request(field + "." + key, "unknown field '" + key + "' in " + field);
+      } else {
+        ignored.push_back(field + "." + key);  // name, tool_calls, refusal, ...: no effect here
       }
     }
     if (!have_role) throw bad_request(field + ".role", field + " has no 'role'");
@@ -135,20 +164,75 @@ std::vector<ChatMessage> get_messages(const json& v) {
   return out;
 }
 
-json usage(const Completion& done) {
-  return {{"prompt_tokens", done.prompt_tokens},
-          {"completion_tokens", done.completion_tokens},
-          {"total_tokens", done.prompt_tokens + done.completion_tokens}};
+// A completions prompt: text or token ids, one or several.
+struct Prompts {
+  bool ids = false;
+  std::vector<std::string> texts;
+  std::vector<std::vector<int32_t>> id_lists;
+};
+
+const char* kPromptForms = "a string, an array of strings, an array of token ids or an array of arrays of token ids";
+
+std::vector<int32_t> get_ids(const json& v, const std::string& field) {
+  if (v.empty()) throw bad_request(field, "'" + field + "' must not be an empty list of token ids");
+  std::vector<int32_t> out;
+  out.reserve(v.size());
+  for (const auto& id : v) {
+    if (!id.is_number_integer()) throw bad_request(field, "'" + field + "' must be " + kPromptForms);
+    out.push_back(static_cast<int32_t>(get_int(id, field, 0, std::numeric_limits<int32_t>::max())));
+  }
+  return out;
 }
 
-const char* object_name(Endpoint endpoint, bool chunk) {
-  if (endpoint == Endpoint::completions) return "text_completion";
-  return chunk ? "chat.completion.chunk" : "chat.completion";
+Prompts get_prompts(const json& v) {
+  Prompts p;
+  if (v.is_string()) {
+    p.texts.push_back(v.get<std::string>());
+    return p;
+  }
+  if (!v.is_array() || v.empty()) throw bad_request("prompt", std::string("'prompt' must be ") + kPromptForms);
+  if (v[0].is_string()) {
+    for (const auto& s : v) {
+      if (!s.is_string()) throw bad_request("prompt", std::string("'prompt' must be ") + kPromptForms);
+      p.texts.push_back(s.get<std::string>());
+    }
+  } else if (v[0].is_number_integer()) {
+    p.ids = true;
+    p.id_lists.push_back(get_ids(v, "prompt"));
+  } else if (v[0].is_array()) {
+    p.ids = true;
+    for (const auto& list : v) {
+      if (!list.is_array()) throw bad_request("prompt", std::string("'prompt' must be ") + kPromptForms);
+      p.id_lists.push_back(get_ids(list, "prompt"));
+    }
+  } else {
+    throw bad_request("prompt", std::string("'prompt' must be ") + kPromptForms);
+  }
+  return p;
 }
 
-json envelope(Endpoint endpoint, const ResponseMeta& meta, bool chunk) {
-  return {{"id", meta.id}, {"object", object_name(endpoint, chunk)}, {"created", meta.created},
-          {"model", meta.model}};
+const char* endpoint_path(Endpoint e) {
+  return e == Endpoint::completions ? "/v1/completions" : "/v1/chat/completions";
+}
+
+// Features a client may ask for with a field OpenAI defines and that this server does not have:
+// answering without them would be a silently different answer, so they are refused by name.
+void refuse_unsupported(Endpoint endpoint, const std::string& key, const json& v) {
+  auto refuse = [&](const std::string& what) {
+    throw bad_request(key, "'" + key + "' is not supported by this server: " + what);
+  };
+  if (endpoint == Endpoint::completions) {
+    if (key == "echo" && get_bool(v, key)) refuse("the answer cannot repeat the prompt");
+    if (key == "suffix" && !get_string(v, key).empty()) refuse("there is no insertion mode");
+  } else {
+    if ((key == "tools" || key == "functions") && (!v.is_array() || !v.empty()))
+      refuse("there is no tool calling");
+    if (key == "response_format") {
+      if (!v.is_object() || !v.contains("type") || !v["type"].is_string())
+        throw wrong_type(key, "an object with a string 'type'", v);
+      if (v["type"] != "text") refuse("only {\"type\": \"text\"}");
+    }
+  }
 }
 
 }  // namespace
@@ -184,9 +268,13 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body) {
   if (!doc.is_object()) throw bad_request("", "the request body must be a JSON object, got " + std::string(type_name(doc)));
 
   ApiRequest out;
-  TextRequest& r = out.request;
+  TextRequest r;  // what every choice shares
   r.chat = endpoint == Endpoint::chat_completions;
-  bool have_prompt = false, have_query = false, have_messages = false;
+  const json* prompt = nullptr;
+  const json* query = nullptr;
+  bool have_messages = false, chat_logprobs = false;
+  int top_logprobs = -1;
+  int64_t best_of = 0;
   for (const auto& [key, v] : doc.items()) {
     // null means "not given" for every optional field, as OpenAI's API treats it.
     if (v.is_null() && key != "prompt" && key != "query" && key != "messages") continue;
@@ -197,15 +285,13 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body) {
     } else if (key == "stream_options") {
       if (!v.is_object()) throw wrong_type(key, "an object", v);
       for (const auto& [k2, v2] : v.items()) {
-        if (k2 != "include_usage") throw bad_request(key + "." + k2, "unknown field '" + k2 + "' in stream_options");
-        out.include_usage = get_bool(v2, key + "." + k2);
+        if (k2 == "include_usage") out.include_usage = get_bool(v2, key + "." + k2);
+        else out.ignored_fields.push_back(key + "." + k2);
       }
     } else if (key == "max_tokens" || (r.chat && key == "max_completion_tokens")) {
       r.max_tokens = static_cast<int>(get_int(v, key, 0, kMaxTokensLimit));
     } else if (key == "temperature") {
-      const double t = get_number(v, key);
-      if (t < 0 || t > 100) throw bad_request(key, "'temperature' must be between 0 and 100");
-      r.sampling.temperature = static_cast<float>(t);
+      r.sampling.temperature = static_cast<float>(get_number_in(v, key, 0, 100));
     } else if (key == "top_p") {
       const double p = get_number(v, key);
       if (!(p > 0 && p <= 1)) throw bad_request(key, "'top_p' must be in (0, 1]");
@@ -228,38 +314,171 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body) {
     } else if (key == "ignore_eos") {
       r.ignore_eos = get_bool(v, key);
     } else if (key == "n") {
-      if (get_int(v, key, 1, 1) != 1) throw bad_request(key, "'n' must be 1");
+      out.n = static_cast<int>(get_int(v, key, 1, kMaxChoices));
     } else if (key == "user") {
       get_string(v, key);  // accepted for compatibility, not used
+    } else if (key == "presence_penalty") {
+      r.logits.presence_penalty = static_cast<float>(get_number_in(v, key, -2, 2));
+    } else if (key == "frequency_penalty") {
+      r.logits.frequency_penalty = static_cast<float>(get_number_in(v, key, -2, 2));
+    } else if (key == "logit_bias") {
+      r.logits.logit_bias = get_logit_bias(v);
+    } else if (!r.chat && key == "logprobs") {
+      // An integer as OpenAI defines it; a boolean too, as some clients send `false`.
+      if (v.is_boolean()) out.logprobs = v.get<bool>() ? 0 : -1;
+      else out.logprobs = static_cast<int>(get_int(v, key, 0, kMaxTopLogprobs));
+    } else if (r.chat && key == "logprobs") {
+      chat_logprobs = get_bool(v, key);
+    } else if (r.chat && key == "top_logprobs") {
+      top_logprobs = static_cast<int>(get_int(v, key, 0, kMaxTopLogprobs));
+    } else if (!r.chat && key == "best_of") {
+      best_of = get_int(v, key, 1, kMaxChoices);
+    } else if (!r.chat && (key == "echo" || key == "suffix")) {
+      refuse_unsupported(endpoint, key, v);
+    } else if (r.chat && (key == "tools" || key == "functions" || key == "response_format")) {
+      refuse_unsupported(endpoint, key, v);
     } else if (!r.chat && key == "prompt") {
-      // A string, or a list holding one string (what some clients send).
-      if (v.is_array() && v.size() == 1 && v[0].is_string()) r.context = v[0].get<std::string>();
-      else r.context = get_string(v, key);
-      have_prompt = true;
+      prompt = &v;
     } else if (!r.chat && key == "query") {
-      r.query = get_string(v, key);
-      have_query = true;
+      query = &v;
     } else if (r.chat && key == "messages") {
-      r.messages = get_messages(v);
+      r.messages = get_messages(v, out.ignored_fields);
       have_messages = true;
     } else {
-      throw bad_request(key, "unknown field '" + key + "'");
+      out.ignored_fields.push_back(key);
     }
   }
+  if (r.chat) {
+    if (top_logprobs >= 0 && !chat_logprobs)
+      throw bad_request("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    if (chat_logprobs) out.logprobs = top_logprobs < 0 ? 0 : top_logprobs;
+  }
+  if (best_of > out.n)
+    throw bad_request("best_of", "'best_of' larger than 'n' is not supported by this server (every generated "
+                                 "choice is returned)");
+  r.logits.top_logprobs = out.logprobs;
+  if (r.anchor_size > 0 && r.block_size > 0 && r.anchor_size > r.block_size)
+    throw bad_request("anchor_size", "'anchor_size' (" + std::to_string(r.anchor_size) +
+                                         ") must not exceed 'block_size' (" + std::to_string(r.block_size) + ")");
+
+  std::vector<TextRequest> prompts;  // one per prompt, before n
   if (r.chat) {
     if (!have_messages) throw bad_request("messages", "'messages' is required");
     bool has_user = false;
     for (const auto& m : r.messages) has_user |= m.role == "user";
     if (!has_user) throw bad_request("messages", "'messages' needs at least one \"user\" message");
+    prompts.push_back(r);
   } else {
-    if (!have_prompt) throw bad_request("prompt", "'prompt' (the context) is required");
-    if (!have_query) throw bad_request("query", "'query' (the question about the prompt) is required");
-    if (r.query.empty()) throw bad_request("query", "'query' must not be empty");
+    if (!prompt) throw bad_request("prompt", "'prompt' is required");
+    const Prompts p = get_prompts(*prompt);
+    const size_t count = p.ids ? p.id_lists.size() : p.texts.size();
+    if (count * static_cast<size_t>(out.n) > static_cast<size_t>(kMaxChoices))
+      throw bad_request(out.n > 1 ? "n" : "prompt", "prompts x n must be at most " + std::to_string(kMaxChoices) +
+                                                        ", got " + std::to_string(count) + " x " + std::to_string(out.n));
+    if (query) {
+      // The explicit split: every prompt is a context, `query` the question about each.
+      if (p.ids) {
+        if (!query->is_array()) throw bad_request("query", "with token-id prompts 'query' must be token ids too");
+        const std::vector<int32_t> q = get_ids(*query, "query");
+        for (const auto& ids : p.id_lists) {
+          TextRequest t = r;
+          t.ids = true;
+          t.context_ids = ids;
+          t.query_ids = q;
+          prompts.push_back(std::move(t));
+        }
+      } else {
+        const std::string q = get_string(*query, "query");
+        if (q.empty()) throw bad_request("query", "'query' must not be empty");
+        for (const auto& text : p.texts) {
+          TextRequest t = r;
+          t.context = text;
+          t.query = q;
+          prompts.push_back(std::move(t));
+        }
+      }
+    } else if (p.ids) {
+      for (const auto& ids : p.id_lists) {
+        PlainPromptIdsSplit s = split_plain_prompt_ids(ids, kPlainPromptLimits);
+        TextRequest t = r;
+        t.ids = true;
+        t.context_ids = std::move(s.context);
+        t.query_ids = std::move(s.query);
+        prompts.push_back(std::move(t));
+      }
+    } else {
+      for (size_t i = 0; i < p.texts.size(); ++i) {
+        if (p.texts[i].empty())
+          throw bad_request("prompt", p.texts.size() > 1 ? "prompt " + std::to_string(i) + " is empty"
+                                                         : "'prompt' must not be empty");
+        PlainPromptSplit s = split_plain_prompt(p.texts[i], kPlainPromptLimits);
+        TextRequest t = r;
+        t.context = std::move(s.context);
+        t.query = std::move(s.query);
+        prompts.push_back(std::move(t));
+      }
+    }
   }
-  if (r.anchor_size > 0 && r.block_size > 0 && r.anchor_size > r.block_size)
-    throw bad_request("anchor_size", "'anchor_size' (" + std::to_string(r.anchor_size) +
-                                         ") must not exceed 'block_size' (" + std::to_string(r.block_size) + ")");
+  // n copies of each prompt; sampled copies get seeds seed, seed + 1, ... so they differ and each
+  // stays reproducible. Greedy copies are the same request n times.
+  for (const TextRequest& t : prompts) {
+    for (int j = 0; j < out.n; ++j) {
+      out.choices.push_back(t);
+      if (t.sampling.temperature > 0) out.choices.back().sampling.seed = t.sampling.seed + static_cast<uint64_t>(j);
+    }
+  }
+  if (!out.ignored_fields.empty() && logging::enabled(logging::Level::debug)) {
+    std::string names;
+    for (const auto& f : out.ignored_fields) names += (names.empty() ? "" : ", ") + f;
+    logging::debug("%s: ignoring fields this server does not define: %s", endpoint_path(endpoint), names.c_str());
+  }
   return out;
+}
+
+namespace {
+ApiError model_not_found(const std::string& model, const ServiceInfo& info) {
+  return ApiError(404, "invalid_request_error", "model", "model_not_found",
+                  "The model `" + model + "` does not exist. This server serves `" + info.model + "`.");
+}
+}  // namespace
+
+void check_model(const std::string& model, const ServiceInfo& info) {
+  if (!model.empty() && model != info.model) throw model_not_found(model, info);
+}
+
+void check_for_service(const ApiRequest& request, const ServiceInfo& info) {
+  check_model(request.model, info);
+  if (request.logprobs >= 0 && !info.token_bytes)
+    throw bad_request("logprobs", "logprobs are not available from this server: its generation service cannot "
+                                  "name tokens");
+}
+
+std::string models_json(const ServiceInfo& info) {
+  return dump(json{{"object", "list"}, {"data", json::array({json::parse(model_json(info.model, info))})}});
+}
+
+std::string model_json(const std::string& id, const ServiceInfo& info) {
+  if (id != info.model) throw model_not_found(id, info);
+  return dump(json{{"id", info.model}, {"object", "model"}, {"created", 0}, {"owned_by", "starattn"}});
+}
+
+bool model_path_id(const std::string& path, std::string& id) {
+  static const std::string prefix = "/v1/models/";
+  if (path.size() <= prefix.size() || path.compare(0, prefix.size(), prefix) != 0) return false;
+  // Model names may hold '/' ("org/name") and arrive percent-encoded.
+  id.clear();
+  for (size_t i = prefix.size(); i < path.size(); ++i) {
+    const auto hex = [](char c) {
+      return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    };
+    if (path[i] == '%' && i + 2 < path.size() && hex(path[i + 1]) >= 0 && hex(path[i + 2]) >= 0) {
+      id += static_cast<char>(hex(path[i + 1]) * 16 + hex(path[i + 2]));
+      i += 2;
+    } else {
+      id += path[i];
+    }
+  }
+  return true;
 }
 
 std::string error_json(const ApiError& e) {
@@ -273,48 +492,228 @@ std::string openai_finish_reason(const std::string& finish_reason) {
   return finish_reason == "length" ? "length" : "stop";
 }
 
-std::string completion_json(Endpoint endpoint, const ResponseMeta& meta, const std::string& text,
-                            const Completion& done) {
-  json choice{{"index", 0}, {"finish_reason", openai_finish_reason(done.finish_reason)}};
-  if (endpoint == Endpoint::completions) {
-    choice["text"] = text;
-    choice["logprobs"] = nullptr;
-  } else {
-    choice["message"] = {{"role", "assistant"}, {"content", text}};
+// ---- submitting the choices ----
+
+namespace {
+
+struct ChoicesHandle : RequestHandle {
+  std::mutex mutex;
+  bool cancelled = false;
+  std::vector<std::shared_ptr<RequestHandle>> handles;
+
+  void add(std::shared_ptr<RequestHandle> h) {
+    bool cancel_now;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      handles.push_back(h);
+      cancel_now = cancelled;
+    }
+    if (cancel_now && h) h->cancel();
   }
-  json j = envelope(endpoint, meta, false);
-  j["choices"] = json::array({choice});
-  j["usage"] = usage(done);
-  return dump(j);
+
+  void cancel() override {
+    std::vector<std::shared_ptr<RequestHandle>> all;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      cancelled = true;
+      all = handles;
+    }
+    for (auto& h : all)
+      if (h) h->cancel();
+  }
+};
+
+}  // namespace
+
+std::shared_ptr<RequestHandle> submit_choices(GenerationService& service, std::vector<TextRequest> choices,
+                                              ChoiceCallbacks callbacks) {
+  auto handle = std::make_shared<ChoicesHandle>();
+  auto shared = std::make_shared<ChoiceCallbacks>(std::move(callbacks));
+  for (size_t i = 0; i < choices.size(); ++i) {
+    StreamCallbacks cb;
+    cb.on_token = [shared, i](const TokenEvent& ev) { return shared->on_token(i, ev); };
+    cb.on_done = [shared, i](const Completion& c) { shared->on_done(i, c); };
+    cb.on_error = [shared, i](const ServiceError& e) { shared->on_error(i, e); };
+    handle->add(service.submit(std::move(choices[i]), std::move(cb)));
+  }
+  return handle;
 }
 
-std::string chunk_json(Endpoint endpoint, const ResponseMeta& meta, const std::string& text,
-                       const std::string& finish_reason) {
-  json choice{{"index", 0}};
+// ---- responses ----
+
+namespace {
+
+json usage_json(const Completion& done) {
+  return {{"prompt_tokens", done.prompt_tokens},
+          {"completion_tokens", done.completion_tokens},
+          {"total_tokens", done.prompt_tokens + done.completion_tokens}};
+}
+
+const char* object_name(Endpoint endpoint, bool chunk) {
+  if (endpoint == Endpoint::completions) return "text_completion";
+  return chunk ? "chat.completion.chunk" : "chat.completion";
+}
+
+json envelope(Endpoint endpoint, const ResponseMeta& meta, bool chunk) {
+  return {{"id", meta.id}, {"object", object_name(endpoint, chunk)}, {"created", meta.created},
+          {"model", meta.model}};
+}
+
+// JSON has no -inf; OpenAI reports impossible tokens as -9999.
+double logprob_value(float lp) { return std::isfinite(lp) ? static_cast<double>(lp) : -9999.0; }
+
+json bytes_json(const std::string& s) {
+  json out = json::array();
+  for (unsigned char c : s) out.push_back(static_cast<int>(c));
+  return out;
+}
+
+}  // namespace
+
+struct ApiResponse::Choice {
+  std::string text;
+  std::vector<TokenLogprob> logprobs;
+  std::vector<size_t> offsets;  // text_offset of each token: bytes of the tokens before it
+  size_t offset = 0;
+  bool finished = false;
+  Completion done;
+};
+
+ApiResponse::ApiResponse(Endpoint endpoint, ResponseMeta meta, size_t choices, int n, int logprobs,
+                         TokenBytes token_bytes)
+    : endpoint_(endpoint), meta_(std::move(meta)), n_(n < 1 ? 1 : n), logprobs_(logprobs),
+      token_bytes_(std::move(token_bytes)) {
+  for (size_t i = 0; i < choices; ++i) choices_.push_back(std::make_shared<Choice>());
+}
+
+std::string ApiResponse::add(size_t index, const TokenEvent& ev) {
+  Choice& c = *choices_.at(index);
+  c.text += ev.text;
+  const size_t first = c.logprobs.size();
+  if (logprobs_ >= 0) {
+    if (ev.logprobs.size() != ev.tokens.size())
+      throw ApiError(500, "server_error", "logprobs", "internal_error",
+                     "the generation service sent " + std::to_string(ev.tokens.size()) + " token(s) with " +
+                         std::to_string(ev.logprobs.size()) + " logprobs");
+    for (const TokenLogprob& lp : ev.logprobs) {
+      c.logprobs.push_back(lp);
+      c.offsets.push_back(c.offset);
+      c.offset += token_bytes_(lp.token).size();
+    }
+  }
+  if (ev.text.empty() && c.logprobs.size() == first) return "";
+  return chunk(index, ev.text, logprobs_ >= 0 ? &c.logprobs : nullptr, first, "");
+}
+
+std::string ApiResponse::finish(size_t index, const Completion& done) {
+  Choice& c = *choices_.at(index);
+  c.finished = true;
+  c.done = done;
+  return chunk(index, "", nullptr, 0, done.finish_reason.empty() ? "stop" : done.finish_reason);
+}
+
+bool ApiResponse::all_finished() const {
+  for (const auto& c : choices_)
+    if (!c->finished) return false;
+  return true;
+}
+
+// logprobs for tokens [first, end) of a choice, in the endpoint's shape.
+static json logprobs_json(Endpoint endpoint, const std::vector<TokenLogprob>& lps, const std::vector<size_t>& offsets,
+                          size_t first, const std::function<std::string(int32_t)>& token_bytes) {
+  if (endpoint == Endpoint::completions) {
+    // The legacy shape: parallel lists; each top_logprobs entry holds the k most likely tokens
+    // and the chosen one.
+    json tokens = json::array(), values = json::array(), tops = json::array(), text_offset = json::array();
+    for (size_t i = first; i < lps.size(); ++i) {
+      const TokenLogprob& lp = lps[i];
+      tokens.push_back(token_bytes(lp.token));
+      values.push_back(logprob_value(lp.logprob));
+      json top = json::object();
+      for (const auto& [id, value] : lp.top) top[token_bytes(id)] = logprob_value(value);
+      top[token_bytes(lp.token)] = logprob_value(lp.logprob);
+      tops.push_back(std::move(top));
+      text_offset.push_back(offsets[i]);
+    }
+    return {{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", tops}, {"text_offset", text_offset}};
+  }
+  json content = json::array();
+  for (size_t i = first; i < lps.size(); ++i) {
+    const TokenLogprob& lp = lps[i];
+    const std::string bytes = token_bytes(lp.token);
+    json top = json::array();
+    for (const auto& [id, value] : lp.top) {
+      const std::string b = token_bytes(id);
+      top.push_back({{"token", b}, {"logprob", logprob_value(value)}, {"bytes", bytes_json(b)}});
+    }
+    content.push_back({{"token", bytes}, {"logprob", logprob_value(lp.logprob)}, {"bytes", bytes_json(bytes)},
+                       {"top_logprobs", top}});
+  }
+  return {{"content", content}, {"refusal", nullptr}};
+}
+
+std::string ApiResponse::chunk(size_t index, const std::string& text, const std::vector<TokenLogprob>* logprobs,
+                               size_t first, const std::string& finish_reason) const {
+  json choice{{"index", index}};
+  const json lp = logprobs ? logprobs_json(endpoint_, *logprobs, choices_[index]->offsets, first, token_bytes_)
+                           : json(nullptr);
+  if (endpoint_ == Endpoint::completions) {
+    choice["text"] = text;
+  } else {
+    choice["delta"] = finish_reason.empty() ? json{{"content", text}} : json::object();
+  }
+  choice["logprobs"] = lp;
   choice["finish_reason"] = finish_reason.empty() ? json(nullptr) : json(openai_finish_reason(finish_reason));
-  if (endpoint == Endpoint::completions) {
-    choice["text"] = text;
-    choice["logprobs"] = nullptr;
-  } else {
-    choice["delta"] = finish_reason.empty() || !text.empty() ? json{{"content", text}} : json::object();
-  }
-  json j = envelope(endpoint, meta, true);
+  json j = envelope(endpoint_, meta_, true);
   j["choices"] = json::array({choice});
   return dump(j);
 }
 
-std::string chat_role_chunk_json(const ResponseMeta& meta) {
-  json j = envelope(Endpoint::chat_completions, meta, true);
-  j["choices"] = json::array({json{{"index", 0},
-                                   {"delta", {{"role", "assistant"}, {"content", ""}}},
-                                   {"finish_reason", nullptr}}});
+std::vector<std::string> ApiResponse::stream_start() const {
+  std::vector<std::string> out;
+  if (endpoint_ != Endpoint::chat_completions) return out;
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    json j = envelope(endpoint_, meta_, true);
+    j["choices"] = json::array({json{{"index", i},
+                                     {"delta", {{"role", "assistant"}, {"content", ""}}},
+                                     {"logprobs", nullptr},
+                                     {"finish_reason", nullptr}}});
+    out.push_back(dump(j));
+  }
+  return out;
+}
+
+Completion ApiResponse::usage() const {
+  Completion total;
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    const Completion& d = choices_[i]->done;
+    if (i % static_cast<size_t>(n_) == 0) total.prompt_tokens += d.prompt_tokens;  // once per prompt
+    total.completion_tokens += d.completion_tokens;
+  }
+  return total;
+}
+
+std::string ApiResponse::usage_chunk() const {
+  json j = envelope(endpoint_, meta_, true);
+  j["choices"] = json::array();
+  j["usage"] = usage_json(usage());
   return dump(j);
 }
 
-std::string usage_chunk_json(Endpoint endpoint, const ResponseMeta& meta, const Completion& done) {
-  json j = envelope(endpoint, meta, true);
-  j["choices"] = json::array();
-  j["usage"] = usage(done);
+std::string ApiResponse::whole_json() const {
+  json choices = json::array();
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    const Choice& c = *choices_[i];
+    json choice{{"index", i}};
+    if (endpoint_ == Endpoint::completions) choice["text"] = c.text;
+    else choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+    choice["logprobs"] = logprobs_ >= 0 ? logprobs_json(endpoint_, c.logprobs, c.offsets, 0, token_bytes_) : json(nullptr);
+    choice["finish_reason"] = openai_finish_reason(c.done.finish_reason);
+    choices.push_back(std::move(choice));
+  }
+  json j = envelope(endpoint_, meta_, false);
+  j["choices"] = std::move(choices);
+  j["usage"] = usage_json(usage());
   return dump(j);
 }
 

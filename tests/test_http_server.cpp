@@ -1,6 +1,6 @@
-// The HTTP front end: OpenAI-style request parsing (strict fields and types), the JSON it
-// answers with, stop strings, serve-local's prompt layout, a randomized fuzzing run of the request
-// parsers (JSON and raw HTTP), and the server end to end over loopback against the Engine's answer.
+// The HTTP front end: stop strings, serve-local's prompt layout, a randomized fuzzing run of the
+// request parsers (JSON and raw HTTP), and the server end to end over loopback against the
+// Engine's answer. The OpenAI JSON mapping has its own suite (test_openai_api.cpp).
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
@@ -33,105 +33,7 @@ namespace {
 
 using json = nlohmann::json;
 
-int status_of(Endpoint e, const std::string& body) {
-  try {
-    parse_api_request(e, body);
-    return 200;
-  } catch (const ApiError& err) {
-    return err.status;
-  }
-}
-
-std::string param_of(Endpoint e, const std::string& body) {
-  try {
-    parse_api_request(e, body);
-  } catch (const ApiError& err) {
-    return err.param;
-  }
-  return "<accepted>";
-}
-
-TEST(HttpApi, ParsesACompletionRequest) {
-  const ApiRequest r = parse_api_request(
-      Endpoint::completions,
-      R"({"model":"m","prompt":"ctx","query":"q?","max_tokens":5,"temperature":0.5,"top_p":0.9,
-          "top_k":3,"seed":11,"stop":["a","b"],"block_size":8,"anchor_size":4,"mode":"full",
-          "stream":true,"stream_options":{"include_usage":true}})");
-  EXPECT_EQ(r.model, "m");
-  EXPECT_EQ(r.request.context, "ctx");
-  EXPECT_EQ(r.request.query, "q?");
-  EXPECT_EQ(r.request.max_tokens, 5);
-  EXPECT_FLOAT_EQ(r.request.sampling.temperature, 0.5f);
-  EXPECT_FLOAT_EQ(r.request.sampling.top_p, 0.9f);
-  EXPECT_EQ(r.request.sampling.top_k, 3);
-  EXPECT_EQ(r.request.sampling.seed, 11u);
-  EXPECT_EQ(r.request.stop, (std::vector<std::string>{"a", "b"}));
-  EXPECT_EQ(r.request.block_size, 8);
-  EXPECT_EQ(r.request.anchor_size, 4);
-  EXPECT_EQ(r.request.mode, "full");
-  EXPECT_TRUE(r.stream);
-  EXPECT_TRUE(r.include_usage);
-  EXPECT_FALSE(r.request.chat);
-}
-
-TEST(HttpApi, ParsesAChatRequest) {
-  const ApiRequest r = parse_api_request(
-      Endpoint::chat_completions,
-      R"({"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"doc"}]},
-          {"role":"assistant","content":"ok"},{"role":"user","content":"q"}],"stop":"x","max_completion_tokens":3})");
-  ASSERT_EQ(r.request.messages.size(), 4u);
-  EXPECT_TRUE(r.request.chat);
-  EXPECT_EQ(r.request.messages[1].content, "doc");
-  EXPECT_EQ(r.request.stop, std::vector<std::string>{"x"});
-  EXPECT_EQ(r.request.max_tokens, 3);
-}
-
-TEST(HttpApi, RefusesBadRequestsNamingTheField) {
-  const auto c = Endpoint::completions;
-  EXPECT_EQ(status_of(c, "{not json"), 400);
-  EXPECT_EQ(status_of(c, "[1,2]"), 400);
-  EXPECT_EQ(status_of(c, ""), 400);
-  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","bogus":1})"), "bogus");
-  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","max_tokens":"5"})"), "max_tokens");
-  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","max_tokens":-1})"), "max_tokens");
-  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","max_tokens":2.5})"), "max_tokens");
-  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","temperature":"hot"})"), "temperature");
-  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","top_p":0})"), "top_p");
-  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","stream":"yes"})"), "stream");
-  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","stop":[1]})"), "stop");
-  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","mode":"half"})"), "mode");
-  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","block_size":4,"anchor_size":8})"), "anchor_size");
-  EXPECT_EQ(param_of(c, R"({"prompt":"p"})"), "query");
-  EXPECT_EQ(param_of(c, R"({"query":"q"})"), "prompt");
-  EXPECT_EQ(param_of(c, R"({"prompt":"p","query":"q","messages":[]})"), "messages");
-  const auto chat = Endpoint::chat_completions;
-  EXPECT_EQ(param_of(chat, R"({"messages":[{"role":"assistant","content":"a"}]})"), "messages");
-  EXPECT_EQ(param_of(chat, R"({"messages":[{"role":"user","content":"a","x":1}]})"), "messages[0].x");
-  EXPECT_EQ(param_of(chat, R"({"messages":[{"role":"wizard","content":"a"}]})"), "messages[0].role");
-  EXPECT_EQ(param_of(chat, R"({"messages":"hi"})"), "messages");
-  EXPECT_EQ(param_of(chat, R"({"prompt":"p","messages":[{"role":"user","content":"a"}]})"), "prompt");
-  // Deep nesting is refused before parsing.
-  EXPECT_EQ(status_of(c, std::string(100000, '[') + std::string(100000, ']')), 400);
-}
-
-TEST(HttpApi, ErrorJsonHasOpenAIShape) {
-  const json j = json::parse(error_json(bad_request("max_tokens", "bad")));
-  EXPECT_EQ(j["error"]["message"], "bad");
-  EXPECT_EQ(j["error"]["type"], "invalid_request_error");
-  EXPECT_EQ(j["error"]["param"], "max_tokens");
-  EXPECT_TRUE(j["error"]["code"].is_null());
-  const ApiError cap = service_error_to_api({ErrorKind::capacity, "too long"});
-  EXPECT_EQ(cap.status, 400);
-  EXPECT_EQ(cap.code, "context_length_exceeded");
-  EXPECT_EQ(service_error_to_api({ErrorKind::overloaded, "busy"}).status, 503);
-  EXPECT_EQ(service_error_to_api({ErrorKind::internal, "bug"}).status, 500);
-}
-
-TEST(HttpApi, InvalidUtf8InGeneratedTextIsReplaced) {
-  const ResponseMeta meta{"cmpl-1", "m", 1};
-  const json j = json::parse(chunk_json(Endpoint::completions, meta, "a\xff", ""));
-  EXPECT_EQ(j["choices"][0]["text"], "a\xEF\xBF\xBD");
-}
+// The OpenAI JSON mapping (request fields, response shapes) is tested in test_openai_api.cpp.
 
 TEST(StopMatcher, HoldsBackPrefixesAndCutsAtTheStop) {
   StopMatcher m({"END", "xy"});
