@@ -19,7 +19,8 @@ echo "== dependencies"
 echo "== python environment"
 # numpy: tests that generate or check reference data in Python.
 # openai: the serving tests use the official client; tokenizers + gguf: the live tokenizer check.
-py=$(./deploy/python-env.sh numpy openai tokenizers gguf | tail -n1)
+# jinja2: the chat-template test renders the published templates live, as transformers does.
+py=$(./deploy/python-env.sh numpy openai tokenizers gguf jinja2 | tail -n1)
 # Tests that call python3 get the venv's (and CMake's FindPython3 prefers an active venv).
 VIRTUAL_ENV=$(dirname "$(dirname "$py")")
 PATH="$VIRTUAL_ENV/bin:$PATH"

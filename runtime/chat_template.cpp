@@ -1,14 +1,18 @@
-// The built-in chat templates and choosing one from a model's own template text.
+// Chat templates: the model's Jinja template rendered as transformers does, or, for a model that
+// ships none, a built-in layout chosen from its vocabulary.
 #include "runtime/chat_template.h"
 
-#include <cstring>
+#include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
 #include "runtime/bpe_tokenizer.h"
 #include "runtime/gguf.h"
+#include "runtime/jinja.h"
 
 namespace starattn {
 namespace {
@@ -20,25 +24,59 @@ std::string trim(const std::string& s) {
   return s.substr(begin, s.find_last_not_of(ws) - begin + 1);
 }
 
-bool has_system(const std::vector<ChatMessage>& messages) {
-  return !messages.empty() && messages.front().role == "system";
+// The text of the tokenizer's special token `id`; "" when there is none.
+std::string special_text(const Tokenizer& tokenizer, int32_t id) {
+  const auto* bpe = dynamic_cast<const BpeTokenizer*>(&tokenizer);
+  if (!bpe || id < 0 || id >= bpe->vocab_size()) return "";
+  return bpe->token_text(id);
 }
 
-// The fixed system message a ChatML template writes itself, if any: the text between a literal
-// "<|im_start|>system\n" and the next "<|im_end|>" when it contains no template syntax. Jinja
-// string literals spell the newline as the two characters "\n"; both spellings are accepted.
-std::string fixed_system_message(const std::string& t) {
-  for (const char* const open : {"<|im_start|>system\n", "<|im_start|>system\\n"}) {
-    const size_t start = t.find(open);
-    if (start == std::string::npos) continue;
-    const size_t begin = start + std::strlen(open);
-    const size_t end = t.find("<|im_end|>", begin);
-    if (end == std::string::npos) continue;
-    const std::string text = t.substr(begin, end - begin);
-    if (text.empty() || text.find_first_of("{}'\"+") != std::string::npos) continue;
-    return text;
+// transformers' strftime_now: datetime.now().strftime(format).
+std::string strftime_now(const std::string& format, const std::optional<std::tm>& fixed_now) {
+  std::tm now{};
+  if (fixed_now) {
+    now = *fixed_now;
+  } else {
+    const std::time_t t = std::time(nullptr);
+    localtime_r(&t, &now);
   }
-  return "";
+  char buf[256];
+  const size_t n = std::strftime(buf, sizeof(buf), format.c_str(), &now);
+  if (n == 0 && !format.empty()) throw std::runtime_error("strftime_now(\"" + format + "\") gave nothing or too much");
+  return std::string(buf, n);
+}
+
+std::string render_jinja(const ChatTemplate& t, const std::vector<ChatMessage>& messages,
+                         bool add_generation_prompt) {
+  using jinja::Value;
+  jinja::ValueList list;
+  for (const ChatMessage& m : messages) {
+    jinja::ValueDict d;
+    d.set("role", Value::string(m.role));
+    d.set("content", Value::string(m.content));
+    list.push_back(Value::dict(std::move(d)));
+  }
+  jinja::ValueDict vars;
+  vars.set("messages", Value::list(std::move(list)));
+  vars.set("add_generation_prompt", Value::boolean(add_generation_prompt));
+  vars.set("tools", Value::none());
+  vars.set("documents", Value::none());
+  if (!t.bos_token.empty()) vars.set("bos_token", Value::string(t.bos_token));
+  if (!t.eos_token.empty()) vars.set("eos_token", Value::string(t.eos_token));
+  vars.set("raise_exception", Value::function("raise_exception", [](const jinja::CallArgs& a) -> Value {
+    throw jinja::RaisedError(a.positional.empty() ? std::string() : jinja::to_str(a.positional[0]));
+  }));
+  const std::optional<std::tm> fixed_now = t.fixed_now;
+  vars.set("strftime_now", Value::function("strftime_now", [fixed_now](const jinja::CallArgs& a) {
+    if (a.positional.size() != 1 || !a.positional[0].is_string())
+      throw std::runtime_error("strftime_now takes one format string");
+    return Value::string(strftime_now(a.positional[0].as_string(), fixed_now));
+  }));
+  try {
+    return t.jinja->render(vars);
+  } catch (const jinja::RaisedError& e) {
+    throw std::invalid_argument(std::string("the model's chat template rejects this conversation: ") + e.what());
+  }
 }
 
 }  // namespace
@@ -65,39 +103,30 @@ std::string apply_chat_template(ChatTemplateKind kind, const std::vector<ChatMes
 
 std::string apply_chat_template(const ChatTemplate& t, const std::vector<ChatMessage>& messages,
                                 bool add_generation_prompt) {
-  if (t.default_system.empty() || has_system(messages))
-    return apply_chat_template(t.kind, messages, add_generation_prompt);
-  std::vector<ChatMessage> with_system;
-  with_system.push_back({"system", t.default_system});
-  with_system.insert(with_system.end(), messages.begin(), messages.end());
-  return apply_chat_template(t.kind, with_system, add_generation_prompt);
+  if (t.jinja) return render_jinja(t, messages, add_generation_prompt);
+  return apply_chat_template(t.kind, messages, add_generation_prompt);
 }
 
-ChatTemplate detect_chat_template(const std::string& text, const Tokenizer& tokenizer) {
+ChatTemplate resolve_chat_template(const std::string& text, const Tokenizer& tokenizer) {
   ChatTemplate t;
-  if (text.find("<|im_start|>") != std::string::npos) {
-    t.kind = ChatTemplateKind::chatml;
-    t.default_system = fixed_system_message(text);
+  const auto* bpe = dynamic_cast<const BpeTokenizer*>(&tokenizer);
+  if (!text.empty()) {
+    t.jinja = std::make_shared<const jinja::CompiledTemplate>(text);
+    t.bos_token = special_text(tokenizer, tokenizer.bos_id());
+    const std::vector<int32_t> eos = tokenizer.eos_ids();
+    if (!eos.empty()) t.eos_token = special_text(tokenizer, eos.front());
+    if (text.find("<|start_header_id|>") != std::string::npos) t.kind = ChatTemplateKind::llama3;
     return t;
   }
-  if (text.find("<|start_header_id|>") != std::string::npos) {
+  if (bpe && bpe->token_id("<|start_header_id|>") >= 0) {
     t.kind = ChatTemplateKind::llama3;
-    return t;
+    t.note = "the model has no chat template; its vocabulary has <|start_header_id|>, so using the built-in Llama 3 layout";
+  } else if (bpe && bpe->token_id("<|im_start|>") >= 0) {
+    t.note = "the model has no chat template; its vocabulary has <|im_start|>, so using the built-in ChatML layout";
+  } else {
+    t.note = "the model has no chat template; falling back to the built-in ChatML layout";
   }
-  const std::string what = text.empty() ? "the model has no chat template"
-                                        : "the model's chat template is not one we recognise";
-  if (const auto* bpe = dynamic_cast<const BpeTokenizer*>(&tokenizer)) {
-    if (bpe->token_id("<|start_header_id|>") >= 0) {
-      t.kind = ChatTemplateKind::llama3;
-      t.note = what + "; its vocabulary has <|start_header_id|>, so using Llama 3";
-      return t;
-    }
-    if (bpe->token_id("<|im_start|>") >= 0) {
-      t.note = what + "; its vocabulary has <|im_start|>, so using ChatML";
-      return t;
-    }
-  }
-  t.note = what + "; falling back to ChatML";
+  std::fprintf(stderr, "starattn: chat template: %s\n", t.note.c_str());
   return t;
 }
 

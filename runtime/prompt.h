@@ -1,5 +1,10 @@
 // Lays out text requests as the two halves Star Attention needs: the context (encoded in
 // phase 1, blockwise) and the query (phase 2: the question and the assistant's header).
+// The chat template (the model's own Jinja template, or a built-in layout) is rendered once with
+// markers in place of the texts, to find its markup, and once with the texts, to find how it
+// writes each text (as is, or with surrounding whitespace trimmed); texts are then encoded as
+// plain text and markup with its special tokens. A template that rewrites texts in any other way
+// cannot be split and throws std::logic_error.
 #pragma once
 
 #include <cstdint>
