@@ -20,9 +20,41 @@
 
 namespace starattn::actors {
 
+// The certificate files of a process's control-plane TLS (the CAF middleman's connections):
+// its certificate and key, and the cluster CA that every peer's certificate must be signed by.
+// All three empty: no TLS.
+struct TlsFiles {
+  std::string certificate, key, ca;
+  bool enabled() const { return !certificate.empty(); }
+};
+
+// TlsFiles from --tls-cert, --tls-key and --tls-ca (empty strings: not given). Checks them now,
+// with OpenSSL, so that a mistake fails at start-up naming the file rather than later on a
+// connection: all three or none, readable PEM files, an unencrypted key that matches the
+// certificate, and a certificate that the CA verifies.
+TlsFiles tls_files(const std::string& certificate, const std::string& key, const std::string& ca);
+
 // Settings every starattn process gives CAF: the middleman (for remote actors) and a small,
 // non-spinning scheduler pool (the heavy work runs in detached actors, and CI has two cores).
-void configure_caf(caf::actor_system_config& config);
+// With `tls` enabled it also loads CAF's OpenSSL module with those files: publish_actor and
+// connect_remote then speak TLS, and both ends of every connection must present a certificate
+// signed by the CA (CAF sets SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT on both sides).
+void configure_caf(caf::actor_system_config& config, const TlsFiles& tls = {});
+
+// True for 127.0.0.0/8, ::1 and "localhost": addresses no other host can reach.
+bool is_loopback_host(const std::string& host);
+
+// Refuses (throws) to listen on a non-loopback `host` without TLS unless `insecure` is set: an
+// unauthenticated control plane accepts any process as a worker or a client. `option` names
+// the address's option in the error.
+void check_listen_allowed(const std::string& host, bool tls, bool insecure,
+                          const std::string& option);
+
+// Publishes `actor` at host:port ("0.0.0.0" or "*": every interface; port 0: any free port)
+// through TLS when the system was configured with certificates, else in the clear. Returns
+// the bound port; throws naming the address when it cannot listen.
+uint16_t publish_actor(caf::actor_system& system, const caf::actor& actor, const std::string& host,
+                       uint16_t port);
 
 struct Head {
   caf::actor scheduler, query;
@@ -49,7 +81,9 @@ Head spawn_head(caf::actor_system& system, std::shared_ptr<ModelHost> model, boo
 std::pair<std::string, uint16_t> parse_host_port(const std::string& text, const std::string& option);
 
 // The actor published at host:port, retrying until `patience` has passed (the head may start
-// after its workers). Throws with CAF's reason when it never answers.
+// after its workers); through TLS when the system was configured with certificates. Throws
+// with CAF's reason when it never answers (a TLS peer that refuses our certificate, or one we
+// refuse, reads as a failed handshake).
 caf::actor connect_remote(caf::actor_system& system, const std::string& host, uint16_t port,
                           std::chrono::milliseconds patience);
 

@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libcaf-dev libucx-dev ucx-utils libprotobuf-dev protobuf-compiler
+  libcaf-openssl0.17 libssl-dev openssl
   libboost-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libopenblas-dev
   python3 python3-venv python3-pip
   iproute2 openssh-server openssh-client patchelf

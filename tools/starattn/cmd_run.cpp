@@ -33,6 +33,7 @@ const char* kRunHelp =
     "  --head HOST:PORT       submit to the head of a cluster (starattn serve)\n"
     "  --min-workers N        with --head: wait until N workers are registered (default 1)\n"
     "  --timeout S            with --head: give up when nothing arrives for S seconds (120)\n"
+    "  --tls-cert F --tls-key F --tls-ca F  with --head: reach a head that runs with TLS\n"
     "  --mode star|full       Star Attention (default) or the full-attention baseline\n"
     "  --workers W            in-process context workers (default 1)\n"
     "  --engine               run on the in-process Engine library instead of the actors\n"
@@ -276,7 +277,8 @@ int cmd_run(int argc, char** argv) {
                   {"model", "context-file", "context-ids", "query", "query-ids", "max-tokens",
                    "mode", "workers", "block-size", "anchor-size", "seed", "output", "device",
                    "gpu", "threads", "temperature", "top-k", "top-p", "dump-logits", "head",
-                   "min-workers", "timeout", "random-weights", "messages-file"},
+                   "min-workers", "timeout", "random-weights", "messages-file", "tls-cert",
+                   "tls-key", "tls-ca"},
                   {"ignore-eos", "no-anchor", "engine"});
   Printer out(args);
   // Random weights exist only in the Engine library path (benchmarks).
@@ -284,7 +286,9 @@ int cmd_run(int argc, char** argv) {
   const wire::SubmitRequest req = build_request(args, out.want_logits());
 
   caf::actor_system_config config;
-  actors::configure_caf(config);
+  // With --head: the certificate this client presents to the head (mutual TLS), see `serve`.
+  actors::configure_caf(config, actors::tls_files(args.get("tls-cert", ""),
+                                                  args.get("tls-key", ""), args.get("tls-ca", "")));
   caf::actor_system system{config};
   if (args.has("head")) {
     if (args.has("workers") || args.has("model"))

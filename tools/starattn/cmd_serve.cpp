@@ -39,7 +39,13 @@ const char* kServeHelp =
     "`starattn serve-local` does: OpenAI-style HTTP (POST /v1/completions, /v1/chat/completions,\n"
     "GET /health, /metrics) and the framed TCP protocol of `starattn client`. Their addresses\n"
     "are printed to stdout once listening. Stops on SIGINT/SIGTERM.\n\n"
-    "  --listen HOST:PORT     address to accept workers and clients on (port 0: any free port)\n"
+    "  --listen HOST:PORT     address to accept workers and clients on (port 0: any free port);\n"
+    "                         anything but a loopback address needs the --tls-* files or --insecure\n"
+    "  --tls-cert F           this head's certificate (PEM): workers and clients connect over\n"
+    "  --tls-key F            mutual TLS with it, --tls-key its private key, and must present a\n"
+    "  --tls-ca F             certificate signed by the cluster CA in --tls-ca (deploy/make-certs.sh)\n"
+    "  --insecure             accept unauthenticated peers on a non-loopback --listen (trusted\n"
+    "                         networks only: any process reaching the port may join or submit)\n"
     "  --port-file F          write the port actually bound to F\n"
     "  --http HOST:PORT       HTTP address (loopback unless told otherwise; port 0: any free port)\n"
     "  --tcp HOST:PORT        framed TCP address\n"
@@ -87,9 +93,12 @@ int cmd_serve(int argc, char** argv) {
                   {"listen", "model", "port-file", "device", "gpu", "threads", "exchange-timeout",
                    "http", "tcp", "io-threads", "max-running", "max-queue", "max-context-tokens",
                    "max-body-bytes", "header-timeout-ms", "body-timeout-ms", "api-key-env",
-                   "model-name"},
-                  {"quiet"});
+                   "model-name", "tls-cert", "tls-key", "tls-ca"},
+                  {"quiet", "insecure"});
   const auto [host, port] = actors::parse_host_port(args.require("listen"), "listen");
+  const actors::TlsFiles tls = actors::tls_files(args.get("tls-cert", ""), args.get("tls-key", ""),
+                                                 args.get("tls-ca", ""));
+  actors::check_listen_allowed(host, tls.enabled(), args.flag("insecure"), "listen");
   if (args.has("http")) http_options(args, "");  // a bad option fails before the model loads
   auto model = std::make_shared<actors::ModelHost>(
       args.require("model"), args.get("device", "cpu"), static_cast<int>(args.get_int("gpu", 0)),
@@ -97,7 +106,7 @@ int cmd_serve(int argc, char** argv) {
   install_stop_signals();
 
   caf::actor_system_config config;
-  actors::configure_caf(config);
+  actors::configure_caf(config, tls);
   caf::actor_system system{config};
   actors::HeadOptions options;
   options.verbose = !args.flag("quiet");
@@ -110,14 +119,11 @@ int cmd_serve(int argc, char** argv) {
     throw std::invalid_argument("--max-running and --max-queue must not be negative");
   actors::Head head = actors::spawn_head(system, model, options);
   try {
-    const char* bind = (host == "0.0.0.0" || host == "*") ? nullptr : host.c_str();
-    auto bound = system.middleman().publish(head.scheduler, port, bind, true);
-    if (!bound)
-      throw std::runtime_error("cannot listen on " + host + ":" + std::to_string(port) + ": " +
-                               system.render(bound.error()));
-    if (args.has("port-file")) std::ofstream(args.get("port-file", "")) << *bound << "\n";
-    std::fprintf(stderr, "starattn serve: listening on %s:%u (protocol %u, model %s)\n",
-                 host.c_str(), static_cast<unsigned>(*bound), wire::kProtocolVersion,
+    const uint16_t bound = actors::publish_actor(system, head.scheduler, host, port);
+    if (args.has("port-file")) std::ofstream(args.get("port-file", "")) << bound << "\n";
+    std::fprintf(stderr, "starattn serve: listening on %s:%u (%s, protocol %u, model %s)\n",
+                 host.c_str(), static_cast<unsigned>(bound),
+                 tls.enabled() ? "mutual TLS" : "no TLS", wire::kProtocolVersion,
                  model->digest().c_str());
     if (args.has("http") || args.has("tcp")) {
       serve_clients(system, head, args);

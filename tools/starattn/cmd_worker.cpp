@@ -26,7 +26,12 @@ const char* kWorkerHelp =
     "  --gpus LIST            GPU indices (cuda backend), one context actor each\n"
     "  --cpu-threads N        cpu backend threads (default: all cores)\n"
     "  --listen HOST:PORT     also publish the context actors here (status, probing); actor i\n"
-    "                         gets PORT+i (port 0: any free port)\n"
+    "                         gets PORT+i (port 0: any free port); anything but a loopback\n"
+    "                         address needs the --tls-* files or --insecure\n"
+    "  --tls-cert F           this worker's certificate (PEM), --tls-key its private key, and\n"
+    "  --tls-key F            --tls-ca the cluster CA: the head is reached over mutual TLS (it\n"
+    "  --tls-ca F             must run with certificates of the same CA; deploy/make-certs.sh)\n"
+    "  --insecure             allow a non-loopback --listen without TLS (trusted networks only)\n"
     "  --port-file F          write the published port(s) to F, one per line\n"
     "  --kv-fraction F        share of free memory offered for KV (default 0.8)\n"
     "  --connect-timeout S    how long to keep trying to reach the head (default 60)\n"
@@ -41,8 +46,8 @@ int cmd_worker(int argc, char** argv) {
   }
   const Args args(argc, argv, 2,
                   {"head", "model", "gpus", "cpu-threads", "listen", "port-file", "kv-fraction",
-                   "connect-timeout", "name"},
-                  {});
+                   "connect-timeout", "name", "tls-cert", "tls-key", "tls-ca"},
+                  {"insecure"});
   const auto [head_host, head_port] = actors::parse_host_port(args.require("head"), "head");
   const std::string model_dir = args.require("model");
   if (args.has("gpus") && args.has("cpu-threads"))
@@ -56,10 +61,15 @@ int cmd_worker(int argc, char** argv) {
     gethostname(host, sizeof(host) - 1);
     name = std::string(host) + ":" + std::to_string(getpid());
   }
+  const actors::TlsFiles tls = actors::tls_files(args.get("tls-cert", ""), args.get("tls-key", ""),
+                                                 args.get("tls-ca", ""));
+  if (args.has("listen"))
+    actors::check_listen_allowed(actors::parse_host_port(args.get("listen", ""), "listen").first,
+                                 tls.enabled(), args.flag("insecure"), "listen");
   install_stop_signals();
 
   caf::actor_system_config config;
-  actors::configure_caf(config);
+  actors::configure_caf(config, tls);
   caf::actor_system system{config};
   const auto patience = std::chrono::milliseconds(
       static_cast<int64_t>(args.get_double("connect-timeout", 60) * 1000));
@@ -83,20 +93,20 @@ int cmd_worker(int argc, char** argv) {
 
   if (args.has("listen")) {
     const auto [host, port] = actors::parse_host_port(args.get("listen", ""), "listen");
-    const char* bind = (host == "0.0.0.0" || host == "*") ? nullptr : host.c_str();
     std::ofstream port_file;
     if (args.has("port-file")) port_file.open(args.get("port-file", ""));
     for (size_t i = 0; i < blocks.size(); ++i) {
       const uint16_t want = port == 0 ? 0 : static_cast<uint16_t>(port + i);
-      auto bound = system.middleman().publish(blocks[i], want, bind, true);
-      if (!bound) {
+      uint16_t bound = 0;
+      try {
+        bound = actors::publish_actor(system, blocks[i], host, want);
+      } catch (...) {
         actors::stop_actors(system, blocks);
-        throw std::runtime_error("cannot listen on " + host + ":" + std::to_string(want) + ": " +
-                                 system.render(bound.error()));
+        throw;
       }
-      if (port_file.is_open()) port_file << *bound << "\n";
+      if (port_file.is_open()) port_file << bound << "\n";
       std::fprintf(stderr, "%s: context actor %zu published on %s:%u\n", name.c_str(), i,
-                   host.c_str(), static_cast<unsigned>(*bound));
+                   host.c_str(), static_cast<unsigned>(bound));
     }
   }
 
