@@ -17,6 +17,14 @@
 #   STARATTN_HEAD_ARGS    extra arguments for `starattn serve`
 #   STARATTN_WORKER_ARGS  extra arguments for `starattn worker` (e.g. "--gpus 0,1")
 #   STARATTN_LOG_DIR      where each process's output goes (default ./starattn-logs)
+#   STARATTN_TLS_DIR      certificates made by deploy/make-certs.sh for the hosts' NAMEs (and
+#                         "client"): the control plane runs over mutual TLS. Each process gets
+#                         --tls-cert DIR/NAME.crt --tls-key DIR/NAME.key --tls-ca DIR/ca.crt (the
+#                         same DIR path on every host; a host needs only its own files and
+#                         ca.crt, never ca.key). COMMAND gets STARATTN_TLS_ARGS, the arguments of
+#                         DIR/$STARATTN_TLS_CLIENT (default client), for `starattn run --head`.
+#   STARATTN_INSECURE=1   no TLS: the head accepts any process that reaches its port as a worker
+#                         or client (a trusted, isolated network only). One of the two is required.
 #   STARATTN_REMOTE_EXEC  run commands through this instead of ssh; "{host}" is replaced by the
 #                         host's NAME, e.g. "ip netns exec {host}" (the command is passed to
 #                         `bash -c`). Hosts named localhost run locally without ssh.
@@ -27,7 +35,7 @@
 set -euo pipefail
 
 if [ $# -lt 1 ] || [ "$1" = "--help" ]; then
-  sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 hostfile=$1
@@ -52,6 +60,28 @@ while read -r name addr _rest; do
 done < "$hostfile"
 [ ${#names[@]} -gt 0 ] || { echo "launch.sh: no hosts in $hostfile" >&2; exit 2; }
 head_addr=${addrs[0]}
+
+# The control plane's security: TLS with per-host certificates, or an explicit insecure mode.
+tls_dir=${STARATTN_TLS_DIR:-}
+client_name=${STARATTN_TLS_CLIENT:-client}
+if [ -n "$tls_dir" ]; then
+  [ "${STARATTN_INSECURE:-0}" = 1 ] &&
+    { echo "launch.sh: STARATTN_TLS_DIR and STARATTN_INSECURE=1 contradict each other" >&2; exit 2; }
+  [ -f "$tls_dir/ca.crt" ] ||
+    { echo "launch.sh: no $tls_dir/ca.crt; make the certificates with deploy/make-certs.sh $tls_dir ${names[*]} $client_name" >&2; exit 2; }
+elif [ "${STARATTN_INSECURE:-0}" != 1 ]; then
+  echo "launch.sh: set STARATTN_TLS_DIR to certificates from deploy/make-certs.sh (mutual TLS between" >&2
+  echo "  the processes), or STARATTN_INSECURE=1 to run the control plane without authentication" >&2
+  exit 2
+fi
+# security NAME: the arguments that give the process on host NAME its certificate (or --insecure).
+security() {
+  if [ -n "$tls_dir" ]; then
+    printf -- '--tls-cert %q --tls-key %q --tls-ca %q' "$tls_dir/$1.crt" "$tls_dir/$1.key" "$tls_dir/ca.crt"
+  else
+    printf -- '--insecure'
+  fi
+}
 
 # UCX settings travel with the command (ssh does not forward the environment).
 env_prefix=""
@@ -112,14 +142,18 @@ start() {  # start HOST LOG COMMAND
 
 for i in "${!names[@]}"; do
   start "${names[$i]}" "$logs/worker-$i-${names[$i]}.log" \
-    "$bin worker --head $head_addr:$port --model $STARATTN_MODEL --name ${names[$i]}-$i ${STARATTN_WORKER_ARGS:-}"
+    "$bin worker --head $head_addr:$port --model $STARATTN_MODEL --name ${names[$i]}-$i $(security "${names[$i]}") ${STARATTN_WORKER_ARGS:-}"
 done
 start "${names[0]}" "$logs/head-${names[0]}.log" \
-  "$bin serve --listen 0.0.0.0:$port --model $STARATTN_MODEL ${STARATTN_HEAD_ARGS:-}"
-echo "launch.sh: head on ${names[0]} ($head_addr:$port), ${#names[@]} workers; logs in $logs" >&2
+  "$bin serve --listen 0.0.0.0:$port --model $STARATTN_MODEL $(security "${names[0]}") ${STARATTN_HEAD_ARGS:-}"
+mode="no TLS (STARATTN_INSECURE=1)"
+[ -n "$tls_dir" ] && mode="mutual TLS, certificates in $tls_dir"
+echo "launch.sh: head on ${names[0]} ($head_addr:$port), ${#names[@]} workers, $mode; logs in $logs" >&2
 
 if [ $# -gt 0 ]; then
-  STARATTN_HEAD=$head_addr:$port "$@"
+  client_args=""
+  [ -n "$tls_dir" ] && client_args=$(security "$client_name")
+  STARATTN_HEAD=$head_addr:$port STARATTN_TLS_ARGS=$client_args "$@"
   exit $?
 fi
 wait "${launchers[-1]}"

@@ -62,12 +62,16 @@ req=(--context-ids "$ctx" --query-ids 3,1,4 --max-tokens 16 --ignore-eos --outpu
 "$bin" run --model "$tmp/model" --workers 3 --threads 2 "${req[@]}" \
   --dump-logits "$tmp/local.bin" > "$tmp/local.out" 2> "$tmp/local.err"
 
+# The control plane over mutual TLS, certificates per namespace as launch.sh names them.
+"$(dirname "$launch")/make-certs.sh" "$tmp/certs" "${tag}n0" "${tag}n1" "${tag}n2" client 2>/dev/null
+export STARATTN_TLS_DIR="$tmp/certs"
 export STARATTN_REMOTE_EXEC="ip netns exec {host}" STARATTN_MODEL="$tmp/model" STARATTN_BIN="$bin"
 export STARATTN_LOG_DIR="$tmp/logs" STARATTN_WORKER_ARGS="--cpu-threads 2" STARATTN_PORT=7711
 export UCX_TLS=tcp
 rc=0
 timeout 120 "$launch" "$tmp/hosts" -- \
   ip netns exec "${tag}n0" timeout 90 "$bin" run --head "$subnet.10:7711" --min-workers 3 "${req[@]}" \
+  --tls-cert "$tmp/certs/client.crt" --tls-key "$tmp/certs/client.key" --tls-ca "$tmp/certs/ca.crt" \
   --dump-logits "$tmp/remote.bin" > "$tmp/remote.out" 2> "$tmp/remote.err" || rc=$?
 if [ $rc -ne 0 ]; then
   echo "FAIL: the cluster run exited with $rc"
@@ -76,6 +80,8 @@ if [ $rc -ne 0 ]; then
   exit 1
 fi
 cat "$tmp/remote.err"
+grep -q "mutual TLS" "$tmp/logs/head-${tag}n0.log" ||
+  { echo "FAIL: the head did not run with TLS"; cat "$tmp/logs/head-${tag}n0.log"; exit 1; }
 grep -q "registered: ${tag}n2-2" "$tmp/logs/head-${tag}n0.log" ||
   { echo "FAIL: the worker in ${tag}n2 did not register"; cat "$tmp/logs/head-${tag}n0.log"; exit 1; }
 if ! cmp -s "$tmp/local.out" "$tmp/remote.out"; then
