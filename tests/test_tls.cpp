@@ -31,11 +31,8 @@ std::string cli() {
   return env ? env : STARATTN_CLI;
 }
 
-// deploy/make-certs.sh of this source tree (found from this file's path).
-std::string make_certs_script() {
-  std::string here = __FILE__;
-  return here.substr(0, here.rfind('/')) + "/../deploy/make-certs.sh";
-}
+// deploy/make-certs.sh of this source tree.
+std::string make_certs_script() { return std::string(STARATTN_SOURCE_DIR) + "/deploy/make-certs.sh"; }
 
 std::string slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -98,7 +95,13 @@ class Child {
 
 class Tls : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
+  // Made by the first test of the process (a failure here fails that test rather than
+  // skipping the suite, as one in SetUpTestSuite would under ctest).
+  void SetUp() override {
+    if (dir_) {
+      ASSERT_TRUE(ready_) << "the model or the certificates could not be made (see the first test)";
+      return;
+    }
     dir_ = new starattn::testing::TempDir();
     const std::string d = dir_->path();
     ASSERT_EQ(shell(cli() + " init-model --preset tiny --seed 5 --out " + d + "/tiny 2>/dev/null"), 0);
@@ -108,6 +111,7 @@ class Tls : public ::testing::Test {
     // Trusting both CAs makes the outsider's own certificate check pass, so that only the head's
     // check of the certificate it is shown can stop it.
     std::ofstream(d + "/both-ca.crt") << slurp(d + "/rogue/ca.crt") << slurp(d + "/cluster/ca.crt");
+    ready_ = true;
   }
   static void TearDownTestSuite() {
     delete dir_;
@@ -160,10 +164,12 @@ class Tls : public ::testing::Test {
   }
 
   static starattn::testing::TempDir* dir_;
+  static bool ready_;
   std::unique_ptr<Child> head_;
 };
 
 starattn::testing::TempDir* Tls::dir_ = nullptr;
+bool Tls::ready_ = false;
 
 std::string random_ids(int n, unsigned seed) {
   std::mt19937 rng(seed);
