@@ -20,7 +20,8 @@ echo "== python environment"
 # numpy: tests that generate or check reference data in Python.
 # openai: the serving tests use the official client; tokenizers + gguf: the live tokenizer check.
 # jinja2: the chat-template test renders the published templates live, as transformers does.
-py=$(./deploy/python-env.sh numpy openai tokenizers gguf jinja2 | tail -n1)
+# langchain-openai: a second widely used OpenAI-compatible client in the serving tests.
+py=$(./deploy/python-env.sh numpy openai tokenizers gguf jinja2 langchain-openai | tail -n1)
 # Tests that call python3 get the venv's (and CMake's FindPython3 prefers an active venv).
 VIRTUAL_ENV=$(dirname "$(dirname "$py")")
 PATH="$VIRTUAL_ENV/bin:$PATH"
