@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Installs every Debian package that starattn's build, tests and tools need.
+# Installs every Debian package that starattn's build, tests and tools need, then builds the
+# project's UCX (deploy/build-ucx.sh: Debian's UCX source with the CUDA and verbs transports
+# together, in /opt/starattn/ucx, where CMakeLists.txt looks first).
 # Idempotent and non-interactive; run as root or with sudo available.
 set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 packages=(
   build-essential cmake ninja-build pkg-config git ca-certificates
-  libcaf-dev libucx-dev ucx-utils libprotobuf-dev protobuf-compiler
+  libcaf-dev libprotobuf-dev protobuf-compiler
   libcaf-openssl0.17 libssl-dev openssl
   libboost-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libopenblas-dev
   python3 python3-venv python3-pip
@@ -19,12 +22,14 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#packages[@]} packages present"
-  exit 0
+else
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  echo "install-deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-echo "install-deps: installing ${missing[*]}"
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# Not Debian's libucx-dev (no CUDA transports): one UCX, ours, so nothing links or loads a mix.
+"$here/build-ucx.sh"
