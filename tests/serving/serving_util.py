@@ -181,7 +181,8 @@ class Cluster:
             self.head = self._spawn("head", [cli(), "serve", "--listen", "127.0.0.1:0", "--port-file", port_file,
                                              "--model", self.model, "--threads", str(threads),
                                              "--exchange-timeout", "20", "--http", "127.0.0.1:0",
-                                             "--tcp", "127.0.0.1:0"] + list(head_args), stdout=subprocess.PIPE)
+                                             "--tcp", "127.0.0.1:0", "--model-name", "tiny"] + list(head_args),
+                                    stdout=subprocess.PIPE)
             self.port, self.tcp_port = self._read_addresses(self.head, 60)
             self.base = f"http://127.0.0.1:{self.port}"
             wait_for(lambda: os.path.exists(port_file) and read_text(port_file).strip(), 30, "the head's port file")
