@@ -25,6 +25,20 @@ struct ContextState {
 
 using Self = caf::stateful_actor<ContextState>;
 
+// Tells the scheduler every `interval` that this process is alive. A light actor on CAF's
+// scheduler, linked to its context_block: a long encode in the context_block's thread does not
+// silence it, a stopped or hung process does.
+caf::behavior heartbeat(caf::event_based_actor* self, caf::actor scheduler, uint64_t worker_id,
+                        std::chrono::milliseconds interval) {
+  self->send(self, tick_atom::value);
+  return {[=](tick_atom) {
+    wire::Heartbeat h;
+    h.set_worker_id(worker_id);
+    self->send(scheduler, heartbeat_atom::value, wire::encode(h));
+    self->delayed_send(self, interval, tick_atom::value);
+  }};
+}
+
 std::string encode_blocks(Self* self, const std::string& bytes) {
   wire::EncodeReply reply;
   const auto t0 = std::chrono::steady_clock::now();
@@ -100,6 +114,12 @@ caf::behavior context_block(Self* self, ContextBlockOptions options) {
   reg.set_capacity_tokens(host.kv_capacity_tokens(st.options.kv_fraction));
   reg.set_ucx_address(st.server->address());
   reg.set_model_digest(host.digest());
+  reg.set_capacity_bytes(host.room_bytes(st.options.kv_fraction));
+  DeviceIpc* ipc = host.backend().ipc();
+  const transport::PeerPlace place = transport::this_process(ipc ? ipc->device_id() : "");
+  reg.set_host_id(place.host_id);
+  reg.set_process_id(place.process_id);
+  reg.set_ipc_device(place.ipc_device);
   self->set_default_handler(caf::drop);  // a stray message gets an error, not a log line
   self->monitor(st.options.scheduler);
   self->set_down_handler([self](const caf::down_msg& dm) {
@@ -128,6 +148,8 @@ caf::behavior context_block(Self* self, ContextBlockOptions options) {
               return;
             }
             s.worker_id = r.worker_id();
+            self->spawn<caf::linked>(heartbeat, s.options.scheduler, s.worker_id,
+                                     s.options.heartbeat_interval);
             if (s.options.verbose)
               std::fprintf(stderr, "%s: registered with the head as worker %llu\n",
                            s.options.name.c_str(), static_cast<unsigned long long>(s.worker_id));

@@ -7,6 +7,7 @@
 // the ShardServer's data-plane thread. It stops when the scheduler goes away.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -25,6 +26,8 @@ struct ContextBlockOptions {
   // Fraction of the backend's free memory this actor offers for KV.
   double kv_fraction = 0.8;
   bool verbose = true;
+  // How often the worker process tells the scheduler it is alive.
+  std::chrono::milliseconds heartbeat_interval{500};
 };
 
 caf::actor spawn_context_block(caf::actor_system& system, ContextBlockOptions options);

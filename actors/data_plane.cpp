@@ -1,34 +1,87 @@
 #include "actors/data_plane.h"
 
 #include <algorithm>
-#include <cstring>
+#include <cstdio>
 #include <numeric>
 
 #include "actors/messages.h"
-#include "actors/model_host.h"
 #include "transport/wire.h"
 
 namespace starattn::actors {
 
 using transport::AmMessage;
-using transport::Payload;
+using transport::DataPath;
+
+namespace {
+
+// Every ShardServer of this process, by UCX address: the query actor's in-process path.
+std::mutex g_directory_mutex;
+std::map<std::string, const ShardServer*>& directory() {
+  static std::map<std::string, const ShardServer*> d;
+  return d;
+}
+
+// Sequence numbers are unique within the process, so a late reply to an exchange that was
+// abandoned (a failed request) can never be taken for a reply to this one.
+std::atomic<uint64_t> g_next_seq{1};
+
+}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // ShardServer
+
+// The worker's side of one cuda_ipc link: the query's buffers mapped here, its q event, ours.
+struct ShardServer::IpcSession {
+  DeviceIpc* ipc = nullptr;
+  Tensor q, o, lse;
+  std::unique_ptr<DeviceEvent> q_event, done;
+  ~IpcSession() {
+    done.reset();
+    q_event.reset();
+    for (const Tensor* t : {&q, &o, &lse})
+      if (t->data) ipc->close_memory(*t);
+  }
+};
 
 ShardServer::ShardServer(const ModelHost& host, int threads, std::string name)
     : host_(host), model_(host.model()), threads_(threads), name_(std::move(name)),
       ucx_(std::make_unique<transport::UcxWorker>()) {
   ucx_->listen(kAmAttend);
+  ucx_->listen(kAmIpcOpen);
   address_ = ucx_->address();
+  {
+    std::lock_guard<std::mutex> lock(g_directory_mutex);
+    directory()[address_] = this;
+  }
   // From here on only the data-plane thread touches ucx_.
   thread_ = std::thread([this] { run(); });
 }
 
 ShardServer::~ShardServer() {
+  {
+    std::lock_guard<std::mutex> lock(g_directory_mutex);
+    directory().erase(address_);
+  }
   stop_ = true;
   ucx_->wake();
   thread_.join();
+  const auto compute = host_.lock_compute();
+  ipc_.clear();
+}
+
+std::shared_ptr<ContextShard> ShardServer::find_in_process(const std::string& address,
+                                                           uint64_t request_id,
+                                                           const Backend* backend) {
+  std::lock_guard<std::mutex> lock(g_directory_mutex);
+  auto it = directory().find(address);
+  if (it == directory().end() || &it->second->host_.backend() != backend) return nullptr;
+  return it->second->shard_of(request_id);
+}
+
+std::shared_ptr<ContextShard> ShardServer::shard_of(uint64_t request_id) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = shards_.find(request_id);
+  return it == shards_.end() ? nullptr : it->second;
 }
 
 void ShardServer::add(uint64_t request_id, std::shared_ptr<ContextShard> shard) {
@@ -37,15 +90,27 @@ void ShardServer::add(uint64_t request_id, std::shared_ptr<ContextShard> shard) 
 }
 
 void ShardServer::remove(uint64_t request_id) {
-  std::shared_ptr<ContextShard> gone;  // freed outside the map's lock, under the compute lock
+  // Freed outside the map's lock, under the compute lock.
+  std::shared_ptr<ContextShard> gone;
+  std::vector<std::shared_ptr<IpcSession>> closed;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = shards_.find(request_id);
-    if (it == shards_.end()) return;
-    gone = std::move(it->second);
-    shards_.erase(it);
+    if (it != shards_.end()) {
+      gone = std::move(it->second);
+      shards_.erase(it);
+    }
+    for (auto s = ipc_.begin(); s != ipc_.end();) {
+      if (s->first.first == request_id) {
+        closed.push_back(std::move(s->second));
+        s = ipc_.erase(s);
+      } else {
+        ++s;
+      }
+    }
   }
   const auto compute = host_.lock_compute();
+  closed.clear();
   gone.reset();
 }
 
@@ -61,7 +126,8 @@ void ShardServer::run() {
     bool busy = ucx_->progress();
     while (ucx_->poll(msg)) {
       busy = true;
-      answer(msg);
+      if (msg.id == kAmIpcOpen) open_ipc(msg);
+      else if (msg.id == kAmAttend) answer(msg);
     }
     if (!busy) ucx_->wait(200);
   }
@@ -79,8 +145,48 @@ void ShardServer::refuse(const AmMessage& msg, uint64_t request_id, uint64_t seq
   ucx_->send_reply(msg, kAmAttendReply, wire::encode(r), nullptr);
 }
 
+void ShardServer::open_ipc(AmMessage& msg) {
+  wire::IpcOpenReply reply;
+  reply.set_protocol_version(wire::kProtocolVersion);
+  try {
+    const auto req = wire::decode<wire::IpcOpen>(msg.header, "a data-plane peer");
+    reply.set_request_id(req.request_id());
+    reply.set_shard(req.shard());
+    reply.set_seq(req.seq());
+    wire::check_version(req.protocol_version(), "the ipc open request");
+    if (!shard_of(req.request_id()))
+      throw std::runtime_error("request " + std::to_string(req.request_id()) +
+                               " holds no context here");
+    DeviceIpc* ipc = host_.backend().ipc();
+    if (!ipc) throw std::runtime_error("this worker's backend cannot share memory by CUDA IPC");
+    const ModelConfig& c = model_.config();
+    const int64_t rows = req.rows_capacity();
+    if (rows < 1 || rows > (int64_t{1} << 24))
+      throw std::runtime_error("rows_capacity " + std::to_string(rows) + " out of range");
+    const DType act = host_.backend().activation_dtype();
+    auto s = std::make_shared<IpcSession>();
+    s->ipc = ipc;
+    {
+      const auto compute = host_.lock_compute();
+      s->q = ipc->import_memory(req.q_handle(), act, rows, c.q_dim());
+      s->o = ipc->import_memory(req.o_handle(), act, rows, c.q_dim());
+      s->lse = ipc->import_memory(req.lse_handle(), DType::f32, rows, c.num_heads);
+      s->q_event = ipc->import_event(req.q_event());
+      s->done = ipc->create_event();
+      reply.set_done_event(ipc->export_event(*s->done));
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    ipc_[{req.request_id(), req.shard()}] = std::move(s);
+    std::fprintf(stderr, "%s: request %llu shard %d: cuda_ipc (GPU to GPU, %s)\n", name_.c_str(),
+                 static_cast<unsigned long long>(req.request_id()), req.shard(),
+                 ipc->device_id().c_str());
+  } catch (const std::exception& e) {
+    reply.set_error(name_ + ": " + e.what());
+  }
+  ucx_->send_reply(msg, kAmIpcOpenReply, wire::encode(reply), nullptr);
+}
+
 void ShardServer::answer(AmMessage& msg) {
-  if (msg.id != kAmAttend) return;
   wire::AttendRequest req;
   try {
     req = wire::decode<wire::AttendRequest>(msg.header, "a data-plane peer");
@@ -93,15 +199,10 @@ void ShardServer::answer(AmMessage& msg) {
     refuse(msg, req.request_id(), req.seq(), req.shard(), version);
     return;
   }
-  std::shared_ptr<ContextShard> shard;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = shards_.find(req.request_id());
-    if (it != shards_.end()) shard = it->second;
-  }
   auto fail = [&](const std::string& why) {
     refuse(msg, req.request_id(), req.seq(), req.shard(), why);
   };
+  const std::shared_ptr<ContextShard> shard = shard_of(req.request_id());
   if (!shard) return fail("request " + std::to_string(req.request_id()) +
                           " holds no context here (never encoded or already released)");
   const ModelConfig& c = model_.config();
@@ -112,11 +213,42 @@ void ShardServer::answer(AmMessage& msg) {
     return fail("q of [" + std::to_string(req.rows()) + " x " + std::to_string(req.cols()) +
                 "] does not fit the model (q width " + std::to_string(c.q_dim()) + ")");
   const int64_t T = req.rows();
-  if (msg.payload.size() != static_cast<size_t>(T * c.q_dim()) * sizeof(float))
-    return fail("q payload of " + std::to_string(msg.payload.size()) + " bytes, the header says " +
-                std::to_string(T * c.q_dim() * 4));
+  wire::AttendReply r;
+  r.set_protocol_version(wire::kProtocolVersion);
+  r.set_request_id(req.request_id());
+  r.set_layer(req.layer());
+  r.set_seq(req.seq());
+  r.set_shard(req.shard());
+  r.set_rows(T);
+  r.set_o_cols(c.q_dim());
+  r.set_lse_cols(c.num_heads);
   try {
     Backend& be = model_.backend();
+    if (req.ipc()) {
+      std::shared_ptr<IpcSession> s;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto it = ipc_.find({req.request_id(), req.shard()});
+        if (it != ipc_.end()) s = it->second;
+      }
+      if (!s) return fail("no cuda_ipc buffers were opened for this request and shard");
+      if (T > s->q.rows)
+        return fail("q of " + std::to_string(T) + " rows exceeds the opened capacity of " +
+                    std::to_string(s->q.rows));
+      // Ordering lives on the GPU: wait for the query's q, compute into its buffers, record
+      // ours. The reply leaves before the kernel finishes; the query side waits on `done`.
+      const auto compute = host_.lock_compute();
+      s->ipc->wait(*s->q_event);
+      shard->attend_into(req.layer(), s->q.slice_rows(0, T),
+                         {s->o.slice_rows(0, T), s->lse.slice_rows(0, T)});
+      s->ipc->record(*s->done);
+      ucx_->send_reply(msg, kAmAttendReply, wire::encode(r), nullptr);
+      ++served_;
+      return;
+    }
+    if (msg.payload.size() != static_cast<size_t>(T * c.q_dim()) * sizeof(float))
+      return fail("q payload of " + std::to_string(msg.payload.size()) +
+                  " bytes, the header says " + std::to_string(T * c.q_dim() * 4));
     const auto compute = host_.lock_compute();
     if (!q_buf_.allocated() || q_buf_.view().rows < T)
       q_buf_ = be.alloc(T, c.q_dim(), be.activation_dtype());
@@ -128,15 +260,6 @@ void ShardServer::answer(AmMessage& msg) {
     float* f = reinterpret_cast<float*>(out->data());
     be.download(p.o, f);
     be.download(p.lse, f + o_n);
-    wire::AttendReply r;
-    r.set_protocol_version(wire::kProtocolVersion);
-    r.set_request_id(req.request_id());
-    r.set_layer(req.layer());
-    r.set_seq(req.seq());
-    r.set_shard(req.shard());
-    r.set_rows(T);
-    r.set_o_cols(c.q_dim());
-    r.set_lse_cols(c.num_heads);
     ucx_->send_reply(msg, kAmAttendReply, wire::encode(r), std::move(out));
     ++served_;
   } catch (const std::exception& e) {
@@ -152,10 +275,21 @@ void WorkerHealth::mark_dead(uint64_t worker_id, std::string why) {
   dead_.emplace(worker_id, std::move(why));
 }
 
+void WorkerHealth::mark_unresponsive(uint64_t worker_id, std::string why) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  unresponsive_[worker_id] = std::move(why);
+}
+
+void WorkerHealth::mark_alive(uint64_t worker_id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  unresponsive_.erase(worker_id);
+}
+
 std::string WorkerHealth::dead(uint64_t worker_id) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  auto it = dead_.find(worker_id);
-  return it == dead_.end() ? std::string() : it->second;
+  if (auto it = dead_.find(worker_id); it != dead_.end()) return it->second;
+  if (auto it = unresponsive_.find(worker_id); it != unresponsive_.end()) return it->second;
+  return {};
 }
 
 double ExchangeStats::mean() const {
@@ -176,51 +310,134 @@ double ExchangeStats::max() const {
 }
 
 // ---------------------------------------------------------------------------------------------
-// RemoteShards
+// ShardLinks
 
-RemoteShards::RemoteShards(transport::UcxWorker& ucx, const Transformer& model,
-                           uint64_t request_id, std::vector<Shard> shards,
-                           std::shared_ptr<const WorkerHealth> health,
-                           std::chrono::milliseconds timeout)
-    : ucx_(ucx), model_(model), request_id_(request_id), shards_(std::move(shards)),
-      health_(std::move(health)), timeout_(timeout) {
-  o_bufs_.resize(shards_.size());
-  lse_bufs_.resize(shards_.size());
+ShardLinks::ShardLinks(transport::UcxWorker& ucx, const Transformer& model, uint64_t request_id,
+                       std::vector<Link> links, std::shared_ptr<const WorkerHealth> health,
+                       std::chrono::milliseconds timeout, int64_t rows_capacity)
+    : ucx_(ucx), model_(model), request_id_(request_id), links_(std::move(links)),
+      health_(std::move(health)), timeout_(timeout), rows_capacity_(std::max<int64_t>(rows_capacity, 1)) {
+  const size_t n = links_.size();
+  notes_.resize(n);
+  o_bufs_.resize(n);
+  lse_bufs_.resize(n);
+  done_events_.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    const Link& l = links_[i];
+    if (l.path == DataPath::in_process) notes_[i] = "in-process";
+    else if (l.path == DataPath::ucx) notes_[i] = ucx_.transport(l.ep) + " (staged)";
+  }
+  open_ipc();
 }
 
-void RemoteShards::attend(int layer, const Tensor& q, std::vector<Partial>& out) {
-  if (shards_.empty()) return;
-  using clock = std::chrono::steady_clock;
-  // Sequence numbers are unique within the process, so a late reply to an exchange that was
-  // abandoned (a failed request) can never be taken for a reply to this one.
-  static std::atomic<uint64_t> next_seq{1};
-  const uint64_t seq = next_seq++;
+ShardLinks::~ShardLinks() = default;
+
+std::string ShardLinks::describe() const {
+  std::string out;
+  for (size_t i = 0; i < links_.size(); ++i)
+    out += (i ? ", " : "") + links_[i].name + ": " + notes_[i];
+  return out;
+}
+
+void ShardLinks::open_ipc() {
+  std::vector<size_t> want;
+  for (size_t i = 0; i < links_.size(); ++i)
+    if (links_[i].path == DataPath::cuda_ipc) want.push_back(i);
+  if (want.empty()) return;
   Backend& be = model_.backend();
   const ModelConfig& c = model_.config();
-  const int64_t T = q.rows;
-  const auto t0 = clock::now();
-
-  auto payload = std::make_shared<std::vector<char>>(static_cast<size_t>(T * q.cols) * sizeof(float));
-  be.download(q, reinterpret_cast<float*>(payload->data()));
-  for (size_t i = 0; i < shards_.size(); ++i) {
-    wire::AttendRequest h;
-    h.set_protocol_version(wire::kProtocolVersion);
-    h.set_request_id(request_id_);
-    h.set_layer(layer);
-    h.set_rows(T);
-    h.set_cols(q.cols);
-    h.set_seq(seq);
-    h.set_shard(static_cast<int>(i));
-    try {
-      ucx_.send(shards_[i].ep, kAmAttend, wire::encode(h), payload, true);
-    } catch (const transport::UcxError& e) {
-      throw std::runtime_error("context worker " + shards_[i].name + ": " + e.what());
-    }
+  DeviceIpc* ipc = be.ipc();
+  auto fall_back = [&](size_t i, const std::string& why) {
+    links_[i].path = DataPath::ucx;
+    notes_[i] = ucx_.transport(links_[i].ep) + " (staged; cuda_ipc refused: " + why + ")";
+  };
+  if (!ipc) {
+    for (size_t i : want) fall_back(i, "the query side's backend has no CUDA IPC");
+    return;
   }
+  const int64_t R = rows_capacity_;
+  std::string q_handle, q_event;
+  try {
+    q_shared_ = be.alloc(R, c.q_dim(), be.activation_dtype());
+    q_event_ = ipc->create_event();
+    q_handle = ipc->export_memory(q_shared_.view());
+    q_event = ipc->export_event(*q_event_);
+  } catch (const std::exception& e) {
+    for (size_t i : want) fall_back(i, e.what());
+    return;
+  }
+  const uint64_t seq = g_next_seq++;
+  for (size_t i : want) {
+    o_bufs_[i] = be.alloc(R, c.q_dim(), be.activation_dtype());
+    lse_bufs_[i] = be.alloc(R, c.num_heads, DType::f32);
+    wire::IpcOpen m;
+    m.set_protocol_version(wire::kProtocolVersion);
+    m.set_request_id(request_id_);
+    m.set_shard(static_cast<int>(i));
+    m.set_rows_capacity(R);
+    m.set_q_handle(q_handle);
+    m.set_o_handle(ipc->export_memory(o_bufs_[i].view()));
+    m.set_lse_handle(ipc->export_memory(lse_bufs_[i].view()));
+    m.set_q_event(q_event);
+    m.set_seq(seq);
+    ucx_.send(links_[i].ep, kAmIpcOpen, wire::encode(m), nullptr, true);
+  }
+  // The buffers must hold nothing stale when the worker maps them: finish the allocations.
+  be.synchronize();
+  size_t missing = want.size();
+  const auto deadline = std::chrono::steady_clock::now() + timeout_;
+  AmMessage msg;
+  while (missing > 0) {
+    const bool busy = ucx_.progress();
+    while (ucx_.poll(msg)) {
+      if (msg.id != kAmIpcOpenReply) continue;
+      const auto r = wire::decode<wire::IpcOpenReply>(msg.header, "a context worker");
+      if (r.seq() != seq || r.request_id() != request_id_ || r.shard() < 0 ||
+          static_cast<size_t>(r.shard()) >= links_.size())
+        continue;
+      const size_t i = static_cast<size_t>(r.shard());
+      if (links_[i].path != DataPath::cuda_ipc || !notes_[i].empty()) continue;
+      --missing;
+      if (!r.error().empty()) {
+        fall_back(i, r.error());
+        continue;
+      }
+      try {
+        done_events_[i] = ipc->import_event(r.done_event());
+        notes_[i] = "cuda_ipc";
+      } catch (const std::exception& e) {
+        fall_back(i, e.what());
+      }
+    }
+    if (missing == 0) break;
+    for (size_t i : want) {
+      std::string why;
+      if (notes_[i].empty() && (ucx_.failed(links_[i].ep, &why) ||
+                                !(why = health_->dead(links_[i].worker_id)).empty()))
+        throw std::runtime_error("context worker " + links_[i].name + " failed: " + why);
+    }
+    if (std::chrono::steady_clock::now() > deadline)
+      throw std::runtime_error("no answer to the cuda_ipc set-up within " +
+                               std::to_string(timeout_.count()) + " ms");
+    if (!busy) ucx_.wait(5);
+  }
+}
 
-  std::vector<AmMessage> replies(shards_.size());
-  size_t missing = shards_.size();
-  const auto deadline = t0 + timeout_;
+void ShardLinks::check_health(const std::vector<Reply>& replies) const {
+  for (size_t i = 0; i < links_.size(); ++i) {
+    if (links_[i].path == DataPath::in_process || replies[i].in) continue;
+    std::string why;
+    if (ucx_.failed(links_[i].ep, &why) || !(why = health_->dead(links_[i].worker_id)).empty())
+      throw std::runtime_error("context worker " + links_[i].name + " failed: " + why);
+  }
+}
+
+void ShardLinks::await_replies(uint64_t seq, int layer, int64_t rows, std::vector<Reply>& replies,
+                               std::chrono::steady_clock::time_point deadline) {
+  const ModelConfig& c = model_.config();
+  size_t missing = 0;
+  for (size_t i = 0; i < links_.size(); ++i)
+    if (links_[i].path != DataPath::in_process && !replies[i].in) ++missing;
   int idle_spins = 0;
   AmMessage msg;
   while (missing > 0) {
@@ -230,56 +447,118 @@ void RemoteShards::attend(int layer, const Tensor& q, std::vector<Partial>& out)
       if (msg.id != kAmAttendReply) continue;
       const auto r = wire::decode<wire::AttendReply>(msg.header, "a context worker");
       if (r.seq() != seq || r.request_id() != request_id_) continue;  // stale
-      if (r.shard() < 0 || static_cast<size_t>(r.shard()) >= shards_.size())
+      if (r.shard() < 0 || static_cast<size_t>(r.shard()) >= links_.size())
         throw std::runtime_error("attention reply for unknown shard " + std::to_string(r.shard()));
-      const Shard& s = shards_[static_cast<size_t>(r.shard())];
+      const size_t i = static_cast<size_t>(r.shard());
+      const Link& l = links_[i];
       if (!r.error().empty())
-        throw std::runtime_error("context worker " + s.name + " refused layer " +
+        throw std::runtime_error("context worker " + l.name + " refused layer " +
                                  std::to_string(layer) + ": " + r.error());
-      const size_t want = static_cast<size_t>(T * (c.q_dim() + c.num_heads)) * sizeof(float);
-      if (r.rows() != T || r.o_cols() != c.q_dim() || r.lse_cols() != c.num_heads ||
-          msg.payload.size() != want)
-        throw std::runtime_error("context worker " + s.name + " sent a malformed reply (" +
+      const size_t want = l.path == DataPath::cuda_ipc
+                              ? 0
+                              : static_cast<size_t>(rows * (c.q_dim() + c.num_heads)) * sizeof(float);
+      if (r.rows() != rows || msg.payload.size() != want)
+        throw std::runtime_error("context worker " + l.name + " sent a malformed reply (" +
                                  std::to_string(msg.payload.size()) + " bytes, expected " +
                                  std::to_string(want) + ")");
-      AmMessage& slot = replies[static_cast<size_t>(r.shard())];
-      if (slot.payload.empty()) --missing;
-      slot = std::move(msg);
+      if (!replies[i].in) --missing;
+      replies[i].in = true;
+      replies[i].payload = std::move(msg.payload);
     }
     if (missing == 0) break;
-    for (size_t i = 0; i < shards_.size(); ++i) {
-      if (!replies[i].payload.empty()) continue;
-      std::string why;
-      if (ucx_.failed(shards_[i].ep, &why) || !(why = health_->dead(shards_[i].worker_id)).empty())
-        throw std::runtime_error("context worker " + shards_[i].name + " failed: " + why);
-    }
-    if (clock::now() > deadline)
-      throw std::runtime_error("no attention reply for layer " + std::to_string(layer) +
-                               " within " + std::to_string(timeout_.count()) + " ms from " +
-                               std::to_string(missing) + " context worker(s)");
+    check_health(replies);
+    if (std::chrono::steady_clock::now() > deadline)
+      throw Error(ErrorKind::timeout,
+                  "no attention reply for layer " + std::to_string(layer) + " within " +
+                      std::to_string(timeout_.count()) + " ms from " + std::to_string(missing) +
+                      " context worker(s)");
     // Spin briefly (a reply is usually microseconds away), then sleep on the worker's fd; the
-    // short timeout keeps the health check above responsive.
+    // short timeout keeps the health check responsive.
     if (busy) {
       idle_spins = 0;
-    } else if (++idle_spins > 64) {
-      ucx_.wait(20);
+    } else if (++idle_spins > 256) {
+      ucx_.wait(5);
       idle_spins = 0;
     }
   }
+}
 
-  for (size_t i = 0; i < shards_.size(); ++i) {
+void ShardLinks::attend(int layer, const Tensor& q, std::vector<Partial>& out) {
+  if (links_.empty()) return;
+  using clock = std::chrono::steady_clock;
+  const uint64_t seq = g_next_seq++;
+  Backend& be = model_.backend();
+  const ModelConfig& c = model_.config();
+  const int64_t T = q.rows;
+  const auto t0 = clock::now();
+
+  // Remote links first, so they work while the in-process shards compute.
+  std::shared_ptr<std::vector<char>> staged;
+  bool q_shared_ready = false;
+  for (size_t i = 0; i < links_.size(); ++i) {
+    const Link& l = links_[i];
+    if (l.path == DataPath::in_process) continue;
+    wire::AttendRequest h;
+    h.set_protocol_version(wire::kProtocolVersion);
+    h.set_request_id(request_id_);
+    h.set_layer(layer);
+    h.set_rows(T);
+    h.set_cols(q.cols);
+    h.set_seq(seq);
+    h.set_shard(static_cast<int>(i));
+    transport::Payload payload;
+    if (l.path == DataPath::cuda_ipc) {
+      if (T > rows_capacity_)
+        throw std::runtime_error("an exchange of " + std::to_string(T) +
+                                 " query rows exceeds the cuda_ipc capacity of " +
+                                 std::to_string(rows_capacity_));
+      if (!q_shared_ready) {
+        be.copy(q, q_shared_.rows(0, T));
+        be.ipc()->record(*q_event_);
+        q_shared_ready = true;
+      }
+      h.set_ipc(true);
+    } else {
+      if (!staged) {
+        staged = std::make_shared<std::vector<char>>(static_cast<size_t>(T * q.cols) * sizeof(float));
+        be.download(q, reinterpret_cast<float*>(staged->data()));
+      }
+      payload = staged;
+    }
+    try {
+      ucx_.send(l.ep, kAmAttend, wire::encode(h), payload, true);
+    } catch (const transport::UcxError& e) {
+      throw std::runtime_error("context worker " + l.name + ": " + e.what());
+    }
+  }
+
+  std::vector<Partial> parts(links_.size());
+  for (size_t i = 0; i < links_.size(); ++i)
+    if (links_[i].path == DataPath::in_process) parts[i] = links_[i].local->attend(layer, q);
+
+  std::vector<Reply> replies(links_.size());
+  await_replies(seq, layer, T, replies, t0 + timeout_);
+
+  for (size_t i = 0; i < links_.size(); ++i) {
+    const Link& l = links_[i];
+    if (l.path == DataPath::in_process) continue;
+    if (l.path == DataPath::cuda_ipc) {
+      be.ipc()->wait(*done_events_[i]);
+      parts[i] = {o_bufs_[i].rows(0, T), lse_bufs_[i].rows(0, T)};
+      continue;
+    }
     if (!o_bufs_[i].allocated() || o_bufs_[i].view().rows < T) {
       o_bufs_[i] = be.alloc(T, c.q_dim(), be.activation_dtype());
       lse_bufs_[i] = be.alloc(T, c.num_heads, DType::f32);
     }
     const float* f = reinterpret_cast<const float*>(replies[i].payload.data());
-    const Partial p{o_bufs_[i].rows(0, T), lse_bufs_[i].rows(0, T)};
-    be.upload(f, p.o);
-    be.upload(f + T * c.q_dim(), p.lse);
-    out.push_back(p);
+    parts[i] = {o_bufs_[i].rows(0, T), lse_bufs_[i].rows(0, T)};
+    be.upload(f, parts[i].o);
+    be.upload(f + T * c.q_dim(), parts[i].lse);
   }
-  stats_.us.push_back(
-      std::chrono::duration<float, std::micro>(clock::now() - t0).count());
+  for (size_t i = 0; i < links_.size(); ++i)
+    if (links_[i].path != DataPath::in_process || links_[i].local->tokens() > 0) out.push_back(parts[i]);
+  stats_.us.push_back(std::chrono::duration<float, std::micro>(clock::now() - t0).count());
 }
 
 }  // namespace starattn::actors

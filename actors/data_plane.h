@@ -1,33 +1,34 @@
-// Phase 2 over UCX: the context side answers attention requests (ShardServer), the query side
-// broadcasts Q and gathers (O, lse) (RemoteShards, a ContextShards for QuerySession).
+// Phase 2 between the query actor and the context workers: the context side answers attention
+// requests (ShardServer), the query side reaches every shard of a request through one
+// ContextShards (ShardLinks) whatever path each shard takes (transport/peer_path.h):
+//   - in-process: the shard lives on the query's own backend and is called directly;
+//   - cuda_ipc:   another process of this host; Q and (O, lse) stay in device memory that both
+//                 processes map, ordered by IPC events, and UCX (shared memory) carries only the
+//                 small request and reply headers;
+//   - ucx:        anything else; Q and (O, lse) travel as float32 payloads staged through host
+//                 memory (Backend::download/upload).
 //
-// Threads. A ShardServer owns a dedicated data-plane thread that drives its UCX worker: it
-// progresses communication, runs the attention of each arriving Q over the request's shard and
-// sends (O, lse) back, so phase-2 answers never queue behind a phase-1 encode running in the
-// context_block actor's own thread. The actor thread only adds (after encoding) and removes
-// (on release) shards, under a mutex. RemoteShards runs inside the query actor's thread and
-// drives that actor's UCX worker itself, blocking the per-layer exchange until every reply is
-// in (the query actor is detached, so blocking costs no CAF scheduler thread).
-//
-// Wire: Q goes out as the payload of an AttendRequest header, float32 host data (device tensors
-// are staged through host memory by Backend::download/upload); the reply carries O then lse.
+// Threads. A ShardServer owns a data-plane thread that drives its UCX worker: it answers
+// requests over the shard's own backend under the host's compute lock, so phase-2 answers never
+// queue behind a phase-1 encode in the context_block actor's thread. The actor thread only adds
+// and removes shards. ShardLinks runs in the query actor's thread and drives that actor's UCX
+// worker itself, blocking the per-layer exchange until every reply is in.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <set>
-#include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
-#include "runtime/star_attention.h"
 #include "actors/model_host.h"
+#include "runtime/star_attention.h"
+#include "transport/peer_path.h"
 #include "transport/ucx_endpoint.h"
 
 namespace starattn::actors {
@@ -49,11 +50,19 @@ class ShardServer {
   uint64_t served() const { return served_.load(); }
   uint64_t refused() const { return refused_.load(); }
 
+  // The shard of `request_id` held by the server at `address` when that server lives in this
+  // process and computes on `backend`; null otherwise (the caller then uses another path).
+  static std::shared_ptr<ContextShard> find_in_process(const std::string& address,
+                                                       uint64_t request_id, const Backend* backend);
+
  private:
+  struct IpcSession;
   void run();
   void answer(transport::AmMessage& msg);
+  void open_ipc(transport::AmMessage& msg);
   void refuse(const transport::AmMessage& msg, uint64_t request_id, uint64_t seq, int shard,
               const std::string& why);
+  std::shared_ptr<ContextShard> shard_of(uint64_t request_id) const;
 
   const ModelHost& host_;
   const Transformer& model_;
@@ -63,23 +72,28 @@ class ShardServer {
   std::string address_;
   mutable std::mutex mutex_;
   std::map<uint64_t, std::shared_ptr<ContextShard>> shards_;
-  Buffer q_buf_;  // the arriving Q on the backend (data-plane thread only)
+  // (request id, shard index) -> the mapped buffers of a cuda_ipc path.
+  std::map<std::pair<uint64_t, int>, std::shared_ptr<IpcSession>> ipc_;
+  Buffer q_buf_;  // the arriving staged Q on the backend (data-plane thread only)
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> served_{0}, refused_{0};
   std::thread thread_;
 };
 
-// Workers the head has seen die; shared by the scheduler (writes) and the query actor (reads
-// while it waits for replies), both in the head process.
+// Workers the head has seen die or stop answering; shared by the scheduler (writes) and the
+// query actor (reads while it waits for replies), both in the head process.
 class WorkerHealth {
  public:
   void mark_dead(uint64_t worker_id, std::string why);
-  // Empty while the worker is alive, else why it is not.
+  // A worker that stopped answering heartbeats, and its return.
+  void mark_unresponsive(uint64_t worker_id, std::string why);
+  void mark_alive(uint64_t worker_id);
+  // Empty while the worker is alive and answering, else why it is not.
   std::string dead(uint64_t worker_id) const;
 
  private:
   mutable std::mutex mutex_;
-  std::map<uint64_t, std::string> dead_;
+  std::map<uint64_t, std::string> dead_, unresponsive_;
 };
 
 // Timing of the Q -> (O, lse) exchanges of one request.
@@ -90,32 +104,55 @@ struct ExchangeStats {
   double max() const;
 };
 
-class RemoteShards : public ContextShards {
+class ShardLinks : public ContextShards {
  public:
-  struct Shard {
+  struct Link {
     uint64_t worker_id = 0;
     std::string name;
-    transport::UcxWorker::EpId ep = 0;
+    transport::DataPath path = transport::DataPath::ucx;
+    std::shared_ptr<ContextShard> local;      // in_process
+    transport::UcxWorker::EpId ep = 0;        // cuda_ipc, ucx
   };
-  // `shards` in the fixed merge order (the order the blocks were assigned): the partials come
-  // back in that order whatever order the replies arrive in, so the merge is bit-identical to
-  // LocalShards over the same shards.
-  RemoteShards(transport::UcxWorker& ucx, const Transformer& model, uint64_t request_id,
-               std::vector<Shard> shards, std::shared_ptr<const WorkerHealth> health,
-               std::chrono::milliseconds timeout);
+  // `links` in the fixed merge order (the order the blocks were assigned): the partials come
+  // back in that order whatever order replies arrive in, so the merge is bit-identical to
+  // LocalShards over the same shards. rows_capacity: the most query rows of one exchange (the
+  // query's length). cuda_ipc links open their shared buffers here; a link whose peer refuses
+  // falls back to ucx (said in describe()).
+  ShardLinks(transport::UcxWorker& ucx, const Transformer& model, uint64_t request_id,
+             std::vector<Link> links, std::shared_ptr<const WorkerHealth> health,
+             std::chrono::milliseconds timeout, int64_t rows_capacity);
+  ~ShardLinks() override;
 
   // Throws std::runtime_error naming the worker when one fails, refuses or does not answer.
   void attend(int layer, const Tensor& q, std::vector<Partial>& out) override;
   const ExchangeStats& stats() const { return stats_; }
+  // "local/0: in-process, host:123/cuda:0: cuda_ipc, w3: tcp (staged)".
+  std::string describe() const;
 
  private:
+  struct Reply {
+    bool in = false;
+    std::vector<char> payload;
+  };
+  void open_ipc();
+  // Progresses UCX until every remote link's reply with `seq` is in; throws on failure.
+  void await_replies(uint64_t seq, int layer, int64_t rows, std::vector<Reply>& replies,
+                     std::chrono::steady_clock::time_point deadline);
+  void check_health(const std::vector<Reply>& replies) const;
+
   transport::UcxWorker& ucx_;
   const Transformer& model_;
   uint64_t request_id_;
-  std::vector<Shard> shards_;
+  std::vector<Link> links_;
+  std::vector<std::string> notes_;  // per link: the transport and why
   std::shared_ptr<const WorkerHealth> health_;
   std::chrono::milliseconds timeout_;
+  int64_t rows_capacity_;
   std::vector<Buffer> o_bufs_, lse_bufs_;
+  // cuda_ipc: the request's shared q, and per link the worker's done event.
+  Buffer q_shared_;
+  std::unique_ptr<DeviceEvent> q_event_;
+  std::vector<std::unique_ptr<DeviceEvent>> done_events_;
   ExchangeStats stats_;
 };
 

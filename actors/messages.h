@@ -42,8 +42,16 @@ using abort_atom = caf::atom_constant<caf::atom("abort")>;
 // scheduler -> query (worker id): the worker died, close its endpoint.
 using forget_atom = caf::atom_constant<caf::atom("forget")>;
 
+// worker -> scheduler: Heartbeat, every heartbeat interval (from a light actor of the worker
+// process, so a long encode does not silence it; a stopped process does).
+using heartbeat_atom = caf::atom_constant<caf::atom("heartbeat")>;
+// An actor's own timer.
+using tick_atom = caf::atom_constant<caf::atom("tick")>;
+
 // UCX active-message ids of the data plane.
 constexpr uint16_t kAmAttend = 1;       // AttendRequest + q
-constexpr uint16_t kAmAttendReply = 2;  // AttendReply + O, lse
+constexpr uint16_t kAmAttendReply = 2;  // AttendReply + O, lse (no payload for ipc exchanges)
+constexpr uint16_t kAmIpcOpen = 3;       // IpcOpen (query -> worker on the same host)
+constexpr uint16_t kAmIpcOpenReply = 4;  // IpcOpenReply
 
 }  // namespace starattn::actors

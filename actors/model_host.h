@@ -12,11 +12,7 @@
 #include <optional>
 #include <string>
 
-#include "runtime/backend.h"
-#include "runtime/chat_template.h"
-#include "runtime/tokenizer.h"
-#include "runtime/transformer.h"
-#include "runtime/weight_source.h"
+#include "runtime/model_loader.h"
 
 namespace starattn::actors {
 
@@ -24,35 +20,34 @@ class ModelHost {
  public:
   // device "cpu" (threads: 0 = all cores) or a gpu backend name with its device index.
   ModelHost(const std::string& model_dir, const std::string& device, int gpu, int threads);
+  explicit ModelHost(const ModelLoadOptions& options);
 
-  const Transformer& model() const { return *model_; }
-  const ModelConfig& config() const { return model_->config(); }
-  Backend& backend() const { return *backend_; }
-  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const Transformer& model() const { return *rt_.model; }
+  const ModelConfig& config() const { return rt_.model->config(); }
+  Backend& backend() const { return *rt_.backend; }
+  const Tokenizer& tokenizer() const { return *rt_.tokenizer; }
   // The model's chat template; empty for byte-level models.
-  const std::optional<ChatTemplate>& chat_template() const { return chat_; }
+  const std::optional<ChatTemplate>& chat_template() const { return rt_.chat; }
+  ChatTemplate chat_for_messages() const { return rt_.chat_for_messages(); }
   int threads() const { return threads_; }
   // Serialises compute on backends that one thread at a time must drive (cuda: one stream,
   // shared staging buffers); the cpu backend is safe from several threads, so the lock returned
   // for it holds nothing. A context actor encodes on its own thread and answers attention on its
   // data-plane thread: both take this lock around their backend work.
   std::unique_lock<std::mutex> lock_compute() const {
-    return backend_->name() == "cpu" ? std::unique_lock<std::mutex>(compute_mutex_, std::defer_lock)
+    return rt_.backend->name() == "cpu" ? std::unique_lock<std::mutex>(compute_mutex_, std::defer_lock)
                                      : std::unique_lock<std::mutex>(compute_mutex_);
   }
   // A fingerprint of the model's shape: head and workers must serve the same model.
-  const std::string& digest() const { return digest_; }
+  const std::string& digest() const { return rt_.digest; }
   // Tokens of KV that fit in `fraction` of the backend's free memory.
   int64_t kv_capacity_tokens(double fraction) const;
+  // Bytes `fraction` of the backend's free memory amounts to (the planner's worker room).
+  int64_t room_bytes(double fraction) const;
 
  private:
-  std::unique_ptr<Backend> backend_;
-  LoadedModel loaded_;
-  std::unique_ptr<Transformer> model_;
-  std::unique_ptr<Tokenizer> tokenizer_;
-  std::optional<ChatTemplate> chat_;
+  ModelRuntime rt_;
   int threads_ = 0;
-  std::string digest_;
   mutable std::mutex compute_mutex_;
 };
 

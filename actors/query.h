@@ -1,5 +1,5 @@
 // The query actor (in the head): runs all non-attention compute of phase 2 for every active
-// request. For each request it holds a QuerySession whose ContextShards are RemoteShards: per
+// request. For each request it holds a QuerySession whose ContextShards are ShardLinks: per
 // layer and step, Q goes over UCX to every context worker of the request and the (O, lse)
 // replies are merged in the fixed order the scheduler assigned the blocks in.
 //
@@ -25,6 +25,8 @@ struct QueryOptions {
   std::shared_ptr<const WorkerHealth> health;
   // Longest wait for one layer's replies before the request fails (a hung, not dead, worker).
   std::chrono::milliseconds exchange_timeout{30000};
+  // Log each request's data path per shard ("w1: in-process, w2: cuda_ipc, w3: tcp (staged)").
+  bool verbose = true;
 };
 
 caf::actor spawn_query(caf::actor_system& system, QueryOptions options);

@@ -11,6 +11,9 @@
 
 #include "actors/messages.h"
 #include "runtime/block_plan.h"
+#include "runtime/engine.h"
+#include "runtime/errors.h"
+#include "runtime/request_plan.h"
 #include "runtime/prompt.h"
 #include "transport/wire.h"
 
@@ -24,8 +27,13 @@ struct Worker {
   caf::actor actor;
   std::string name, device, ucx_address;
   int64_t capacity_tokens = 0;
+  int64_t capacity_bytes = 0;
   int64_t kv_tokens = 0;  // placed here by requests not yet released
   std::set<uint64_t> requests;
+  std::string host_id, ipc_device;
+  uint64_t process_id = 0;
+  clock::time_point last_heartbeat = clock::now();
+  bool unresponsive = false;
 };
 
 struct Request {
@@ -40,6 +48,7 @@ struct Request {
   bool decoding = false;
   int32_t generated = 0;                // tokens forwarded to the client
   clock::time_point t0;
+  clock::time_point admitted = clock::now();
   wire::Finished stats;              // the planning part, completed by the query actor
 };
 
@@ -50,24 +59,17 @@ struct SchedulerState {
   std::deque<uint64_t> waiting;  // admitted, not yet placed (max_running reached)
   int running = 0;
   bool pumping = false;
-  ChatTemplate chat;  // the model's, or the fallback EngineService uses for template-less models
+  ChatTemplate chat;  // the model's, or the fallback for template-less models
+  MemoryModel memory;  // of the served model on the workers' backend
   uint64_t next_worker = 1, next_request = 1;
   uint64_t done = 0, failed = 0;
 };
 
-// A refusal with the kind the client should see (see wire::ErrorKind).
-struct Refused : std::runtime_error {
-  Refused(wire::ErrorKind k, const std::string& what) : std::runtime_error(what), kind(k) {}
-  wire::ErrorKind kind;
-};
-
-// The kind of an exception thrown while admitting or placing a request.
-wire::ErrorKind kind_of(const std::exception& e) {
-  if (const auto* r = dynamic_cast<const Refused*>(&e)) return r->kind;
+// The wire's kind of an exception thrown while admitting or placing a request (one ErrorKind,
+// runtime/errors.h; the wire enum is its image on the control plane).
+wire::ErrorKind wire_kind_of(const std::exception& e) {
   if (dynamic_cast<const wire::ProtocolError*>(&e)) return wire::ERROR_PROTOCOL;
-  if (dynamic_cast<const std::length_error*>(&e)) return wire::ERROR_CAPACITY;
-  if (dynamic_cast<const std::invalid_argument*>(&e)) return wire::ERROR_INVALID_REQUEST;
-  return wire::ERROR_INTERNAL;
+  return wire::to_wire(kind_of(e));
 }
 
 using Self = caf::stateful_actor<SchedulerState>;
@@ -209,6 +211,10 @@ std::string do_register(Self* self, const std::string& bytes) {
     w.device = reg.device();
     w.capacity_tokens = reg.capacity_tokens();
     w.ucx_address = reg.ucx_address();
+    w.capacity_bytes = reg.capacity_bytes();
+    w.host_id = reg.host_id();
+    w.process_id = reg.process_id();
+    w.ipc_device = reg.ipc_device();
     self->monitor(actor);
     log(self, "worker " + std::to_string(w.id) + " registered: " + w.name + " (" + w.device +
                   ", room for " + std::to_string(w.capacity_tokens) + " tokens of KV)");
@@ -264,6 +270,8 @@ void start_phase2(Self* self, Request& r) {
   s.set_max_tokens(r.submit.max_tokens());
   *s.mutable_sampling() = r.submit.sampling();
   for (int32_t id : r.stop) s.add_stop_ids(id);
+  *s.mutable_stop_strings() = r.submit.stop_strings();
+  *s.mutable_logits() = r.submit.logits();
   s.set_want_logits(r.submit.want_logits());
   for (uint64_t w : r.shard_workers) {
     const Worker& wk = st.workers.at(w);
@@ -271,6 +279,9 @@ void start_phase2(Self* self, Request& r) {
     ref->set_worker_id(w);
     ref->set_name(wk.name);
     ref->set_ucx_address(wk.ucx_address);
+    ref->set_host_id(wk.host_id);
+    ref->set_process_id(wk.process_id);
+    ref->set_ipc_device(wk.ipc_device);
   }
   r.decoding = true;
   self->send(st.options.query, start_atom::value, wire::encode(s));
@@ -313,27 +324,18 @@ void prepare(Self* self, Request& r, const std::string& bytes) {
     q.clear_query();
     for (int32_t id : tok.encode(q.query_text())) q.add_query(id);
   }
-  if (q.query_size() == 0) throw std::invalid_argument("the query is empty: it needs at least one token");
-  if (q.max_tokens() < 0) throw std::invalid_argument("max_tokens must not be negative");
-  for (const auto* ids : {&q.context(), &q.query()})
-    for (int32_t id : *ids)
-      if (id < 0 || id >= cfg.vocab_size)
-        throw std::invalid_argument("token id " + std::to_string(id) +
-                                    " is outside the vocabulary (size " +
-                                    std::to_string(cfg.vocab_size) + ")");
+  const std::vector<int32_t> context(q.context().begin(), q.context().end());
+  const std::vector<int32_t> query(q.query().begin(), q.query().end());
+  validate_request(context, query, q.max_tokens(), cfg);
   const int64_t limit = st.options.max_context_tokens;
   if (limit > 0 && q.context_size() > limit)
-    throw Refused(wire::ERROR_CAPACITY,
-                  "context of " + std::to_string(q.context_size()) +
-                      " tokens is larger than this server's capacity of " + std::to_string(limit) +
-                      " context tokens");
-  const std::string mode = q.mode().empty() ? "star" : q.mode();
-  if (mode != "star" && mode != "full")
-    throw std::invalid_argument("unknown attention mode '" + mode + "' (expected star or full)");
-  if (!q.ignore_eos()) {
-    r.stop.assign(q.stop_ids().begin(), q.stop_ids().end());
-    if (r.stop.empty()) r.stop.assign(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end());
-  }
+    throw Error(ErrorKind::capacity,
+                "context of " + std::to_string(q.context_size()) +
+                    " tokens is larger than this server's limit of " + std::to_string(limit) +
+                    " context tokens");
+  parse_mode(q.mode());
+  r.stop = resolve_stop_ids(std::vector<int32_t>(q.stop_ids().begin(), q.stop_ids().end()),
+                            q.ignore_eos(), cfg);
 }
 
 // Plans the blocks exactly as Engine::generate does, over the workers live now, and sends each
@@ -351,49 +353,37 @@ void start_request(Self* self, uint64_t id) {
   try {
     const wire::SubmitRequest& q = r.submit;
     const int64_t C = q.context_size();
+    // The workers that can take work now: registered and answering heartbeats.
     std::vector<const Worker*> live;
-    for (const auto& [wid, w] : st.workers) live.push_back(&w);
-    if (live.empty() && C > 0)
-      throw Refused(wire::ERROR_OVERLOADED, "no context workers are registered with the head");
-    const std::string mode = q.mode().empty() ? "star" : q.mode();
-    int64_t b, a;
-    size_t use = live.size();
-    if (mode == "full") {
-      b = std::max<int64_t>(C, 1);
-      a = 0;
-      use = std::min<size_t>(use, 1);
-    } else {
-      const auto W = static_cast<int64_t>(std::max<size_t>(use, 1));
-      b = q.block_size() > 0 ? q.block_size() : std::max<int64_t>(1, (C + W - 1) / W);
-      a = q.anchor_size() > 0 ? q.anchor_size() : b;
-      check_block_sizes(b, a);
-      if (q.no_anchor()) a = 0;
+    std::vector<int64_t> room;
+    for (const auto& [wid, w] : st.workers) {
+      if (w.unresponsive) continue;
+      live.push_back(&w);
+      room.push_back(w.capacity_bytes > 0 ? w.capacity_bytes
+                                          : w.capacity_tokens * st.memory.per_token);
     }
-    const std::vector<BlockSpec> blocks = split_blocks(C, b);
+    BlockRequest br;
+    br.context_len = C;
+    br.mode = parse_mode(q.mode());
+    br.block_size = q.block_size();
+    br.anchor_size = q.anchor_size();
+    br.use_anchor = !q.no_anchor();
+    const RequestPlan plan = plan_request(
+        br, room, st.memory,
+        "the " + std::to_string(live.size()) + " live worker(s)" +
+            (live.size() < st.workers.size()
+                 ? " (" + std::to_string(st.workers.size() - live.size()) + " unresponsive)"
+                 : std::string()));
     r.stats.set_context_tokens(C);
     r.stats.set_query_tokens(q.query_size());
-    r.stats.set_block_size(b);
-    r.stats.set_anchor_size(a);
-    r.stats.set_blocks(static_cast<int32_t>(blocks.size()));
-    if (C > 0) {
-      // Each worker also needs a scratch of a + b rows while encoding.
-      const int64_t scratch = std::min<int64_t>(a, C) + std::min<int64_t>(b, C);
-      std::vector<int64_t> caps;
-      for (size_t i = 0; i < use; ++i) caps.push_back(live[i]->capacity_tokens - scratch);
-      // Balance by tokens alone when every worker has room for an equal share: the placement
-      // is then a function of the block count only, the same as the in-process Engine's, so
-      // results do not depend on how much free memory each worker happened to report.
-      const int64_t uniform = *std::min_element(caps.begin(), caps.end());
-      try {
-        runs = assign_blocks(blocks, std::vector<int64_t>(caps.size(), std::max<int64_t>(uniform, 0)));
-      } catch (const std::length_error&) {
-        runs = assign_blocks(blocks, caps);
-      }
-      for (size_t i = 0; i < runs.size(); ++i)
-        if (!runs[i].empty()) run_workers.push_back(live[i]->id);
-    }
+    r.stats.set_block_size(plan.block_size);
+    r.stats.set_anchor_size(plan.anchor_size);
+    r.stats.set_blocks(static_cast<int32_t>(plan.blocks.size()));
+    runs = plan.runs;
+    for (size_t i = 0; i < runs.size(); ++i)
+      if (!runs[i].empty()) run_workers.push_back(live[i]->id);
   } catch (const std::exception& e) {
-    return fail(self, id, e.what(), kind_of(e));
+    return fail(self, id, e.what(), wire_kind_of(e));
   }
 
   r.shard_workers = run_workers;
@@ -458,7 +448,7 @@ void admit(Self* self, const caf::actor& client, const std::string& bytes) {
   try {
     prepare(self, r, bytes);
   } catch (const std::exception& e) {
-    refuse_submit(self, client, e.what(), kind_of(e));
+    refuse_submit(self, client, e.what(), wire_kind_of(e));
     return;
   }
   const bool must_wait = st.options.max_running > 0 && st.running >= st.options.max_running;
@@ -489,6 +479,58 @@ void admit(Self* self, const caf::actor& client, const std::string& bytes) {
   start_request(self, id);
 }
 
+// A heartbeat from a worker process: it is alive; one that had gone quiet is admitted again.
+void on_heartbeat(Self* self, const std::string& bytes) {
+  wire::Heartbeat h;
+  try {
+    h = wire::decode<wire::Heartbeat>(bytes, "a worker");
+  } catch (const std::exception&) {
+    return;
+  }
+  auto it = self->state.workers.find(h.worker_id());
+  if (it == self->state.workers.end()) return;
+  Worker& w = it->second;
+  w.last_heartbeat = clock::now();
+  if (w.unresponsive) {
+    w.unresponsive = false;
+    self->state.options.health->mark_alive(w.id);
+    log(self, "context worker " + w.name + " (worker " + std::to_string(w.id) +
+                  ") answers again: admitted");
+  }
+}
+
+// The scheduler's timer: workers whose heartbeats stopped, and requests past their deadline.
+void on_tick(Self* self) {
+  auto& st = self->state;
+  const auto now = clock::now();
+  for (auto& [id, w] : st.workers) {
+    if (w.unresponsive || now - w.last_heartbeat < st.options.heartbeat_timeout) continue;
+    w.unresponsive = true;
+    const auto quiet = std::chrono::duration_cast<std::chrono::milliseconds>(now - w.last_heartbeat);
+    const std::string why = "context worker " + w.name + " (worker " + std::to_string(w.id) +
+                            ") stopped answering: no heartbeat for " +
+                            std::to_string(quiet.count()) + " ms";
+    log(self, why + "; marked unresponsive");
+    st.options.health->mark_unresponsive(w.id, why);
+    const std::set<uint64_t> held = w.requests;
+    for (uint64_t rid : held)
+      fail(self, rid, why + ", during request " + std::to_string(rid), wire::ERROR_WORKER_FAILED);
+  }
+  if (st.options.request_deadline.count() > 0) {
+    std::vector<uint64_t> late;
+    for (const auto& [rid, r] : st.requests)
+      if (now - r.admitted > st.options.request_deadline) late.push_back(rid);
+    for (uint64_t rid : late)
+      fail(self, rid,
+           "request " + std::to_string(rid) + " passed its deadline of " +
+               std::to_string(st.options.request_deadline.count()) + " ms",
+           wire::ERROR_TIMEOUT);
+  }
+  const auto period = std::min<std::chrono::milliseconds>(std::chrono::milliseconds(250),
+                                                         st.options.heartbeat_timeout / 4);
+  self->delayed_send(self, period, tick_atom::value);
+}
+
 void on_down(Self* self, const caf::down_msg& dm) {
   auto& st = self->state;
   for (auto it = st.workers.begin(); it != st.workers.end(); ++it) {
@@ -496,11 +538,13 @@ void on_down(Self* self, const caf::down_msg& dm) {
     const Worker w = it->second;
     st.workers.erase(it);
     const std::string why = "context worker " + w.name + " (worker " + std::to_string(w.id) +
-                            ") went away: " + caf::to_string(dm.reason);
+                            ") went away (its process died or its connection to the head broke; CAF says: " +
+                            caf::to_string(dm.reason) + ")";
     log(self, why);
     st.options.health->mark_dead(w.id, why);
     self->send(st.options.query, forget_atom::value, w.id);
-    for (uint64_t rid : w.requests) fail(self, rid, why + ", during request " + std::to_string(rid));
+    for (uint64_t rid : w.requests)
+      fail(self, rid, why + ", during request " + std::to_string(rid), wire::ERROR_WORKER_FAILED);
     return;
   }
   // A client that went away: its requests have nobody to stream to.
@@ -519,11 +563,16 @@ caf::behavior scheduler(Self* self, SchedulerOptions options) {
   self->state.options = std::move(options);
   const ModelHost& host = *self->state.options.model;
   // Byte-level models have no template; chats then use the fallback EngineService uses too.
-  self->state.chat = host.chat_template() ? *host.chat_template()
-                                          : detect_chat_template("", host.tokenizer());
+  self->state.chat = host.chat_for_messages();
+  // Workers run the head's model; their backend's activation dtype sets the bytes per token
+  // (bf16 on gpus, f32 on the cpu): the head plans with its own, the common case.
+  self->state.memory = MemoryModel::of(host.config(), host.backend().activation_dtype());
   self->set_default_handler(caf::drop);
   self->set_down_handler([self](const caf::down_msg& dm) { on_down(self, dm); });
+  self->send(self, tick_atom::value);
   return {
+      [self](heartbeat_atom, const std::string& bytes) { on_heartbeat(self, bytes); },
+      [self](tick_atom) { on_tick(self); },
       [self](register_atom, const std::string& bytes) { return do_register(self, bytes); },
       [self](status_atom, const std::string& bytes) { return do_status(self, bytes); },
       [self](submit_atom, const std::string& bytes) {
@@ -552,7 +601,7 @@ caf::behavior scheduler(Self* self, SchedulerOptions options) {
         }
         auto it = self->state.requests.find(f.request_id());
         if (it == self->state.requests.end()) return;  // failed already
-        if (!f.ok()) return fail(self, f.request_id(), f.error());
+        if (!f.ok()) return fail(self, f.request_id(), f.error(), f.error_kind());
         Request& r = it->second;
         wire::Finished out = r.stats;
         out.MergeFrom(f);

@@ -29,6 +29,11 @@ struct SchedulerOptions {
   int max_running = 0;             // requests placed on the workers at once; 0: no limit
   int max_queue = 256;             // requests waiting beyond max_running
   bool verbose = true;
+  // A worker whose heartbeats stop for this long is marked unresponsive: its requests fail
+  // naming it, nothing new is placed on it, and it is admitted again when it answers.
+  std::chrono::milliseconds heartbeat_timeout{5000};
+  // No request lives longer than this from its admission (0: no deadline).
+  std::chrono::milliseconds request_deadline{std::chrono::minutes(30)};
 };
 
 caf::actor spawn_scheduler(caf::actor_system& system, SchedulerOptions options);

@@ -12,6 +12,7 @@
 #include "actors/cluster.h"
 #include "actors/messages.h"
 #include "transport/wire.h"
+#include "transport/wire_convert.h"
 
 namespace starattn::actors {
 namespace {
@@ -42,14 +43,6 @@ struct Handle : RequestHandle {
   }
 };
 
-ErrorKind service_kind(wire::ErrorKind kind) {
-  switch (kind) {
-    case wire::ERROR_INVALID_REQUEST: return ErrorKind::invalid_request;
-    case wire::ERROR_CAPACITY: return ErrorKind::capacity;
-    case wire::ERROR_OVERLOADED: return ErrorKind::overloaded;
-    default: return ErrorKind::internal;  // ERROR_PROTOCOL too: head and service are one binary
-  }
-}
 
 wire::SubmitRequest to_submit(const TextRequest& r) {
   wire::SubmitRequest s;
@@ -60,6 +53,9 @@ wire::SubmitRequest to_submit(const TextRequest& r) {
       turn->set_role(m.role);
       turn->set_content(m.content);
     }
+  } else if (r.ids) {
+    for (int32_t id : r.context_ids) s.add_context(id);
+    for (int32_t id : r.query_ids) s.add_query(id);
   } else {
     // Laid out by the scheduler with document_prompt(), as `starattn run` lays out a
     // --context-file with a --query.
@@ -73,10 +69,9 @@ wire::SubmitRequest to_submit(const TextRequest& r) {
   s.set_anchor_size(r.anchor_size);
   s.set_max_tokens(r.max_tokens);
   s.set_ignore_eos(r.ignore_eos);
-  s.mutable_sampling()->set_temperature(r.sampling.temperature);
-  s.mutable_sampling()->set_top_k(r.sampling.top_k);
-  s.mutable_sampling()->set_top_p(r.sampling.top_p);
-  s.mutable_sampling()->set_seed(r.sampling.seed);
+  wire::to_wire(r.sampling, s.mutable_sampling());
+  for (const auto& stop : r.stop) s.add_stop_strings(stop);
+  wire::to_wire(r.logits, s.mutable_logits());
   return s;
 }
 
@@ -84,7 +79,6 @@ struct BridgeState {
   std::shared_ptr<Registry> registry;
   caf::actor scheduler;
   StreamCallbacks callbacks;
-  std::optional<StopMatcher> stops;
   uint64_t id = 0;            // 0 until Accepted
   std::string ending;         // "stop" or "cancelled" once we asked the scheduler to end it
   bool cancel_sent = false;
@@ -138,11 +132,12 @@ void on_token(Bridge* self, const std::string& bytes) {
   }
   ++st.tokens;
   TokenEvent ev;
-  ev.text = st.stops->push(t.text());
+  // Stop strings were applied by the query actor's Generation (the text ends before a match).
+  ev.text = t.text();
   ev.tokens.push_back(t.token());
+  if (t.has_logprob()) ev.logprobs.push_back(wire::from_wire(t.logprob()));
   const bool more = deliver(self, [&] { return st.callbacks.on_token(ev); });
   if (!more) end_early(self, "cancelled");
-  else if (st.stops->stopped()) end_early(self, "stop");
 }
 
 void on_finished(Bridge* self, const std::string& bytes) {
@@ -154,14 +149,13 @@ void on_finished(Bridge* self, const std::string& bytes) {
     return fail_and_quit(self, ErrorKind::internal, e.what());
   }
   // A request we ended is done whatever raced with the cancel (a last token, a failure).
-  if (!f.ok() && st.ending.empty()) return fail_and_quit(self, service_kind(f.error_kind()), f.error());
+  if (!f.ok() && st.ending.empty()) return fail_and_quit(self, wire::from_wire(f.error_kind()), f.error());
   std::string reason = st.ending;
   if (reason.empty()) {
     TokenEvent tail;
-    tail.text = st.stops->push(f.text_tail());
-    tail.text += st.stops->flush();
+    tail.text = f.text_tail();
     if (!tail.text.empty()) deliver(self, [&] { return st.callbacks.on_token(tail); });
-    reason = st.stops->stopped() ? "stop" : f.finish_reason();
+    reason = f.finish_reason();
   }
   Completion c;
   c.finish_reason = reason;
@@ -188,7 +182,6 @@ caf::behavior bridge(Bridge* self, std::shared_ptr<Registry> registry, uint64_t 
   st.registry = registry;
   st.scheduler = scheduler;
   st.callbacks = std::move(*callbacks);
-  st.stops.emplace(request->stop);
   self->attach_functor([registry, key] {
     std::lock_guard<std::mutex> lock(registry->mutex);
     registry->bridges.erase(key);

@@ -118,6 +118,7 @@ class CudaBackend final : public Backend {
   int32_t sample(const Tensor& logits_row, const SamplingParams& params, uint64_t step) override;
   void synchronize() override;
   void profile_section(const char* name) override;
+  DeviceIpc* ipc() override;
   // Prints and resets the per-op profile (STARATTN_PROFILE=1); no-op when profiling is off.
   void profile_report(const std::string& label);
 
@@ -158,6 +159,7 @@ class CudaBackend final : public Backend {
   int decode_stages_ = 2;          // STARATTN_DECODE_STAGES (2, the default, 3 or 4; 16-key tiles)
   bool gemv_ = true;               // STARATTN_GEMV=0: one-row bf16 matmuls through cuBLAS too
   std::unique_ptr<OpProfiler> profiler_;  // STARATTN_PROFILE=1
+  std::unique_ptr<DeviceIpc> ipc_;        // made on first use
   DeviceCopy rope_positions_, rope_inv_freq_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;

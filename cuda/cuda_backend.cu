@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "cuda/backend_impl.h"
+#include "cuda/cuda_ipc.h"
 #include "cuda/attention_prefill.cuh"
 #include "cuda/elementwise.cuh"
 
@@ -369,6 +370,11 @@ void CudaBackend::copy(const Tensor& src, Tensor dst) {
       cuda::launch_convert(ptr<const In>(src), src.stride, ptr<Out>(dst), dst.stride, src.rows, src.cols, stream_);
     });
   });
+}
+
+DeviceIpc* CudaBackend::ipc() {
+  if (!ipc_) ipc_ = make_cuda_ipc(device_, stream_);
+  return ipc_.get();
 }
 
 void CudaBackend::profile_section(const char* name) {

@@ -97,6 +97,38 @@ struct SamplingParams {
   uint64_t seed = 0;
 };
 
+// An ordering point on a backend's stream that another process of the same host can wait on.
+class DeviceEvent {
+ public:
+  virtual ~DeviceEvent() = default;
+};
+
+// Device memory and stream ordering shared between processes of one host (CUDA IPC), so the
+// data plane moves Q and (O, lse) GPU to GPU with no copy through the host. Handles are opaque
+// bytes carried over the control or data plane. Backends without it return null from ipc().
+class DeviceIpc {
+ public:
+  virtual ~DeviceIpc() = default;
+  // Which device this is, unique on the host ("GPU-<uuid>"): peers on one device need no peer
+  // access, peers on two devices of one host need it (NVLink or PCIe).
+  virtual std::string device_id() const = 0;
+  // A handle to the allocation `t` views; `t` must start at the beginning of its allocation.
+  virtual std::string export_memory(const Tensor& t) = 0;
+  // A view of another process's allocation; valid until close_memory(view). Throws naming the
+  // CUDA error when the handle cannot be opened (another host, a freed allocation).
+  virtual Tensor import_memory(const std::string& handle, DType dtype, int64_t rows,
+                               int64_t cols) = 0;
+  virtual void close_memory(const Tensor& view) = 0;
+  // An event that can be exported to other processes.
+  virtual std::unique_ptr<DeviceEvent> create_event() = 0;
+  virtual std::string export_event(DeviceEvent& event) = 0;
+  virtual std::unique_ptr<DeviceEvent> import_event(const std::string& handle) = 0;
+  // Records `event` at the current end of the backend's stream (own events only).
+  virtual void record(DeviceEvent& event) = 0;
+  // Later work on the backend's stream waits for the event's last record; the host does not.
+  virtual void wait(DeviceEvent& event) = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -150,6 +182,8 @@ class Backend {
   // for per-op profiles (STARATTN_PROFILE=1 on cuda); null ends the current section. No-op on
   // backends without a profiler.
   virtual void profile_section(const char* name) { (void)name; }
+  // Sharing memory and ordering with other processes of this host; null when unsupported.
+  virtual DeviceIpc* ipc() { return nullptr; }
 };
 
 // Creates a backend by name ("cpu", "cuda"); throws with the list of compiled backends otherwise.

@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "runtime/backend.h"
+#include "runtime/generation.h"
+#include "runtime/request_plan.h"
 #include "runtime/chat_template.h"
 #include "runtime/model_config.h"
 #include "runtime/prompt.h"
@@ -21,9 +23,6 @@ namespace starattn {
 // deploy/fetch-model.sh): $STARATTN_MODELS or ~/.cache/starattn/models.
 std::string default_model_path();
 
-enum class AttentionMode { star, full };
-AttentionMode parse_mode(const std::string& name);
-const char* mode_name(AttentionMode mode);
 
 struct EngineOptions {
   std::string model;           // Hugging Face directory (or config.json with random_weights)
@@ -48,7 +47,14 @@ struct GenerateRequest {
   SamplingParams sampling;
   std::vector<int32_t> stop_ids;  // empty: the model's EOS ids
   bool ignore_eos = false;        // generate exactly max_tokens (comparisons, benchmarks)
+  std::vector<std::string> stop_strings;  // the text ends before the first match
+  LogitsProcessing logits;                // penalties, bias, logprobs
+  bool beyond_positions = false;  // allow context + query + max_tokens past the model's positions
 };
+
+// The stop ids a request runs with: its own, else the model's EOS ids; none with ignore_eos.
+std::vector<int32_t> resolve_stop_ids(const std::vector<int32_t>& requested, bool ignore_eos,
+                                      const ModelConfig& config);
 
 struct GenerateStats {
   int64_t context_tokens = 0;
@@ -62,12 +68,15 @@ struct GenerateStats {
   double first_token_ms = 0;  // query prefill + first sample, after phase 1
   double decode_ms = 0;       // all later steps
   std::string finish_reason;  // "length", "stop" or "cancelled"
+  std::string text_tail;      // text the decoder held at the end (stop strings applied)
 };
 
 // Called for each generated token (stop tokens are not passed). `logits` is the host copy of
 // the distribution it was drawn from when the request asked for logits, else null. Return false
 // to cancel the request.
 using TokenCallback = std::function<bool(int32_t token, const float* logits)>;
+// The same with everything a step produced: text (stop strings applied), logits, logprobs.
+using GeneratedCallback = std::function<bool(const GeneratedToken& token)>;
 
 class Engine {
  public:
@@ -78,11 +87,15 @@ class Engine {
 
   GenerateStats generate(const GenerateRequest& request, const TokenCallback& on_token,
                          bool want_logits = false);
+  GenerateStats generate(const GenerateRequest& request, const GeneratedCallback& on_token,
+                         bool want_logits = false);
 
   const ModelConfig& config() const;
   const Tokenizer& tokenizer() const;
   // The model's chat template; empty for models without one (byte-level test models).
   const std::optional<ChatTemplate>& chat_template() const;
+  // The template chats use (the model's, or the fallback for template-less models).
+  ChatTemplate chat_for_messages() const;
   // Context and query ids for a question over a document (runtime/prompt.h).
   PromptIds document_prompt(const std::string& document, const std::string& question) const;
   Backend& backend();

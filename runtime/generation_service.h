@@ -13,6 +13,7 @@
 #include "runtime/backend.h"
 #include "runtime/chat_template.h"
 #include "runtime/errors.h"
+#include "runtime/generation.h"
 #include "runtime/sampling.h"
 
 namespace starattn {
@@ -96,6 +97,9 @@ struct ServiceInfo {
   std::string model;            // the name clients see in "model"
   int64_t max_context_tokens = 0;  // what one request's context may hold (0: unknown)
   int max_queue = 0;
+  // Raw bytes of a token id, for the tokens named in logprobs; empty when the service cannot
+  // name tokens (front ends then refuse logprobs requests).
+  std::function<std::string(int32_t)> token_bytes;
 };
 
 class GenerationService {
@@ -110,20 +114,5 @@ class GenerationService {
   virtual int queued() const = 0;
 };
 
-// Holds back generated text that may be the start of a stop string, so a client never sees
-// text past a stop. push() returns the text that is safe to emit; after a match, stopped() is
-// true and the text before the match has been returned.
-class StopMatcher {
- public:
-  explicit StopMatcher(std::vector<std::string> stops);
-  std::string push(const std::string& text);
-  std::string flush();  // at the end: whatever is still held back
-  bool stopped() const { return stopped_; }
-
- private:
-  std::vector<std::string> stops_;
-  std::string held_;
-  bool stopped_ = false;
-};
 
 }  // namespace starattn

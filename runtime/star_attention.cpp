@@ -126,19 +126,25 @@ Partial ContextShard::attend(int layer, const Tensor& q) {
     out_o_ = be.alloc(q.rows, c.q_dim(), be.activation_dtype());
     out_lse_ = be.alloc(q.rows, c.num_heads, DType::f32);
   }
+  const Partial out{out_o_.rows(0, q.rows), out_lse_.rows(0, q.rows)};
+  attend_into(layer, q, out);
+  return out;
+}
+
+void ContextShard::attend_into(int layer, const Tensor& q, const Partial& out) {
+  const ModelConfig& c = model_.config();
   AttentionArgs a;
   a.q = q;
   a.k = cache_.keys(layer);
   a.v = cache_.values(layer);
-  a.o = out_o_.rows(0, q.rows);
-  a.lse = out_lse_.rows(0, q.rows);
+  a.o = out.o;
+  a.lse = out.lse;
   a.n_q_heads = c.num_heads;
   a.n_kv_heads = c.num_kv_heads;
   a.head_dim = c.head_dim;
   a.scale = c.attention_scale();
   a.mask = MaskKind::none;
-  be.attention(a);
-  return {a.o, a.lse};
+  model_.backend().attention(a);
 }
 
 void LocalShards::attend(int layer, const Tensor& q, std::vector<Partial>& out) {

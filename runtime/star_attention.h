@@ -35,6 +35,9 @@ class ContextShard {
   // Phase 2: attention of q [T, Hq*D] (on this backend) over all keys held, no mask. The
   // returned views stay valid until the next attend().
   Partial attend(int layer, const Tensor& q);
+  // The same into caller-owned views (o [T, Hq*D] in the activation dtype, lse [T, Hq] f32),
+  // which may be another process's memory mapped by CUDA IPC.
+  void attend_into(int layer, const Tensor& q, const Partial& out);
 
   int64_t tokens() const { return cache_.size(); }
   const KvCache& cache() const { return cache_; }

@@ -104,54 +104,60 @@ struct EngineService::Impl : std::enable_shared_from_this<Impl> {
     }
     try {
       GenerateRequest g;
-      // The same layouts as the head's scheduler and `starattn run` (runtime/prompt.h), so a
-      // request gets the same tokens whichever front end serves it.
-      PromptIds p = r.chat ? chat_prompt(engine.tokenizer(), chat_template, r.messages)
-                           : engine.document_prompt(r.context, r.query);
-      g.context = std::move(p.context);
-      g.query = std::move(p.query);
-      const Tokenizer& tok = engine.tokenizer();
+      if (r.ids) {
+        g.context = r.context_ids;
+        g.query = r.query_ids;
+      } else {
+        // The same layouts as the head's scheduler and `starattn run` (runtime/prompt.h), so a
+        // request gets the same tokens whichever front end serves it.
+        PromptIds p = r.chat ? chat_prompt(engine.tokenizer(), chat_template, r.messages)
+                             : engine.document_prompt(r.context, r.query);
+        g.context = std::move(p.context);
+        g.query = std::move(p.query);
+      }
       const int64_t limit = options.max_context_tokens;
       if (limit > 0 && static_cast<int64_t>(g.context.size()) > limit)
-        throw std::length_error("context of " + std::to_string(g.context.size()) +
-                                " tokens is larger than this server's capacity of " +
-                                std::to_string(limit) + " context tokens");
+        throw Error(ErrorKind::capacity,
+                    "context of " + std::to_string(g.context.size()) +
+                        " tokens is larger than this server's limit of " + std::to_string(limit) +
+                        " context tokens");
       g.mode = parse_mode(r.mode);
       g.block_size = r.block_size;
       g.anchor_size = r.anchor_size;
       g.max_tokens = r.max_tokens;
       g.sampling = r.sampling;
       g.ignore_eos = r.ignore_eos;
+      g.stop_strings = r.stop;
+      g.logits = r.logits;
 
-      StreamDecoder decoder(tok);
-      StopMatcher stops(r.stop);
       kv = static_cast<int64_t>(g.context.size() + g.query.size());
       bool client_cancelled = false;
-      const GenerateStats s = engine.generate(g, [&](int32_t id, const float*) {
+      // Stop strings, stop ids and max_tokens are applied by the Engine's Generation.
+      const GenerateStats s = engine.generate(g, [&](const GeneratedToken& t) {
         ++kv;
         if (job.cancelled) {
           client_cancelled = true;
           return false;
         }
         TokenEvent ev;
-        ev.text = stops.push(decoder.push(id));
-        ev.tokens.push_back(id);
+        ev.text = t.text;
+        ev.tokens.push_back(t.token);
+        if (t.logprob) ev.logprobs.push_back(*t.logprob);
         if (!job.callbacks.on_token(ev)) {
           job.cancelled = true;
           client_cancelled = true;
           return false;
         }
-        return !stops.stopped();
+        return true;
       });
       kv = 0;
-      if (!stops.stopped() && !client_cancelled) {
+      if (!client_cancelled && !s.text_tail.empty()) {
         TokenEvent tail;
-        tail.text = stops.push(decoder.flush());
-        tail.text += stops.flush();
-        if (!tail.text.empty()) job.callbacks.on_token(tail);
+        tail.text = s.text_tail;
+        job.callbacks.on_token(tail);
       }
       Completion c;
-      c.finish_reason = client_cancelled ? "cancelled" : stops.stopped() ? "stop" : s.finish_reason;
+      c.finish_reason = client_cancelled ? "cancelled" : s.finish_reason;
       c.context_tokens = s.context_tokens;
       c.prompt_tokens = s.context_tokens + s.query_tokens;
       c.completion_tokens = s.generated;
@@ -163,15 +169,11 @@ struct EngineService::Impl : std::enable_shared_from_this<Impl> {
       c.first_token_ms = s.first_token_ms;
       c.decode_ms = s.decode_ms;
       job.callbacks.on_done(c);
-    } catch (const std::length_error& e) {
-      kv = 0;
-      fail(job.callbacks, ErrorKind::capacity, e.what());
-    } catch (const std::invalid_argument& e) {
-      kv = 0;
-      fail(job.callbacks, ErrorKind::invalid_request, e.what());
     } catch (const std::exception& e) {
       kv = 0;
-      fail(job.callbacks, ErrorKind::internal, std::string("generation failed: ") + e.what());
+      const ErrorKind kind = kind_of(e);
+      fail(job.callbacks, kind,
+           kind == ErrorKind::internal ? std::string("generation failed: ") + e.what() : e.what());
     }
   }
 };
@@ -227,9 +229,7 @@ EngineService::EngineService(const EngineServiceOptions& options) : impl_(std::m
     std::rethrow_exception(failed);
   }
   try {
-    s.chat_template = detect_chat_template(
-        options.engine.random_weights ? std::string() : read_chat_template(options.engine.model),
-        s.engines.front()->tokenizer());
+    s.chat_template = s.engines.front()->chat_for_messages();
   } catch (...) {
     stop_threads();  // the threads are running: a constructor that throws must not leave them
     throw;
@@ -245,6 +245,9 @@ EngineService::EngineService(const EngineServiceOptions& options) : impl_(std::m
   s.info.model = s.model_name;
   s.info.max_context_tokens = options.max_context_tokens > 0 ? options.max_context_tokens : capacity;
   s.info.max_queue = options.max_queue;
+  // Front ends name the tokens of logprobs with it; the engines (and their tokenizer) live as
+  // long as the service.
+  s.info.token_bytes = [tok = &s.engines.front()->tokenizer()](int32_t id) { return tok->token_bytes(id); };
 }
 
 EngineService::~EngineService() {

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -197,7 +199,8 @@ void UcxWorker::on_send_done(void* request, ucs_status_t, void* user_data) {
   ucp_request_free(request);
 }
 
-UcxWorker::EpId UcxWorker::connect(const std::string& address, const std::string& peer_name) {
+UcxWorker::EpId UcxWorker::connect(const std::string& address, const std::string& peer_name,
+                                   PeerFailure failure) {
   if (address.empty()) throw UcxError("no UCX address for " + peer_name);
   auto st = std::make_unique<EpState>();
   st->peer = peer_name;
@@ -206,14 +209,59 @@ UcxWorker::EpId UcxWorker::connect(const std::string& address, const std::string
   p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                  UCP_EP_PARAM_FIELD_ERR_HANDLER;
   p.address = reinterpret_cast<const ucp_address_t*>(address.data());
-  // Peer failure mode: a dead peer surfaces as an error callback instead of a hang.
-  p.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  // Peer failure mode: a dead peer surfaces as an error callback instead of a hang. UCX 1.13
+  // leaves the shared-memory transports out in that mode, so peers on the same host connect
+  // without it and the control plane (heartbeats, CAF monitors) detects their failures.
+  p.err_mode = failure == PeerFailure::detect ? UCP_ERR_HANDLING_MODE_PEER
+                                              : UCP_ERR_HANDLING_MODE_NONE;
   p.err_handler.cb = &UcxWorker::on_ep_error;
   p.err_handler.arg = st.get();
   check(ucp_ep_create(worker_, &p, &st->ep), "connecting to " + peer_name);
   const EpId id = next_ep_++;
   eps_[id] = std::move(st);
   return id;
+}
+
+std::string UcxWorker::transport(EpId ep) const {
+  auto it = eps_.find(ep);
+  if (it == eps_.end()) return "unknown";
+  // UCX 1.13 has no query for an endpoint's transports; its configuration printout names the
+  // lanes as "tl/device" (e.g. "tcp/eth0", "posix/memory", "rc_mlx5/mlx5_0:1"). Take the
+  // transport of the first am lane, else of the first lane.
+  char* text = nullptr;
+  size_t size = 0;
+  FILE* f = open_memstream(&text, &size);
+  if (!f) return "unknown";
+  ucp_ep_print_info(it->second->ep, f);
+  std::fclose(f);
+  const std::string info(text ? text : "", size);
+  std::free(text);
+  return ucx_lane_transport(info);
+}
+
+std::string ucx_lane_transport(const std::string& info) {
+  std::string first;
+  size_t pos = 0;
+  while (pos < info.size()) {
+    size_t end = info.find('\n', pos);
+    if (end == std::string::npos) end = info.size();
+    const std::string line = info.substr(pos, end - pos);
+    pos = end + 1;
+    // A lane line: "  lane[0]:  2:tcp/lo.0 md[1]  ... am am_bw#0".
+    const size_t lane = line.find("lane[");
+    if (lane == std::string::npos) continue;
+    const size_t colon = line.find(':', line.find(']', lane) + 2);
+    if (colon == std::string::npos) continue;
+    const size_t start = colon + 1;
+    const size_t stop = line.find_first_of(" \t", start);
+    std::string tl = line.substr(start, stop == std::string::npos ? std::string::npos : stop - start);
+    const size_t slash = tl.find('/');
+    const std::string name = slash == std::string::npos ? tl : tl.substr(0, slash);
+    if (name.empty()) continue;
+    if (first.empty()) first = name;
+    if (line.find(" am") != std::string::npos) return name;
+  }
+  return first.empty() ? "unknown" : first;
 }
 
 void UcxWorker::close_ep(ucp_ep_h ep, bool force) {

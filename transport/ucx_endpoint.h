@@ -77,8 +77,14 @@ class UcxWorker {
 
   // An endpoint to the worker at `address`; peer_name is used in error messages. Peer failures
   // (a process that died, a reset connection) are reported through failed().
+  // failure: detect (UCP's peer-failure mode, network transports only in UCX 1.13) or leave it to
+  // the control plane (allows shared memory: peers on the same host).
   using EpId = uint64_t;
-  EpId connect(const std::string& address, const std::string& peer_name);
+  enum class PeerFailure { detect, control_plane };
+  EpId connect(const std::string& address, const std::string& peer_name,
+               PeerFailure failure = PeerFailure::detect);
+  // The UCX transport carrying the endpoint's active messages ("tcp", "posix", "rc_mlx5", ...).
+  std::string transport(EpId ep) const;
   // Closes the endpoint (forcibly when it has failed). Unknown ids are ignored.
   void disconnect(EpId ep);
   // True with the reason when UCX reported the endpoint's peer as failed.
@@ -128,6 +134,9 @@ class UcxWorker {
   std::deque<AmMessage> inbox_;
   size_t inflight_ = 0;
 };
+
+// The transport of the active-message lane in ucp_ep_print_info's text (exposed for tests).
+std::string ucx_lane_transport(const std::string& info);
 
 // Hex text of bytes (addresses in logs and on command lines) and back.
 std::string to_hex(const std::string& bytes);

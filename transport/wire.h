@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "runtime/errors.h"
 #include "transport/starattn.pb.h"
 
 namespace starattn::wire {
@@ -52,6 +53,32 @@ inline std::string version_error(uint32_t version, const std::string& what) {
 inline void check_version(uint32_t version, const std::string& what) {
   const std::string e = version_error(version, what);
   if (!e.empty()) throw ProtocolError(e);
+}
+
+// The one ErrorKind (runtime/errors.h) on the control plane and back.
+inline ErrorKind to_wire(starattn::ErrorKind kind) {
+  switch (kind) {
+    case starattn::ErrorKind::invalid_request: return ERROR_INVALID_REQUEST;
+    case starattn::ErrorKind::capacity: return ERROR_CAPACITY;
+    case starattn::ErrorKind::overloaded: return ERROR_OVERLOADED;
+    case starattn::ErrorKind::shutting_down: return ERROR_SHUTTING_DOWN;
+    case starattn::ErrorKind::worker_failed: return ERROR_WORKER_FAILED;
+    case starattn::ErrorKind::timeout: return ERROR_TIMEOUT;
+    case starattn::ErrorKind::internal: break;
+  }
+  return ERROR_INTERNAL;
+}
+
+inline starattn::ErrorKind from_wire(ErrorKind kind) {
+  switch (kind) {
+    case ERROR_INVALID_REQUEST: return starattn::ErrorKind::invalid_request;
+    case ERROR_CAPACITY: return starattn::ErrorKind::capacity;
+    case ERROR_OVERLOADED: return starattn::ErrorKind::overloaded;
+    case ERROR_SHUTTING_DOWN: return starattn::ErrorKind::shutting_down;
+    case ERROR_WORKER_FAILED: return starattn::ErrorKind::worker_failed;
+    case ERROR_TIMEOUT: return starattn::ErrorKind::timeout;
+    default: return starattn::ErrorKind::internal;  // ERROR_PROTOCOL too
+  }
 }
 
 }  // namespace starattn::wire

@@ -1,0 +1,123 @@
+#include "runtime/request_plan.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "runtime/errors.h"
+
+namespace starattn {
+
+AttentionMode parse_mode(const std::string& name) {
+  if (name == "star" || name.empty()) return AttentionMode::star;
+  if (name == "full") return AttentionMode::full;
+  throw Error(ErrorKind::invalid_request,
+              "unknown attention mode '" + name + "' (expected star or full)");
+}
+
+const char* mode_name(AttentionMode mode) { return mode == AttentionMode::star ? "star" : "full"; }
+
+void validate_request(const std::vector<int32_t>& context, const std::vector<int32_t>& query,
+                      int max_tokens, const ModelConfig& config, bool beyond_positions) {
+  if (query.empty())
+    throw Error(ErrorKind::invalid_request, "the query is empty: it needs at least one token");
+  if (max_tokens < 0) throw Error(ErrorKind::invalid_request, "max_tokens must not be negative");
+  for (const auto* ids : {&context, &query})
+    for (int32_t id : *ids)
+      if (id < 0 || id >= config.vocab_size)
+        throw Error(ErrorKind::invalid_request,
+                    "token id " + std::to_string(id) + " is outside the vocabulary (size " +
+                        std::to_string(config.vocab_size) + ")");
+  const int64_t positions = static_cast<int64_t>(context.size()) +
+                            static_cast<int64_t>(query.size()) + max_tokens;
+  if (!beyond_positions && config.max_position_embeddings > 0 &&
+      positions > config.max_position_embeddings)
+    throw Error(ErrorKind::capacity,
+                "context (" + std::to_string(context.size()) + " tokens) + query (" +
+                    std::to_string(query.size()) + ") + max_tokens (" + std::to_string(max_tokens) +
+                    ") = " + std::to_string(positions) + " positions, beyond the model's " +
+                    std::to_string(config.max_position_embeddings) +
+                    " (max_position_embeddings)");
+}
+
+MemoryModel MemoryModel::of(const ModelConfig& c, DType activation_dtype) {
+  const int64_t es = static_cast<int64_t>(dtype_size(activation_dtype));
+  const int64_t kv = c.kv_bytes_per_token(static_cast<size_t>(es));
+  const int64_t act = es * (3 * int64_t{c.hidden_size} + 2 * int64_t{c.q_dim()} +
+                            2 * int64_t{c.kv_dim()} + 3 * int64_t{c.intermediate_size});
+  MemoryModel m;
+  m.per_token = kv + act;
+  m.per_scratch_row = kv + 4 * int64_t{c.num_heads};
+  m.fixed += 8 * int64_t{c.vocab_size};
+  return m;
+}
+
+int64_t MemoryModel::tokens_that_fit(int64_t bytes, int64_t scratch_rows) const {
+  const int64_t room = bytes - fixed - scratch_rows * per_scratch_row;
+  return room <= 0 ? 0 : room / per_token;
+}
+
+int RequestPlan::workers_used() const {
+  int n = 0;
+  for (const auto& r : runs) n += r.empty() ? 0 : 1;
+  return n;
+}
+
+RequestPlan cut_blocks(const BlockRequest& req, int workers) {
+  RequestPlan p;
+  p.mode = req.mode;
+  const int64_t C = req.context_len;
+  if (req.mode == AttentionMode::full) {
+    // The baseline: one block covering the whole context on one worker, no anchor.
+    p.block_size = std::max<int64_t>(C, 1);
+    p.anchor_size = 0;
+  } else {
+    const int64_t W = std::max(workers, 1);
+    p.block_size = req.block_size > 0 ? req.block_size : std::max<int64_t>(1, (C + W - 1) / W);
+    p.anchor_size = req.anchor_size > 0 ? req.anchor_size : p.block_size;
+    try {
+      check_block_sizes(p.block_size, p.anchor_size);
+    } catch (const std::invalid_argument& e) {
+      throw Error(ErrorKind::invalid_request, e.what());
+    }
+    if (!req.use_anchor) p.anchor_size = 0;
+  }
+  p.blocks = split_blocks(C, p.block_size);
+  p.scratch_rows = std::min(p.anchor_size, C) + std::min(p.block_size, C);
+  return p;
+}
+
+RequestPlan plan_request(const BlockRequest& req, const std::vector<int64_t>& worker_bytes,
+                         const MemoryModel& memory, const std::string& where) {
+  const int live = static_cast<int>(worker_bytes.size());
+  if (live == 0 && req.context_len > 0)
+    throw Error(ErrorKind::overloaded, "no context workers are available (" + where + ")");
+  const int use = req.mode == AttentionMode::full ? std::min(live, 1) : live;
+  RequestPlan p = cut_blocks(req, use);
+  if (req.context_len == 0) {
+    p.runs.assign(static_cast<size_t>(use), {});
+    return p;
+  }
+  std::vector<int64_t> caps;
+  int64_t total = 0;
+  for (int i = 0; i < use; ++i) {
+    caps.push_back(memory.tokens_that_fit(worker_bytes[static_cast<size_t>(i)], p.scratch_rows));
+    total += caps.back();
+  }
+  const int64_t uniform = *std::min_element(caps.begin(), caps.end());
+  try {
+    p.runs = assign_blocks(p.blocks, std::vector<int64_t>(caps.size(), uniform));
+  } catch (const std::length_error&) {
+    try {
+      p.runs = assign_blocks(p.blocks, caps);
+    } catch (const std::length_error&) {
+      throw Error(ErrorKind::capacity,
+                  "context of " + std::to_string(req.context_len) + " tokens does not fit: at most " +
+                      std::to_string(total) + " context tokens fit on " + where + " (" +
+                      mode_name(req.mode) + " mode, blocks of " + std::to_string(p.block_size) +
+                      ", anchor " + std::to_string(p.anchor_size) + ")");
+    }
+  }
+  return p;
+}
+
+}  // namespace starattn

@@ -1,0 +1,70 @@
+// The planner every path shares (the in-process Engine and the cluster's scheduler): request
+// validation, the block and anchor rules, the memory model of a context worker, and the
+// placement of blocks on workers. One set of rules, so a request is refused, cut and placed the
+// same way wherever it runs.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/backend.h"
+#include "runtime/block_plan.h"
+#include "runtime/model_config.h"
+
+namespace starattn {
+
+enum class AttentionMode { star, full };
+AttentionMode parse_mode(const std::string& name);
+const char* mode_name(AttentionMode mode);
+
+// Checks what does not depend on workers: a non-empty query, max_tokens >= 0, every id inside
+// the vocabulary, and context + query + max_tokens within the model's positions (unless
+// `beyond_positions`, for RoPE scalings that extrapolate). Throws Error(invalid_request or
+// capacity) naming the problem.
+void validate_request(const std::vector<int32_t>& context, const std::vector<int32_t>& query,
+                      int max_tokens, const ModelConfig& config, bool beyond_positions = false);
+
+struct BlockRequest {
+  int64_t context_len = 0;
+  AttentionMode mode = AttentionMode::star;
+  int64_t block_size = 0;   // 0: ceil(context / workers)
+  int64_t anchor_size = 0;  // 0: the block size
+  bool use_anchor = true;   // false: blocks encoded alone (the no-anchor ablation)
+};
+
+// Bytes a context worker needs per context token (K/V and one row of activations while a block
+// is encoded) and per row of its encoding scratch (the anchor prefix and the block being
+// encoded, with their lse); the query side's per-token bytes are the same as a context token's.
+struct MemoryModel {
+  int64_t per_token = 0;
+  int64_t per_scratch_row = 0;
+  int64_t fixed = int64_t{64} << 20;  // workspace slack, logits
+  static MemoryModel of(const ModelConfig& config, DType activation_dtype);
+  // Context tokens a worker with `bytes` can hold while encoding with `scratch_rows` rows.
+  int64_t tokens_that_fit(int64_t bytes, int64_t scratch_rows) const;
+};
+
+struct RequestPlan {
+  AttentionMode mode = AttentionMode::star;
+  int64_t block_size = 0, anchor_size = 0;  // anchor 0: no anchor
+  std::vector<BlockSpec> blocks;
+  // One run per worker given (possibly empty), in worker order: the merge order.
+  std::vector<std::vector<BlockSpec>> runs;
+  int64_t scratch_rows = 0;  // per worker, while encoding
+  int workers_used() const;
+};
+
+// The block and anchor rules (DESIGN.md 1): full mode is one block on one worker without anchor;
+// star mode cuts blocks of b (default ceil(C / workers)) behind an anchor of a (default b).
+// Throws Error(invalid_request) for impossible sizes.
+RequestPlan cut_blocks(const BlockRequest& request, int workers);
+
+// cut_blocks, then places the runs on workers with `worker_bytes[i]` bytes of room each. Balances by tokens alone when every worker can take
+// an equal share, so the placement is a function of the block count only (the same in-process
+// and in a cluster); otherwise by capacity. Throws Error(capacity) saying how many context
+// tokens fit on these workers (`where` names them, e.g. "the 3 live workers").
+RequestPlan plan_request(const BlockRequest& request, const std::vector<int64_t>& worker_bytes,
+                         const MemoryModel& memory, const std::string& where);
+
+}  // namespace starattn
