@@ -60,12 +60,12 @@ class BadClientsTest(unittest.TestCase):
         self.assert_still_serving()
 
     def test_unknown_fields(self):
+        # Ignored, as OpenAI's SDKs and newer clients send fields this server does not define.
         status, _, out = su.http(self.port, "POST", "/v1/completions", dict(GOOD, frobnicate=True))
-        err = self.assert_error(status, out, 400, param="frobnicate")
-        self.assertIn("frobnicate", err["message"])
+        self.assertEqual(status, 200, out)
         status, _, out = su.http(self.port, "POST", "/v1/chat/completions",
-                                 {"messages": [{"role": "user", "content": "x"}], "prompt": "p"})
-        self.assert_error(status, out, 400, param="prompt")
+                                 {"messages": [{"role": "user", "content": "x"}], "prompt": "p", "max_tokens": 1})
+        self.assertEqual(status, 200, out)
         self.assert_still_serving()
 
     def test_oversized_bodies(self):
@@ -135,7 +135,9 @@ class BadClientsTest(unittest.TestCase):
 
     def test_hangup_mid_stream_cancels_and_frees_kv(self):
         s = su.raw_socket(self.port)
-        body = json.dumps({"prompt": "context " * 20, "query": "go on", "max_tokens": 100000,
+        # As long as the model's positions allow (4096), far more than are generated before the
+        # hang-up is seen.
+        body = json.dumps({"prompt": "context " * 20, "query": "go on", "max_tokens": 3800,
                            "ignore_eos": True, "stream": True}).encode()
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
@@ -153,7 +155,7 @@ class BadClientsTest(unittest.TestCase):
         m = su.metrics(self.port)
         self.assertEqual(m['starattn_kv_tokens_held{worker="engine0"}'], 0)
         self.assertGreaterEqual(m['starattn_requests_total{endpoint="/v1/completions",status="499"}'], 1)
-        self.assertLess(m["starattn_generated_tokens_total"], 50000)
+        self.assertLess(m["starattn_generated_tokens_total"], 3000)
         self.assert_still_serving()
 
     def test_randomized_requests_fuzz_the_parser(self):
