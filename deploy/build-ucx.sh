@@ -44,7 +44,11 @@ find_nvcc() {
 cuda_dir=""
 nvcc=$(find_nvcc)
 if [ -n "$nvcc" ]; then
-  cuda_dir=$(dirname "$(dirname "$(readlink -f "$nvcc")")")
+  # nvcc names its own toolkit (TOP) in a dry run; that also sees through wrapper scripts.
+  dryrun=$("$nvcc" -v --dryrun -x cu -c /dev/null -o /dev/null 2>&1 || true)
+  cuda_dir=$(printf '%s\n' "$dryrun" | sed -n 's/^#\$ TOP=//p' | tail -n1)
+  [ -n "$cuda_dir" ] || cuda_dir=$(dirname "$(dirname "$(readlink -f "$nvcc")")")
+  cuda_dir=$(readlink -f "$cuda_dir")
   [ -f "$cuda_dir/include/cuda.h" ] || die "nvcc at $nvcc, but $cuda_dir/include/cuda.h is missing"
 fi
 

@@ -4,9 +4,12 @@
 # Makes a relocatable bundle of starattn for hosts that lack our Debian packages (CAF, UCX, protobuf,
 # OpenBLAS, libnuma, ...), e.g. a GPU host with only the CUDA toolkit installed:
 #
-#   OUT_DIR/bin/        starattn and every test executable found under BUILD_DIR/tests (flat)
+#   OUT_DIR/bin/        starattn, every test executable found under BUILD_DIR/tests (flat), and
+#                       ucx_info (to see which UCX transports load on the target: ucx_info -d)
 #   OUT_DIR/lib/        every non-system shared library they need; RUNPATH '$ORIGIN'
-#   OUT_DIR/lib/ucx/    UCX's transport modules (dlopen'ed by libucs, so ldd never lists them)
+#   OUT_DIR/lib/ucx/    UCX's transport modules (dlopen'ed by libucs, so ldd never lists them):
+#                       those of the UCX the programs link, i.e. deploy/build-ucx.sh's build with
+#                       cuda_copy/cuda_ipc and the verbs/rdmacm transports, never Debian's
 #   OUT_DIR/env.sh      source it: UCX_MODULE_DIR and CUDA's library folder on LD_LIBRARY_PATH
 #   OUT_DIR/run-tests.sh  runs every test binary without ctest and prints 'N passed, N failed'
 #
@@ -16,7 +19,9 @@
 #   - glibc (libc, libm, libpthread, libdl, librt, ld-linux, ...): tied to the target's kernel/loader;
 #   - libstdc++ and libgcc_s: the target's are at least as new (Ubuntu 24.04 ships GCC 14's);
 #   - the CUDA driver and toolkit libraries (libcuda, libcudart, libcublas, libcublasLt, ...): the
-#     driver must match the kernel module and cuBLAS alone is ~570 MB; env.sh points at the target's;
+#     driver must match the kernel module and cuBLAS alone is ~570 MB; env.sh points at the target's.
+#     UCX's CUDA module (libuct_cuda) needs libcuda.so.1 and libcudart.so.13 from there too; where
+#     they are missing it does not load and UCX runs without its CUDA transports;
 #   - the RDMA verbs stack (libibverbs, librdmacm, libmlx5, libnl): it must match the host's kernel
 #     drivers and provider plugins. UCX's ib/rdmacm modules load only where the host has rdma-core;
 #     elsewhere UCX skips them and uses shared memory/TCP. Set BUNDLE_RDMA=1 to bundle it anyway.
@@ -49,12 +54,6 @@ BUNDLE_RDMA=${BUNDLE_RDMA:-0}
 for tool in ldd patchelf readelf; do
   command -v "$tool" >/dev/null || die "'$tool' not found; run deploy/install-deps.sh (patchelf, binutils)"
 done
-
-# The multiarch triplet (x86_64-linux-gnu, aarch64-linux-gnu, ...) names Debian's library folder,
-# where UCX keeps its modules.
-triplet=$(gcc -print-multiarch 2>/dev/null || true)
-[ -n "$triplet" ] || triplet=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || true)
-[ -n "$triplet" ] || die "cannot determine the multiarch triplet (need gcc or dpkg-architecture)"
 
 # ---- collect the executables ----
 executables=()
@@ -145,12 +144,16 @@ for exe in "${executables[@]}"; do
 done
 
 # UCX loads its transport modules with dlopen from the 'ucx' folder beside libucs (or UCX_MODULE_DIR),
-# so bring them along whenever libucs is in the bundle.
+# so bring them along whenever libucs is in the bundle: the modules of that same libucs, never
+# another UCX's (a module built for other libraries fails to load or misbehaves).
 if [ -n "${copied[libucs.so.0]:-}" ]; then
   ucs_dir=$(dirname "$(readlink -f "${copied[libucs.so.0]}")")
   ucx_mod_dir="$ucs_dir/ucx"
-  [ -d "$ucx_mod_dir" ] || ucx_mod_dir="/usr/lib/$triplet/ucx"
-  [ -d "$ucx_mod_dir" ] || die "libucs is bundled but its module folder ($ucs_dir/ucx) is missing"
+  [ -d "$ucx_mod_dir" ] || die "libucs is bundled from $ucs_dir but its module folder ($ucx_mod_dir) is missing"
+  case "$ucs_dir" in
+    /usr/lib|/usr/lib/*|/lib/*) log "WARNING: the programs link the system's UCX ($ucs_dir), which has no CUDA" \
+                                    "transports; run deploy/build-ucx.sh and reconfigure the build" ;;
+  esac
   mkdir -p "$OUT_DIR/lib/ucx"
   # Only the real files (libuct_X.so.0.0.0), saved under their soname (libuct_X.so.0), the name
   # libucs dlopens; neither the static archives nor the dev symlinks.
@@ -168,11 +171,19 @@ if [ -n "${copied[libucs.so.0]:-}" ]; then
     copy_deps_of "$m"
   done
   log "UCX modules from $ucx_mod_dir: ${!modules[*]}"
+  # ucx_info of the same build, for checking the transports on the target (not a test: see
+  # run-tests.sh).
+  ucx_info=$(dirname "$ucs_dir")/bin/ucx_info
+  if [ -x "$ucx_info" ]; then
+    cp -p "$ucx_info" "$OUT_DIR/bin/"
+    copy_deps_of "$ucx_info"
+  fi
 fi
 
 # ---- strip, then RUNPATH: executables look in ../lib, libraries next to themselves ----
 if [ "$BUNDLE_STRIP" = 1 ]; then
   strip --strip-unneeded "$OUT_DIR"/bin/* "$OUT_DIR"/lib/*.so* 2>/dev/null || true
+  [ ! -d "$OUT_DIR/lib/ucx" ] || strip --strip-unneeded "$OUT_DIR"/lib/ucx/*.so* 2>/dev/null || true
 fi
 # ($ORIGIN is for the dynamic loader, not the shell: the single quotes are intended.)
 # shellcheck disable=SC2016
@@ -195,7 +206,7 @@ log "${#copied[@]} libraries bundled: $(printf '%s ' "${!copied[@]}" | tr ' ' '\
 cat >"$OUT_DIR/env.sh" <<'EOF'
 # Source this file (". env.sh") before running the bundle's programs.
 # Library paths come from RUNPATH ($ORIGIN/../lib); this adds what RUNPATH cannot know:
-#  - UCX's module folder (UCX would otherwise look beside the libucs it was built for);
+#  - UCX's module folder (libucs also finds lib/ucx beside itself; this makes it explicit);
 #  - the host's CUDA libraries (libcudart/libcublas are not bundled; set CUDA_HOME if not /usr/local/cuda).
 _starattn_bundle=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd)
 export STARATTN_BUNDLE="$_starattn_bundle"
@@ -219,7 +230,7 @@ EOF
 # ---- run-tests.sh: ctest-free runner ----
 cat >"$OUT_DIR/run-tests.sh" <<'EOF'
 #!/usr/bin/env bash
-# Runs every test binary of the bundle (bin/ minus starattn) and prints a summary line
+# Runs every test binary of the bundle (bin/ minus starattn and ucx_info) and prints a summary line
 # 'N passed, N failed'. Exit code 0 iff every binary passed.
 #
 # usage: run-tests.sh [-b GLOB] [GTEST_FILTER]
@@ -244,7 +255,7 @@ args=()
 passed=0; failed=0; failed_names=()
 for t in "$here"/bin/*; do
   name=$(basename "$t")
-  [ "$name" = starattn ] && continue
+  case "$name" in starattn|ucx_info) continue ;; esac
   # shellcheck disable=SC2254
   case "$name" in $glob) ;; *) continue ;; esac
   echo "=== $name ${args[*]:-}"
