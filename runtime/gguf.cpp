@@ -187,7 +187,15 @@ std::string ggml_type_name(uint32_t type) {
 
 bool ggml_type_supported(uint32_t type) {
   using namespace ggml_type;
-  return type == f32 || type == f16 || type == bf16 || type == q8_0 || type == q4_0 || type == q4_1;
+  switch (type) {
+    case f32: case f16: case bf16: case q8_0: case q4_0: case q4_1:
+    case q2_k: case q3_k: case q4_k: case q5_k: case q6_k: return true;
+    default: return false;
+  }
+}
+
+const char* ggml_supported_types() {
+  return "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
 }
 
 bool ggml_type_layout(uint32_t type, int64_t& block_elements, int64_t& block_bytes) {
@@ -204,6 +212,7 @@ void ggml_dequantize(uint32_t type, const uint8_t* src, int64_t n, float* out) {
     std::memcpy(&h, p, 2);
     return f16_to_f32(h);
   };
+  if (ggml_dequantize_k(type, src, n, out)) return;
   switch (type) {
     case ggml_type::f32:
       std::memcpy(out, src, static_cast<size_t>(n) * 4);
@@ -471,7 +480,7 @@ void GgufFile::read_f32(const GgufTensorInfo& tensor, float* out) const {
     throw std::runtime_error(path_ + ": tensor \"" + tensor.name + "\" has type " +
                              ggml_type_name(tensor.type) + " (ggml type id " +
                              std::to_string(tensor.type) +
-                             "), which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)");
+                             "), which is not supported (supported: " + ggml_supported_types() + ")");
   ggml_dequantize(tensor.type, data_ + tensor.offset, tensor.elements(), out);
 }
 

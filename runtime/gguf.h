@@ -41,19 +41,28 @@ struct GgufValue {
 
 // ggml tensor types we know by name; the ones we dequantize are marked in ggml_type_supported.
 namespace ggml_type {
-constexpr uint32_t f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q8_0 = 8, bf16 = 30;
+constexpr uint32_t f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q8_0 = 8, q2_k = 10, q3_k = 11, q4_k = 12,
+                   q5_k = 13, q6_k = 14, bf16 = 30;
 }
 // "Q4_K", ...; "unknown" for ids nobody has assigned.
 std::string ggml_type_name(uint32_t type);
 bool ggml_type_supported(uint32_t type);
+// The supported types' names, for error messages: "F32, F16, ...".
+const char* ggml_supported_types();
 // Elements per block and bytes per block; false when we do not know the type's layout.
 bool ggml_type_layout(uint32_t type, int64_t& block_elements, int64_t& block_bytes);
 
 // Dequantizes `n` elements (a whole number of blocks) of a supported type; the formulas are
 // the format's: Q8_0 blocks are f16 d + 32 int8 q (x = q*d); Q4_0 blocks are f16 d + 16 bytes
 // whose low nibbles are elements 0..15 and high nibbles 16..31 (x = (q - 8)*d); Q4_1 blocks are
-// f16 d, f16 m + the same nibbles (x = q*d + m).
+// f16 d, f16 m + the same nibbles (x = q*d + m). The K-quants are in gguf_kquants.cpp.
 void ggml_dequantize(uint32_t type, const uint8_t* src, int64_t n, float* out);
+
+// The K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: super-blocks of 256 values with per-sub-block
+// scales): dequantizes `n` values (a whole number of super-blocks) and returns true, or returns
+// false for any other type. Each value is computed as the `gguf` Python package's reference
+// dequantizers compute it, in float32 with the same roundings, so the results are bit-identical.
+bool ggml_dequantize_k(uint32_t type, const uint8_t* src, int64_t n, float* out);
 
 struct GgufTensorInfo {
   std::string name;

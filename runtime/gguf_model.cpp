@@ -247,8 +247,8 @@ LoadedModel open_gguf(const std::string& path) {
   }
   if (count > 0)
     throw std::runtime_error(path + ": " + std::to_string(count) +
-                             " tensors have types we cannot dequantize (supported: F32, F16, BF16, "
-                             "Q8_0, Q4_0, Q4_1): " + unsupported + (count > 4 ? ", ..." : ""));
+                             " tensors have types we cannot dequantize (supported: " +
+                             ggml_supported_types() + "): " + unsupported + (count > 4 ? ", ..." : ""));
   model.weights = std::move(weights);
   return model;
 }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <random>
 #include <stdexcept>
 
 namespace starattn::testing {
@@ -154,6 +155,42 @@ std::vector<uint8_t> ggml_quantize(uint32_t type, const float* x, int64_t n) {
   return out;
 }
 
+std::vector<uint8_t> random_kquant_blocks(uint32_t type, int64_t n, float stddev, uint64_t seed) {
+  int64_t block_elements = 0, block_bytes = 0;
+  if (type < ggml_type::q2_k || type > ggml_type::q6_k || !ggml_type_layout(type, block_elements, block_bytes) ||
+      n % block_elements != 0)
+    throw std::invalid_argument("random_kquant_blocks: " + ggml_type_name(type) + " with " + std::to_string(n) +
+                                " values (K-quants only, a multiple of 256)");
+  std::mt19937_64 rng(seed);
+  std::vector<uint8_t> out(static_cast<size_t>(n / block_elements * block_bytes));
+  for (uint8_t& b : out) b = static_cast<uint8_t>(rng());
+  // Where each type keeps its f16 d (and dmin); the size of (scale x value) a random block
+  // reaches; and for the types with minimums, the mean value over the mean minimum (dmin is d
+  // times that, so that subtracting the minimum centres the values).
+  int d_at = 0, dmin_at = -1;
+  float span = 1, centre = 0;
+  switch (type) {
+    case ggml_type::q2_k: d_at = 80; dmin_at = 82; span = 15 * 3; centre = 1.5f; break;
+    case ggml_type::q3_k: d_at = 108; span = 32 * 4; break;
+    case ggml_type::q4_k: d_at = 0; dmin_at = 2; span = 63 * 15; centre = 7.5f; break;
+    case ggml_type::q5_k: d_at = 0; dmin_at = 2; span = 63 * 31; centre = 15.5f; break;
+    default: d_at = 208; span = 127 * 32; break;
+  }
+  std::uniform_real_distribution<float> jitter(0.5f, 1.5f);
+  for (size_t b = 0; b < out.size(); b += static_cast<size_t>(block_bytes)) {
+    // Symmetric types take either sign of d; with a minimum, d > 0 and dmin centres.
+    const float sign = dmin_at < 0 && (rng() & 1) ? -1.0f : 1.0f;
+    const float d = 3.0f * stddev / span * jitter(rng) * sign;
+    const uint16_t dh = f32_to_f16(d);
+    std::memcpy(&out[b + d_at], &dh, 2);
+    if (dmin_at >= 0) {
+      const uint16_t mh = f32_to_f16(d * centre);
+      std::memcpy(&out[b + dmin_at], &mh, 2);
+    }
+  }
+  return out;
+}
+
 std::string gguf_bytes(const GgufMetadata& metadata, const std::vector<GgufTensorToWrite>& tensors,
                        uint32_t version, uint64_t alignment) {
   std::string out = "GGUF";
@@ -168,7 +205,8 @@ std::string gguf_bytes(const GgufMetadata& metadata, const std::vector<GgufTenso
   std::vector<std::vector<uint8_t>> data;
   uint64_t offset = 0;
   for (const GgufTensorToWrite& t : tensors) {
-    data.push_back(ggml_quantize(t.type, t.values.data(), static_cast<int64_t>(t.values.size())));
+    data.push_back(t.raw.empty() ? ggml_quantize(t.type, t.values.data(), static_cast<int64_t>(t.values.size()))
+                                 : t.raw);
     put_string(out, t.name);
     put<uint32_t>(out, static_cast<uint32_t>(t.shape.size()));
     for (auto it = t.shape.rbegin(); it != t.shape.rend(); ++it) put<uint64_t>(out, static_cast<uint64_t>(*it));

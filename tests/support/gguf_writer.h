@@ -30,7 +30,14 @@ struct GgufTensorToWrite {
   std::vector<int64_t> shape;  // row-major, slowest first (written reversed, as GGUF dims)
   std::vector<float> values;
   uint32_t type = ggml_type::f32;
+  // The stored bytes as they are (K-quant blocks made by the test); `values` is then unused.
+  std::vector<uint8_t> raw{};
 };
+
+// Random K-quant blocks (Q2_K .. Q6_K) for `n` values (a multiple of 256): random bytes for
+// the packed values and sub-block scales, and finite f16 super-block scales drawn so that the
+// values come out with roughly the standard deviation `stddev` (centred near zero).
+std::vector<uint8_t> random_kquant_blocks(uint32_t type, int64_t n, float stddev, uint64_t seed);
 
 // The format's encoders: round to nearest (f16/bf16); Q8_0 d = amax/127, q = round(x/d);
 // Q4_0 d = amax/7, q = round(x/d) + 8; Q4_1 m = min, d = (max-min)/15, q = round((x-m)/d).
