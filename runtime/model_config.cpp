@@ -208,6 +208,22 @@ std::vector<int> parse_eos(const FieldReader& r) {
   return out;
 }
 
+// The checkpoint's element type: "torch_dtype" (transformers 4) or "dtype" (transformers 5).
+// Only the names torch gives the float types we read are accepted; anything else ("float99",
+// "int8") means a file we would misread, refused here rather than as odd tensors later.
+void check_dtype(const FieldReader& r) {
+  static const char* const kAccepted[] = {"float32", "float16", "bfloat16"};
+  for (const char* field : {"torch_dtype", "dtype"}) {
+    if (!r.find(field)) continue;
+    const std::string value = r.get_string(field);
+    bool known = false;
+    for (const char* a : kAccepted) known = known || value == a;
+    if (!known)
+      r.fail(field, "is \"" + value + "\", which is not a supported checkpoint dtype (supported: "
+                    "float32, float16, bfloat16)");
+  }
+}
+
 }  // namespace
 
 float ModelConfig::attention_scale() const {
@@ -236,6 +252,7 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& s
   if (r.find("quantization_config"))
     throw std::runtime_error(source + ": quantized checkpoints (quantization_config) are not " +
                              "supported; use a float16/bfloat16/float32 checkpoint");
+  check_dtype(r);
   if (r.find("hidden_act") && r.get_string("hidden_act") != "silu")
     r.fail("hidden_act", "is \"" + r.get_string("hidden_act") + "\"; only \"silu\" is supported");
 

@@ -160,8 +160,13 @@ void write_random_model(const ModelConfig& config, uint64_t seed, const std::str
   if (ec) throw std::runtime_error("cannot create model directory " + dir + ": " + ec.message());
   const std::string config_path = (fs::path(dir) / "config.json").string();
   {
+    // Random weights have no text vocabulary: the byte tokenizer serves them whatever their
+    // vocab_size, and the config says so (load_tokenizer's rule).
+    std::string text = config.to_json();
+    const size_t open = text.find('{');
+    text.insert(open + 1, "\n  \"starattn_byte_vocabulary\": true,");
     std::ofstream out(config_path, std::ios::binary | std::ios::trunc);
-    out << config.to_json();
+    out << text;
     out.close();
     if (!out) throw std::runtime_error("cannot write " + config_path);
   }

@@ -34,7 +34,9 @@ std::vector<NamedTensor> random_weights(const ModelConfig& config, uint64_t seed
 // The same weights generated on demand, without files or holding them all in memory.
 std::unique_ptr<WeightSource> random_weight_source(const ModelConfig& config, uint64_t seed);
 
-// Creates `dir` (and parents) holding config.json and model.safetensors (float32).
+// Creates `dir` (and parents) holding config.json and model.safetensors (float32). config.json
+// is config.to_json() plus "starattn_byte_vocabulary": true: the model's tokenizer is the byte
+// tokenizer (see load_tokenizer).
 void write_random_model(const ModelConfig& config, uint64_t seed, const std::string& dir);
 
 }  // namespace starattn

@@ -274,16 +274,48 @@ std::unique_ptr<BpeTokenizer> load_gguf_tokenizer(const GgufFile& f) {
   return std::make_unique<BpeTokenizer>(std::move(v));
 }
 
+// The vocabulary of a model path:
+//   - a .gguf file: its tokenizer metadata (an error when it has none);
+//   - a directory with tokenizer.json: that file;
+//   - a directory without tokenizer.json: the byte tokenizer, but only for a byte-level model,
+//     one whose config.json says so: "vocab_size" at most ByteTokenizer::kVocab (256 bytes and
+//     BOS, EOS, PAD: what `starattn init-model` presets and tools/train write), or the key
+//     "starattn_byte_vocabulary": true (random checkpoints of a real model's shape, written by
+//     write_random_model, whose ids past the bytes are tokens without text). Any other model
+//     needs its tokenizer.json, and its absence is an error naming the file: a byte tokenizer
+//     over a real vocabulary would encode and decode silently wrong text.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_path) {
   std::error_code ec;
   if (ends_with(model_path, ".gguf") && fs::is_regular_file(model_path, ec)) {
     const GgufFile file(model_path);
     return load_gguf_tokenizer(file);
   }
+  if (!fs::is_directory(model_path, ec))
+    throw std::runtime_error(model_path + ": not a model directory or .gguf file (cannot load a tokenizer)");
   const fs::path json_path = fs::path(model_path) / "tokenizer.json";
-  if (fs::is_directory(model_path, ec) && fs::is_regular_file(json_path, ec))
-    return load_tokenizer_json(json_path.string());
-  return std::make_unique<ByteTokenizer>();
+  if (fs::is_regular_file(json_path, ec)) return load_tokenizer_json(json_path.string());
+
+  const fs::path config_path = fs::path(model_path) / "config.json";
+  std::ifstream in(config_path);
+  if (!in)
+    throw std::runtime_error(json_path.string() + " is missing, and so is " + config_path.string() +
+                             ": cannot tell the model's vocabulary");
+  const json config = json::parse(in, nullptr, false);
+  if (config.is_discarded() || !config.is_object())
+    throw std::runtime_error(config_path.string() + ": not a JSON object (reading the vocabulary size)");
+  const json marker = config.value("starattn_byte_vocabulary", json());
+  if (!marker.is_null() && !marker.is_boolean())
+    fail(config_path.string(), "starattn_byte_vocabulary", "must be true or false, got " + marker.dump());
+  if (marker.is_boolean() && marker.get<bool>()) return std::make_unique<ByteTokenizer>();
+  const json vocab = config.value("vocab_size", json());
+  if (!vocab.is_number_integer())
+    fail(config_path.string(), "vocab_size", "is missing or not an integer, so the vocabulary is unknown "
+                                             "(and " + json_path.string() + " is missing)");
+  if (vocab.get<int64_t>() <= ByteTokenizer::kVocab) return std::make_unique<ByteTokenizer>();
+  throw std::runtime_error(
+      json_path.string() + " is missing: the model's vocabulary (vocab_size " + vocab.dump() +
+      " in config.json) is not the byte vocabulary of " + std::to_string(ByteTokenizer::kVocab) +
+      " tokens, so it needs its tokenizer (copy tokenizer.json from the model's repository)");
 }
 
 }  // namespace starattn

@@ -307,6 +307,9 @@ TEST(ModelConfigErrors, WrongTypesNameFieldAndFile) {
       {R"("head_dim": [16])", "\"head_dim\" must be an integer, got array"},
       {R"("hidden_act": "gelu")", "\"hidden_act\" is \"gelu\"; only \"silu\""},
       {R"("quantization_config": {"quant_method": "gptq"})", "quantization_config"},
+      {R"("torch_dtype": "float99")", "field \"torch_dtype\" is \"float99\", which is not a supported"},
+      {R"("dtype": "int8")", "field \"dtype\" is \"int8\", which is not a supported"},
+      {R"("torch_dtype": 16)", "field \"torch_dtype\" must be a string, got number"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.extra);
@@ -314,6 +317,15 @@ TEST(ModelConfigErrors, WrongTypesNameFieldAndFile) {
     EXPECT_THAT(e, HasSubstr("some/dir/config.json"));
     EXPECT_THAT(e, HasSubstr(c.expected));
   }
+}
+
+// The float dtypes torch names, under either key transformers has used, are read.
+TEST(ModelConfig, AcceptsTheFloatDtypes) {
+  for (const char* key : {"torch_dtype", "dtype"})
+    for (const char* dtype : {"float32", "float16", "bfloat16"}) {
+      const std::string field = std::string("\"") + key + "\": \"" + dtype + "\"";
+      EXPECT_NO_THROW(ModelConfig::from_json(minimal(field), "config.json")) << field;
+    }
 }
 
 TEST(ModelConfigErrors, MissingFieldsAndBadJson) {

@@ -385,6 +385,14 @@ INSTANTIATE_TEST_SUITE_P(
                       "," + entry("second.w", R"("dtype":"F32","shape":[2],"data_offsets":[4,12])") +
                       "}",
                   16, {"\"second.w\"", "\"first.w\"", "overlap"}},
+        // One range wholly inside another (of another dtype): both named.
+        BadHeader{"overlap_inside",
+                  "{" + entry("outer.w", R"("dtype":"F32","shape":[4],"data_offsets":[0,16])") +
+                      "," + entry("inner.w", R"("dtype":"F16","shape":[2],"data_offsets":[4,8])") + "}",
+                  16, {"\"outer.w\"", "\"inner.w\"", "overlap"}},
+        BadHeader{"unknown_dtype_name",
+                  "{" + entry("emb.f8", R"("dtype":"F8_E4M3","shape":[8],"data_offsets":[0,8])") + "}",
+                  8, {"\"emb.f8\"", "dtype \"F8_E4M3\" is not supported"}},
         BadHeader{"duplicate",
                   "{" + entry("twin.w", R"("dtype":"F32","shape":[1],"data_offsets":[0,4])") + "," +
                       entry("twin.w", R"("dtype":"F32","shape":[1],"data_offsets":[4,8])") + "}",

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/bpe_tokenizer.h"
 #include "runtime/random_model.h"
 #include "runtime/safetensors.h"
 #include "runtime/weight_source.h"
@@ -225,6 +226,52 @@ TEST(RandomWeights, DeterministicScaledAndNonZero) {
   }
   // Tensors differ from each other (no shared stream), e.g. q and k of one layer.
   EXPECT_NE(a[2].data[0], a[3].data[0]);
+}
+
+// ---- the vocabulary of a model directory (load_tokenizer's rule) ----
+
+void write_text(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+// Without tokenizer.json a directory is byte-level only when config.json says so; a real
+// vocabulary without its tokenizer.json is an error naming the file, never a byte tokenizer.
+TEST(ModelVocabulary, ByteLevelOnlyWhenTheConfigSaysSo) {
+  TempDir dir;
+  const std::string json = dir.file("tokenizer.json");
+  // No config.json either: nothing says what the vocabulary is.
+  EXPECT_THAT(error_of([&] { load_tokenizer(dir.path()); }),
+              ::testing::AllOf(HasSubstr(json), HasSubstr("config.json"), HasSubstr("missing")));
+  // A real vocabulary size: tokenizer.json is named, with the size.
+  write_text(dir.file("config.json"), R"({"model_type": "llama", "vocab_size": 49152})");
+  EXPECT_THAT(error_of([&] { load_tokenizer(dir.path()); }),
+              ::testing::AllOf(HasSubstr(json + " is missing"), HasSubstr("vocab_size 49152")));
+  // One past the byte vocabulary is already not byte-level.
+  write_text(dir.file("config.json"), R"({"vocab_size": 260})");
+  EXPECT_THAT(error_of([&] { load_tokenizer(dir.path()); }), HasSubstr(json + " is missing"));
+  write_text(dir.file("config.json"), R"({"vocab_size": "259"})");
+  EXPECT_THAT(error_of([&] { load_tokenizer(dir.path()); }), HasSubstr("vocab_size: is missing or not an integer"));
+  write_text(dir.file("config.json"), R"({"vocab_size": 300, "starattn_byte_vocabulary": "yes"})");
+  EXPECT_THAT(error_of([&] { load_tokenizer(dir.path()); }), HasSubstr("starattn_byte_vocabulary"));
+  // The byte vocabulary itself, or a config marked byte-level: the byte tokenizer.
+  write_text(dir.file("config.json"), R"({"vocab_size": 259})");
+  EXPECT_NE(dynamic_cast<ByteTokenizer*>(load_tokenizer(dir.path()).get()), nullptr);
+  write_text(dir.file("config.json"), R"({"vocab_size": 128256, "starattn_byte_vocabulary": true})");
+  EXPECT_NE(dynamic_cast<ByteTokenizer*>(load_tokenizer(dir.path()).get()), nullptr);
+  // Marked false: the size decides again.
+  write_text(dir.file("config.json"), R"({"vocab_size": 128256, "starattn_byte_vocabulary": false})");
+  EXPECT_THAT(error_of([&] { load_tokenizer(dir.path()); }), HasSubstr(json + " is missing"));
+  // Not a directory at all.
+  EXPECT_THAT(error_of([&] { load_tokenizer(dir.file("nothing")); }), HasSubstr("not a model directory"));
+}
+
+// Random models of a real model's shape are written marked byte-level, and read back so.
+TEST(ModelVocabulary, RandomModelsAreMarkedByteLevel) {
+  TempDir dir;
+  ModelConfig config = preset_config("tiny");
+  config.vocab_size = 1000;
+  write_random_model(config, 3, dir.path());
+  EXPECT_NE(dynamic_cast<ByteTokenizer*>(load_tokenizer(dir.path()).get()), nullptr);
+  // The marker is a key transformers and our reader ignore: the config reads back the same.
+  EXPECT_EQ(ModelConfig::from_file(dir.file("config.json")).to_json(), config.to_json());
 }
 
 }  // namespace
