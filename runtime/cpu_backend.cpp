@@ -1,9 +1,17 @@
-// The float32 CPU backend: the numerical reference every other backend is compared with.
+// The CPU backend: float32 activations and arithmetic, weights stored as bf16.
+//
+// Weights are held in bf16 (half the memory of float32, as the cuda backend holds them): a
+// decode step streams every weight once, so on a memory-bound CPU halving the bytes read
+// outweighs the widening (docs/PERFORMANCE.md, "Quantized models", has the measurements). Every
+// weight is rounded once, to nearest even, at upload; the products and sums stay float32. Ops
+// that read weights (matmul's w and bias, embedding's table, the norms' weight) take f32 or bf16
+// views, so float32 weights allocated explicitly still work; activations are f32 only.
 //
 // Memory is host RAM (64-byte aligned, zero-filled so that results never depend on stale data).
-// GEMMs go through cblas_sgemm; everything else is plain C++ parallelised with OpenMP. All
-// argument checks happen before any parallel region, so errors surface as exceptions naming the
-// op and the shapes involved, never from inside a worker thread.
+// Float32 GEMMs go through cblas_sgemm; a bf16 weight is multiplied by a one-row kernel (decode)
+// or widened in slices for cblas_sgemm (prefill). Everything else is plain C++ parallelised with
+// OpenMP. All argument checks happen before any parallel region, so errors surface as exceptions
+// naming the op and the shapes involved, never from inside a worker thread.
 #include "runtime/cpu_backend.h"
 
 #include <cblas.h>
@@ -22,8 +30,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "runtime/op_checks.h"
 #include "runtime/cpu_attention.h"
+#include "runtime/cpu_bf16.h"
+#include "runtime/op_checks.h"
+#include "runtime/safetensors.h"
 #include "runtime/sampling.h"
 
 // Not every cblas.h declares it (OpenBLAS's does); repeating a matching declaration is harmless.
@@ -51,12 +61,56 @@ void check_shape(const char* op, const char* name, const Tensor& t, int64_t rows
   op_checks::check_extent(op, name, t, rows, cols);
 }
 
+// A view holding weights: f32 or bf16.
+void check_weight_view(const char* op, const char* name, const Tensor& t) {
+  op_checks::check_view(op, name, t, t.dtype == DType::f32 || t.dtype == DType::bf16,
+                        "f32 or bf16 (weights) on the cpu backend");
+}
+
+void check_weight_shape(const char* op, const char* name, const Tensor& t, int64_t rows, int64_t cols) {
+  check_weight_view(op, name, t);
+  op_checks::check_extent(op, name, t, rows, cols);
+}
+
 // check_shape bound to one op, for the checks op_checks.h shares between backends.
 auto shape_checker(const char* op) {
   return [op](const char* name, const Tensor& t, int64_t rows, int64_t cols) { check_shape(op, name, t, rows, cols); };
 }
 
+// The same for the norms, whose "weight" may be stored as bf16.
+auto norm_shape_checker(const char* op) {
+  return [op](const char* name, const Tensor& t, int64_t rows, int64_t cols) {
+    if (std::string(name) == "weight")
+      check_weight_shape(op, name, t, rows, cols);
+    else
+      check_shape(op, name, t, rows, cols);
+  };
+}
+
 float* row_ptr(const Tensor& t, int64_t r) { return static_cast<float*>(t.data) + r * t.stride; }
+
+// Row r of a view of any dtype, as bytes.
+char* byte_row(const Tensor& t, int64_t r) {
+  return static_cast<char*>(t.data) + r * t.stride * static_cast<int64_t>(dtype_size(t.dtype));
+}
+
+// Row r of a weight view (f32 or bf16) as float32 into dst.
+void weight_row_f32(const Tensor& t, int64_t r, float* dst) {
+  if (t.dtype == DType::f32) {
+    std::memcpy(dst, row_ptr(t, r), static_cast<size_t>(t.cols) * 4);
+    return;
+  }
+  bf16_to_f32_row(reinterpret_cast<const uint16_t*>(byte_row(t, r)), t.cols, dst);
+}
+
+// A one-row weight view (norm weight, bias) as float32: the view itself when it is f32, else
+// widened into `scratch`.
+const float* weight_vector_f32(const Tensor& t, std::vector<float>& scratch) {
+  if (t.dtype == DType::f32) return row_ptr(t, 0);
+  scratch.resize(static_cast<size_t>(t.cols));
+  weight_row_f32(t, 0, scratch.data());
+  return scratch.data();
+}
 
 // Leading dimension for BLAS: a single-row view may carry any stride, BLAS wants >= cols.
 int blas_ld(const Tensor& t) {
@@ -73,19 +127,20 @@ class CpuBackend final : public Backend {
 
   std::string name() const override { return "cpu"; }
   DType activation_dtype() const override { return DType::f32; }
-  DType weight_dtype() const override { return DType::f32; }
+  DType weight_dtype() const override { return DType::bf16; }
 
   Buffer alloc(int64_t rows, int64_t cols, DType dtype) override {
-    if (dtype != DType::f32)
-      throw std::invalid_argument(std::string("alloc: the cpu backend stores f32 only, asked for ") +
+    if (dtype != DType::f32 && dtype != DType::bf16)
+      throw std::invalid_argument(std::string("alloc: the cpu backend stores f32 and bf16 only, asked for ") +
                                   dtype_name(dtype) + " [" + std::to_string(rows) + " x " +
                                   std::to_string(cols) + "]");
-    if (rows < 0 || cols < 0 || (cols > 0 && rows > INT64_MAX / 4 / cols))
+    const auto element = static_cast<int64_t>(dtype_size(dtype));
+    if (rows < 0 || cols < 0 || (cols > 0 && rows > INT64_MAX / element / cols))
       throw std::invalid_argument("alloc: bad shape [" + std::to_string(rows) + " x " +
                                   std::to_string(cols) + "]");
     // Round up to the alignment (aligned_alloc requires it); an empty buffer still gets a
     // block so that it counts as allocated.
-    size_t bytes = static_cast<size_t>(rows * cols) * sizeof(float);
+    size_t bytes = static_cast<size_t>(rows * cols * element);
     bytes = std::max(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
     void* p = std::aligned_alloc(kAlignment, bytes);
     if (p == nullptr) throw std::bad_alloc();
@@ -96,7 +151,7 @@ class CpuBackend final : public Backend {
     }
     Tensor t;
     t.data = p;
-    t.dtype = DType::f32;
+    t.dtype = dtype;
     t.rows = rows;
     t.cols = cols;
     t.stride = cols;
@@ -133,50 +188,61 @@ class CpuBackend final : public Backend {
     return int64_t{1} << 40;  // unknown: assume plenty, allocation failures will still report
   }
 
+  // bf16 destinations are rounded to nearest even (f32_to_bf16), in parallel for big weights.
   void upload(const float* host, Tensor dst) override {
-    check_view("upload", "dst", dst);
+    check_weight_view("upload", "dst", dst);
     if (dst.empty()) return;
     if (host == nullptr) fail("upload", "null host pointer for dst " + shape(dst));
-    for (int64_t r = 0; r < dst.rows; ++r)
-      std::memcpy(row_ptr(dst, r), host + r * dst.cols, static_cast<size_t>(dst.cols) * 4);
+    if (dst.dtype == DType::f32) {
+      for (int64_t r = 0; r < dst.rows; ++r)
+        std::memcpy(row_ptr(dst, r), host + r * dst.cols, static_cast<size_t>(dst.cols) * 4);
+      return;
+    }
+#pragma omp parallel for schedule(static) if (dst.rows * dst.cols >= kParallelMin)
+    for (int64_t r = 0; r < dst.rows; ++r) {
+      auto* d = reinterpret_cast<uint16_t*>(byte_row(dst, r));
+      const float* h = host + r * dst.cols;
+      for (int64_t c = 0; c < dst.cols; ++c) d[c] = f32_to_bf16(h[c]);
+    }
   }
 
   void download(const Tensor& src, float* host) override {
-    check_view("download", "src", src);
+    check_weight_view("download", "src", src);
     if (src.empty()) return;
     if (host == nullptr) fail("download", "null host pointer for src " + shape(src));
-    for (int64_t r = 0; r < src.rows; ++r)
-      std::memcpy(host + r * src.cols, row_ptr(src, r), static_cast<size_t>(src.cols) * 4);
+    for (int64_t r = 0; r < src.rows; ++r) weight_row_f32(src, r, host + r * src.cols);
   }
 
   // Row by row with memmove: identical views are fine; partially overlapping views are not
-  // supported.
+  // supported. Both views have one dtype.
   void copy(const Tensor& src, Tensor dst) override {
-    check_view("copy", "src", src);
-    check_shape("copy", "dst", dst, src.rows, src.cols);
+    check_weight_view("copy", "src", src);
+    check_weight_shape("copy", "dst", dst, src.rows, src.cols);
+    if (src.dtype != dst.dtype)
+      fail("copy", "src " + shape(src) + " and dst " + shape(dst) + " differ in dtype");
     if (src.empty()) return;
-    for (int64_t r = 0; r < src.rows; ++r)
-      std::memmove(row_ptr(dst, r), row_ptr(src, r), static_cast<size_t>(src.cols) * 4);
+    const size_t row_bytes = static_cast<size_t>(src.cols) * dtype_size(src.dtype);
+    for (int64_t r = 0; r < src.rows; ++r) std::memmove(byte_row(dst, r), byte_row(src, r), row_bytes);
   }
 
   void embedding(const int32_t* ids, const Tensor& table, Tensor out) override {
-    check_view("embedding", "table", table);
+    check_weight_view("embedding", "table", table);
     check_shape("embedding", "out", out, out.rows, table.cols);
     if (out.rows == 0) return;
     if (ids == nullptr) fail("embedding", "null ids for out " + shape(out));
     op_checks::check_token_ids(ids, out.rows, table.rows);
 #pragma omp parallel for schedule(static) if (out.rows * out.cols >= kParallelMin)
-    for (int64_t i = 0; i < out.rows; ++i)
-      std::memcpy(row_ptr(out, i), row_ptr(table, ids[i]), static_cast<size_t>(table.cols) * 4);
+    for (int64_t i = 0; i < out.rows; ++i) weight_row_f32(table, ids[i], row_ptr(out, i));
   }
 
   // Hugging Face Llama RMSNorm in fp32: variance = mean(x^2); h = x * rsqrt(variance + eps);
   // y = weight * h. The sum of squares is accumulated in double (more accurate than torch's
   // float reduction, and order-independent for practical purposes), then rounded to float.
   void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor out) override {
-    op_checks::check_norm_args("rmsnorm", x, nullptr, weight, eps, out, shape_checker("rmsnorm"));
+    op_checks::check_norm_args("rmsnorm", x, nullptr, weight, eps, out, norm_shape_checker("rmsnorm"));
     const int64_t n = x.cols;
-    const float* w = row_ptr(weight, 0);
+    std::vector<float> widened;
+    const float* w = weight_vector_f32(weight, widened);
 #pragma omp parallel for schedule(static) if (x.rows * n >= kParallelMin)
     for (int64_t r = 0; r < x.rows; ++r) {
       const float* xr = row_ptr(x, r);
@@ -191,11 +257,11 @@ class CpuBackend final : public Backend {
 
   void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor out) override {
     check_view("matmul", "x", x);
-    check_view("matmul", "w", w);
+    check_weight_view("matmul", "w", w);
     const std::string shapes = "x " + shape(x) + " * w " + shape(w) + "^T -> out " + shape(out);
     if (x.cols != w.cols) fail("matmul", shapes + ": inner dimensions differ");
     check_shape("matmul", "out", out, x.rows, w.rows);
-    if (bias) check_shape("matmul", "bias", *bias, 1, w.rows);
+    if (bias) check_weight_shape("matmul", "bias", *bias, 1, w.rows);
     if (overlaps(out, x) || overlaps(out, w)) fail("matmul", shapes + ": out overlaps an input");
     const int64_t T = x.rows, N = w.rows, K = x.cols;
     if (T == 0 || N == 0) return;
@@ -203,14 +269,20 @@ class CpuBackend final : public Backend {
         w.stride > INT32_MAX || out.stride > INT32_MAX)
       fail("matmul", shapes + ": too large for 32-bit BLAS");
     // Like torch.addmm: out starts as the bias (or zero) and the product is added (beta = 1).
+    std::vector<float> widened;
+    const float* b = bias ? weight_vector_f32(*bias, widened) : nullptr;
     for (int64_t r = 0; r < T; ++r) {
       float* o = row_ptr(out, r);
-      if (bias)
-        std::memcpy(o, row_ptr(*bias, 0), static_cast<size_t>(N) * 4);
+      if (b)
+        std::memcpy(o, b, static_cast<size_t>(N) * 4);
       else
         std::fill(o, o + N, 0.0f);
     }
     if (K == 0) return;
+    if (w.dtype == DType::bf16) {
+      matmul_bf16(x, w, out);
+      return;
+    }
     if (T == 1) {
       // One row (every decode step): sgemm would first pack all of w, which costs as much as the
       // product itself; sgemv streams w once.
@@ -298,9 +370,10 @@ class CpuBackend final : public Backend {
   // add then rmsnorm row by row while the row is in cache; the same float operations in the same
   // order as the two separate ops, so the results are identical.
   void add_rmsnorm(Tensor x, const Tensor& y, const Tensor& weight, float eps, Tensor out) override {
-    op_checks::check_norm_args("add_rmsnorm", x, &y, weight, eps, out, shape_checker("add_rmsnorm"));
+    op_checks::check_norm_args("add_rmsnorm", x, &y, weight, eps, out, norm_shape_checker("add_rmsnorm"));
     const int64_t n = x.cols;
-    const float* w = row_ptr(weight, 0);
+    std::vector<float> widened;
+    const float* w = weight_vector_f32(weight, widened);
 #pragma omp parallel for schedule(static) if (x.rows * n >= kParallelMin)
     for (int64_t r = 0; r < x.rows; ++r) {
       float* xr = row_ptr(x, r);
@@ -327,6 +400,36 @@ class CpuBackend final : public Backend {
   void synchronize() override {}
 
  private:
+  // out += x * w^T for a bf16 w (out already holds the bias or zeros). A few rows: the one-row
+  // kernel per row, streaming w once a row. More rows: w widened to float32 a slice of rows at a
+  // time (a few MB, reused) and multiplied by sgemm, so the widening is paid once per slice
+  // rather than once per row of x.
+  void matmul_bf16(const Tensor& x, const Tensor& w, Tensor out) {
+    const int64_t T = x.rows, N = w.rows, K = x.cols;
+    const auto* wd = static_cast<const uint16_t*>(w.data);
+    if (T <= kBf16RowsPerGemv) {
+      for (int64_t r = 0; r < T; ++r) bf16_matvec(wd, w.stride, N, K, row_ptr(x, r), row_ptr(out, r));
+      return;
+    }
+    const int64_t slice = std::max<int64_t>(1, std::min<int64_t>(N, kWidenedFloats / K));
+    // Per thread: a backend may be driven from several threads.
+    thread_local std::vector<float> wide;
+    wide.resize(static_cast<size_t>(slice * K));
+    float* const dst = wide.data();  // OpenMP workers would see their own (empty) thread_local
+    for (int64_t n0 = 0; n0 < N; n0 += slice) {
+      const int64_t rows = std::min(slice, N - n0);
+#pragma omp parallel for schedule(static) if (rows * K >= kParallelMin)
+      for (int64_t r = 0; r < rows; ++r) bf16_to_f32_row(wd + (n0 + r) * w.stride, K, dst + r * K);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), static_cast<int>(rows),
+                  static_cast<int>(K), 1.0f, static_cast<const float*>(x.data), blas_ld(x), dst,
+                  static_cast<int>(K), 1.0f, row_ptr(out, 0) + n0, blas_ld(out));
+    }
+  }
+
+  // Up to this many rows of x a bf16 product is one-row kernels; the widened slice of w holds
+  // about this many floats (4 MB).
+  static constexpr int64_t kBf16RowsPerGemv = 2;
+  static constexpr int64_t kWidenedFloats = int64_t{1} << 20;
   std::mutex mutex_;
   std::unordered_map<void*, size_t> live_;  // allocation -> bytes
 };

@@ -1,5 +1,6 @@
-// The portable float32 backend: the numerical reference for every other backend.
-// GEMMs through OpenBLAS (cblas_sgemm); attention and elementwise ops in plain C++ with OpenMP.
+// The portable cpu backend: float32 activations and arithmetic, weights held as bf16.
+// GEMMs through OpenBLAS (cblas_sgemm) and a bf16 one-row kernel; attention and elementwise ops
+// in plain C++ with OpenMP.
 #pragma once
 
 #include <memory>

@@ -23,7 +23,8 @@ ModelConfig preset_config(const std::string& name);
 std::vector<std::string> preset_names();
 
 // Values of one tensor: linear weights uniform with std 1/sqrt(fan_in) (activations stay O(1)
-// through the layers), norm weights 1 + small noise, biases small.
+// through the layers), norm weights 1 + small noise, biases small; every value rounded to the
+// nearest bf16, so that backends storing weights in bf16 hold random models exactly.
 std::vector<float> random_tensor(const TensorSpec& spec, uint64_t seed);
 // The same values written into `out` (the shape's product of elements), in parallel.
 void fill_random_tensor(const TensorSpec& spec, uint64_t seed, float* out);
