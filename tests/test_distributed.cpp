@@ -274,6 +274,35 @@ TEST_F(Distributed, KilledWorkerFailsItsRequestAndTheHeadServesOn) {
   EXPECT_TRUE(head_->alive());
 }
 
+// A worker that stops answering (SIGSTOP: its connections stay open, so nothing closes) is found
+// by its missing heartbeats: the request it holds fails naming it within the bound, nothing new
+// is placed on it, and it is admitted again once it runs again.
+TEST_F(Distributed, StoppedWorkerFailsItsRequestInSecondsAndIsReadmitted) {
+  start_cluster(2);
+  Proc victim_req(remote(2, request(ids(300, 5), 3000, path("s.bin"))), path("s.out"),
+                  path("s.err"));
+  for (int i = 0; i < 500 && victim_req.out().empty(); ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_FALSE(victim_req.out().empty()) << victim_req.err();
+  const auto t0 = std::chrono::steady_clock::now();
+  kill(workers_[1]->pid(), SIGSTOP);
+  const int rc = victim_req.wait(20s);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(rc, -1) << "the request hung on a stopped worker";
+  EXPECT_NE(rc, 0);
+  EXPECT_LT(seconds, 10.0) << "the default heartbeat timeout is 5 s";
+  const std::string err = victim_req.err();
+  EXPECT_NE(err.find("w1"), std::string::npos) << "the error should name the worker: " << err;
+  EXPECT_NE(err.find("stopped answering"), std::string::npos) << err;
+  // While it is stopped, a request runs on the one worker left (and matches a one-worker run).
+  expect_same_as_local(1, ids(200, 6), 6, "while_stopped");
+  kill(workers_[1]->pid(), SIGCONT);
+  std::this_thread::sleep_for(1500ms);  // a few heartbeats
+  // Admitted again: a request that asks for two workers runs on both.
+  expect_same_as_local(2, ids(200, 7), 6, "after_resume");
+  EXPECT_NE(head_->err().find("answers again: admitted"), std::string::npos) << head_->err();
+  EXPECT_TRUE(head_->alive());
+}
+
 TEST_F(Distributed, CancelByIdStopsTheRequestAndFreesTheWorkersKv) {
   start_cluster(2);
   caf::actor_system_config config;

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "runtime/engine.h"
+#include "runtime/errors.h"
 #include "runtime/random_model.h"
 #include "tests/support/reference_model.h"
 #include "tests/support/test_models.h"
@@ -164,9 +165,27 @@ TEST_F(EngineTest, ContextLargerThanCapacityFailsSayingWhatFits) {
   try {
     engine.generate(request(AttentionMode::star, 16, 0, 3), [](int32_t, const float*) { return true; });
     FAIL() << "expected a capacity error";
-  } catch (const std::length_error& e) {
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::capacity);
     EXPECT_NE(std::string(e.what()).find("does not fit"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("context tokens fit on the engine's 2 in-process"),
+              std::string::npos) << e.what();
   }
+}
+
+TEST_F(EngineTest, BeyondTheModelsPositionsIsACapacityErrorUnlessAllowed) {
+  Engine engine = make(2);
+  auto r = request(AttentionMode::star, 32, 0, config_.max_position_embeddings);
+  try {
+    engine.generate(r, [](int32_t, const float*) { return true; });
+    FAIL() << "expected a positions error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::capacity);
+    EXPECT_NE(std::string(e.what()).find("max_position_embeddings"), std::string::npos) << e.what();
+  }
+  r.max_tokens = 2;
+  r.beyond_positions = true;
+  EXPECT_EQ(generate(engine, r).tokens.size(), 2u);
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include "actors/messages.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
+#include "runtime/backend.h"
 #include "transport/ucx_endpoint.h"
 #include "transport/wire.h"
 
@@ -66,19 +67,94 @@ volatile std::sig_atomic_t g_child_stop = 0;
   std::_Exit(rc);
 }
 
+// The child with --device cuda: answers as a cuda_ipc worker does, without the attention
+// compute: it waits on the query side's q event, copies q into o (touching the mapped memory),
+// records its own event and replies, so the figure is the GPU-to-GPU path's own cost.
+[[noreturn]] void serve_ipc(int address_pipe, int heads, int head_dim) {
+  std::signal(SIGTERM, [](int) { g_child_stop = 1; });
+  int rc = 0;
+  try {
+    auto be = make_backend("cuda", 0, 0);
+    DeviceIpc* ipc = be->ipc();
+    transport::UcxWorker ucx;
+    ucx.listen(actors::kAmAttend);
+    ucx.listen(actors::kAmIpcOpen);
+    const std::string& addr = ucx.address();
+    const uint32_t n = static_cast<uint32_t>(addr.size());
+    if (write(address_pipe, &n, 4) != 4 ||
+        write(address_pipe, addr.data(), addr.size()) != static_cast<ssize_t>(addr.size()))
+      throw std::runtime_error("cannot hand the address to the parent");
+    close(address_pipe);
+    const int64_t cols = static_cast<int64_t>(heads) * head_dim;
+    Tensor q, o, lse;
+    std::unique_ptr<DeviceEvent> q_event, done;
+    AmMessage m;
+    while (!g_child_stop) {
+      bool busy = ucx.progress();
+      while (ucx.poll(m)) {
+        busy = true;
+        if (m.id == actors::kAmIpcOpen) {
+          const auto req = wire::decode<wire::IpcOpen>(m.header, "the benchmark");
+          for (Tensor* t : {&q, &o, &lse})
+            if (t->data) ipc->close_memory(*t);
+          q = ipc->import_memory(req.q_handle(), DType::bf16, req.rows_capacity(), cols);
+          o = ipc->import_memory(req.o_handle(), DType::bf16, req.rows_capacity(), cols);
+          lse = ipc->import_memory(req.lse_handle(), DType::f32, req.rows_capacity(), heads);
+          q_event = ipc->import_event(req.q_event());
+          done = ipc->create_event();
+          wire::IpcOpenReply r;
+          r.set_request_id(req.request_id());
+          r.set_seq(req.seq());
+          r.set_done_event(ipc->export_event(*done));
+          ucx.send_reply(m, actors::kAmIpcOpenReply, wire::encode(r), nullptr);
+          continue;
+        }
+        const auto req = wire::decode<wire::AttendRequest>(m.header, "the benchmark");
+        const int64_t T = req.rows();
+        ipc->wait(*q_event);
+        be->copy(q.slice_rows(0, T), o.slice_rows(0, T));
+        ipc->record(*done);
+        wire::AttendReply r;
+        r.set_request_id(req.request_id());
+        r.set_seq(req.seq());
+        r.set_rows(T);
+        ucx.send_reply(m, actors::kAmAttendReply, wire::encode(r), nullptr);
+      }
+      if (!busy) ucx.wait(100);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench-transport server: %s\n", e.what());
+    rc = 1;
+  }
+  std::_Exit(rc);
+}
+
 }  // namespace
 
 int cmd_bench_transport(int argc, char** argv) {
   if (argc > 2 && !std::strcmp(argv[2], "--help")) {
     std::printf(
         "usage: starattn bench-transport [--rows 1,16,256] [--heads 32] [--head-dim 128]\n"
-        "                                [--iters N] [--warmup N]\n"
+        "                                [--iters N] [--warmup N] [--device cpu|cuda]\n"
+        "                                [--peer-failure detect|control-plane]\n"
+        "--device cuda: the cuda_ipc path (q and o, lse in device memory both processes map,\n"
+        "ordered by IPC events; UCX carries the headers); the round trip includes the GPU work\n"
+        "and a stream synchronisation. --peer-failure control-plane lets UCX use shared memory\n"
+        "(what same-host peers use); detect forces UCX's peer-failure mode (tcp in UCX 1.13).\n"
         "Measures the data plane's Q -> (O, lse) round trip to a second process over UCX\n"
         "(UCX picks the transport; set UCX_TLS=tcp for the network path). Rows are query rows\n"
         "per exchange: 1 is a decode step, more is a query prefill.\n");
     return 0;
   }
-  const Args args(argc, argv, 2, {"rows", "heads", "head-dim", "iters", "warmup"}, {});
+  const Args args(argc, argv, 2,
+                  {"rows", "heads", "head-dim", "iters", "warmup", "device", "peer-failure"}, {});
+  const bool cuda = args.get("device", "cpu") == "cuda";
+  if (!cuda && args.get("device", "cpu") != "cpu")
+    throw std::invalid_argument("--device is cpu or cuda, got '" + args.get("device", "") + "'");
+  const std::string failure_mode =
+      args.get("peer-failure", cuda ? "control-plane" : "detect");
+  if (failure_mode != "detect" && failure_mode != "control-plane")
+    throw std::invalid_argument("--peer-failure is detect or control-plane");
   const auto rows = parse_id_list(args.get("rows", "1,16,256"), "rows");
   const int heads = static_cast<int>(args.get_int("heads", 32));
   const int head_dim = static_cast<int>(args.get_int("head-dim", 128));
@@ -94,6 +170,7 @@ int cmd_bench_transport(int argc, char** argv) {
   if (child < 0) throw std::runtime_error("fork failed");
   if (child == 0) {
     close(fds[0]);
+    if (cuda) serve_ipc(fds[1], heads, head_dim);
     serve_echo(fds[1], heads, head_dim);
   }
   close(fds[1]);
@@ -119,8 +196,35 @@ int cmd_bench_transport(int argc, char** argv) {
 
   transport::UcxWorker ucx;
   ucx.listen(actors::kAmAttendReply);
-  const auto ep = ucx.connect(address, "the benchmark server");
+  ucx.listen(actors::kAmIpcOpenReply);
+  const auto ep = ucx.connect(address, "the benchmark server",
+                              failure_mode == "detect"
+                                  ? transport::UcxWorker::PeerFailure::detect
+                                  : transport::UcxWorker::PeerFailure::control_plane);
+  const auto wait_reply = [&](uint64_t want, AmMessage& m) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (;;) {
+      ucx.progress();
+      while (ucx.poll(m)) {
+        const uint64_t seq_in = m.id == actors::kAmIpcOpenReply
+                                 ? wire::decode<wire::IpcOpenReply>(m.header, "the server").seq()
+                                 : wire::decode<wire::AttendReply>(m.header, "the server").seq();
+        if (seq_in == want) return;
+      }
+      std::string why;
+      if (ucx.failed(ep, &why)) throw std::runtime_error(why);
+      if (std::chrono::steady_clock::now() > deadline) throw std::runtime_error("no reply within 10 s");
+    }
+  };
+  std::unique_ptr<Backend> be;
+  DeviceIpc* ipc = nullptr;
+  if (cuda) {
+    be = make_backend("cuda", 0, 0);
+    ipc = be->ipc();
+  }
   const char* tls = std::getenv("UCX_TLS");
+  std::printf("path: %s over %s; ", cuda ? "cuda_ipc (GPU to GPU, headers over UCX)" : "UCX payloads",
+              ucx.transport(ep).c_str());
   std::printf("UCX memory types: %s (device memory %s); UCX_TLS=%s\n",
               transport::UcxContext::get()->memory_types().c_str(),
               transport::UcxContext::get()->device_memory_supported() ? "direct" : "staged via host",
@@ -133,6 +237,29 @@ int cmd_bench_transport(int argc, char** argv) {
     const int64_t cols = static_cast<int64_t>(heads) * head_dim;
     auto q = std::make_shared<std::vector<char>>(static_cast<size_t>(T * cols) * sizeof(float), 1);
     std::vector<double> us;
+    Buffer dq, dout, dlse;
+    std::unique_ptr<DeviceEvent> q_event, done;
+    if (cuda) {
+      dq = be->alloc(T, cols, DType::bf16);
+      dout = be->alloc(T, cols, DType::bf16);
+      dlse = be->alloc(T, heads, DType::f32);
+      std::vector<float> ones(static_cast<size_t>(T * cols), 1.0f);
+      be->upload(ones.data(), dq.view());
+      q_event = ipc->create_event();
+      wire::IpcOpen open;
+      open.set_request_id(1);
+      open.set_rows_capacity(T);
+      open.set_q_handle(ipc->export_memory(dq.view()));
+      open.set_o_handle(ipc->export_memory(dout.view()));
+      open.set_lse_handle(ipc->export_memory(dlse.view()));
+      open.set_q_event(ipc->export_event(*q_event));
+      open.set_seq(++seq);
+      be->synchronize();
+      ucx.send(ep, actors::kAmIpcOpen, wire::encode(open), nullptr, true);
+      AmMessage m;
+      wait_reply(seq, m);
+      done = ipc->import_event(wire::decode<wire::IpcOpenReply>(m.header, "the server").done_event());
+    }
     for (int i = 0; i < warmup + iters; ++i) {
       wire::AttendRequest h;
       h.set_protocol_version(wire::kProtocolVersion);
@@ -141,18 +268,17 @@ int cmd_bench_transport(int argc, char** argv) {
       h.set_cols(cols);
       h.set_seq(++seq);
       const auto t0 = std::chrono::steady_clock::now();
-      ucx.send(ep, actors::kAmAttend, wire::encode(h), q, true);
       AmMessage m;
-      bool done = false;
-      const auto deadline = t0 + std::chrono::seconds(10);
-      while (!done) {
-        ucx.progress();
-        while (ucx.poll(m))
-          if (wire::decode<wire::AttendReply>(m.header, "the server").seq() == seq) done = true;
-        std::string why;
-        if (ucx.failed(ep, &why)) throw std::runtime_error(why);
-        if (std::chrono::steady_clock::now() > deadline)
-          throw std::runtime_error("no reply within 10 s");
+      if (cuda) {
+        h.set_ipc(true);
+        ipc->record(*q_event);
+        ucx.send(ep, actors::kAmAttend, wire::encode(h), nullptr, true);
+        wait_reply(seq, m);
+        ipc->wait(*done);
+        be->synchronize();
+      } else {
+        ucx.send(ep, actors::kAmAttend, wire::encode(h), q, true);
+        wait_reply(seq, m);
       }
       if (i >= warmup)
         us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
@@ -162,8 +288,8 @@ int cmd_bench_transport(int argc, char** argv) {
     for (double v : us) mean += v;
     mean /= static_cast<double>(us.size());
     std::printf("%6d %12lld %12lld %10.1f %10.1f %10.1f %10.1f\n", T,
-                static_cast<long long>(T * cols * 4),
-                static_cast<long long>(T * (cols + heads) * 4), us.front(), us[us.size() / 2],
+                static_cast<long long>(T * cols * (cuda ? 2 : 4)),
+                static_cast<long long>(T * (cols * (cuda ? 2 : 4) + heads * 4)), us.front(), us[us.size() / 2],
                 us[std::min(us.size() - 1, us.size() * 99 / 100)], mean);
     std::fflush(stdout);
   }

@@ -1,0 +1,27 @@
+#include "tools/starattn/model_options.h"
+
+#include <stdexcept>
+
+namespace starattn::cli {
+
+ModelLoadOptions model_load_options(const Args& args, const std::string& device, int gpu,
+                                    int threads, const std::string& fallback_model) {
+  ModelLoadOptions o;
+  o.device = device;
+  o.gpu = gpu;
+  o.threads = threads;
+  o.random_weights = args.has("random-weights");
+  if (o.random_weights && args.has("model"))
+    throw std::invalid_argument("give one of --model and --random-weights");
+  o.weight_seed = static_cast<uint64_t>(args.get_int("weight-seed", 0));
+  if (o.random_weights) {
+    o.model = args.get("random-weights", "");
+  } else if (args.has("model") || fallback_model.empty()) {
+    o.model = args.require("model");
+  } else {
+    o.model = fallback_model;
+  }
+  return o;
+}
+
+}  // namespace starattn::cli

@@ -1,0 +1,17 @@
+// The model a command loads: --model DIR_OR_GGUF, or --random-weights CONFIG (a model of any
+// shape for benchmarks; every process given the same config and --weight-seed builds the same
+// weights, so a head and its workers agree).
+#pragma once
+
+#include <string>
+
+#include "runtime/model_loader.h"
+#include "tools/starattn/args.h"
+
+namespace starattn::cli {
+
+// `fallback_model` is used when neither option is given (empty: --model is required).
+ModelLoadOptions model_load_options(const Args& args, const std::string& device, int gpu,
+                                    int threads, const std::string& fallback_model);
+
+}  // namespace starattn::cli
