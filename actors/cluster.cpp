@@ -159,24 +159,6 @@ Head spawn_head(caf::actor_system& system, std::shared_ptr<ModelHost> model, boo
   return spawn_head(system, std::move(model), o);
 }
 
-std::pair<std::string, uint16_t> parse_host_port(const std::string& text, const std::string& option) {
-  const auto colon = text.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size())
-    throw std::invalid_argument("--" + option + " wants HOST:PORT, got '" + text + "'");
-  const std::string port_text = text.substr(colon + 1);
-  size_t used = 0;
-  long port = -1;
-  try {
-    port = std::stol(port_text, &used);
-  } catch (const std::exception&) {
-  }
-  if (used != port_text.size() || port < 0 || port > 65535)
-    throw std::invalid_argument("--" + option + ": '" + port_text + "' is not a port number");
-  std::string host = text.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  return {host, static_cast<uint16_t>(port)};
-}
-
 caf::actor connect_remote(caf::actor_system& system, const std::string& host, uint16_t port,
                           std::chrono::milliseconds patience) {
   const auto deadline = std::chrono::steady_clock::now() + patience;

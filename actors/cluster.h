@@ -77,9 +77,6 @@ Head spawn_head(caf::actor_system& system, std::shared_ptr<ModelHost> model,
 Head spawn_head(caf::actor_system& system, std::shared_ptr<ModelHost> model, bool verbose,
                 std::chrono::milliseconds exchange_timeout = std::chrono::seconds(30));
 
-// "HOST:PORT" -> (host, port); throws naming `option` on a malformed value.
-std::pair<std::string, uint16_t> parse_host_port(const std::string& text, const std::string& option);
-
 // The actor published at host:port, retrying until `patience` has passed (the head may start
 // after its workers); through TLS when the system was configured with certificates. Throws
 // with CAF's reason when it never answers (a TLS peer that refuses our certificate, or one we

@@ -1,12 +1,10 @@
 #include "server/client.h"
 
-#include <array>
+#include <optional>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/read.hpp>
-#include <boost/asio/write.hpp>
 
 #include "server/framed_protocol.h"
 
@@ -15,44 +13,31 @@ namespace starattn::server {
 namespace net = boost::asio;
 using tcp = net::ip::tcp;
 
-std::pair<std::string, uint16_t> parse_host_port(const std::string& text, const std::string& what) {
-  const size_t colon = text.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size())
-    throw std::invalid_argument(what + " must be HOST:PORT, got '" + text + "'");
-  std::string host = text.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  const std::string port_text = text.substr(colon + 1);
-  if (port_text.find_first_not_of("0123456789") != std::string::npos || port_text.size() > 5 ||
-      std::stoul(port_text) > 65535)
-    throw std::invalid_argument(what + ": bad port '" + port_text + "' in '" + text + "'");
-  return {host, static_cast<uint16_t>(std::stoul(port_text))};
-}
-
 struct Client::Impl {
   net::io_context io;
   tcp::socket socket{io};
 
+  // Frames go through transport/framing.h on the connected socket, which is blocking again
+  // once the connect (asynchronous, for its deadline) is done.
   void write(const std::string& bytes) {
-    boost::system::error_code ec;
-    net::write(socket, net::buffer(bytes), ec);
-    if (ec) throw std::runtime_error("sending to the server failed: " + ec.message());
+    try {
+      transport::write_bytes(socket.native_handle(), bytes);
+    } catch (const transport::FrameError& e) {
+      throw std::runtime_error(std::string("sending to the server failed: ") + e.what());
+    }
   }
 
   serving::ServerFrame read() {
-    std::array<unsigned char, 4> prefix{};
-    boost::system::error_code ec;
-    net::read(socket, net::buffer(prefix), ec);
-    if (ec == net::error::eof) throw std::runtime_error("the server closed the connection");
-    if (ec) throw std::runtime_error("reading from the server failed: " + ec.message());
-    const uint32_t n = decode_frame_length(prefix.data());
-    if (n > kMaxServingFrame)
-      throw std::runtime_error("the server sent a frame of " + std::to_string(n) + " bytes (limit " +
-                               std::to_string(kMaxServingFrame) + "): not a starattn server?");
-    std::string body(n, '\0');
-    net::read(socket, net::buffer(body), ec);
-    if (ec) throw std::runtime_error("the connection ended inside a frame: " + ec.message());
+    std::optional<std::string> body;
+    try {
+      body = transport::read_frame(socket.native_handle(), kMaxServingFrame);
+    } catch (const transport::FrameError& e) {
+      throw std::runtime_error(std::string("reading from the server failed: ") + e.what() +
+                               " (not a starattn server?)");
+    }
+    if (!body) throw std::runtime_error("the server closed the connection");
     serving::ServerFrame f;
-    if (!f.ParseFromString(body)) throw std::runtime_error("the server sent a frame that is not a ServerFrame");
+    if (!f.ParseFromString(*body)) throw std::runtime_error("the server sent a frame that is not a ServerFrame");
     if (f.protocol_version() != kServingProtocolVersion)
       throw std::runtime_error("the server speaks protocol version " + std::to_string(f.protocol_version()) +
                                ", this client " + std::to_string(kServingProtocolVersion));
@@ -60,7 +45,8 @@ struct Client::Impl {
   }
 };
 
-Client::Client(const std::string& host, uint16_t port, std::chrono::milliseconds connect_timeout)
+Client::Client(const std::string& host, uint16_t port, std::chrono::milliseconds connect_timeout,
+               const std::string& api_key)
     : impl_(std::make_unique<Impl>()) {
   boost::system::error_code ec;
   tcp::resolver resolver(impl_->io);
@@ -78,6 +64,13 @@ Client::Client(const std::string& host, uint16_t port, std::chrono::milliseconds
   impl_->io.restart();
   if (ec) throw std::runtime_error("cannot connect to " + host + ":" + std::to_string(port) + ": " + ec.message());
   impl_->socket.set_option(tcp::no_delay(true));
+  impl_->socket.native_non_blocking(false);
+  if (!api_key.empty()) {
+    serving::ClientFrame auth;
+    auth.set_protocol_version(kServingProtocolVersion);
+    auth.mutable_auth()->set_api_key(api_key);
+    impl_->write(encode_frame(auth));
+  }
 }
 
 Client::~Client() = default;

@@ -22,14 +22,14 @@ class ServerError : public std::runtime_error {
   std::string code;
 };
 
-// "host:port" or "[v6]:port"; throws std::invalid_argument naming `what` on a bad value.
-std::pair<std::string, uint16_t> parse_host_port(const std::string& text, const std::string& what);
-
 class Client {
  public:
-  // Connects (throws std::runtime_error naming the address when it cannot).
+  // Connects (throws std::runtime_error naming the address when it cannot). A non-empty
+  // `api_key` is sent first, in an Auth frame; a server that refuses it answers the first
+  // request with ServerError "invalid_api_key".
   Client(const std::string& host, uint16_t port,
-         std::chrono::milliseconds connect_timeout = std::chrono::seconds(10));
+         std::chrono::milliseconds connect_timeout = std::chrono::seconds(10),
+         const std::string& api_key = "");
   ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;

@@ -5,19 +5,7 @@
 namespace starattn::server {
 
 std::string encode_frame(const google::protobuf::MessageLite& message) {
-  const size_t n = message.ByteSizeLong();
-  if (n > kMaxServingFrame)
-    throw std::length_error("frame of " + std::to_string(n) + " bytes exceeds the limit of " +
-                            std::to_string(kMaxServingFrame));
-  std::string out(4, '\0');
-  for (int i = 0; i < 4; ++i) out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
-  out += message.SerializeAsString();
-  return out;
-}
-
-uint32_t decode_frame_length(const unsigned char prefix[4]) {
-  return static_cast<uint32_t>(prefix[0]) | static_cast<uint32_t>(prefix[1]) << 8 |
-         static_cast<uint32_t>(prefix[2]) << 16 | static_cast<uint32_t>(prefix[3]) << 24;
+  return transport::encode_frame(message.SerializeAsString(), kMaxServingFrame);
 }
 
 serving::GenerateRequest request_to_proto(const TextRequest& r) {

@@ -1,5 +1,6 @@
-// The framed TCP protocol's pieces shared by server and client: frame encoding (u32 little-endian
-// length + protobuf bytes) and conversions between serving.proto and the service's types.
+// The framed TCP protocol's pieces shared by server and client: its frame limit and version,
+// and conversions between serving.proto and the service's types. The frames themselves are
+// transport/framing.h's (u32 little-endian length + bytes).
 #pragma once
 
 #include <cstddef>
@@ -8,18 +9,17 @@
 
 #include "runtime/generation_service.h"
 #include "server/serving.pb.h"
+#include "transport/framing.h"
 
 namespace starattn::server {
 
 constexpr uint32_t kServingProtocolVersion = 1;
 // Larger frames are refused before anything is buffered: a peer speaking another protocol
 // decodes as a huge length.
-constexpr size_t kMaxServingFrame = 64u << 20;
+constexpr size_t kMaxServingFrame = transport::kDefaultMaxFrame;
 
-// The 4-byte length prefix followed by the serialized message; throws std::length_error beyond
-// kMaxServingFrame.
+// The serialized message as one frame; throws transport::FrameError beyond kMaxServingFrame.
 std::string encode_frame(const google::protobuf::MessageLite& message);
-uint32_t decode_frame_length(const unsigned char prefix[4]);
 
 serving::GenerateRequest request_to_proto(const TextRequest& request);
 // Throws std::invalid_argument naming the field for values the service cannot take.

@@ -16,8 +16,10 @@
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
+#include "runtime/log.h"
+#include "server/access_log.h"
+#include "server/api_key.h"
 #include "server/http_api.h"
-#include "server/listener.h"
 
 namespace starattn::server {
 namespace {
@@ -41,13 +43,11 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-// Compares without an early exit, so response time says nothing about how much of a guessed
-// token was right.
-bool same_secret(const std::string& a, const std::string& b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
+std::string peer_of(const tcp::socket& socket) {
+  beast::error_code ec;
+  const auto remote = socket.remote_endpoint(ec);
+  if (ec) return "?";
+  return remote.address().to_string() + ":" + std::to_string(remote.port());
 }
 
 std::string to_hex(size_t n) {
@@ -65,9 +65,9 @@ std::string to_hex(size_t n) {
 // long prefill when nothing is being written.
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, std::shared_ptr<Shared> shared)
-      : stream_(std::move(socket)), strand_(stream_.get_executor()), timer_(strand_),
-        shared_(std::move(shared)) {
+  Session(tcp::socket socket, ConnectionSlot slot, std::shared_ptr<Shared> shared)
+      : peer_(peer_of(socket)), stream_(std::move(socket)), strand_(stream_.get_executor()), timer_(strand_),
+        slot_(std::move(slot)), shared_(std::move(shared)) {
     shared_->metrics.connection_opened();
   }
   ~Session() { shared_->metrics.connection_closed(); }
@@ -93,11 +93,17 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void read_header() {
     phase_ = Phase::reading;
+    arrived_ = Clock::now();  // until a request arrives: errors while reading one count from here
+    access_ = AccessRecord();
     parser_.emplace();
     parser_->header_limit(static_cast<std::uint32_t>(shared_->options.max_header_bytes));
     parser_->body_limit(shared_->options.max_body_bytes);
     stream_.expires_never();  // reads use our own timer: on timeout we still want to answer 408
-    arm_timer(shared_->options.header_timeout);
+    // The wait for headers is also the keep-alive idle time: both limits apply.
+    auto limit = shared_->options.header_timeout;
+    const auto idle = shared_->options.limits.idle_timeout;
+    if (idle.count() > 0 && idle < limit) limit = idle;
+    arm_timer(limit);
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = shared_from_this()](beast::error_code ec, size_t) {
                               self->timer_.cancel();
@@ -147,17 +153,30 @@ class Session : public std::enable_shared_from_this<Session> {
     send_error(bad_request("", "malformed HTTP request: " + ec.message()), "other");
   }
 
+  // The request's line in /metrics and in the access log.
+  void record(const std::string& label, const std::string& status) {
+    shared_->metrics.count_request(label, status);
+    access_.client = peer_;
+    access_.endpoint = label;
+    access_.status = status;
+    access_.total_ms = ms_since(arrived_);
+    log_access(access_);
+  }
+
   // ---- routing ----
   void on_request() {
     http::request<http::string_body> req = parser_->release();
     keep_alive_ = req.keep_alive();
     http11_ = req.version() >= 11;
     arrived_ = Clock::now();
+    access_ = AccessRecord();
     const std::string target(req.target());
     const std::string path = target.substr(0, target.find('?'));
-    const bool known = path == "/health" || path == "/metrics" || path == "/v1/models" ||
+    std::string model_id;
+    const bool model_path = model_path_id(path, model_id);  // GET /v1/models/{id}
+    const bool known = path == "/health" || path == "/metrics" || path == "/v1/models" || model_path ||
                        path == "/v1/completions" || path == "/v1/chat/completions";
-    const std::string label = known ? path : "other";
+    const std::string label = model_path ? "/v1/models/{id}" : known ? path : "other";
 
     const std::string& token = shared_->options.bearer_token;
     if (!token.empty() && path != "/health") {
@@ -177,7 +196,9 @@ class Session : public std::enable_shared_from_this<Session> {
                           label, "Allow: POST\r\n");
       const Endpoint endpoint = path == "/v1/completions" ? Endpoint::completions : Endpoint::chat_completions;
       try {
-        start_generation(endpoint, label, parse_api_request(endpoint, req.body()));
+        ApiRequest api = parse_api_request(endpoint, req.body());
+        check_for_service(api, shared_->service.info());
+        start_generation(endpoint, label, std::move(api));
       } catch (const ApiError& e) {
         send_error(e, label);
       }
@@ -188,19 +209,23 @@ class Session : public std::enable_shared_from_this<Session> {
                         label, "Allow: GET\r\n");
     const ServiceInfo info = shared_->service.info();
     if (path == "/metrics") {
-      shared_->metrics.count_request(label, "200");
+      record(label, "200");
       return send_whole(200, "text/plain; version=0.0.4", shared_->metrics.render(shared_->service));
     }
-    nlohmann::json body;
+    std::string body;
     if (path == "/health") {
-      body = {{"status", "ok"}, {"model", info.model}, {"queued", shared_->service.queued()}};
+      body = nlohmann::json{{"status", "ok"}, {"model", info.model}, {"queued", shared_->service.queued()}}.dump();
+    } else if (model_path) {
+      try {
+        body = model_json(model_id, info);
+      } catch (const ApiError& e) {
+        return send_error(e, label);
+      }
     } else {
-      body = {{"object", "list"},
-              {"data", nlohmann::json::array({{{"id", info.model}, {"object", "model"}, {"created", 0},
-                                               {"owned_by", "starattn"}}})}};
+      body = models_json(info);
     }
-    shared_->metrics.count_request(label, "200");
-    send_whole(200, "application/json", body.dump());
+    record(label, "200");
+    send_whole(200, "application/json", body);
   }
 
   // ---- generation ----
@@ -211,75 +236,114 @@ class Session : public std::enable_shared_from_this<Session> {
     stream_mode_ = api.stream;
     include_usage_ = api.include_usage;
     headers_sent_ = got_token_ = false;
-    text_.clear();
+    failed_.reset();
     meta_.id = std::string(endpoint == Endpoint::completions ? "cmpl-" : "chatcmpl-") +
                to_hex(shared_->next_id++);
     meta_.model = api.model.empty() ? shared_->service.info().model : api.model;
     meta_.created = static_cast<long long>(std::time(nullptr));
+    response_ = std::make_unique<ApiResponse>(endpoint, meta_, api.choices.size(), api.n, api.logprobs,
+                                              shared_->service.info().token_bytes);
+    pending_ = api.choices.size();
+    access_.id = meta_.id;
     gone_flag_ = std::make_shared<std::atomic<bool>>(false);
     shared_->metrics.stream_started();
 
-    StreamCallbacks cb;
+    // One service request per choice (prompts x n); the answer ends when every choice has.
+    ChoiceCallbacks cb;
     auto self = shared_from_this();
     auto gone = gone_flag_;
-    cb.on_token = [self, gone](const TokenEvent& ev) {
+    cb.on_token = [self, gone](size_t i, const TokenEvent& ev) {
       if (*gone) return false;
-      net::post(self->strand_, [self, ev] { self->on_token(ev); });
+      net::post(self->strand_, [self, i, ev] { self->on_token(i, ev); });
       return true;
     };
-    cb.on_done = [self](const Completion& c) { net::post(self->strand_, [self, c] { self->on_done(c); }); };
-    cb.on_error = [self](const ServiceError& e) { net::post(self->strand_, [self, e] { self->on_error(e); }); };
+    cb.on_done = [self](size_t i, const Completion& c) {
+      net::post(self->strand_, [self, i, c] { self->on_choice_done(i, c); });
+    };
+    cb.on_error = [self](size_t i, const ServiceError& e) {
+      net::post(self->strand_, [self, e] { self->on_choice_error(service_error_to_api(e)); });
+    };
     watch_for_hangup();
-    handle_ = shared_->service.submit(std::move(api.request), std::move(cb));
+    handle_ = submit_choices(shared_->service, std::move(api.choices), std::move(cb));
   }
 
-  void on_token(const TokenEvent& ev) {
-    if (phase_ != Phase::working || gone_) return;
+  void on_token(size_t choice, const TokenEvent& ev) {
+    if (phase_ != Phase::working || gone_ || failed_) return;
     if (!ev.tokens.empty()) {
       const auto now = Clock::now();
-      if (!got_token_) shared_->metrics.observe_time_to_first_token(seconds_between(arrived_, now));
-      else shared_->metrics.observe_inter_token_latency(seconds_between(last_token_, now));
+      if (!got_token_) {
+        shared_->metrics.observe_time_to_first_token(seconds_between(arrived_, now));
+        access_.ttft_ms = seconds_between(arrived_, now) * 1000;
+      } else {
+        shared_->metrics.observe_inter_token_latency(seconds_between(last_token_, now));
+      }
+      access_.tokens_out += static_cast<int64_t>(ev.tokens.size());
       got_token_ = true;
       last_token_ = now;
       shared_->metrics.count_tokens(static_cast<int64_t>(ev.tokens.size()));
     }
-    if (!stream_mode_) {
-      text_ += ev.text;
-      return;
+    std::string chunk;
+    try {
+      chunk = response_->add(choice, ev);
+    } catch (const ApiError& e) {
+      return on_choice_error(e);
     }
+    if (!stream_mode_) return;
     send_stream_headers();
-    if (!ev.text.empty()) send_event(chunk_json(endpoint_, meta_, ev.text, ""));
+    if (!chunk.empty()) send_event(chunk);
+  }
+
+  // A choice ended: streamed, its finish chunk goes out; the answer ends with the last choice
+  // (after a failure, the others are cancelled and the first error is the answer).
+  void on_choice_done(size_t choice, const Completion& c) {
+    const std::string chunk = response_->finish(choice, c);
+    if (stream_mode_ && !failed_ && !gone_ && phase_ == Phase::working) {
+      send_stream_headers();
+      send_event(chunk);
+    }
+    if (--pending_ > 0) return;
+    if (failed_) return on_error(*failed_);
+    on_done(response_->usage());
+  }
+
+  void on_choice_error(const ApiError& e) {
+    if (!failed_) {
+      failed_ = e;
+      if (handle_) handle_->cancel();
+    }
+    if (--pending_ > 0) return;
+    on_error(*failed_);
   }
 
   void on_done(const Completion& c) {
     handle_.reset();
+    access_.tokens_in = c.prompt_tokens;
+    access_.tokens_out = c.completion_tokens;
     shared_->metrics.stream_ended();
     if (gone_) {
-      shared_->metrics.count_request(label_, "499");  // the client closed the connection
+      record(label_, "499");  // the client closed the connection
       return finish();
     }
-    shared_->metrics.count_request(label_, "200");
+    record(label_, "200");
     if (!stream_mode_) {
       phase_ = Phase::draining;
-      return send_whole(200, "application/json", completion_json(endpoint_, meta_, text_, c));
+      return send_whole(200, "application/json", response_->whole_json());
     }
     send_stream_headers();
-    send_event(chunk_json(endpoint_, meta_, "", c.finish_reason.empty() ? "stop" : c.finish_reason));
-    if (include_usage_) send_event(usage_chunk_json(endpoint_, meta_, c));
+    if (include_usage_) send_event(response_->usage_chunk());
     end_stream();
   }
 
-  void on_error(const ServiceError& e) {
+  void on_error(const ApiError& api) {
     handle_.reset();
     shared_->metrics.stream_ended();
-    const ApiError api = service_error_to_api(e);
     if (gone_) {
-      shared_->metrics.count_request(label_, "499");
+      record(label_, "499");
       return finish();
     }
     if (!headers_sent_) return send_error(api, label_);
     // The status line is gone already: report the error as an event, as OpenAI does.
-    shared_->metrics.count_request(label_, std::to_string(api.status));
+    record(label_, std::to_string(api.status));
     shared_->metrics.count_error(api.code.empty() ? api.type : api.code);
     send_event(error_json(api));
     end_stream();
@@ -293,7 +357,7 @@ class Session : public std::enable_shared_from_this<Session> {
     h += http11_ ? "Transfer-Encoding: chunked\r\n" : "";
     h += keep_alive_ ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
     enqueue(std::move(h));
-    if (endpoint_ == Endpoint::chat_completions) send_event(chat_role_chunk_json(meta_));
+    for (const std::string& role_chunk : response_->stream_start()) send_event(role_chunk);
   }
 
   void send_event(const std::string& json) { send_body_part("data: " + json + "\n\n"); }
@@ -323,7 +387,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void send_error(const ApiError& e, const std::string& label, const std::string& extra_headers = "") {
-    shared_->metrics.count_request(label, std::to_string(e.status));
+    record(label, std::to_string(e.status));
     shared_->metrics.count_error(e.code.empty() ? e.type : e.code);
     send_whole(e.status, "application/json", error_json(e), extra_headers);
   }
@@ -382,7 +446,13 @@ class Session : public std::enable_shared_from_this<Session> {
             if (ec) self->client_gone();
             else self->keep_alive_ = false;
           } else if (self->phase_ == Phase::draining) {
-            if (!ec && n > 0) self->keep_alive_ = false;
+            // The client's next request began while this response drained: the byte is its
+            // first, so it goes after whatever of it is buffered already.
+            if (!ec && n > 0) {
+              auto space = self->buffer_.prepare(1);
+              *static_cast<char*>(space.data()) = self->watch_byte_;
+              self->buffer_.commit(1);
+            }
             if (!self->writing_ && self->out_.empty()) self->after_drain();
           }
         });
@@ -425,10 +495,13 @@ class Session : public std::enable_shared_from_this<Session> {
     });
   }
 
+  std::string peer_;  // the client's address:port, for the access log
   beast::tcp_stream stream_;
   net::any_io_executor strand_;
   net::steady_timer timer_;
+  ConnectionSlot slot_;  // our place under the port's connection limits
   std::shared_ptr<Shared> shared_;
+  AccessRecord access_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   Phase phase_ = Phase::reading;
@@ -448,7 +521,9 @@ class Session : public std::enable_shared_from_this<Session> {
   bool gone_ = false;
   bool headers_sent_ = false;
   bool got_token_ = false;
-  std::string text_;
+  std::unique_ptr<ApiResponse> response_;
+  size_t pending_ = 0;              // choices not yet finished
+  std::optional<ApiError> failed_;  // the first choice that failed
   Clock::time_point arrived_, last_token_;
 
   std::deque<std::string> out_;
@@ -460,43 +535,30 @@ class Session : public std::enable_shared_from_this<Session> {
 
 }  // namespace
 
-struct HttpServer::Impl : std::enable_shared_from_this<Impl> {
-  Impl(net::io_context& io_, std::shared_ptr<Shared> shared_)
-      : io(io_), acceptor(net::make_strand(io_)), shared(std::move(shared_)) {}
-
-  void accept() {
-    acceptor.async_accept(net::make_strand(io), [self = shared_from_this()](beast::error_code ec, tcp::socket s) {
-      if (ec == net::error::operation_aborted || !self->acceptor.is_open()) return;
-      if (!ec) std::make_shared<Session>(std::move(s), self->shared)->start();
-      self->accept();  // a failed accept (e.g. out of file descriptors) must not stop the server
-    });
-  }
-
-  net::io_context& io;
-  tcp::acceptor acceptor;
-  std::shared_ptr<Shared> shared;
-  uint16_t port = 0;
+struct HttpServer::Impl {
+  explicit Impl(Acceptor a) : acceptor(std::move(a)) {}
+  Acceptor acceptor;
 };
 
 HttpServer::HttpServer(net::io_context& io, GenerationService& service, Metrics& metrics,
-                       HttpServerOptions options) {
-  auto shared = std::make_shared<Shared>(service, metrics, options);
-  impl_ = std::make_shared<Impl>(io, shared);
-  auto& a = impl_->acceptor;
-  listen_on(a, options.host, options.port, "HTTP");
-  impl_->port = a.local_endpoint().port();
-  impl_->accept();
+                       HttpServerOptions options)
+    : HttpServer(io, service, metrics, options,
+                 Acceptor(io, "http", options.host, options.port, options.limits, &metrics)) {}
+
+HttpServer::HttpServer(net::io_context& io, GenerationService& service, Metrics& metrics,
+                       HttpServerOptions options, Acceptor bound) {
+  options.limits = bound.limits();
+  auto shared = std::make_shared<Shared>(service, metrics, std::move(options));
+  impl_ = std::make_shared<Impl>(std::move(bound));
+  impl_->acceptor.start([shared](tcp::socket s, ConnectionSlot slot) {
+    std::make_shared<Session>(std::move(s), std::move(slot), shared)->start();
+  });
 }
 
 HttpServer::~HttpServer() { stop(); }
 
-uint16_t HttpServer::port() const { return impl_->port; }
+uint16_t HttpServer::port() const { return impl_->acceptor.port(); }
 
-void HttpServer::stop() {
-  net::post(impl_->acceptor.get_executor(), [impl = impl_] {
-    beast::error_code ignored;
-    impl->acceptor.close(ignored);
-  });
-}
+void HttpServer::stop() { impl_->acceptor.stop(); }
 
 }  // namespace starattn::server

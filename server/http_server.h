@@ -11,6 +11,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include "runtime/generation_service.h"
+#include "server/acceptor.h"
 #include "server/metrics.h"
 
 namespace starattn::server {
@@ -27,6 +28,9 @@ struct HttpServerOptions {
   std::chrono::milliseconds body_timeout{30000};
   // A stream whose client stops reading for this long is cancelled.
   std::chrono::milliseconds write_timeout{60000};
+  // Caps on connections; limits.idle_timeout also bounds the wait for the next request on a
+  // kept-alive connection (the smaller of it and header_timeout applies).
+  ConnectionLimits limits;
 };
 
 class HttpServer {
@@ -35,6 +39,9 @@ class HttpServer {
   // `io` on as many threads as it likes. `service` and `metrics` must outlive the server.
   HttpServer(boost::asio::io_context& io, GenerationService& service, Metrics& metrics,
              HttpServerOptions options);
+  // Serves on an acceptor bound earlier (its limits apply; options.host/port/limits are unused).
+  HttpServer(boost::asio::io_context& io, GenerationService& service, Metrics& metrics,
+             HttpServerOptions options, Acceptor bound);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;

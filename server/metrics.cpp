@@ -102,6 +102,18 @@ void Metrics::connection_closed() {
   std::lock_guard<std::mutex> lock(mutex_);
   --open_connections_;
 }
+void Metrics::connection_admitted(const std::string& port) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++port_connections_[port];
+}
+void Metrics::connection_released(const std::string& port) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  --port_connections_[port];
+}
+void Metrics::count_refused(const std::string& port, const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++refused_[{port, reason}];
+}
 void Metrics::stream_started() {
   std::lock_guard<std::mutex> lock(mutex_);
   ++active_streams_;
@@ -155,6 +167,14 @@ std::string Metrics::render(const GenerationService& service) const {
   out += "starattn_queued_requests " + std::to_string(queued) + "\n";
   header(out, "starattn_open_connections", "gauge", "Client connections open (HTTP and TCP).");
   out += "starattn_open_connections " + std::to_string(open_connections_) + "\n";
+  header(out, "starattn_port_connections", "gauge", "Connections admitted and open, by listening port.");
+  for (const auto& [port, n] : port_connections_)
+    out += "starattn_port_connections{port=\"" + label(port) + "\"} " + std::to_string(n) + "\n";
+  header(out, "starattn_connections_refused_total", "counter",
+         "Connections refused by a port's limits, by port and reason.");
+  for (const auto& [key, n] : refused_)
+    out += "starattn_connections_refused_total{port=\"" + label(key.first) + "\",reason=\"" + label(key.second) +
+           "\"} " + std::to_string(n) + "\n";
   header(out, "starattn_active_streams", "gauge", "Requests being answered now.");
   out += "starattn_active_streams " + std::to_string(active_streams_) + "\n";
   return out;

@@ -41,6 +41,11 @@ class Metrics {
   void count_tokens(int64_t n);
   void connection_opened();
   void connection_closed();
+  // The acceptor of a port ("http", "tcp", "worker"): connections admitted and released, and
+  // refused ones by reason ("max_connections", "max_per_peer", "accept_failed").
+  void connection_admitted(const std::string& port);
+  void connection_released(const std::string& port);
+  void count_refused(const std::string& port, const std::string& reason);
   void stream_started();
   void stream_ended();
 
@@ -58,6 +63,8 @@ class Metrics {
   Histogram ttft_, itl_;
   uint64_t tokens_ = 0;
   int64_t open_connections_ = 0, active_streams_ = 0;
+  std::map<std::string, int64_t> port_connections_;
+  std::map<std::pair<std::string, std::string>, uint64_t> refused_;
   Clock::time_point start_ = Clock::now();
   mutable std::array<int64_t, kWindow> window_{};
   mutable int64_t window_second_ = 0;

@@ -1,6 +1,7 @@
 #include "server/tcp_server.h"
 
 #include <array>
+#include <atomic>
 #include <deque>
 
 #include <boost/asio/dispatch.hpp>
@@ -11,8 +12,10 @@
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
 
+#include "runtime/log.h"
+#include "server/access_log.h"
+#include "server/api_key.h"
 #include "server/framed_protocol.h"
-#include "server/listener.h"
 
 namespace starattn::server {
 namespace {
@@ -27,12 +30,21 @@ struct Shared {
   GenerationService& service;
   Metrics& metrics;
   TcpServerOptions options;
+  std::atomic<uint64_t> next_id{1};
 };
+
+std::string peer_of(const tcp::socket& socket) {
+  error_code ec;
+  const auto remote = socket.remote_endpoint(ec);
+  if (ec) return "?";
+  return remote.address().to_string() + ":" + std::to_string(remote.port());
+}
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, std::shared_ptr<Shared> shared)
-      : socket_(std::move(socket)), strand_(socket_.get_executor()), timer_(strand_), shared_(std::move(shared)) {
+  Session(tcp::socket socket, ConnectionSlot slot, std::shared_ptr<Shared> shared)
+      : socket_(std::move(socket)), strand_(socket_.get_executor()), timer_(strand_), slot_(std::move(slot)),
+        shared_(std::move(shared)), peer_(peer_of(socket_)), authed_(shared_->options.api_key.empty()) {
     shared_->metrics.connection_opened();
   }
   ~Session() { shared_->metrics.connection_closed(); }
@@ -43,6 +55,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   void arm_timer(std::chrono::milliseconds limit) {
+    if (limit.count() <= 0) return;  // no limit
     timer_.expires_after(limit);
     timer_.async_wait([self = shared_from_this()](error_code ec) {
       if (ec) return;
@@ -54,15 +67,16 @@ class Session : public std::enable_shared_from_this<Session> {
   void read_prefix() {
     if (closing_) return;
     // While a request runs the client may legitimately stay silent for as long as it takes.
-    if (!handle_) arm_timer(shared_->options.idle_timeout);
+    if (!handle_) arm_timer(shared_->options.limits.idle_timeout);
     net::async_read(socket_, net::buffer(prefix_), [self = shared_from_this()](error_code ec, size_t) {
       self->timer_.cancel();
       if (ec) return self->hang_up();
-      const uint32_t n = decode_frame_length(self->prefix_.data());
-      if (n > kMaxServingFrame)
-        return self->protocol_error("frame_too_large", "a frame of " + std::to_string(n) +
-                                                           " bytes exceeds the limit of " +
-                                                           std::to_string(kMaxServingFrame));
+      uint32_t n = 0;
+      try {
+        n = transport::decode_frame_prefix(self->prefix_.data(), kMaxServingFrame);
+      } catch (const transport::FrameError& e) {
+        return self->protocol_error("frame_too_large", e.what());
+      }
       self->body_.resize(n);
       self->arm_timer(self->shared_->options.frame_timeout);
       net::async_read(self->socket_, net::buffer(self->body_), [self](error_code ec2, size_t) {
@@ -82,7 +96,16 @@ class Session : public std::enable_shared_from_this<Session> {
                             "protocol version " + std::to_string(frame.protocol_version()) +
                                 " is not supported; this server speaks version " +
                                 std::to_string(kServingProtocolVersion));
-    if (frame.has_cancel()) {
+    if (frame.has_auth()) {
+      // A key sent to a server that needs none is accepted: clients may always send theirs.
+      if (!shared_->options.api_key.empty() && !same_secret(frame.auth().api_key(), shared_->options.api_key))
+        return protocol_error("invalid_api_key", "wrong API key");
+      authed_ = true;
+    } else if (!authed_) {
+      return protocol_error("invalid_api_key",
+                            "this server needs an API key: send an Auth frame first "
+                            "(starattn client --api-key-env VAR)");
+    } else if (frame.has_cancel()) {
       if (handle_) handle_->cancel();
     } else if (frame.has_request()) {
       if (handle_) return protocol_error("busy", "a request is already running on this connection");
@@ -100,6 +123,10 @@ class Session : public std::enable_shared_from_this<Session> {
   void start(TextRequest request) {
     arrived_ = Clock::now();
     got_token_ = false;
+    access_ = AccessRecord();
+    access_.id = "tcp-" + std::to_string(shared_->next_id++);
+    access_.client = peer_;
+    access_.endpoint = "tcp";
     shared_->metrics.stream_started();
     auto self = shared_from_this();
     StreamCallbacks cb;
@@ -109,6 +136,8 @@ class Session : public std::enable_shared_from_this<Session> {
     };
     cb.on_done = [self](const Completion& c) {
       net::post(self->strand_, [self, c] {
+        self->access_.tokens_in = c.prompt_tokens;
+        self->access_.tokens_out = c.completion_tokens;
         self->finish_request("ok");
         serving::ServerFrame f;
         *f.mutable_done() = completion_to_proto(c);
@@ -127,11 +156,15 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_token(const TokenEvent& ev) {
     if (!ev.tokens.empty()) {
       const auto now = Clock::now();
-      if (!got_token_) shared_->metrics.observe_time_to_first_token(std::chrono::duration<double>(now - arrived_).count());
+      if (!got_token_) {
+        shared_->metrics.observe_time_to_first_token(std::chrono::duration<double>(now - arrived_).count());
+        access_.ttft_ms = std::chrono::duration<double, std::milli>(now - arrived_).count();
+      }
       else shared_->metrics.observe_inter_token_latency(std::chrono::duration<double>(now - last_token_).count());
       got_token_ = true;
       last_token_ = now;
       shared_->metrics.count_tokens(static_cast<int64_t>(ev.tokens.size()));
+      access_.tokens_out += static_cast<int64_t>(ev.tokens.size());
     }
     serving::ServerFrame f;
     f.mutable_token()->set_text(ev.text);
@@ -144,8 +177,11 @@ class Session : public std::enable_shared_from_this<Session> {
     shared_->metrics.stream_ended();
     shared_->metrics.count_request("tcp", status);
     if (status != "ok") shared_->metrics.count_error(status);
+    access_.status = status;
+    access_.total_ms = ms_since(arrived_);
+    log_access(access_);
     // The connection idles again: the pending read gets the idle limit from now on.
-    if (!closing_) arm_timer(shared_->options.idle_timeout);
+    if (!closing_) arm_timer(shared_->options.limits.idle_timeout);
   }
 
   void send_error(const std::string& code, const std::string& message) {
@@ -157,6 +193,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // The stream has lost its boundaries or the peer misbehaves: say why, then close.
   void protocol_error(const std::string& code, const std::string& message) {
+    logging::debug("tcp: %s from %s: %s", code.c_str(), peer_.c_str(), message.c_str());
     shared_->metrics.count_request("tcp", code);
     shared_->metrics.count_error(code);
     send_error(code, message);
@@ -200,7 +237,11 @@ class Session : public std::enable_shared_from_this<Session> {
   tcp::socket socket_;
   net::any_io_executor strand_;
   net::steady_timer timer_;
+  ConnectionSlot slot_;  // our place under the port's connection limits
   std::shared_ptr<Shared> shared_;
+  std::string peer_;
+  bool authed_;
+  AccessRecord access_;
   std::array<unsigned char, 4> prefix_{};
   std::string body_;
   std::shared_ptr<RequestHandle> handle_;
@@ -214,43 +255,32 @@ class Session : public std::enable_shared_from_this<Session> {
 
 }  // namespace
 
-struct TcpServer::Impl : std::enable_shared_from_this<Impl> {
-  Impl(net::io_context& io_, std::shared_ptr<Shared> shared_)
-      : io(io_), acceptor(net::make_strand(io_)), shared(std::move(shared_)) {}
-  void accept() {
-    acceptor.async_accept(net::make_strand(io), [self = shared_from_this()](error_code ec, tcp::socket s) {
-      if (ec == net::error::operation_aborted || !self->acceptor.is_open()) return;
-      if (!ec) {
-        error_code ignored;
-        s.set_option(tcp::no_delay(true), ignored);  // token frames are small and latency matters
-        std::make_shared<Session>(std::move(s), self->shared)->start();
-      }
-      self->accept();
-    });
-  }
-  net::io_context& io;
-  tcp::acceptor acceptor;
+struct TcpServer::Impl {
+  Impl(Acceptor a, std::shared_ptr<Shared> s) : acceptor(std::move(a)), shared(std::move(s)) {}
+  Acceptor acceptor;
   std::shared_ptr<Shared> shared;
-  uint16_t port = 0;
 };
 
-TcpServer::TcpServer(net::io_context& io, GenerationService& service, Metrics& metrics, TcpServerOptions options) {
-  impl_ = std::make_shared<Impl>(io, std::make_shared<Shared>(service, metrics, options));
-  auto& a = impl_->acceptor;
-  listen_on(a, options.host, options.port, "framed TCP");
-  impl_->port = a.local_endpoint().port();
-  impl_->accept();
+TcpServer::TcpServer(net::io_context& io, GenerationService& service, Metrics& metrics, TcpServerOptions options)
+    : TcpServer(io, service, metrics, options,
+                Acceptor(io, "tcp", options.host, options.port, options.limits, &metrics)) {}
+
+TcpServer::TcpServer(net::io_context& io, GenerationService& service, Metrics& metrics, TcpServerOptions options,
+                     Acceptor bound) {
+  options.limits = bound.limits();
+  auto shared = std::make_shared<Shared>(service, metrics, std::move(options));
+  impl_ = std::make_shared<Impl>(std::move(bound), shared);
+  impl_->acceptor.start([shared](tcp::socket s, ConnectionSlot slot) {
+    error_code ignored;
+    s.set_option(tcp::no_delay(true), ignored);  // token frames are small and latency matters
+    std::make_shared<Session>(std::move(s), std::move(slot), shared)->start();
+  });
 }
 
 TcpServer::~TcpServer() { stop(); }
 
-uint16_t TcpServer::port() const { return impl_->port; }
+uint16_t TcpServer::port() const { return impl_->acceptor.port(); }
 
-void TcpServer::stop() {
-  net::post(impl_->acceptor.get_executor(), [impl = impl_] {
-    error_code ignored;
-    impl->acceptor.close(ignored);
-  });
-}
+void TcpServer::stop() { impl_->acceptor.stop(); }
 
 }  // namespace starattn::server

@@ -2,6 +2,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -125,6 +130,44 @@ TEST_F(Cli, BadArgumentsFailWithAMessage) {
     EXPECT_NE(r.status, 0) << args;
     EXPECT_THAT(r.err, ::testing::HasSubstr(needle)) << args;
   }
+}
+
+TEST_F(Cli, VersionAndLogLevel) {
+  const Result v = run_cli("--version", tmp_);
+  EXPECT_EQ(v.status, 0);
+  EXPECT_THAT(v.out, ::testing::MatchesRegex("starattn [0-9]+\\.[0-9]+\\.[0-9]+.*\n"));
+  const Result bad = run_cli("--log-level loud " + run_args(""), tmp_);
+  EXPECT_NE(bad.status, 0);
+  EXPECT_THAT(bad.err, ::testing::HasSubstr("--log-level must be error, warn, info or debug"));
+  // Error lines carry a UTC timestamp and their level; --log-level may come anywhere.
+  const Result failed = run_cli(run_args("--mode sideways --log-level=debug"), tmp_);
+  EXPECT_NE(failed.status, 0);
+  EXPECT_THAT(failed.err, ::testing::ContainsRegex("20[0-9][0-9]-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:"
+                                                   "[0-6][0-9]\\.[0-9][0-9][0-9]Z error "));
+  const Result ok = run_cli(run_args("--log-level error"), tmp_);
+  EXPECT_EQ(ok.status, 0) << ok.err;
+}
+
+TEST_F(Cli, ServeLocalBindsItsPortBeforeLoadingTheModel) {
+  // A port that is taken fails at once, before the (here missing) model would be loaded.
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(listen(fd, 1), 0);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string port = std::to_string(ntohs(addr.sin_port));
+  const Result r = run_cli("serve-local --model " + model_ + " --http 127.0.0.1:" + port, tmp_);
+  close(fd);
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.err, ::testing::HasSubstr("cannot listen for http on 127.0.0.1:" + port));
+  EXPECT_THAT(r.err, ::testing::Not(::testing::HasSubstr("loading")));
+  const Result bad = run_cli("serve-local --model " + model_ + " --tcp 127.0.0.1:70000", tmp_);
+  EXPECT_THAT(bad.err, ::testing::HasSubstr("--tcp wants HOST:PORT"));
+  EXPECT_THAT(bad.err, ::testing::HasSubstr("out of range"));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // The framed TCP protocol: frame encoding, request/done conversions, and the C++ client against
 // the TCP server over loopback (streamed answer equals the engine's, cancel frees the KV, wrong
 // versions and oversized frames are refused, errors carry the service's code).
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -9,6 +10,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <random>
 #include <thread>
 
 #include "runtime/engine.h"
@@ -16,8 +18,10 @@
 #include "server/client.h"
 #include "server/engine_service.h"
 #include "server/framed_protocol.h"
+#include "server/port_relay.h"
 #include "server/tcp_server.h"
 #include "tests/support/test_models.h"
+#include "transport/address.h"
 
 namespace starattn::server {
 namespace {
@@ -28,7 +32,7 @@ TEST(FramedProtocol, FramesCarryALittleEndianLength) {
   f.mutable_request()->set_query(std::string(300, 'q'));
   const std::string bytes = encode_frame(f);
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
-  ASSERT_EQ(decode_frame_length(p), bytes.size() - 4);
+  ASSERT_EQ(transport::decode_frame_prefix(p), bytes.size() - 4);
   EXPECT_EQ(p[0], (bytes.size() - 4) & 0xff);
   EXPECT_EQ(p[1], ((bytes.size() - 4) >> 8) & 0xff);
   serving::ClientFrame back;
@@ -80,13 +84,38 @@ TEST(FramedProtocol, RequestsAndCompletionsRoundTrip) {
   EXPECT_DOUBLE_EQ(d.phase1_ms, 1.5);
 }
 
-TEST(FramedProtocol, ParsesHostPort) {
-  EXPECT_EQ(parse_host_port("127.0.0.1:80", "x"), std::make_pair(std::string("127.0.0.1"), uint16_t{80}));
-  EXPECT_EQ(parse_host_port("[::1]:9", "x").first, "::1");
-  EXPECT_THROW(parse_host_port("nohost", "x"), std::invalid_argument);
-  EXPECT_THROW(parse_host_port("h:99999", "x"), std::invalid_argument);
-  EXPECT_THROW(parse_host_port("h:1a", "x"), std::invalid_argument);
+TEST(Address, ParsesHostPortWithTheSameRulesForEveryOption) {
+  const auto v4 = transport::parse_host_port("127.0.0.1:80", "--http");
+  EXPECT_EQ(v4.host, "127.0.0.1");
+  EXPECT_EQ(v4.port, 80);
+  const auto v6 = transport::parse_host_port("[::1]:65535", "--tcp");
+  EXPECT_EQ(v6.host, "::1");
+  EXPECT_EQ(v6.port, 65535);
+  EXPECT_EQ(transport::parse_host_port("node7:0", "--listen").port, 0);
+  EXPECT_EQ(transport::format_host_port("::1", 9), "[::1]:9");
+  EXPECT_EQ(transport::format_host_port("10.0.0.1", 9), "10.0.0.1:9");
+  // Each refusal names the option and says what is wrong.
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"nohost", "no ':PORT'"},        {":80", "host is empty"},
+      {"h:99999", "out of range"},     {"h:65536", "out of range"},
+      {"h:1a", "not a number"},        {"h:", "port is empty"},
+      {"h:-1", "not a number"},        {"::1:80", "needs brackets"},
+      {"[::1:80", "not closed"},       {"[::1]80", "no ':PORT' after ']'"},
+      {"[]:80", "host is empty"},      {"h:123456", "out of range"},
+  };
+  for (const auto& [text, why] : bad) {
+    try {
+      transport::parse_host_port(text, "--connect");
+      ADD_FAILURE() << text << " was accepted";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_THAT(e.what(), ::testing::HasSubstr("--connect")) << text;
+      EXPECT_THAT(e.what(), ::testing::HasSubstr(why)) << text;
+    }
+  }
 }
+
+// Far more tokens than a test waits for, within the test model's 4096 positions.
+constexpr int kLong = 3900;
 
 class TcpServerTest : public ::testing::Test {
  protected:
@@ -99,6 +128,18 @@ class TcpServerTest : public ::testing::Test {
     service_ = std::make_unique<EngineService>(so);
     server_ = std::make_unique<TcpServer>(io_, *service_, metrics_, TcpServerOptions{});
     thread_ = std::thread([this] { io_.run(); });
+  }
+  // Replaces the server by one with these options.
+  void restart(const TcpServerOptions& options) {
+    server_->stop();
+    server_ = std::make_unique<TcpServer>(io_, *service_, metrics_, options);
+  }
+  // One line of /metrics, or "" when absent.
+  std::string metric(const std::string& prefix) {
+    const std::string text = metrics_.render(*service_);
+    const size_t at = text.find("\n" + prefix);
+    if (at == std::string::npos) return "";
+    return text.substr(at + 1, text.find('\n', at + 1) - at - 1);
   }
   void TearDown() override {
     server_->stop();
@@ -160,7 +201,7 @@ TEST_F(TcpServerTest, StreamsTheEnginesAnswer) {
 TEST_F(TcpServerTest, CancelStopsTheRequestAndFreesItsKv) {
   Client client("127.0.0.1", server_->port());
   int seen = 0;
-  const Completion c = client.generate(request(100000), [&](const TokenEvent& ev) {
+  const Completion c = client.generate(request(kLong), [&](const TokenEvent& ev) {
     seen += static_cast<int>(ev.tokens.size());
     if (seen >= 3) {
       // While the request runs, its KV is held.
@@ -170,7 +211,7 @@ TEST_F(TcpServerTest, CancelStopsTheRequestAndFreesItsKv) {
     return true;
   });
   EXPECT_EQ(c.finish_reason, "cancelled");
-  EXPECT_LT(c.completion_tokens, 100000);
+  EXPECT_LT(c.completion_tokens, kLong);
   EXPECT_EQ(service_->load().at(0).kv_tokens, 0);
   // The connection still works.
   const Completion again = client.generate(request(2), nullptr);
@@ -183,7 +224,7 @@ TEST_F(TcpServerTest, HangingUpCancelsTheRequest) {
     struct HangUp {};
     int seen = 0;
     try {
-      client.generate(request(100000), [&](const TokenEvent&) {
+      client.generate(request(kLong), [&](const TokenEvent&) {
         if (++seen >= 2) throw HangUp{};
         return true;
       });
@@ -225,7 +266,7 @@ TEST(EngineServiceQueue, RefusesBeyondTheQueueLimitAndCancelsQueuedRequests) {
   TextRequest long_one;
   long_one.context = "context";
   long_one.query = "q";
-  long_one.max_tokens = 1000000;
+  long_one.max_tokens = 4000;  // within the model's 4096 positions; cancelled long before
   long_one.ignore_eos = true;
 
   std::mutex m;
@@ -296,6 +337,103 @@ TEST_F(TcpServerTest, RefusesOtherVersionsAndOversizedFrames) {
   }
   Client fresh("127.0.0.1", server_->port());
   EXPECT_EQ(fresh.generate(request(1), nullptr).completion_tokens, 1);
+}
+
+std::string random_key() {
+  std::random_device rd;
+  std::mt19937_64 rng(rd());
+  std::string key;
+  for (int i = 0; i < 24; ++i) key += "abcdefghijklmnopqrstuvwxyz0123456789"[rng() % 36];
+  return key;
+}
+
+TEST_F(TcpServerTest, AnApiKeyIsRequiredFirstWhenConfigured) {
+  TcpServerOptions o;
+  o.api_key = random_key();
+  restart(o);
+  auto expect_refused = [&](const std::string& key) {
+    Client client("127.0.0.1", server_->port(), std::chrono::seconds(10), key);
+    try {
+      client.generate(request(1), nullptr);
+      ADD_FAILURE() << "a request with key '" << key << "' was answered";
+    } catch (const ServerError& e) {
+      EXPECT_EQ(e.code, "invalid_api_key");
+      EXPECT_THAT(e.what(), ::testing::HasSubstr(key.empty() ? "Auth frame first" : "wrong API key"));
+    }
+  };
+  expect_refused("");
+  expect_refused(o.api_key.substr(1) + "x");
+  expect_refused(o.api_key + "x");
+  Client good("127.0.0.1", server_->port(), std::chrono::seconds(10), o.api_key);
+  EXPECT_EQ(good.generate(request(2), nullptr).completion_tokens, 2);
+  EXPECT_EQ(good.generate(request(1), nullptr).completion_tokens, 1);  // once per connection
+  EXPECT_EQ(metric("starattn_requests_total{endpoint=\"tcp\",status=\"invalid_api_key\"}"),
+            "starattn_requests_total{endpoint=\"tcp\",status=\"invalid_api_key\"} 3");
+}
+
+TEST_F(TcpServerTest, ConnectionsBeyondTheCapAreRefusedAndIdleOnesClosed) {
+  TcpServerOptions o;
+  o.limits.max_per_peer = 3;
+  o.limits.idle_timeout = std::chrono::milliseconds(400);
+  restart(o);
+  std::vector<std::unique_ptr<Client>> held;
+  for (int i = 0; i < 3; ++i) {
+    held.push_back(std::make_unique<Client>("127.0.0.1", server_->port()));
+    EXPECT_EQ(held.back()->generate(request(1), nullptr).completion_tokens, 1);  // admitted
+  }
+  Client extra("127.0.0.1", server_->port());  // the kernel completes the handshake...
+  try {
+    extra.generate(request(1), nullptr);  // ...and the acceptor resets it
+    ADD_FAILURE() << "the fourth connection from one address was served";
+  } catch (const ServerError& e) {
+    ADD_FAILURE() << "refused with a frame instead of a reset: " << e.what();
+  } catch (const std::runtime_error&) {
+  }
+  EXPECT_EQ(metric("starattn_connections_refused_total{port=\"tcp\",reason=\"max_per_peer\"}"),
+            "starattn_connections_refused_total{port=\"tcp\",reason=\"max_per_peer\"} 1");
+  // Silent past the idle timeout, the held connections are closed and their places freed.
+  const auto start = std::chrono::steady_clock::now();
+  while (metric("starattn_port_connections{port=\"tcp\"}") != "starattn_port_connections{port=\"tcp\"} 0" &&
+         std::chrono::steady_clock::now() - start < std::chrono::seconds(10))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(metric("starattn_port_connections{port=\"tcp\"}"), "starattn_port_connections{port=\"tcp\"} 0");
+  EXPECT_LT(waited, 3.0);
+  for (auto& c : held) EXPECT_THROW(c->generate(request(1), nullptr), std::runtime_error);
+  Client fresh("127.0.0.1", server_->port());
+  EXPECT_EQ(fresh.generate(request(1), nullptr).completion_tokens, 1);
+}
+
+TEST_F(TcpServerTest, ARelayInFrontKeepsTheAnswerAndEnforcesItsLimits) {
+  ConnectionLimits limits;
+  limits.max_connections = 2;
+  limits.idle_timeout = std::chrono::milliseconds(400);
+  PortRelay relay("worker", "127.0.0.1", 0, limits, &metrics_);
+  relay.start("127.0.0.1", server_->port());
+  Client direct("127.0.0.1", server_->port());
+  std::vector<int32_t> want, got;
+  direct.generate(request(6), [&](const TokenEvent& ev) {
+    want.insert(want.end(), ev.tokens.begin(), ev.tokens.end());
+    return true;
+  });
+  Client a("127.0.0.1", relay.port()), b("127.0.0.1", relay.port()), c("127.0.0.1", relay.port());
+  a.generate(request(6), [&](const TokenEvent& ev) {
+    got.insert(got.end(), ev.tokens.begin(), ev.tokens.end());
+    return true;
+  });
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(b.generate(request(1), nullptr).completion_tokens, 1);
+  EXPECT_THROW(c.generate(request(1), nullptr), std::runtime_error);  // the third is over the cap
+  EXPECT_EQ(metric("starattn_connections_refused_total{port=\"worker\",reason=\"max_connections\"}"),
+            "starattn_connections_refused_total{port=\"worker\",reason=\"max_connections\"} 1");
+  // Both directions silent: the relay closes the tunnel (the server sees the hang-up too).
+  const auto start = std::chrono::steady_clock::now();
+  while (relay.open_connections() > 0 && std::chrono::steady_clock::now() - start < std::chrono::seconds(10))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(relay.open_connections(), 0u);
+  EXPECT_THROW(a.generate(request(1), nullptr), std::runtime_error);
+  Client again("127.0.0.1", relay.port());
+  EXPECT_EQ(again.generate(request(1), nullptr).completion_tokens, 1);
 }
 
 }  // namespace

@@ -33,12 +33,19 @@ std::string encode_frame(const std::string& payload, size_t max_frame) {
   return out;
 }
 
+uint32_t decode_frame_prefix(const void* prefix, size_t max_frame) {
+  const uint32_t n = load_le32(static_cast<const char*>(prefix));
+  if (n > max_frame) throw FrameError(too_large(n, max_frame));
+  return n;
+}
+
 void FrameDecoder::check_head() {
   if (pending() < 4) return;
-  const uint32_t n = load_le32(buffer_.data() + offset_);
-  if (n > max_frame_) {
+  try {
+    decode_frame_prefix(buffer_.data() + offset_, max_frame_);
+  } catch (const FrameError&) {
     broken_ = true;
-    throw FrameError(too_large(n, max_frame_));
+    throw;
   }
 }
 
@@ -67,12 +74,15 @@ std::optional<std::string> FrameDecoder::next() {
 }
 
 void write_frame(int fd, const std::string& payload, size_t max_frame) {
-  const std::string bytes = encode_frame(payload, max_frame);
+  write_bytes(fd, encode_frame(payload, max_frame));
+}
+
+void write_bytes(int fd, const std::string& bytes) {
   size_t done = 0;
   while (done < bytes.size()) {
     const ssize_t n = ::send(fd, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw FrameError(std::string("writing a frame failed: ") + std::strerror(errno));
+    if (n <= 0) throw FrameError(std::string("writing to the socket failed: ") + std::strerror(errno));
     done += static_cast<size_t>(n);
   }
 }
@@ -96,8 +106,7 @@ std::optional<std::string> read_frame(int fd, size_t max_frame) {
   };
   char head[4];
   if (!read_exact(head, 4, false)) return std::nullopt;
-  const uint32_t n = load_le32(head);
-  if (n > max_frame) throw FrameError(too_large(n, max_frame));
+  const uint32_t n = decode_frame_prefix(head, max_frame);
   std::string payload(n, '\0');
   if (n > 0) read_exact(payload.data(), n, true);
   return payload;

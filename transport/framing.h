@@ -24,6 +24,10 @@ class FrameError : public std::runtime_error {
 // The 4-byte prefix followed by `payload`; throws FrameError when it exceeds max_frame.
 std::string encode_frame(const std::string& payload, size_t max_frame = kDefaultMaxFrame);
 
+// The payload length a 4-byte prefix announces; throws FrameError when it exceeds max_frame.
+// For readers that fetch the prefix and the payload themselves (asynchronous sockets).
+uint32_t decode_frame_prefix(const void* prefix, size_t max_frame = kDefaultMaxFrame);
+
 // Incremental decoder: feed() whatever the socket returned, then next() pops complete frames.
 class FrameDecoder {
  public:
@@ -48,6 +52,9 @@ class FrameDecoder {
 // returns nullopt on a clean end of stream between frames and throws FrameError on a stream
 // that ends inside a frame, on an oversized frame, or on a socket error.
 void write_frame(int fd, const std::string& payload, size_t max_frame = kDefaultMaxFrame);
+// Writes all of `bytes` (already framed, or deliberately not: tests of bad peers); throws
+// FrameError naming the socket error.
+void write_bytes(int fd, const std::string& bytes);
 std::optional<std::string> read_frame(int fd, size_t max_frame = kDefaultMaxFrame);
 
 }  // namespace starattn::transport

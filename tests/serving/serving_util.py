@@ -33,13 +33,17 @@ class Server:
         if tcp:
             args += ["--tcp", "127.0.0.1:0"]
         env = dict(os.environ, OMP_WAIT_POLICY="passive")
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        # The log goes to a file: a pipe nobody reads fills up with access-log lines and stalls
+        # the server.
+        self.log_path = os.path.join(self.dir.name, "server.log")
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         self.port = self.tcp_port = None
         deadline = time.time() + 60
         while self.port is None or (tcp and self.tcp_port is None):
             line = self.proc.stdout.readline()
             if not line:
-                raise RuntimeError("serve-local exited early: " + self.proc.stderr.read())
+                raise RuntimeError("serve-local exited early: " + self.log())
             if time.time() > deadline:
                 raise RuntimeError("serve-local did not print its addresses")
             m = re.match(r"(http|tcp)://[^:]+:(\d+)", line.strip())
@@ -57,8 +61,10 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         self.proc.stdout.close()
-        self.proc.stderr.close()
         self.dir.cleanup()
+
+    def log(self):
+        return read_text(self.log_path)
 
     def alive(self):
         return self.proc.poll() is None

@@ -7,8 +7,10 @@
 
 namespace starattn::cli {
 
-Args::Args(int argc, char** argv, int first, const std::set<std::string>& options,
-           const std::set<std::string>& flags) {
+Args::Args(int argc, char** argv, int first, const std::set<std::string>& own_options,
+           const std::set<std::string>& flags, const std::vector<const std::set<std::string>*>& more_options) {
+  std::set<std::string> options = own_options;
+  for (const auto* more : more_options) options.insert(more->begin(), more->end());
   for (int i = first; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg.rfind("--", 0) != 0) throw std::invalid_argument("unexpected argument '" + arg + "'");

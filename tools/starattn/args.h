@@ -12,8 +12,10 @@ namespace starattn::cli {
 class Args {
  public:
   // `flags` take no value; every other option takes one. Unknown options are errors.
+  // `more_options` adds option sets several commands share (connection limits, ...).
   Args(int argc, char** argv, int first, const std::set<std::string>& options,
-       const std::set<std::string>& flags);
+       const std::set<std::string>& flags,
+       const std::vector<const std::set<std::string>*>& more_options = {});
 
   bool has(const std::string& name) const;
   std::string get(const std::string& name, const std::string& fallback) const;

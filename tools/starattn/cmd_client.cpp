@@ -1,10 +1,13 @@
 // starattn client: one request over the framed TCP protocol, the answer streamed to stdout.
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 
 #include "server/client.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
+#include "tools/starattn/front_ends.h"
+#include "transport/address.h"
 
 namespace starattn::cli {
 namespace {
@@ -19,7 +22,9 @@ const char* kClientHelp =
     "  --temperature T       0 = greedy (default); with --top-k K, --top-p P, --seed S\n"
     "  --stop TEXT           stop before this text (repeat with commas: --stop 'a,b')\n"
     "  --ignore-eos          generate exactly --max-tokens tokens\n"
-    "  --output text|ids     decoded text (default) or token ids\n";
+    "  --output text|ids     decoded text (default) or token ids\n"
+    "  --api-key-env VAR     send the API key in $VAR first (a server started with --api-key-env\n"
+    "                        refuses requests without it)\n";
 
 }  // namespace
 
@@ -30,7 +35,7 @@ int cmd_client(int argc, char** argv) {
   }
   const Args args(argc, argv, 2,
                   {"connect", "context-file", "context", "query", "max-tokens", "mode", "block-size",
-                   "anchor-size", "temperature", "top-k", "top-p", "seed", "stop", "output"},
+                   "anchor-size", "temperature", "top-k", "top-p", "seed", "stop", "output", "api-key-env"},
                   {"ignore-eos"});
   if (args.has("context-file") == args.has("context"))
     throw std::invalid_argument("give exactly one of --context-file and --context");
@@ -56,8 +61,8 @@ int cmd_client(int argc, char** argv) {
       r.stop.push_back(stops.substr(start, comma - start));
     r.stop.push_back(stops.substr(start));
   }
-  const auto [host, port] = server::parse_host_port(args.require("connect"), "--connect");
-  server::Client client(host, port);
+  const auto address = transport::parse_host_port(args.require("connect"), "--connect");
+  server::Client client(address.host, address.port, std::chrono::seconds(10), api_key(args));
   bool first = true;
   const Completion c = client.generate(r, [&](const TokenEvent& ev) {
     if (output == "ids") {

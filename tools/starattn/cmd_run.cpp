@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/cluster.h"
+#include "transport/address.h"
 #include "actors/context_block.h"
 #include "runtime/chat_template.h"
 #include "runtime/engine.h"
@@ -294,7 +295,7 @@ int cmd_run(int argc, char** argv) {
     if (args.has("workers") || args.has("model"))
       throw std::invalid_argument("--head submits to a running cluster: --workers and --model "
                                   "belong to its head and workers");
-    const auto [host, port] = actors::parse_host_port(args.get("head", ""), "head");
+    const auto [host, port] = transport::parse_host_port(args.get("head", ""), "--head");
     const caf::actor scheduler =
         actors::connect_remote(system, host, port, std::chrono::seconds(10));
     actors::wait_for_workers(system, scheduler, static_cast<int>(args.get_int("min-workers", 1)),

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "actors/cluster.h"
+#include "transport/address.h"
 #include "actors/scheduler_service.h"
 #include "server/client.h"
 #include "server/http_server.h"
@@ -56,7 +57,8 @@ const char* kServeHelp =
     "  --max-body-bytes N     HTTP body limit (default 8 MiB)\n"
     "  --header-timeout-ms N  time for a request's headers (default 10000)\n"
     "  --body-timeout-ms N    time for a request's body (default 30000)\n"
-    "  --api-key-env VAR      require 'Authorization: Bearer $VAR' over HTTP (not for /health)\n"
+    "  --api-key-env VAR      the API key is in $VAR: HTTP needs 'Authorization: Bearer KEY' on\n"
+    "                         every endpoint but /health, framed TCP an Auth frame first\n"
     "  --model-name NAME      the model's name in responses (default: the directory name)\n"
     "  --device cpu|cuda      backend of the query actor (default cpu); --gpu N picks the device\n"
     "  --threads N            cpu threads (default: all cores)\n"
@@ -72,12 +74,11 @@ std::string default_model_name(const std::string& model) {
 // The HTTP/TCP front ends over the scheduler until a stop signal. Everything here is destroyed
 // before the caller stops the actors: the servers, then the service (which ends its open
 // requests, whose callbacks post to `io`), then `io` (and the sessions' request handles).
-void serve_clients(caf::actor_system& system, const actors::Head& head, const Args& args) {
+void serve_clients(caf::actor_system& system, const actors::Head& head, const Args& args, FrontEnds& front) {
   actors::SchedulerServiceOptions so;
   so.model_name = args.get("model-name", default_model_name(args.require("model")));
   so.max_context_tokens = args.get_int("max-context-tokens", 0);
   so.max_queue = static_cast<int>(args.get_int("max-queue", 256));
-  FrontEnds front;  // outlives the service, whose last callbacks post to its io_context
   actors::SchedulerService service(system, head.scheduler, so);
   front.serve(service, args, args.has("http"), "", "starattn serve");
 }
@@ -87,6 +88,8 @@ void serve_clients(caf::actor_system& system, const actors::Head& head, const Ar
 int cmd_serve(int argc, char** argv) {
   if (argc > 2 && !std::strcmp(argv[2], "--help")) {
     std::fputs(kServeHelp, stdout);
+    std::fputs(kConnectionLimitsHelp, stdout);
+    std::fputs(kWorkerPortLimitsHelp, stdout);
     return 0;
   }
   const Args args(argc, argv, 2,
@@ -94,12 +97,17 @@ int cmd_serve(int argc, char** argv) {
                    "http", "tcp", "io-threads", "max-running", "max-queue", "max-context-tokens",
                    "max-body-bytes", "header-timeout-ms", "body-timeout-ms", "api-key-env",
                    "model-name", "tls-cert", "tls-key", "tls-ca"},
-                  {"quiet", "insecure"});
-  const auto [host, port] = actors::parse_host_port(args.require("listen"), "listen");
+                  {"quiet", "insecure"}, {&connection_limit_options(), &worker_port_limit_options()});
+  const auto [host, port] = transport::parse_host_port(args.require("listen"), "--listen");
   const actors::TlsFiles tls = actors::tls_files(args.get("tls-cert", ""), args.get("tls-key", ""),
                                                  args.get("tls-ca", ""));
   actors::check_listen_allowed(host, tls.enabled(), args.flag("insecure"), "listen");
-  if (args.has("http")) http_options(args, "");  // a bad option fails before the model loads
+  // Every port is bound before the model loads, so a taken one fails at once. The worker port
+  // is our acceptor (limits on connections, idle timeout) relaying to the middleman, which
+  // listens on loopback only.
+  FrontEnds front;  // outlives the service, whose last callbacks post to its io_context
+  const std::unique_ptr<server::PortRelay> worker_port = front.bind_worker_port(args, host, port);
+  if (args.has("http") || args.has("tcp")) front.bind(args, args.has("http"), "");
   auto model = std::make_shared<actors::ModelHost>(
       args.require("model"), args.get("device", "cpu"), static_cast<int>(args.get_int("gpu", 0)),
       static_cast<int>(args.get_int("threads", 0)));
@@ -119,14 +127,15 @@ int cmd_serve(int argc, char** argv) {
     throw std::invalid_argument("--max-running and --max-queue must not be negative");
   actors::Head head = actors::spawn_head(system, model, options);
   try {
-    const uint16_t bound = actors::publish_actor(system, head.scheduler, host, port);
+    worker_port->start("127.0.0.1", actors::publish_actor(system, head.scheduler, "127.0.0.1", 0));
+    const uint16_t bound = worker_port->port();
     if (args.has("port-file")) std::ofstream(args.get("port-file", "")) << bound << "\n";
     std::fprintf(stderr, "starattn serve: listening on %s:%u (%s, protocol %u, model %s)\n",
                  host.c_str(), static_cast<unsigned>(bound),
                  tls.enabled() ? "mutual TLS" : "no TLS", wire::kProtocolVersion,
                  model->digest().c_str());
     if (args.has("http") || args.has("tcp")) {
-      serve_clients(system, head, args);
+      serve_clients(system, head, args, front);
     } else {
       while (!stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
       std::fprintf(stderr, "starattn serve: stopping\n");

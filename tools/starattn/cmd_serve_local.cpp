@@ -2,18 +2,12 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <memory>
-#include <optional>
-#include <thread>
-#include <vector>
+#include <fstream>
+#include <string>
 
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-
-#include "server/client.h"
+#include "runtime/engine.h"
+#include "runtime/log.h"
 #include "server/engine_service.h"
-#include "server/http_server.h"
-#include "server/tcp_server.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
 #include "tools/starattn/front_ends.h"
@@ -23,42 +17,59 @@ namespace starattn::cli {
 namespace {
 
 const char* kServeLocalHelp =
-    "usage: starattn serve-local --model DIR [--http HOST:PORT] [--tcp HOST:PORT] [options]\n"
+    "usage: starattn serve-local [--model DIR] [--http HOST:PORT] [--tcp HOST:PORT] [options]\n"
     "Serves the model from an in-process Engine: OpenAI-style HTTP (POST /v1/completions,\n"
     "/v1/chat/completions, GET /health, /metrics) and the framed TCP protocol of\n"
     "`starattn client`. Without --http and --tcp it listens for HTTP on 127.0.0.1:8000.\n"
-    "Port 0 picks a free port; the addresses are printed to stdout once listening.\n\n"
-    "  --http HOST:PORT        HTTP address (default 127.0.0.1:8000 when --tcp is not given)\n"
-    "  --tcp HOST:PORT         framed TCP address\n"
-    "  --workers W             in-process context workers per engine (default 1)\n"
-    "  --engines E             engine replicas serving requests in parallel (default 1)\n"
-    "  --io-threads N          network threads (default 2)\n"
-    "  --max-queue N           requests waiting beyond the running ones (default 256)\n"
-    "  --max-context-tokens N  refuse larger contexts (default: what KV memory allows)\n"
-    "  --max-body-bytes N      HTTP body limit (default 8 MiB)\n"
-    "  --header-timeout-ms N   time for a request's headers (default 10000)\n"
-    "  --body-timeout-ms N     time for a request's body (default 30000)\n"
-    "  --api-key-env VAR       require 'Authorization: Bearer $VAR' (not for /health)\n"
-    "  --model-name NAME       the model's name in responses (default: the directory name)\n"
-    "  --random-weights        --model is a config.json; random weights of its shape\n"
-    "  --device cpu|cuda       backend (default cpu); --gpu N picks the device\n"
-    "  --threads N             cpu threads (default: all cores)\n";
+    "The ports are bound before the model loads; port 0 picks a free port; the addresses are\n"
+    "printed to stdout once bound. One access-log line per request goes to stderr.\n\n"
+    "  --model DIR            the model (default: the one `starattn run` uses, from\n"
+    "                         deploy/fetch-model.sh: $STARATTN_MODELS or ~/.cache/starattn/models)\n"
+    "  --http HOST:PORT       HTTP address (default 127.0.0.1:8000 when --tcp is not given)\n"
+    "  --tcp HOST:PORT        framed TCP address\n"
+    "  --workers W            in-process context workers per engine (default 1)\n"
+    "  --engines E            engine replicas serving requests in parallel (default 1)\n"
+    "  --io-threads N         network threads (default 2)\n"
+    "  --max-queue N          requests waiting beyond the running ones (default 256)\n"
+    "  --max-context-tokens N refuse larger contexts (default: what KV memory allows)\n"
+    "  --max-body-bytes N     HTTP body limit (default 8 MiB)\n"
+    "  --header-timeout-ms N  time for a request's headers (default 10000)\n"
+    "  --body-timeout-ms N    time for a request's body (default 30000)\n"
+    "%s"
+    "  --api-key-env VAR      the API key is in $VAR: HTTP needs 'Authorization: Bearer KEY' on\n"
+    "                         every endpoint but /health, framed TCP an Auth frame first\n"
+    "                         (starattn client --api-key-env)\n"
+    "  --model-name NAME      the model's name in responses (default: the directory name)\n"
+    "  --random-weights       --model is a config.json; random weights of its shape\n"
+    "  --device cpu|cuda      backend (default cpu); --gpu N picks the device\n"
+    "  --threads N            cpu threads (default: all cores)\n"
+    "  --log-level L          error, warn, info (default) or debug\n";
+
+// --model, else the default model as `run` finds it.
+std::string model_path(const Args& args) {
+  if (args.has("model")) return args.get("model", "");
+  const std::string path = default_model_path();
+  if (!std::ifstream(path))
+    throw std::invalid_argument("no --model given and the default model is not at " + path +
+                                ": run deploy/fetch-model.sh (or pass --model)");
+  return path;
+}
 
 }  // namespace
 
 int cmd_serve_local(int argc, char** argv) {
   if (argc > 2 && !std::strcmp(argv[2], "--help")) {
-    std::fputs(kServeLocalHelp, stdout);
+    std::printf(kServeLocalHelp, kConnectionLimitsHelp);
     return 0;
   }
   const Args args(argc, argv, 2,
                   {"model", "http", "tcp", "workers", "engines", "io-threads", "max-queue",
                    "max-context-tokens", "max-body-bytes", "header-timeout-ms", "body-timeout-ms",
                    "api-key-env", "model-name", "device", "gpu", "threads"},
-                  {"random-weights"});
+                  {"random-weights"}, {&connection_limit_options()});
   server::EngineServiceOptions so;
-  so.engine.model = args.require("model");
   so.engine.random_weights = args.flag("random-weights");
+  so.engine.model = so.engine.random_weights ? args.require("model") : model_path(args);
   so.engine.device = args.get("device", "cpu");
   so.engine.gpu = static_cast<int>(args.get_int("gpu", 0));
   so.engine.workers = static_cast<int>(args.get_int("workers", 1));
@@ -69,14 +80,17 @@ int cmd_serve_local(int argc, char** argv) {
   so.model_name = args.get("model-name", "");
 
   const bool want_http = args.has("http") || !args.has("tcp");
-  http_options(args, "127.0.0.1:8000");  // a bad option fails before the model loads
-
   install_stop_signals();
   FrontEnds front;  // outlives the service, whose engine threads' callbacks post to its io_context
+  // Bound first: a taken port or a bad option fails before the (possibly long) model load.
+  front.bind(args, want_http, "127.0.0.1:8000");
+  logging::info("serve-local: loading %s (%d engine(s) x %d context worker(s), %s)", so.engine.model.c_str(),
+                so.engines, so.engine.workers, so.engine.device.c_str());
+  const auto load_start = std::chrono::steady_clock::now();
   server::EngineService service(so);
-  std::fprintf(stderr, "starattn serve-local: model %s, %d engine(s) x %d context worker(s); Ctrl-C stops\n",
-               service.info().model.c_str(), so.engines, so.engine.workers);
-  front.serve(service, args, want_http, "127.0.0.1:8000", "starattn serve-local");
+  logging::info("serve-local: model %s loaded in %.2f s", service.info().model.c_str(),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
+  front.serve(service, args, want_http, "127.0.0.1:8000", "serve-local");
   return 0;
 }
 

@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "actors/cluster.h"
+#include "transport/address.h"
 #include "actors/context_block.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
@@ -48,7 +49,7 @@ int cmd_worker(int argc, char** argv) {
                   {"head", "model", "gpus", "cpu-threads", "listen", "port-file", "kv-fraction",
                    "connect-timeout", "name", "tls-cert", "tls-key", "tls-ca"},
                   {"insecure"});
-  const auto [head_host, head_port] = actors::parse_host_port(args.require("head"), "head");
+  const auto [head_host, head_port] = transport::parse_host_port(args.require("head"), "--head");
   const std::string model_dir = args.require("model");
   if (args.has("gpus") && args.has("cpu-threads"))
     throw std::invalid_argument("give --gpus or --cpu-threads, not both");
@@ -64,7 +65,7 @@ int cmd_worker(int argc, char** argv) {
   const actors::TlsFiles tls = actors::tls_files(args.get("tls-cert", ""), args.get("tls-key", ""),
                                                  args.get("tls-ca", ""));
   if (args.has("listen"))
-    actors::check_listen_allowed(actors::parse_host_port(args.get("listen", ""), "listen").first,
+    actors::check_listen_allowed(transport::parse_host_port(args.get("listen", ""), "--listen").host,
                                  tls.enabled(), args.flag("insecure"), "listen");
   install_stop_signals();
 
@@ -92,7 +93,7 @@ int cmd_worker(int argc, char** argv) {
   }
 
   if (args.has("listen")) {
-    const auto [host, port] = actors::parse_host_port(args.get("listen", ""), "listen");
+    const auto [host, port] = transport::parse_host_port(args.get("listen", ""), "--listen");
     std::ofstream port_file;
     if (args.has("port-file")) port_file.open(args.get("port-file", ""));
     for (size_t i = 0; i < blocks.size(); ++i) {

@@ -3,11 +3,18 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <stdexcept>
 #include <string>
 
 #include <unistd.h>
 
+#include "runtime/log.h"
 #include "tools/starattn/commands.h"
+
+// From the CMake project version and `git describe` at configure time (tools/CMakeLists.txt).
+#ifndef STARATTN_VERSION
+#define STARATTN_VERSION "unknown"
+#endif
 
 namespace {
 
@@ -36,6 +43,30 @@ const Command kCommands[] = {
 void usage() {
   std::fprintf(stderr, "usage: starattn COMMAND [options]   (starattn COMMAND --help)\n\ncommands:\n");
   for (const auto& c : kCommands) std::fprintf(stderr, "  %-16s %s\n", c.name, c.summary);
+  std::fprintf(stderr,
+               "\noptions of every command:\n"
+               "  --log-level L    error, warn, info (default) or debug; log lines go to stderr with\n"
+               "                   UTC timestamps\n"
+               "  --version        print the version and exit\n");
+}
+
+// Takes the options every command shares (--log-level L, --log-level=L) out of argv, so each
+// command's own parser sees only its options. Returns the new argc.
+int take_global_options(int argc, char** argv) {
+  int out = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--log-level") {
+      if (i + 1 >= argc) throw std::invalid_argument("--log-level needs a value");
+      starattn::logging::set_level(starattn::logging::parse_level(argv[++i]));
+    } else if (arg.rfind("--log-level=", 0) == 0) {
+      starattn::logging::set_level(starattn::logging::parse_level(arg.substr(12)));
+    } else {
+      argv[out++] = argv[i];
+    }
+  }
+  argv[out] = nullptr;
+  return out;
 }
 
 // OpenMP threads busy-wait between parallel regions by default. On a machine whose cores are
@@ -53,6 +84,16 @@ void prefer_passive_openmp(char** argv) {
 
 int main(int argc, char** argv) {
   prefer_passive_openmp(argv);
+  try {
+    argc = take_global_options(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "starattn: error: %s\n", e.what());
+    return 2;
+  }
+  if (argc >= 2 && (!std::strcmp(argv[1], "--version") || !std::strcmp(argv[1], "version"))) {
+    std::printf("starattn %s\n", STARATTN_VERSION);
+    return 0;
+  }
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     usage();
     return argc < 2 ? 2 : 0;
@@ -62,7 +103,7 @@ int main(int argc, char** argv) {
     try {
       return c.run(argc, argv);
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "starattn %s: error: %s\n", c.name, e.what());
+      starattn::logging::error("starattn %s: %s", c.name, e.what());
       return 1;
     }
   }
