@@ -138,6 +138,7 @@ Head spawn_head(caf::actor_system& system, std::shared_ptr<ModelHost> model,
   qo.model = model;
   qo.health = h.health;
   qo.exchange_timeout = options.exchange_timeout;
+  qo.verbose = options.verbose;
   h.query = spawn_query(system, qo);
   SchedulerOptions so;
   so.model = std::move(model);

@@ -246,6 +246,8 @@ std::string do_status(Self* self, const std::string& bytes) {
       ws->set_ucx_address(w.ucx_address);
       ws->set_active_requests(static_cast<int32_t>(w.requests.size()));
       ws->set_kv_tokens_held(w.kv_tokens);
+      if (w.unresponsive)
+        ws->set_unhealthy(st.options.health->dead(id));
     }
     reply.set_active_requests(static_cast<int32_t>(st.requests.size()));
     reply.set_queued_requests(static_cast<int32_t>(st.waiting.size()));

@@ -286,6 +286,7 @@ ServiceInfo SchedulerService::info() const {
   i.model = impl_->options.model_name;
   i.max_context_tokens = impl_->options.max_context_tokens;
   i.max_queue = impl_->options.max_queue;
+  i.token_bytes = impl_->options.token_bytes;
   return i;
 }
 
@@ -298,6 +299,7 @@ std::vector<WorkerLoad> SchedulerService::load() const {
     l.worker = w.name();
     l.kv_tokens = w.kv_tokens_held();
     l.active_requests = w.active_requests();
+    l.unhealthy = w.unhealthy();
     out.push_back(l);
   }
   return out;

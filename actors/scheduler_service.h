@@ -9,6 +9,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -25,6 +26,9 @@ struct SchedulerServiceOptions {
   // What the head was told to enforce (SchedulerOptions); reported by info() only.
   int64_t max_context_tokens = 0;
   int max_queue = 0;
+  // Bytes of a token id, for logprobs' token names (the head's tokenizer); empty: logprobs
+  // requests are refused by the front end.
+  std::function<std::string(int32_t)> token_bytes;
   // How long load()/queued() wait for the scheduler's status (/metrics, /health).
   std::chrono::milliseconds status_timeout{2000};
   // How long the destructor waits for open requests to hear that the service is stopping.

@@ -65,11 +65,6 @@ std::string apply_chat_template(const ChatTemplate& chat_template,
 // (<|start_header_id|>: Llama 3, else ChatML), with a note saying so that is also logged.
 ChatTemplate resolve_chat_template(const std::string& model_template_text, const Tokenizer& tokenizer);
 
-// The old name of resolve_chat_template, kept until its callers move over.
-inline ChatTemplate detect_chat_template(const std::string& template_text, const Tokenizer& tokenizer) {
-  return resolve_chat_template(template_text, tokenizer);
-}
-
 // The template text of a model path: a .gguf's tokenizer.chat_template, or a directory's
 // tokenizer_config.json "chat_template" (the "default" one when it is a list); "" when none.
 std::string read_chat_template(const std::string& model_path);

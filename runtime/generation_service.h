@@ -91,6 +91,9 @@ struct WorkerLoad {
   std::string worker;
   int64_t kv_tokens = 0;  // tokens whose K/V the worker holds right now
   int active_requests = 0;
+  // Empty while the worker answers; else why nothing is placed on it (it stopped answering
+  // heartbeats). /health reports "degraded" naming such workers.
+  std::string unhealthy;
 };
 
 struct ServiceInfo {

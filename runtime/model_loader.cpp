@@ -9,7 +9,7 @@
 namespace starattn {
 
 ChatTemplate ModelRuntime::chat_for_messages() const {
-  return chat ? *chat : detect_chat_template("", *tokenizer);
+  return chat ? *chat : resolve_chat_template("", *tokenizer);
 }
 
 ModelRuntime load_model_runtime(const ModelLoadOptions& options) {
@@ -31,7 +31,7 @@ ModelRuntime load_model_runtime(const ModelLoadOptions& options) {
       rt.tokenizer = std::make_unique<ByteTokenizer>(rt.loaded.config.vocab_size);
     // Byte-level models have no chat template; every real vocabulary gets one.
     if (!dynamic_cast<const ByteTokenizer*>(rt.tokenizer.get()))
-      rt.chat = detect_chat_template(read_chat_template(options.model), *rt.tokenizer);
+      rt.chat = resolve_chat_template(read_chat_template(options.model), *rt.tokenizer);
   }
   rt.model = std::make_unique<Transformer>(rt.loaded.config, *rt.loaded.weights, *rt.backend);
   // FNV-1a over the config's JSON: equal shapes and special ids, or a refused registration.

@@ -33,7 +33,7 @@ class Tasks : public ::testing::Test {
     if (path.empty()) return;
     tokenizer_ = load_tokenizer(path).release();
     chat_ = new std::optional<ChatTemplate>(
-        detect_chat_template(read_chat_template(path), *tokenizer_));
+        resolve_chat_template(read_chat_template(path), *tokenizer_));
   }
   static void TearDownTestSuite() {
     delete tokenizer_;

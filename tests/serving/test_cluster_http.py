@@ -151,8 +151,9 @@ class ClusterHttpTest(unittest.TestCase):
 
     def test_a_hangup_cancels_and_frees_the_workers_kv(self):
         c = self.cluster
-        # Long enough (seconds) that it is still decoding whatever the machine's speed.
-        s, f = open_stream(c.port, {"prompt": CONTEXT * 2, "query": QUERY, "max_tokens": 20000,
+        # Long enough (seconds) that it is still decoding whatever the machine's speed, and
+        # within the tiny model's 4096 positions.
+        s, f = open_stream(c.port, {"prompt": CONTEXT * 2, "query": QUERY, "max_tokens": 3500,
                                     "temperature": 0, "ignore_eos": True})
         read_events(f, count=3)  # it is decoding now
         held = c.kv_held()
@@ -205,7 +206,7 @@ class ClusterWorkerLossTest(unittest.TestCase):
 
     def test_a_killed_worker_gives_an_error_event_and_the_next_request_succeeds(self):
         c = self.cluster
-        s, f = open_stream(c.port, {"prompt": CONTEXT, "query": QUERY, "max_tokens": 20000,
+        s, f = open_stream(c.port, {"prompt": CONTEXT, "query": QUERY, "max_tokens": 3500,
                                     "temperature": 0, "ignore_eos": True})
         try:
             read_events(f, count=3)

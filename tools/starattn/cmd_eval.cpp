@@ -71,7 +71,7 @@ int dump_instances(const Args& args, const eval::EvalConfig& config) {
     const std::string model = args.get("model", "");
     tokenizer = load_tokenizer(model);
     if (!dynamic_cast<const ByteTokenizer*>(tokenizer.get()))
-      chat = detect_chat_template(read_chat_template(model), *tokenizer);
+      chat = resolve_chat_template(read_chat_template(model), *tokenizer);
   } else {
     tokenizer = std::make_unique<ByteTokenizer>();
   }
