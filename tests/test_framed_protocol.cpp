@@ -15,6 +15,7 @@
 
 #include "runtime/engine.h"
 #include "runtime/random_model.h"
+#include "server/access_log.h"
 #include "server/client.h"
 #include "server/engine_service.h"
 #include "server/framed_protocol.h"
@@ -112,6 +113,25 @@ TEST(Address, ParsesHostPortWithTheSameRulesForEveryOption) {
       EXPECT_THAT(e.what(), ::testing::HasSubstr(why)) << text;
     }
   }
+}
+
+TEST(AccessLog, OneLineWithEveryField) {
+  AccessRecord r;
+  r.id = "cmpl-1f";
+  r.client = "127.0.0.1:50312";
+  r.endpoint = "/v1/completions";
+  r.status = "200";
+  r.tokens_in = 812;
+  r.tokens_out = 64;
+  r.ttft_ms = 35.24;
+  r.total_ms = 402.66;
+  EXPECT_EQ(format_access(r),
+            "access id=cmpl-1f client=127.0.0.1:50312 endpoint=/v1/completions status=200 tokens_in=812 "
+            "tokens_out=64 ttft_ms=35.2 total_ms=402.7");
+  r.id.clear();
+  r.ttft_ms = -1;
+  EXPECT_THAT(format_access(r), ::testing::HasSubstr("access id=- "));
+  EXPECT_THAT(format_access(r), ::testing::HasSubstr(" ttft_ms=- total_ms=402.7"));
 }
 
 // Far more tokens than a test waits for, within the test model's 4096 positions.
@@ -337,6 +357,20 @@ TEST_F(TcpServerTest, RefusesOtherVersionsAndOversizedFrames) {
   }
   Client fresh("127.0.0.1", server_->port());
   EXPECT_EQ(fresh.generate(request(1), nullptr).completion_tokens, 1);
+}
+
+TEST_F(TcpServerTest, EveryRequestGetsAnAccessLogLine) {
+  Client client("127.0.0.1", server_->port());
+  ::testing::internal::CaptureStderr();
+  const Completion c = client.generate(request(3), nullptr);
+  TextRequest big = request(1);
+  big.context = std::string(1000, 'x');  // over the service's 256 tokens
+  EXPECT_THROW(client.generate(big, nullptr), ServerError);
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_THAT(log, ::testing::ContainsRegex("Z info  access id=tcp-[0-9]+ client=127\\.0\\.0\\.1:[0-9]+ endpoint=tcp "
+                                            "status=ok tokens_in=" + std::to_string(c.prompt_tokens) +
+                                            " tokens_out=3 ttft_ms=[0-9.]+ total_ms=[0-9.]+\n"));
+  EXPECT_THAT(log, ::testing::ContainsRegex("endpoint=tcp status=capacity tokens_in=0 tokens_out=0 ttft_ms=- "));
 }
 
 std::string random_key() {

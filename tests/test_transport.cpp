@@ -39,6 +39,14 @@ TEST(Framing, RefusesOversizedFramesBeforeBuffering) {
   EXPECT_THROW(encode_frame(std::string(2000, 'a'), 1024), FrameError);
 }
 
+TEST(Framing, PrefixDecodingChecksTheLimit) {
+  // The asynchronous readers (the framed TCP server) read the prefix themselves.
+  const std::string frame = encode_frame(std::string(300, 'p'));
+  EXPECT_EQ(decode_frame_prefix(frame.data()), 300u);
+  EXPECT_EQ(decode_frame_prefix(frame.data(), 300), 300u);
+  EXPECT_THROW(decode_frame_prefix(frame.data(), 299), FrameError);
+}
+
 TEST(Framing, SocketHelpersReportTruncation) {
   int sv[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
