@@ -14,6 +14,7 @@
 #include "runtime/chat_template.h"
 #include "runtime/engine.h"
 #include "tools/starattn/args.h"
+#include "tools/starattn/model_options.h"
 #include "tools/starattn/commands.h"
 
 namespace starattn::cli {
@@ -195,6 +196,7 @@ int run_engine(const Args& args, Printer& out) {
   if (options.random_weights && args.has("model"))
     throw std::invalid_argument("give one of --model and --random-weights");
   options.model = options.random_weights ? args.get("random-weights", "") : model_path(args);
+  options.weight_seed = static_cast<uint64_t>(args.get_int("weight-seed", 0));
   options.device = args.get("device", "cpu");
   options.gpu = static_cast<int>(args.get_int("gpu", 0));
   options.workers = static_cast<int>(args.get_int("workers", 1));
@@ -206,9 +208,7 @@ int run_engine(const Args& args, Printer& out) {
     // The scheduler's layout (actors/scheduler.cpp), with its fallback template.
     std::vector<ChatMessage> messages;
     for (const auto& m : sub.messages()) messages.push_back({m.role(), m.content()});
-    const ChatTemplate chat = engine.chat_template()
-                                  ? *engine.chat_template()
-                                  : detect_chat_template("", engine.tokenizer());
+    const ChatTemplate chat = engine.chat_for_messages();
     PromptIds p = chat_prompt(engine.tokenizer(), chat, messages);
     req.context = std::move(p.context);
     req.query = std::move(p.query);
@@ -278,12 +278,12 @@ int cmd_run(int argc, char** argv) {
                   {"model", "context-file", "context-ids", "query", "query-ids", "max-tokens",
                    "mode", "workers", "block-size", "anchor-size", "seed", "output", "device",
                    "gpu", "threads", "temperature", "top-k", "top-p", "dump-logits", "head",
-                   "min-workers", "timeout", "random-weights", "messages-file", "tls-cert",
+                   "min-workers", "timeout", "random-weights", "weight-seed", "messages-file", "tls-cert",
                    "tls-key", "tls-ca"},
                   {"ignore-eos", "no-anchor", "engine"});
   Printer out(args);
   // Random weights exist only in the Engine library path (benchmarks).
-  if (args.flag("engine") || args.has("random-weights")) return run_engine(args, out);
+  if (args.flag("engine")) return run_engine(args, out);
   const wire::SubmitRequest req = build_request(args, out.want_logits());
 
   caf::actor_system_config config;
@@ -310,23 +310,20 @@ int cmd_run(int argc, char** argv) {
   const int workers = static_cast<int>(args.get_int("workers", 1));
   if (workers < 1)
     throw std::invalid_argument("workers must be at least 1, got " + std::to_string(workers));
-  auto model = std::make_shared<actors::ModelHost>(
-      model_path(args), args.get("device", "cpu"), static_cast<int>(args.get_int("gpu", 0)),
-      static_cast<int>(args.get_int("threads", 0)));
+  auto model = std::make_shared<actors::ModelHost>(model_load_options(
+      args, args.get("device", "cpu"), static_cast<int>(args.get_int("gpu", 0)),
+      static_cast<int>(args.get_int("threads", 0)),
+      args.has("random-weights") ? "" : model_path(args)));
   actors::Head head = actors::spawn_head(system, model, false);
   std::vector<caf::actor> all{head.scheduler, head.query};
   int rc = 1;
   try {
     for (int i = 0; i < workers; ++i) {
       actors::ContextBlockOptions o;
-      // The cpu backend serves several actors at once; a gpu backend drives one stream from one
-      // thread at a time, so each context actor gets its own (weights loaded once per actor).
-      o.model = args.get("device", "cpu") == "cpu"
-                    ? model
-                    : std::make_shared<actors::ModelHost>(
-                          model_path(args), args.get("device", "cpu"),
-                          static_cast<int>(args.get_int("gpu", 0)),
-                          static_cast<int>(args.get_int("threads", 0)));
+      // Every actor of this process shares one backend (one copy of the weights, one stream
+      // under ModelHost's compute lock), so the query actor calls the context shards directly
+      // on device buffers (the in-process data path), as the Engine does.
+      o.model = model;
       o.scheduler = head.scheduler;
       o.device = args.get("device", "cpu");
       o.name = "local/" + std::to_string(i);

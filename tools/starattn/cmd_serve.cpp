@@ -25,6 +25,7 @@
 #include "server/http_server.h"
 #include "server/tcp_server.h"
 #include "tools/starattn/args.h"
+#include "tools/starattn/model_options.h"
 #include "tools/starattn/commands.h"
 #include "tools/starattn/front_ends.h"
 #include "tools/starattn/signals.h"
@@ -74,11 +75,16 @@ std::string default_model_name(const std::string& model) {
 // The HTTP/TCP front ends over the scheduler until a stop signal. Everything here is destroyed
 // before the caller stops the actors: the servers, then the service (which ends its open
 // requests, whose callbacks post to `io`), then `io` (and the sessions' request handles).
-void serve_clients(caf::actor_system& system, const actors::Head& head, const Args& args, FrontEnds& front) {
+void serve_clients(caf::actor_system& system, const actors::Head& head,
+                   const std::shared_ptr<actors::ModelHost>& model, const Args& args,
+                   FrontEnds& front) {
   actors::SchedulerServiceOptions so;
-  so.model_name = args.get("model-name", default_model_name(args.require("model")));
+  so.model_name = args.get("model-name",
+                           default_model_name(args.has("random-weights") ? args.get("random-weights", "")
+                                                                         : args.require("model")));
   so.max_context_tokens = args.get_int("max-context-tokens", 0);
   so.max_queue = static_cast<int>(args.get_int("max-queue", 256));
+  so.token_bytes = [model](int32_t id) { return model->tokenizer().token_bytes(id); };
   actors::SchedulerService service(system, head.scheduler, so);
   front.serve(service, args, args.has("http"), "", "starattn serve");
 }
@@ -96,7 +102,8 @@ int cmd_serve(int argc, char** argv) {
                   {"listen", "model", "port-file", "device", "gpu", "threads", "exchange-timeout",
                    "http", "tcp", "io-threads", "max-running", "max-queue", "max-context-tokens",
                    "max-body-bytes", "header-timeout-ms", "body-timeout-ms", "api-key-env",
-                   "model-name", "tls-cert", "tls-key", "tls-ca"},
+                   "model-name", "tls-cert", "tls-key", "tls-ca", "random-weights",
+                   "weight-seed"},
                   {"quiet", "insecure"}, {&connection_limit_options(), &worker_port_limit_options()});
   const auto [host, port] = transport::parse_host_port(args.require("listen"), "--listen");
   const actors::TlsFiles tls = actors::tls_files(args.get("tls-cert", ""), args.get("tls-key", ""),
@@ -108,9 +115,9 @@ int cmd_serve(int argc, char** argv) {
   FrontEnds front;  // outlives the service, whose last callbacks post to its io_context
   const std::unique_ptr<server::PortRelay> worker_port = front.bind_worker_port(args, host, port);
   if (args.has("http") || args.has("tcp")) front.bind(args, args.has("http"), "");
-  auto model = std::make_shared<actors::ModelHost>(
-      args.require("model"), args.get("device", "cpu"), static_cast<int>(args.get_int("gpu", 0)),
-      static_cast<int>(args.get_int("threads", 0)));
+  auto model = std::make_shared<actors::ModelHost>(model_load_options(
+      args, args.get("device", "cpu"), static_cast<int>(args.get_int("gpu", 0)),
+      static_cast<int>(args.get_int("threads", 0)), ""));
   install_stop_signals();
 
   caf::actor_system_config config;
@@ -135,7 +142,7 @@ int cmd_serve(int argc, char** argv) {
                  tls.enabled() ? "mutual TLS" : "no TLS", wire::kProtocolVersion,
                  model->digest().c_str());
     if (args.has("http") || args.has("tcp")) {
-      serve_clients(system, head, args, front);
+      serve_clients(system, head, model, args, front);
     } else {
       while (!stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
       std::fprintf(stderr, "starattn serve: stopping\n");

@@ -13,6 +13,7 @@
 #include "transport/address.h"
 #include "actors/context_block.h"
 #include "tools/starattn/args.h"
+#include "tools/starattn/model_options.h"
 #include "tools/starattn/commands.h"
 #include "tools/starattn/signals.h"
 
@@ -46,11 +47,11 @@ int cmd_worker(int argc, char** argv) {
     return 0;
   }
   const Args args(argc, argv, 2,
-                  {"head", "model", "gpus", "cpu-threads", "listen", "port-file", "kv-fraction",
+                  {"head", "model", "random-weights", "weight-seed", "gpus", "cpu-threads", "listen", "port-file", "kv-fraction",
                    "connect-timeout", "name", "tls-cert", "tls-key", "tls-ca"},
                   {"insecure"});
   const auto [head_host, head_port] = transport::parse_host_port(args.require("head"), "--head");
-  const std::string model_dir = args.require("model");
+
   if (args.has("gpus") && args.has("cpu-threads"))
     throw std::invalid_argument("give --gpus or --cpu-threads, not both");
   std::vector<int32_t> gpus;
@@ -79,7 +80,7 @@ int cmd_worker(int argc, char** argv) {
   std::vector<caf::actor> blocks;
   auto spawn = [&](const std::string& device, int gpu, int threads) {
     actors::ContextBlockOptions o;
-    o.model = std::make_shared<actors::ModelHost>(model_dir, device, gpu, threads);
+    o.model = std::make_shared<actors::ModelHost>(model_load_options(args, device, gpu, threads, ""));
     o.scheduler = scheduler;
     o.device = device == "cpu" ? "cpu" : device + ":" + std::to_string(gpu);
     o.name = name + "/" + o.device;
