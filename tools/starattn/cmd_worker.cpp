@@ -15,6 +15,7 @@
 #include "tools/starattn/args.h"
 #include "tools/starattn/model_options.h"
 #include "tools/starattn/commands.h"
+#include "tools/starattn/front_ends.h"
 #include "tools/starattn/signals.h"
 
 namespace starattn::cli {
@@ -44,12 +45,13 @@ const char* kWorkerHelp =
 int cmd_worker(int argc, char** argv) {
   if (argc > 2 && !std::strcmp(argv[2], "--help")) {
     std::fputs(kWorkerHelp, stdout);
+    std::fputs(kWorkerPortLimitsHelp, stdout);
     return 0;
   }
   const Args args(argc, argv, 2,
                   {"head", "model", "random-weights", "weight-seed", "gpus", "cpu-threads", "listen", "port-file", "kv-fraction",
                    "connect-timeout", "name", "tls-cert", "tls-key", "tls-ca"},
-                  {"insecure"});
+                  {"insecure"}, {&worker_port_limit_options()});
   const auto [head_host, head_port] = transport::parse_host_port(args.require("head"), "--head");
 
   if (args.has("gpus") && args.has("cpu-threads"))
@@ -93,6 +95,9 @@ int cmd_worker(int argc, char** argv) {
     for (int32_t g : gpus) spawn("cuda", g, 0);
   }
 
+  // Each published actor's port is our acceptor (connection limits, idle timeout) relaying to
+  // the middleman, which listens on loopback only.
+  std::vector<std::unique_ptr<server::PortRelay>> relays;
   if (args.has("listen")) {
     const auto [host, port] = transport::parse_host_port(args.get("listen", ""), "--listen");
     std::ofstream port_file;
@@ -101,7 +106,10 @@ int cmd_worker(int argc, char** argv) {
       const uint16_t want = port == 0 ? 0 : static_cast<uint16_t>(port + i);
       uint16_t bound = 0;
       try {
-        bound = actors::publish_actor(system, blocks[i], host, want);
+        relays.push_back(std::make_unique<server::PortRelay>(
+            "worker", host == "*" ? "0.0.0.0" : host, want, connection_limits(args, "worker-"), nullptr));
+        relays.back()->start("127.0.0.1", actors::publish_actor(system, blocks[i], "127.0.0.1", 0));
+        bound = relays.back()->port();
       } catch (...) {
         actors::stop_actors(system, blocks);
         throw;
