@@ -115,9 +115,11 @@ int cmd_serve(int argc, char** argv) {
   FrontEnds front;  // outlives the service, whose last callbacks post to its io_context
   const std::unique_ptr<server::PortRelay> worker_port = front.bind_worker_port(args, host, port);
   if (args.has("http") || args.has("tcp")) front.bind(args, args.has("http"), "");
+  const LoadLog load = begin_load("serve", model_label(args));
   auto model = std::make_shared<actors::ModelHost>(model_load_options(
       args, args.get("device", "cpu"), static_cast<int>(args.get_int("gpu", 0)),
       static_cast<int>(args.get_int("threads", 0)), ""));
+  end_load(load);
   install_stop_signals();
 
   caf::actor_system_config config;

@@ -1,12 +1,10 @@
 // starattn serve-local: the HTTP and framed TCP servers over an in-process Engine (no cluster).
-#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <string>
 
 #include "runtime/engine.h"
-#include "runtime/log.h"
 #include "server/engine_service.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
@@ -84,12 +82,11 @@ int cmd_serve_local(int argc, char** argv) {
   FrontEnds front;  // outlives the service, whose engine threads' callbacks post to its io_context
   // Bound first: a taken port or a bad option fails before the (possibly long) model load.
   front.bind(args, want_http, "127.0.0.1:8000");
-  logging::info("serve-local: loading %s (%d engine(s) x %d context worker(s), %s)", so.engine.model.c_str(),
-                so.engines, so.engine.workers, so.engine.device.c_str());
-  const auto load_start = std::chrono::steady_clock::now();
+  const LoadLog load = begin_load("serve-local", so.engine.model + " (" + std::to_string(so.engines) +
+                                                     " engine(s) x " + std::to_string(so.engine.workers) +
+                                                     " context worker(s), " + so.engine.device + ")");
   server::EngineService service(so);
-  logging::info("serve-local: model %s loaded in %.2f s", service.info().model.c_str(),
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
+  end_load(load);
   front.serve(service, args, want_http, "127.0.0.1:8000", "serve-local");
   return 0;
 }

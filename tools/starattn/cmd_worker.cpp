@@ -82,7 +82,9 @@ int cmd_worker(int argc, char** argv) {
   std::vector<caf::actor> blocks;
   auto spawn = [&](const std::string& device, int gpu, int threads) {
     actors::ContextBlockOptions o;
+    const LoadLog load = begin_load(name, model_label(args) + " on " + device);
     o.model = std::make_shared<actors::ModelHost>(model_load_options(args, device, gpu, threads, ""));
+    end_load(load);
     o.scheduler = scheduler;
     o.device = device == "cpu" ? "cpu" : device + ":" + std::to_string(gpu);
     o.name = name + "/" + o.device;

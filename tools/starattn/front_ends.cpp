@@ -24,7 +24,7 @@ const char* const kWorkerPortLimitsHelp =
     "  --worker-max-connections N  open connections to --listen at most (default 256)\n"
     "  --worker-max-connections-per-peer N  of them from one IP address (default 32)\n"
     "  --worker-idle-timeout-ms N  close a --listen connection silent both ways for N ms\n"
-    "                         (default 300000; the head's heartbeats keep live ones busy)\n";
+    "                         (default 300000; workers' heartbeats keep theirs busy)\n";
 
 const std::set<std::string>& connection_limit_options() {
   static const std::set<std::string> names{"max-connections", "max-connections-per-peer", "idle-timeout-ms"};
@@ -87,6 +87,21 @@ server::TcpServerOptions tcp_options(const Args& args) {
   to.host = address.host;
   to.port = address.port;
   return to;
+}
+
+LoadLog begin_load(const std::string& who, const std::string& what) {
+  logging::info("%s: loading %s", who.c_str(), what.c_str());
+  return {who, what, std::chrono::steady_clock::now()};
+}
+
+void end_load(const LoadLog& load) {
+  logging::info("%s: %s loaded in %.2f s", load.who.c_str(), load.what.c_str(),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - load.start).count());
+}
+
+std::string model_label(const Args& args) {
+  if (args.has("random-weights")) return "random weights of " + args.get("random-weights", "");
+  return args.get("model", "the default model");
 }
 
 void FrontEnds::bind(const Args& args, bool want_http, const std::string& default_http) {

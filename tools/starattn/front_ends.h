@@ -4,6 +4,7 @@
 // service exists (serve()).
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -39,6 +40,17 @@ std::string api_key(const Args& args);
 // callers can check the options before loading a model.
 server::HttpServerOptions http_options(const Args& args, const std::string& default_listen);
 server::TcpServerOptions tcp_options(const Args& args);
+
+// The model load's log lines: "<who>: loading <what>" when it starts, "<who>: <what> loaded in
+// N s" when it is done (a failure is the caller's exception).
+struct LoadLog {
+  std::string who, what;
+  std::chrono::steady_clock::time_point start;
+};
+LoadLog begin_load(const std::string& who, const std::string& what);
+void end_load(const LoadLog& load);
+// What --model or --random-weights names, for the load's log lines.
+std::string model_label(const Args& args);
 
 // Owns what the servers and the service's callbacks use. Construct it before the service and
 // let it be destroyed after: the service's last callbacks post to `io`.
