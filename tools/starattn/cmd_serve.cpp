@@ -24,6 +24,7 @@
 #include "server/client.h"
 #include "server/http_server.h"
 #include "server/tcp_server.h"
+#include "runtime/log.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/model_options.h"
 #include "tools/starattn/commands.h"
@@ -139,7 +140,7 @@ int cmd_serve(int argc, char** argv) {
     worker_port->start("127.0.0.1", actors::publish_actor(system, head.scheduler, "127.0.0.1", 0));
     const uint16_t bound = worker_port->port();
     if (args.has("port-file")) std::ofstream(args.get("port-file", "")) << bound << "\n";
-    std::fprintf(stderr, "starattn serve: listening on %s:%u (%s, protocol %u, model %s)\n",
+    logging::info("serve: listening on %s:%u (%s, protocol %u, model %s)",
                  host.c_str(), static_cast<unsigned>(bound),
                  tls.enabled() ? "mutual TLS" : "no TLS", wire::kProtocolVersion,
                  model->digest().c_str());
@@ -147,7 +148,7 @@ int cmd_serve(int argc, char** argv) {
       serve_clients(system, head, model, args, front);
     } else {
       while (!stop_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      std::fprintf(stderr, "starattn serve: stopping\n");
+      logging::info("serve: stopping");
     }
   } catch (...) {
     // The actor system's destructor would wait for the head's actors forever.

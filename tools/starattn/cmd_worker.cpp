@@ -12,6 +12,7 @@
 #include "actors/cluster.h"
 #include "transport/address.h"
 #include "actors/context_block.h"
+#include "runtime/log.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/model_options.h"
 #include "tools/starattn/commands.h"
@@ -117,7 +118,7 @@ int cmd_worker(int argc, char** argv) {
         throw;
       }
       if (port_file.is_open()) port_file << bound << "\n";
-      std::fprintf(stderr, "%s: context actor %zu published on %s:%u\n", name.c_str(), i,
+      logging::info("%s: context actor %zu published on %s:%u", name.c_str(), i,
                    host.c_str(), static_cast<unsigned>(bound));
     }
   }
@@ -133,7 +134,7 @@ int cmd_worker(int argc, char** argv) {
   }
   actors::stop_actors(system, blocks);
   const int status = alive == 0 ? 1 : 0;
-  if (alive == 0) std::fprintf(stderr, "%s: no context actor left, exiting\n", name.c_str());
+  if (alive == 0) logging::warn("%s: no context actor left, exiting", name.c_str());
   exit_after(status);
   return status;
 }

@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <thread>
 
+#include "runtime/log.h"
+
 namespace starattn::cli {
 
 inline volatile std::sig_atomic_t g_stop_signal = 0;
@@ -30,7 +32,7 @@ inline void exit_after(int status, std::chrono::seconds grace = std::chrono::sec
   std::fflush(nullptr);
   std::thread([status, grace] {
     std::this_thread::sleep_for(grace);
-    std::fprintf(stderr, "starattn: actor system shutdown did not finish in %llds, exiting\n",
+    starattn::logging::warn("actor system shutdown did not finish in %llds, exiting",
                  static_cast<long long>(grace.count()));
     std::fflush(nullptr);
     _exit(status);
