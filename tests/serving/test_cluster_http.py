@@ -153,7 +153,7 @@ class ClusterHttpTest(unittest.TestCase):
         c = self.cluster
         # Long enough (seconds) that it is still decoding whatever the machine's speed, and
         # within the tiny model's 4096 positions.
-        s, f = open_stream(c.port, {"prompt": CONTEXT * 2, "query": QUERY, "max_tokens": 3500,
+        s, f = open_stream(c.port, {"prompt": CONTEXT * 2, "query": QUERY, "max_tokens": 3000,
                                     "temperature": 0, "ignore_eos": True})
         read_events(f, count=3)  # it is decoding now
         held = c.kv_held()
@@ -206,7 +206,7 @@ class ClusterWorkerLossTest(unittest.TestCase):
 
     def test_a_killed_worker_gives_an_error_event_and_the_next_request_succeeds(self):
         c = self.cluster
-        s, f = open_stream(c.port, {"prompt": CONTEXT, "query": QUERY, "max_tokens": 3500,
+        s, f = open_stream(c.port, {"prompt": CONTEXT, "query": QUERY, "max_tokens": 3000,
                                     "temperature": 0, "ignore_eos": True})
         try:
             read_events(f, count=3)
