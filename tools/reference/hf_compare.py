@@ -207,6 +207,12 @@ def save_model(model, out_dir: Path) -> None:
         model.save_pretrained(out_dir)
     if not list(out_dir.glob("*.safetensors")):
         raise SystemExit(f"hf_compare.py: save_pretrained wrote no .safetensors file in {out_dir}")
+    # These random models have no tokenizer.json: say that their ids are bytes (starattn refuses a
+    # larger vocabulary without its tokenizer otherwise).
+    cfg_path = out_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["starattn_byte_vocabulary"] = True
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def to_legacy_config(cfg: dict) -> dict:
