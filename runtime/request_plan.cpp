@@ -86,6 +86,30 @@ RequestPlan cut_blocks(const BlockRequest& req, int workers) {
   return p;
 }
 
+namespace {
+
+// The runs of `p`'s blocks on workers with these bytes, or false when they do not fit.
+bool place(RequestPlan& p, const std::vector<int64_t>& worker_bytes, int use,
+           const MemoryModel& memory) {
+  std::vector<int64_t> caps;
+  for (int i = 0; i < use; ++i)
+    caps.push_back(memory.tokens_that_fit(worker_bytes[static_cast<size_t>(i)], p.scratch_rows));
+  const int64_t uniform = *std::min_element(caps.begin(), caps.end());
+  try {
+    p.runs = assign_blocks(p.blocks, std::vector<int64_t>(caps.size(), uniform));
+    return true;
+  } catch (const std::length_error&) {
+  }
+  try {
+    p.runs = assign_blocks(p.blocks, caps);
+    return true;
+  } catch (const std::length_error&) {
+    return false;
+  }
+}
+
+}  // namespace
+
 RequestPlan plan_request(const BlockRequest& req, const std::vector<int64_t>& worker_bytes,
                          const MemoryModel& memory, const std::string& where) {
   const int live = static_cast<int>(worker_bytes.size());
@@ -97,27 +121,22 @@ RequestPlan plan_request(const BlockRequest& req, const std::vector<int64_t>& wo
     p.runs.assign(static_cast<size_t>(use), {});
     return p;
   }
-  std::vector<int64_t> caps;
-  int64_t total = 0;
-  for (int i = 0; i < use; ++i) {
-    caps.push_back(memory.tokens_that_fit(worker_bytes[static_cast<size_t>(i)], p.scratch_rows));
-    total += caps.back();
+  if (place(p, worker_bytes, use, memory)) return p;
+  // The largest context these workers take with the same rules (block sizes and the encoding
+  // scratch shrink with the context when they default to it): what the message promises.
+  int64_t lo = 0, hi = req.context_len;
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    BlockRequest smaller = req;
+    smaller.context_len = mid;
+    RequestPlan q = cut_blocks(smaller, use);
+    (place(q, worker_bytes, use, memory) ? lo : hi) = mid;
   }
-  const int64_t uniform = *std::min_element(caps.begin(), caps.end());
-  try {
-    p.runs = assign_blocks(p.blocks, std::vector<int64_t>(caps.size(), uniform));
-  } catch (const std::length_error&) {
-    try {
-      p.runs = assign_blocks(p.blocks, caps);
-    } catch (const std::length_error&) {
-      throw Error(ErrorKind::capacity,
-                  "context of " + std::to_string(req.context_len) + " tokens does not fit: at most " +
-                      std::to_string(total) + " context tokens fit on " + where + " (" +
-                      mode_name(req.mode) + " mode, blocks of " + std::to_string(p.block_size) +
-                      ", anchor " + std::to_string(p.anchor_size) + ")");
-    }
-  }
-  return p;
+  throw Error(ErrorKind::capacity,
+              "context of " + std::to_string(req.context_len) + " tokens does not fit: at most " +
+                  std::to_string(lo) + " context tokens fit on " + where + " (" +
+                  mode_name(req.mode) + " mode, blocks of " + std::to_string(p.block_size) +
+                  ", anchor " + std::to_string(p.anchor_size) + ")");
 }
 
 }  // namespace starattn

@@ -2,6 +2,8 @@
 # The data plane on one GPU machine, in one device call (issue: the distributed path at the speed
 # of the hardware):
 #   tools/bench/dataplane_gpu.sh BUNDLE_DIR OUT_DIR [contexts, default 32768]
+# DATAPLANE_MPS=1 starts NVIDIA's MPS daemon for the run (a head and a worker process sharing one
+# GPU then run in one GPU context instead of being time-sliced; every run of the call uses it).
 # 1. the GPU test suites;
 # 2. bench-transport: the cuda_ipc round trip of one decode row of the 8B shape (32 heads x 128,
 #    bf16) between two processes, beside UCX's own floor (ucx_perftest, same host, same size) and
@@ -22,6 +24,12 @@ STEPS=",${DATAPLANE_STEPS:-tests,transport,e2e},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 say() { echo "$*" | tee -a "$OUT/summary.txt"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+if [ "${DATAPLANE_MPS:-0}" = 1 ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/starattn-mps CUDA_MPS_LOG_DIRECTORY=/tmp/starattn-mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  nvidia-cuda-mps-control -d && say "MPS on"
+  trap 'echo quit | nvidia-cuda-mps-control' EXIT
+fi
 
 if want tests; then
   say "=== gpu tests"
@@ -42,9 +50,9 @@ if want transport; then
     for spec in "posix 8192 host" "cuda_ipc,cuda_copy,posix 8192 cuda"; do
       set -- $spec
       say "--- ucx_perftest ucp_am_lat UCX_TLS=$1 size $2 memory $3"
-      UCX_TLS=$1 timeout 60 "$B/bin/ucx_perftest" -t ucp_am_lat -s "$2" -m "$3" -n 20000 -w 2000 -p 13337 > "$OUT/perftest_server.log" 2>&1 &
+      UCX_TLS=$1 LD_LIBRARY_PATH="$B/lib:${LD_LIBRARY_PATH:-}" timeout 60 "$B/bin/ucx_perftest" -t ucp_am_lat -s "$2" -m "$3" -n 20000 -w 2000 -p 13337 > "$OUT/perftest_server.log" 2>&1 &
       sleep 2
-      UCX_TLS=$1 timeout 60 "$B/bin/ucx_perftest" 127.0.0.1 -t ucp_am_lat -s "$2" -m "$3" -n 20000 -w 2000 -p 13337 2>&1 | tail -n 4 | tee -a "$OUT/summary.txt"
+      UCX_TLS=$1 LD_LIBRARY_PATH="$B/lib:${LD_LIBRARY_PATH:-}" timeout 60 "$B/bin/ucx_perftest" 127.0.0.1 -t ucp_am_lat -s "$2" -m "$3" -n 20000 -w 2000 -p 13337 2>&1 | tail -n 4 | tee -a "$OUT/summary.txt"
       wait
     done
   fi
@@ -71,11 +79,13 @@ if want e2e; then
     spid=$!
     timeout 600 "$S" worker --head 127.0.0.1:$port --random-weights "$CFG" --gpus 0 > "$OUT/worker_$C.log" 2>&1 &
     wpid=$!
-    for mode in full star; do
+    # full twice: the first request on a fresh cluster pays one-time costs (CUDA IPC mappings,
+    # lazily loaded kernels in the worker), the second shows the steady state.
+    for label in full star full_again; do
       STARATTN_LOG_PATHS=1 timeout 300 "$S" run --head 127.0.0.1:$port --min-workers 1 --context-file "$ctx" \
-        --query "what is the first word" --max-tokens 64 --ignore-eos --output ids --mode $mode \
-        > "$OUT/ids_${C}_procs_$mode.txt" 2> "$OUT/run_${C}_procs_$mode.err"
-      say "$C procs_$mode rc=$? | $(grep -E 'first token|decode:|data plane|phase 1' "$OUT/run_${C}_procs_$mode.err" | tr '\n' ' ')"
+        --query "what is the first word" --max-tokens 64 --ignore-eos --output ids --mode "${label%_again}" \
+        > "$OUT/ids_${C}_procs_$label.txt" 2> "$OUT/run_${C}_procs_$label.err"
+      say "$C procs_$label rc=$? | $(grep -E 'first token|decode:|data plane|phase 1' "$OUT/run_${C}_procs_$label.err" | tr '\n' ' ')"
     done
     grep -h "data paths\|cuda_ipc" "$OUT/serve_$C.log" "$OUT/worker_$C.log" | head -n 6 | tee -a "$OUT/summary.txt"
     kill $spid $wpid 2>/dev/null; wait $spid $wpid 2>/dev/null

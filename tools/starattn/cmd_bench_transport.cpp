@@ -29,6 +29,15 @@ using transport::AmMessage;
 
 volatile std::sig_atomic_t g_child_stop = 0;
 
+// Gives the parent the child's UCX address (length, then bytes) and closes the pipe.
+void hand_address(int address_pipe, const std::string& addr) {
+  const uint32_t n = static_cast<uint32_t>(addr.size());
+  if (write(address_pipe, &n, 4) != 4 ||
+      write(address_pipe, addr.data(), addr.size()) != static_cast<ssize_t>(addr.size()))
+    throw std::runtime_error("cannot hand the address to the parent");
+  close(address_pipe);
+}
+
 // The child: replies to every AttendRequest with an O + lse payload of the right size.
 [[noreturn]] void serve_echo(int address_pipe, int heads, int head_dim) {
   std::signal(SIGTERM, [](int) { g_child_stop = 1; });
@@ -36,12 +45,7 @@ volatile std::sig_atomic_t g_child_stop = 0;
   try {
     transport::UcxWorker ucx;
     ucx.listen(actors::kAmAttend);
-    const std::string& addr = ucx.address();
-    const uint32_t n = static_cast<uint32_t>(addr.size());
-    if (write(address_pipe, &n, 4) != 4 ||
-        write(address_pipe, addr.data(), addr.size()) != static_cast<ssize_t>(addr.size()))
-      throw std::runtime_error("cannot hand the address to the parent");
-    close(address_pipe);
+    hand_address(address_pipe, ucx.address());
     AmMessage m;
     while (!g_child_stop) {
       bool busy = ucx.progress();
@@ -79,12 +83,7 @@ volatile std::sig_atomic_t g_child_stop = 0;
     transport::UcxWorker ucx;
     ucx.listen(actors::kAmAttend);
     ucx.listen(actors::kAmIpcOpen);
-    const std::string& addr = ucx.address();
-    const uint32_t n = static_cast<uint32_t>(addr.size());
-    if (write(address_pipe, &n, 4) != 4 ||
-        write(address_pipe, addr.data(), addr.size()) != static_cast<ssize_t>(addr.size()))
-      throw std::runtime_error("cannot hand the address to the parent");
-    close(address_pipe);
+    hand_address(address_pipe, ucx.address());
     const int64_t cols = static_cast<int64_t>(heads) * head_dim;
     Tensor q, o, lse;
     std::unique_ptr<DeviceEvent> q_event, done;

@@ -34,6 +34,7 @@ const char* kRunHelp =
     "uses the chat template too: everything before the last user message is the context.\n\n"
     "  --head HOST:PORT       submit to the head of a cluster (starattn serve)\n"
     "  --min-workers N        with --head: wait until N workers are registered (default 1)\n"
+    "  --connect-timeout S    with --head: how long to keep trying to reach it (default 60)\n"
     "  --timeout S            with --head: give up when nothing arrives for S seconds (120)\n"
     "  --tls-cert F --tls-key F --tls-ca F  with --head: reach a head that runs with TLS\n"
     "  --mode star|full       Star Attention (default) or the full-attention baseline\n"
@@ -278,7 +279,7 @@ int cmd_run(int argc, char** argv) {
                   {"model", "context-file", "context-ids", "query", "query-ids", "max-tokens",
                    "mode", "workers", "block-size", "anchor-size", "seed", "output", "device",
                    "gpu", "threads", "temperature", "top-k", "top-p", "dump-logits", "head",
-                   "min-workers", "timeout", "random-weights", "weight-seed", "messages-file", "tls-cert",
+                   "min-workers", "timeout", "random-weights", "weight-seed", "connect-timeout", "messages-file", "tls-cert",
                    "tls-key", "tls-ca"},
                   {"ignore-eos", "no-anchor", "engine"});
   Printer out(args);
@@ -297,7 +298,9 @@ int cmd_run(int argc, char** argv) {
                                   "belong to its head and workers");
     const auto [host, port] = transport::parse_host_port(args.get("head", ""), "--head");
     const caf::actor scheduler =
-        actors::connect_remote(system, host, port, std::chrono::seconds(10));
+        actors::connect_remote(system, host, port,
+                               std::chrono::milliseconds(static_cast<int64_t>(
+                                   args.get_double("connect-timeout", 60) * 1000)));
     actors::wait_for_workers(system, scheduler, static_cast<int>(args.get_int("min-workers", 1)),
                              std::chrono::seconds(60));
     const auto idle = std::chrono::milliseconds(
