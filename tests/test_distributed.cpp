@@ -303,6 +303,35 @@ TEST_F(Distributed, StoppedWorkerFailsItsRequestInSecondsAndIsReadmitted) {
   EXPECT_TRUE(head_->alive());
 }
 
+// Every listening socket of the head and the workers (control plane, relay, UCX data plane) is on
+// the loopback address they were given: nothing listens on the machine's other interfaces.
+TEST_F(Distributed, EveryPortListensOnlyWhereItWasTold) {
+  start_cluster(2);
+  FILE* ss = popen("ss -ltnpH 2>/dev/null", "r");
+  if (!ss) GTEST_SKIP() << "ss is not available";
+  std::string all;
+  char buf[512];
+  while (fgets(buf, sizeof(buf), ss)) all += buf;
+  if (pclose(ss) != 0 || all.empty()) GTEST_SKIP() << "ss gave no listing";
+  std::vector<pid_t> pids{head_->pid()};
+  for (const auto& w : workers_) pids.push_back(w->pid());
+  int ours = 0;
+  std::istringstream lines(all);
+  for (std::string line; std::getline(lines, line);) {
+    bool mine = false;
+    for (pid_t pid : pids) mine |= line.find("pid=" + std::to_string(pid) + ",") != std::string::npos;
+    if (!mine) continue;
+    ++ours;
+    std::istringstream fields(line);
+    std::string state, recvq, sendq, local;
+    fields >> state >> recvq >> sendq >> local;
+    EXPECT_TRUE(local.rfind("127.0.0.1:", 0) == 0 || local.rfind("[::1]:", 0) == 0)
+        << "listening outside loopback: " << line;
+  }
+  // The head's relay and middleman, and each process's UCX worker(s), at least.
+  EXPECT_GE(ours, 4) << all;
+}
+
 TEST_F(Distributed, CancelByIdStopsTheRequestAndFreesTheWorkersKv) {
   start_cluster(2);
   caf::actor_system_config config;

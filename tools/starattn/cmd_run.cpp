@@ -10,6 +10,7 @@
 
 #include "actors/cluster.h"
 #include "transport/address.h"
+#include "transport/net_devices.h"
 #include "actors/context_block.h"
 #include "runtime/chat_template.h"
 #include "runtime/engine.h"
@@ -308,6 +309,8 @@ int cmd_run(int argc, char** argv) {
     return run_on_actors(system, scheduler, req, out, idle, "head " + args.get("head", ""));
   }
 
+  // Nothing outside this process talks to its data plane.
+  transport::restrict_ucx_net_devices("lo");
   // One process, the same actors as a cluster: scheduler, query actor, W context actors. They
   // share one copy of the weights (see actors/model_host.h).
   const int workers = static_cast<int>(args.get_int("workers", 1));

@@ -20,6 +20,7 @@
 
 #include "actors/cluster.h"
 #include "transport/address.h"
+#include "transport/net_devices.h"
 #include "actors/scheduler_service.h"
 #include "server/client.h"
 #include "server/http_server.h"
@@ -62,6 +63,8 @@ const char* kServeHelp =
     "  --api-key-env VAR      the API key is in $VAR: HTTP needs 'Authorization: Bearer KEY' on\n"
     "                         every endpoint but /health, framed TCP an Auth frame first\n"
     "  --model-name NAME      the model's name in responses (default: the directory name)\n"
+    "  --data-plane-devices L UCX network devices of the query actor's data plane (default: the\n"
+    "                         interface of --listen; all for a wildcard address)\n"
     "  --device cpu|cuda      backend of the query actor (default cpu); --gpu N picks the device\n"
     "  --threads N            cpu threads (default: all cores)\n"
     "  --exchange-timeout S   fail a request when a layer's replies take longer (default 30)\n"
@@ -103,13 +106,16 @@ int cmd_serve(int argc, char** argv) {
                   {"listen", "model", "port-file", "device", "gpu", "threads", "exchange-timeout",
                    "http", "tcp", "io-threads", "max-running", "max-queue", "max-context-tokens",
                    "max-body-bytes", "header-timeout-ms", "body-timeout-ms", "api-key-env",
-                   "model-name", "tls-cert", "tls-key", "tls-ca", "random-weights",
+                   "model-name", "tls-cert", "tls-key", "tls-ca", "random-weights", "data-plane-devices",
                    "weight-seed"},
                   {"quiet", "insecure"}, {&connection_limit_options(), &worker_port_limit_options()});
   const auto [host, port] = transport::parse_host_port(args.require("listen"), "--listen");
   const actors::TlsFiles tls = actors::tls_files(args.get("tls-cert", ""), args.get("tls-key", ""),
                                                  args.get("tls-ca", ""));
   actors::check_listen_allowed(host, tls.enabled(), args.flag("insecure"), "listen");
+  // The query actor's data plane listens on the --listen address's interface only.
+  logging::info("data plane on UCX devices: %s",
+                transport::bind_data_plane(args.get("data-plane-devices", ""), host).c_str());
   // Every port is bound before the model loads, so a taken one fails at once. The worker port
   // is our acceptor (limits on connections, idle timeout) relaying to the middleman, which
   // listens on loopback only.

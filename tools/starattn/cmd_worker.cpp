@@ -11,6 +11,7 @@
 
 #include "actors/cluster.h"
 #include "transport/address.h"
+#include "transport/net_devices.h"
 #include "actors/context_block.h"
 #include "runtime/log.h"
 #include "tools/starattn/args.h"
@@ -27,6 +28,9 @@ const char* kWorkerHelp =
     "Serves context blocks for a head: one context actor per GPU, or one on the cpu backend.\n"
     "Waits for the head to come up; exits when the head goes away or on SIGINT/SIGTERM.\n\n"
     "  --head HOST:PORT       the head's --listen address\n"
+    "  --data-plane-devices L UCX network devices of the data plane (UCX_NET_DEVICES list, e.g.\n"
+    "                         eth0,mlx5_0:1); default: the interface of --listen, else the one\n"
+    "                         that reaches the head\n"
     "  --gpus LIST            GPU indices (cuda backend), one context actor each\n"
     "  --cpu-threads N        cpu backend threads (default: all cores)\n"
     "  --listen HOST:PORT     also publish the context actors here (status, probing); actor i\n"
@@ -50,10 +54,19 @@ int cmd_worker(int argc, char** argv) {
     return 0;
   }
   const Args args(argc, argv, 2,
-                  {"head", "model", "random-weights", "weight-seed", "gpus", "cpu-threads", "listen", "port-file", "kv-fraction",
+                  {"head", "model", "random-weights", "weight-seed", "data-plane-devices", "gpus", "cpu-threads", "listen", "port-file", "kv-fraction",
                    "connect-timeout", "name", "tls-cert", "tls-key", "tls-ca"},
                   {"insecure"}, {&worker_port_limit_options()});
   const auto [head_host, head_port] = transport::parse_host_port(args.require("head"), "--head");
+  // The data plane listens where this worker is reachable: its --listen address, else the
+  // address it reaches the head from (or --data-plane-devices).
+  {
+    const std::string advertised = args.has("listen")
+        ? transport::parse_host_port(args.get("listen", ""), "--listen").host
+        : transport::local_address_towards(head_host, head_port);
+    logging::info("data plane on UCX devices: %s",
+                  transport::bind_data_plane(args.get("data-plane-devices", ""), advertised).c_str());
+  }
 
   if (args.has("gpus") && args.has("cpu-threads"))
     throw std::invalid_argument("give --gpus or --cpu-threads, not both");
