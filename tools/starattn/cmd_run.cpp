@@ -182,16 +182,6 @@ int run_on_actors(caf::actor_system& system, const caf::actor& scheduler,
   return 0;
 }
 
-// --model, else the default model deploy/fetch-model.sh installs.
-std::string model_path(const Args& args) {
-  if (args.has("model")) return args.get("model", "");
-  const std::string path = default_model_path();
-  if (!std::ifstream(path))
-    throw std::invalid_argument("no --model given and the default model is not at " + path +
-                                ": run deploy/fetch-model.sh (or pass --model)");
-  return path;
-}
-
 int run_engine(const Args& args, Printer& out) {
   EngineOptions options;
   options.random_weights = args.has("random-weights");

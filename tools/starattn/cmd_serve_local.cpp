@@ -7,6 +7,7 @@
 #include "runtime/engine.h"
 #include "server/engine_service.h"
 #include "tools/starattn/args.h"
+#include "tools/starattn/model_options.h"
 #include "tools/starattn/commands.h"
 #include "tools/starattn/front_ends.h"
 #include "tools/starattn/signals.h"
@@ -42,16 +43,6 @@ const char* kServeLocalHelp =
     "  --device cpu|cuda      backend (default cpu); --gpu N picks the device\n"
     "  --threads N            cpu threads (default: all cores)\n"
     "  --log-level L          error, warn, info (default) or debug\n";
-
-// --model, else the default model as `run` finds it.
-std::string model_path(const Args& args) {
-  if (args.has("model")) return args.get("model", "");
-  const std::string path = default_model_path();
-  if (!std::ifstream(path))
-    throw std::invalid_argument("no --model given and the default model is not at " + path +
-                                ": run deploy/fetch-model.sh (or pass --model)");
-  return path;
-}
 
 }  // namespace
 

@@ -1,8 +1,20 @@
 #include "tools/starattn/model_options.h"
 
+#include <fstream>
 #include <stdexcept>
 
+#include "runtime/engine.h"
+
 namespace starattn::cli {
+
+std::string model_path(const Args& args) {
+  if (args.has("model")) return args.get("model", "");
+  const std::string path = default_model_path();
+  if (!std::ifstream(path))
+    throw std::invalid_argument("no --model given and the default model is not at " + path +
+                                ": run deploy/fetch-model.sh (or pass --model)");
+  return path;
+}
 
 ModelLoadOptions model_load_options(const Args& args, const std::string& device, int gpu,
                                     int threads, const std::string& fallback_model) {

@@ -10,6 +10,10 @@
 
 namespace starattn::cli {
 
+// --model, else the default model deploy/fetch-model.sh installs (an error saying how to get it
+// when it is not there).
+std::string model_path(const Args& args);
+
 // `fallback_model` is used when neither option is given (empty: --model is required).
 ModelLoadOptions model_load_options(const Args& args, const std::string& device, int gpu,
                                     int threads, const std::string& fallback_model);
