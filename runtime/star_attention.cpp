@@ -1,9 +1,12 @@
 #include "runtime/star_attention.h"
 
 #include <algorithm>
+#include <chrono>
 #include <numeric>
 #include <stdexcept>
 #include <string>
+
+#include "runtime/log.h"
 
 namespace starattn {
 namespace {
@@ -85,6 +88,24 @@ void ContextShard::encode(const std::vector<int32_t>& anchor, const std::vector<
   ForwardOptions kv_only;
   kv_only.kv_only = true;
   bool have_anchor = false;
+  // Progress of long encodes (seconds at 128K) at info level, of every encode at debug level.
+  // Timing a block waits for the backend, so it is done only when the line is printed.
+  int64_t total = 0;
+  for (const BlockSpec& blk : blocks) total += blk.length;
+  const logging::Level progress = total >= 16384 ? logging::Level::info : logging::Level::debug;
+  const bool report = logging::enabled(progress);
+  auto t_block = std::chrono::steady_clock::now();
+  auto block_done = [&](const BlockSpec& blk) {
+    if (!report) return;
+    be.synchronize();
+    const auto now = std::chrono::steady_clock::now();
+    logging::write(progress, "phase 1: block %d (positions %lld..%lld, anchor %lld) encoded in %.1f ms",
+                   blk.index, static_cast<long long>(blk.start),
+                   static_cast<long long>(blk.start + blk.length - 1),
+                   static_cast<long long>(blk.start == 0 ? 0 : a),
+                   std::chrono::duration<double, std::milli>(now - t_block).count());
+    t_block = now;
+  };
 
   for (size_t i = 0; i < blocks.size(); ++i) {
     const BlockSpec& blk = blocks[i];
@@ -102,6 +123,7 @@ void ContextShard::encode(const std::vector<int32_t>& anchor, const std::vector<
         scratch.truncate(a);
         have_anchor = true;
       }
+      block_done(blk);
       continue;
     }
     if (a > 0 && !have_anchor) {
@@ -116,6 +138,7 @@ void ContextShard::encode(const std::vector<int32_t>& anchor, const std::vector<
     model_.forward(toks.data(), pos.data(), blk.length, hook, ws_, kv_only);
     scratch.commit(blk.length);
     cache_.append_from(scratch, a, blk.length);
+    block_done(blk);
   }
 }
 

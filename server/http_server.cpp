@@ -214,7 +214,14 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     std::string body;
     if (path == "/health") {
-      body = nlohmann::json{{"status", "ok"}, {"model", info.model}, {"queued", shared_->service.queued()}}.dump();
+      // "degraded" while some worker does not answer (it gets no new work), naming each.
+      nlohmann::json unhealthy = nlohmann::json::array();
+      for (const WorkerLoad& w : shared_->service.load())
+        if (!w.unhealthy.empty()) unhealthy.push_back({{"worker", w.worker}, {"why", w.unhealthy}});
+      nlohmann::json h{{"status", unhealthy.empty() ? "ok" : "degraded"}, {"model", info.model},
+                       {"queued", shared_->service.queued()}};
+      if (!unhealthy.empty()) h["unhealthy_workers"] = unhealthy;
+      body = h.dump();
     } else if (model_path) {
       try {
         body = model_json(model_id, info);

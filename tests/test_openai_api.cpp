@@ -496,9 +496,14 @@ class ScriptedService : public GenerationService {
     return nullptr;
   }
   ServiceInfo info() const override { return served("scripted-model"); }
-  std::vector<WorkerLoad> load() const override { return {}; }
+  std::vector<WorkerLoad> load() const override {
+    std::lock_guard<std::mutex> lock(mutex);
+    return workers;
+  }
   int queued() const override { return 0; }
   std::atomic<int> submitted{0};
+  mutable std::mutex mutex;
+  std::vector<WorkerLoad> workers;
 };
 
 class OpenAIServerTest : public ::testing::Test {
@@ -554,6 +559,29 @@ class OpenAIServerTest : public ::testing::Test {
   std::unique_ptr<HttpServer> server_;
   std::thread thread_;
 };
+
+TEST_F(OpenAIServerTest, HealthIsDegradedNamingAWorkerThatStoppedAnswering) {
+  auto [status, body] = request("GET", "/health", "");
+  EXPECT_EQ(status, 200);
+  EXPECT_EQ(json::parse(body)["status"], "ok") << body;
+  {
+    std::lock_guard<std::mutex> lock(service_.mutex);
+    service_.workers = {{"w0", 10, 1, ""}, {"w1", 0, 0, "context worker w1 stopped answering: no heartbeat for 5012 ms"}};
+  }
+  std::tie(status, body) = request("GET", "/health", "");
+  EXPECT_EQ(status, 200);  // still serving, on the workers left
+  const json h = json::parse(body);
+  EXPECT_EQ(h["status"], "degraded") << body;
+  ASSERT_EQ(h["unhealthy_workers"].size(), 1u) << body;
+  EXPECT_EQ(h["unhealthy_workers"][0]["worker"], "w1");
+  EXPECT_NE(h["unhealthy_workers"][0]["why"].get<std::string>().find("no heartbeat"), std::string::npos);
+  {
+    std::lock_guard<std::mutex> lock(service_.mutex);
+    service_.workers[1].unhealthy.clear();
+  }
+  std::tie(status, body) = request("GET", "/health", "");
+  EXPECT_EQ(json::parse(body)["status"], "ok") << body;
+}
 
 TEST_F(OpenAIServerTest, NChoicesStreamedAndWholeWithLogprobs) {
   const json req{{"model", "scripted-model"}, {"prompt", "doc\n\nwhy?"}, {"n", 3}, {"temperature", 0.5},
