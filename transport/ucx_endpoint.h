@@ -10,9 +10,11 @@
 // is bulk data. Small messages arrive eagerly; large ones use UCX's rendezvous protocol and are
 // fetched into an owned buffer before they are queued, so a received message is always complete.
 //
-// Memory: buffers handed to UCX here are host memory. Debian's UCX has no CUDA transport, so
-// device tensors are staged through host buffers by the caller (Backend::download/upload);
-// device_memory_supported() reports whether a CUDA-aware UCX could take device pointers.
+// Memory: buffers handed to UCX here are host memory: the runtime moves device tensors between
+// processes of one host by CUDA IPC (actors/data_plane.h), so UCX carries only headers there, and
+// between hosts it stages them through host buffers (Backend::download/upload).
+// device_memory_supported() reports whether the UCX in use (deploy/build-ucx.sh's has cuda_copy
+// and cuda_ipc) could take device pointers.
 #pragma once
 
 #include <cstddef>
