@@ -393,6 +393,13 @@ void CudaBackend::profile_report(const std::string& label) {
 
 namespace starattn {
 
+namespace {
+// Registers "cuda" with the runtime's backend registry when this library is linked (it is linked
+// whole, see cuda/CMakeLists.txt, so this initializer is never dropped).
+[[maybe_unused]] const bool g_registered =
+    register_backend("cuda", [](int device, int) { return make_cuda_backend(device); });
+}  // namespace
+
 std::unique_ptr<Backend> make_cuda_backend(int device) {
   return std::make_unique<cuda_detail::CudaBackend>(device);
 }

@@ -1,13 +1,11 @@
 #include "runtime/backend.h"
 
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <utility>
 
 #include "runtime/cpu_backend.h"
-
-#ifdef STARATTN_HAVE_CUDA
-#include "cuda/cuda_backend.h"
-#endif
 
 namespace starattn {
 
@@ -62,19 +60,44 @@ void Buffer::release() {
   view_ = Tensor{};
 }
 
+namespace {
+
+// Backends other than cpu, by name, as they registered themselves (register_backend).
+struct Registry {
+  std::mutex mutex;
+  std::map<std::string, BackendFactory> factories;
+};
+Registry& registry() {
+  static Registry r;
+  return r;
+}
+
+}  // namespace
+
+bool register_backend(const std::string& name, BackendFactory factory) {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  return r.factories.emplace(name, std::move(factory)).second;
+}
+
 std::vector<std::string> available_backends() {
   std::vector<std::string> names{"cpu"};
-#ifdef STARATTN_HAVE_CUDA
-  names.push_back("cuda");
-#endif
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  for (const auto& [name, factory] : r.factories) names.push_back(name);
   return names;
 }
 
 std::unique_ptr<Backend> make_backend(const std::string& name, int device, int threads) {
   if (name == "cpu") return make_cpu_backend(threads);
-#ifdef STARATTN_HAVE_CUDA
-  if (name == "cuda") return make_cuda_backend(device);
-#endif
+  BackendFactory factory;
+  {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    auto it = r.factories.find(name);
+    if (it != r.factories.end()) factory = it->second;
+  }
+  if (factory) return factory(device, threads);
   std::string known;
   for (const auto& n : available_backends()) known += (known.empty() ? "" : ", ") + n;
   throw std::invalid_argument("unknown or unavailable backend '" + name +

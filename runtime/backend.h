@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -186,7 +187,13 @@ class Backend {
   virtual DeviceIpc* ipc() { return nullptr; }
 };
 
-// Creates a backend by name ("cpu", "cuda"); throws with the list of compiled backends otherwise.
+// Backends register themselves by name (the cuda library does it when it is linked, in a static
+// initializer), so the runtime knows no backend but its own cpu one; in the way ggml's registry
+// works. Returns false when the name was taken.
+using BackendFactory = std::function<std::unique_ptr<Backend>(int device, int threads)>;
+bool register_backend(const std::string& name, BackendFactory factory);
+
+// Creates a backend by name ("cpu", "cuda"); throws with the list of registered backends otherwise.
 std::unique_ptr<Backend> make_backend(const std::string& name, int device = 0, int threads = 0);
 // Names of the backends this build has.
 std::vector<std::string> available_backends();
