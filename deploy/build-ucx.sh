@@ -86,7 +86,11 @@ patches=("$patch_dir"/*.patch)
 [ -e "${patches[0]}" ] || die "no patches under $patch_dir"
 patch_sum=$(cat "${patches[@]}" | sha256sum | cut -c1-16)
 stamp_file=$prefix/share/starattn/ucx-build.txt
-stamp="ucx $UCX_VERSION; patches $patch_sum; configure ${configure_args[*]}"
+# Only the libraries, the transport modules, ucx_info, ucx_perftest (the data plane's transport
+# floor, with its CUDA memory module) and the CMake/pkg-config files: the top-level make would
+# also build tests and examples.
+subdirs=(src/ucm src/ucs src/uct src/ucp src/tools/info src/tools/perf cmake)
+stamp="ucx $UCX_VERSION; patches $patch_sum; configure ${configure_args[*]}; parts ${subdirs[*]}"
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] && [ -e "$prefix/lib/libucp.so.0" ]; then
   log "UCX $UCX_VERSION already built in $prefix (same patches and options)"
   exit 0
@@ -212,9 +216,6 @@ cd "$work/build"
 log "configure ${configure_args[*]}"
 "$src/configure" "${configure_args[@]}" >"$work/configure.log" 2>&1 \
   || { tail -n 30 "$work/configure.log" >&2; die "configure failed (see the lines above)"; }
-# Only the libraries, the transport modules, ucx_info and the CMake/pkg-config files: the
-# top-level make would also build tests, examples and the perf tool.
-subdirs=(src/ucm src/ucs src/uct src/ucp src/tools/info cmake)
 for d in "${subdirs[@]}"; do
   log "make -C $d -j$jobs"
   make -C "$d" -j"$jobs" >"$work/make.log" 2>&1 || { tail -n 40 "$work/make.log" >&2; die "make in $d failed"; }

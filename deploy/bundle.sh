@@ -5,7 +5,8 @@
 # OpenBLAS, libnuma, ...), e.g. a GPU host with only the CUDA toolkit installed:
 #
 #   OUT_DIR/bin/        starattn, every test executable found under BUILD_DIR/tests (flat), and
-#                       ucx_info (to see which UCX transports load on the target: ucx_info -d)
+#                       ucx_info (to see which UCX transports load on the target: ucx_info -d) and
+#                       ucx_perftest (the transports' own latency, host or cuda memory)
 #   OUT_DIR/lib/        every non-system shared library they need; RUNPATH '$ORIGIN'
 #   OUT_DIR/lib/ucx/    UCX's transport modules (dlopen'ed by libucs, so ldd never lists them):
 #                       those of the UCX the programs link, i.e. deploy/build-ucx.sh's build with
@@ -171,13 +172,15 @@ if [ -n "${copied[libucs.so.0]:-}" ]; then
     copy_deps_of "$m"
   done
   log "UCX modules from $ucx_mod_dir: ${!modules[*]}"
-  # ucx_info of the same build, for checking the transports on the target (not a test: see
-  # run-tests.sh).
-  ucx_info=$(dirname "$ucs_dir")/bin/ucx_info
-  if [ -x "$ucx_info" ]; then
-    cp -p "$ucx_info" "$OUT_DIR/bin/"
-    copy_deps_of "$ucx_info"
-  fi
+  # ucx_info and ucx_perftest of the same build, for checking the transports on the target and
+  # measuring their floor (not tests: see run-tests.sh).
+  for tool in ucx_info ucx_perftest; do
+    path=$(dirname "$ucs_dir")/bin/$tool
+    if [ -x "$path" ]; then
+      cp -p "$path" "$OUT_DIR/bin/"
+      copy_deps_of "$path"
+    fi
+  done
 fi
 
 # ---- strip, then RUNPATH: executables look in ../lib, libraries next to themselves ----
@@ -230,7 +233,7 @@ EOF
 # ---- run-tests.sh: ctest-free runner ----
 cat >"$OUT_DIR/run-tests.sh" <<'EOF'
 #!/usr/bin/env bash
-# Runs every test binary of the bundle (bin/ minus starattn and ucx_info) and prints a summary line
+# Runs every test binary of the bundle (bin/ minus starattn and the UCX tools) and prints a summary line
 # 'N passed, N failed'. Exit code 0 iff every binary passed.
 #
 # usage: run-tests.sh [-b GLOB] [GTEST_FILTER]
@@ -255,7 +258,7 @@ args=()
 passed=0; failed=0; failed_names=()
 for t in "$here"/bin/*; do
   name=$(basename "$t")
-  case "$name" in starattn|ucx_info) continue ;; esac
+  case "$name" in starattn|ucx_info|ucx_perftest) continue ;; esac
   # shellcheck disable=SC2254
   case "$name" in $glob) ;; *) continue ;; esac
   echo "=== $name ${args[*]:-}"
