@@ -27,6 +27,7 @@ struct QueryState {
   QueryOptions options;
   transport::PeerPlace place;
   std::unique_ptr<transport::UcxWorker> ucx;
+  std::shared_ptr<DevicePayloadPool> payloads;  // the ucx_device path's buffers; null without it
   std::map<uint64_t, transport::UcxWorker::EpId> endpoints;  // worker id -> endpoint
   std::map<uint64_t, std::unique_ptr<ActiveQuery>> active;
   // Sessions hold backend buffers and endpoints: drop them before the UCX worker goes.
@@ -79,7 +80,7 @@ std::unique_ptr<ShardLinks> link_shards(Self* self, const wire::StartQuery& req)
     ShardLinks::Link l;
     l.worker_id = s.worker_id();
     l.name = s.name();
-    const transport::PeerPlace peer{s.host_id(), s.process_id(), s.ipc_device()};
+    const transport::PeerPlace peer{s.host_id(), s.process_id(), s.ipc_device(), s.ucx_device_memory()};
     l.local = ShardServer::find_in_process(s.ucx_address(), req.request_id(), &host.backend());
     const transport::PathChoice choice = transport::choose_data_path(st.place, peer, l.local != nullptr);
     l.path = choice.path;
@@ -103,7 +104,7 @@ std::unique_ptr<ShardLinks> link_shards(Self* self, const wire::StartQuery& req)
   }
   auto out = std::make_unique<ShardLinks>(*st.ucx, host.model(), req.request_id(), std::move(links),
                                           st.options.health, st.options.exchange_timeout,
-                                          std::max(req.query_size(), 1));
+                                          std::max(req.query_size(), 1), st.payloads);
   if (st.options.verbose || std::getenv("STARATTN_LOG_PATHS"))
     std::fprintf(stderr, "head: request %llu data paths: %s\n",
                  static_cast<unsigned long long>(req.request_id()), out->describe().c_str());
@@ -174,10 +175,15 @@ caf::behavior query(Self* self, QueryOptions options) {
   const ModelHost& host = *self->state.options.model;
   adopt_compute_threads(host.threads());
   DeviceIpc* ipc = host.backend().ipc();
-  self->state.place = transport::this_process(ipc ? ipc->device_id() : "");
+  self->state.place =
+      transport::this_process(ipc ? ipc->device_id() : "", ucx_carries_device_memory(host.backend()));
   self->state.ucx = std::make_unique<transport::UcxWorker>();
   self->state.ucx->listen(kAmAttendReply);
   self->state.ucx->listen(kAmIpcOpenReply);
+  if (self->state.place.ucx_device) {
+    self->state.payloads = std::make_shared<DevicePayloadPool>(host.backend());
+    sink_device_replies(*self->state.ucx, self->state.payloads);
+  }
   self->set_default_handler(caf::drop);
   return {
       [self](start_atom, const std::string& bytes) {

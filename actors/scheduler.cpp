@@ -31,6 +31,7 @@ struct Worker {
   int64_t kv_tokens = 0;  // placed here by requests not yet released
   std::set<uint64_t> requests;
   std::string host_id, ipc_device;
+  bool ucx_device_memory = false;
   uint64_t process_id = 0;
   clock::time_point last_heartbeat = clock::now();
   bool unresponsive = false;
@@ -215,6 +216,7 @@ std::string do_register(Self* self, const std::string& bytes) {
     w.host_id = reg.host_id();
     w.process_id = reg.process_id();
     w.ipc_device = reg.ipc_device();
+    w.ucx_device_memory = reg.ucx_device_memory();
     self->monitor(actor);
     log(self, "worker " + std::to_string(w.id) + " registered: " + w.name + " (" + w.device +
                   ", room for " + std::to_string(w.capacity_tokens) + " tokens of KV)");
@@ -284,6 +286,7 @@ void start_phase2(Self* self, Request& r) {
     ref->set_host_id(wk.host_id);
     ref->set_process_id(wk.process_id);
     ref->set_ipc_device(wk.ipc_device);
+    ref->set_ucx_device_memory(wk.ucx_device_memory);
   }
   r.decoding = true;
   self->send(st.options.query, start_atom::value, wire::encode(s));
