@@ -45,12 +45,16 @@ fi
 if want transport; then
   say "=== bench-transport (8B decode row: 32 heads x 128)"
   timeout 120 "$S" bench-transport --device cuda --rows 1,16 --iters 5000 --warmup 500 2>&1 | tee -a "$OUT/summary.txt"
+  say "--- ucx_device: device memory handed to UCX, same host (UCX picks: cuda_ipc / shared memory)"
+  timeout 120 "$S" bench-transport --device cuda --path ucx --rows 1,16,256 --iters 3000 --warmup 300 2>&1 | tee -a "$OUT/summary.txt"
+  say "--- ucx_device as between hosts (UCX peer-failure mode: tcp + cuda_copy staging)"
+  timeout 120 "$S" bench-transport --device cuda --path ucx --peer-failure detect --rows 1,16,256 --iters 2000 --warmup 200 2>&1 | tee -a "$OUT/summary.txt"
   say "--- staged host payloads, same host, shared memory"
   timeout 120 "$S" bench-transport --peer-failure control-plane --rows 1 --iters 5000 2>&1 | tee -a "$OUT/summary.txt"
   say "--- staged host payloads, UCX peer-failure mode (tcp)"
   timeout 120 "$S" bench-transport --peer-failure detect --rows 1 --iters 2000 2>&1 | tee -a "$OUT/summary.txt"
   if [ -x "$B/bin/ucx_perftest" ]; then
-    for spec in "posix 8192 host" "cuda_ipc,cuda_copy,posix 8192 cuda"; do
+    for spec in "posix 8192 host" "cuda_ipc,cuda_copy,posix 8192 cuda" "tcp,cuda_copy 8192 cuda" "tcp 8192 host"; do
       set -- $spec
       say "--- ucx_perftest ucp_am_lat UCX_TLS=$1 size $2 memory $3"
       UCX_TLS=$1 LD_LIBRARY_PATH="$B/lib:${LD_LIBRARY_PATH:-}" timeout 60 "$B/bin/ucx_perftest" -t ucp_am_lat -s "$2" -m "$3" -n 20000 -w 2000 -p 13337 > "$OUT/perftest_server.log" 2>&1 &
