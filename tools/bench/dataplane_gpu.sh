@@ -12,6 +12,7 @@
 #    in one process, and a head plus one worker process on the same GPU, in full and star mode,
 #    with the token ids of each run kept so they can be compared (DATAPLANE_RUNS=engine_full,...
 #    keeps only the one-process runs named);
+#    (step "procs": the head + worker process runs; "e2e": the one-process runs);
 # 4. (step "remote") the head plus a worker that says it is on another host: UCX over tcp with
 #    device memory handed to UCX (ucx_device), and staged by us, for comparison.
 # Everything lands in OUT_DIR, packed into OUT_DIR/dataplane.tar.gz with summary.txt beside it.
@@ -23,7 +24,7 @@ CONTEXTS=${3:-32768}
 export OMP_WAIT_POLICY=passive
 S="$B/bin/starattn"
 CFG=tools/bench/llama31_8b_config.json
-STEPS=",${DATAPLANE_STEPS:-tests,transport,e2e,remote},"
+STEPS=",${DATAPLANE_STEPS:-tests,transport,e2e,procs,remote},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 say() { echo "$*" | tee -a "$OUT/summary.txt"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
@@ -65,7 +66,7 @@ if want transport; then
   fi
 fi
 
-if want e2e; then
+if want e2e || want remote; then
   for C in ${CONTEXTS//,/ }; do
     ctx="$OUT/context_$C.txt"
     python3 -c "import random,sys; r=random.Random(7); sys.stdout.write(''.join(chr(97+r.randrange(26)) if r.random()>0.15 else ' ' for _ in range($C)))" > "$ctx"
@@ -77,11 +78,13 @@ if want e2e; then
       say "$C $label rc=$? | $(grep -E 'first token|decode:|data plane|phase 1' "$OUT/run_${C}_$label.err" | tr '\n' ' ')"
     }
     say "=== e2e 8B shape, context $C"
+    want e2e || DATAPLANE_RUNS=none
     run engine_full --engine --mode full
     run engine_star4 --engine --mode star --workers 4
     run actors_full1 --mode full --workers 1
     run actors_star4 --mode star --workers 4
     # A head and one worker process on the same GPU (CUDA IPC between them).
+    if want procs; then
     port=$((7800 + RANDOM % 100))
     timeout 600 "$S" serve --listen 127.0.0.1:$port --random-weights "$CFG" --device cuda > "$OUT/serve_$C.log" 2>&1 &
     spid=$!
@@ -97,6 +100,7 @@ if want e2e; then
     done
     grep -h "data paths\|cuda_ipc" "$OUT/serve_$C.log" "$OUT/worker_$C.log" | head -n 6 | tee -a "$OUT/summary.txt"
     kill $spid $wpid 2>/dev/null; wait $spid $wpid 2>/dev/null
+    fi
     # The worker as if on another host (STARATTN_HOST_ID): no CUDA IPC, UCX over tcp, with
     # device memory handed to UCX (ucx_device) and, for comparison, staged by us.
     if want remote; then
