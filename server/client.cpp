@@ -77,7 +77,7 @@ Client::~Client() = default;
 
 void Client::send_raw_frame(const std::string& frame_bytes) { impl_->write(frame_bytes); }
 
-Completion Client::generate(const TextRequest& request,
+RequestStats Client::generate(const RequestSpec& request,
                             const std::function<bool(const TokenEvent&)>& on_token) {
   serving::ClientFrame frame;
   frame.set_protocol_version(kServingProtocolVersion);
@@ -87,9 +87,7 @@ Completion Client::generate(const TextRequest& request,
   for (;;) {
     const serving::ServerFrame f = impl_->read();
     if (f.has_token()) {
-      TokenEvent ev;
-      ev.text = f.token().text();
-      ev.tokens.assign(f.token().tokens().begin(), f.token().tokens().end());
+      const TokenEvent ev = token_from_proto(f.token());
       if (!cancel_sent && on_token && !on_token(ev)) {
         serving::ClientFrame cancel;
         cancel.set_protocol_version(kServingProtocolVersion);

@@ -37,7 +37,7 @@ class Client {
   // Runs one request. on_token gets every token frame; returning false sends a Cancel (the
   // request then ends with finish_reason "cancelled"). Throws ServerError for an Error frame and
   // std::runtime_error when the connection fails.
-  Completion generate(const TextRequest& request,
+  RequestStats generate(const RequestSpec& request,
                       const std::function<bool(const TokenEvent&)>& on_token);
 
   // Sends a raw frame with any protocol version (tests of the version check).
