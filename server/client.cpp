@@ -78,10 +78,15 @@ Client::~Client() = default;
 void Client::send_raw_frame(const std::string& frame_bytes) { impl_->write(frame_bytes); }
 
 RequestStats Client::generate(const RequestSpec& request,
-                            const std::function<bool(const TokenEvent&)>& on_token) {
+                              const std::function<bool(const TokenEvent&)>& on_token) {
+  return generate(request_to_proto(request), on_token);
+}
+
+RequestStats Client::generate(const serving::GenerateRequest& request,
+                              const std::function<bool(const TokenEvent&)>& on_token) {
   serving::ClientFrame frame;
   frame.set_protocol_version(kServingProtocolVersion);
-  *frame.mutable_request() = request_to_proto(request);
+  *frame.mutable_request() = request;
   impl_->write(encode_frame(frame));
   bool cancel_sent = false;
   for (;;) {

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "server/client.h"
+#include "server/framed_protocol.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
 #include "tools/starattn/front_ends.h"
@@ -47,7 +48,6 @@ int cmd_client(int argc, char** argv) {
   r.prompt.context_text =
       args.has("context") ? args.get("context", "") : read_file(args.get("context-file", ""));
   r.prompt.query_text = args.require("query");
-  r.mode = parse_mode(args.get("mode", "star"));
   r.block_size = args.get_int("block-size", 0);
   r.anchor_size = args.get_int("anchor-size", 0);
   r.max_tokens = static_cast<int>(args.get_int("max-tokens", 64));
@@ -66,7 +66,10 @@ int cmd_client(int argc, char** argv) {
   const auto address = transport::parse_host_port(args.require("connect"), "--connect");
   server::Client client(address.host, address.port, std::chrono::seconds(10), api_key(args));
   bool first = true;
-  const RequestStats c = client.generate(r, [&](const TokenEvent& ev) {
+  // The mode goes as given: the server refuses an unknown one (invalid_request).
+  serving::GenerateRequest wire = server::request_to_proto(r);
+  wire.set_mode(args.get("mode", "star"));
+  const RequestStats c = client.generate(wire, [&](const TokenEvent& ev) {
     if (output == "ids") {
       for (int32_t id : ev.tokens) std::printf(first ? "%d" : " %d", id), first = false;
     } else {
