@@ -15,6 +15,7 @@
 #include "runtime/chat_template.h"
 #include "runtime/model_config.h"
 #include "runtime/prompt.h"
+#include "runtime/request.h"
 #include "runtime/tokenizer.h"
 
 namespace starattn {
@@ -36,40 +37,9 @@ struct EngineOptions {
   double kv_memory_fraction = 0.8;
 };
 
-struct GenerateRequest {
-  std::vector<int32_t> context;
-  std::vector<int32_t> query;
-  AttentionMode mode = AttentionMode::star;
-  int64_t block_size = 0;   // 0: ceil(context / workers)
-  int64_t anchor_size = 0;  // 0: the block size (a = b)
-  bool use_anchor = true;   // false: the no-anchor ablation (blocks encoded alone)
-  int max_tokens = 64;
-  SamplingParams sampling;
-  std::vector<int32_t> stop_ids;  // empty: the model's EOS ids
-  bool ignore_eos = false;        // generate exactly max_tokens (comparisons, benchmarks)
-  std::vector<std::string> stop_strings;  // the text ends before the first match
-  LogitsProcessing logits;                // penalties, bias, logprobs
-  bool beyond_positions = false;  // allow context + query + max_tokens past the model's positions
-};
-
 // The stop ids a request runs with: its own, else the model's EOS ids; none with ignore_eos.
 std::vector<int32_t> resolve_stop_ids(const std::vector<int32_t>& requested, bool ignore_eos,
                                       const ModelConfig& config);
-
-struct GenerateStats {
-  int64_t context_tokens = 0;
-  int64_t query_tokens = 0;
-  int64_t block_size = 0;
-  int64_t anchor_size = 0;
-  int blocks = 0;
-  int workers_used = 0;
-  int generated = 0;
-  double phase1_ms = 0;       // context encoding
-  double first_token_ms = 0;  // query prefill + first sample, after phase 1
-  double decode_ms = 0;       // all later steps
-  std::string finish_reason;  // "length", "stop" or "cancelled"
-  std::string text_tail;      // text the decoder held at the end (stop strings applied)
-};
 
 // Called for each generated token (stop tokens are not passed). `logits` is the host copy of
 // the distribution it was drawn from when the request asked for logits, else null. Return false
@@ -85,10 +55,10 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  GenerateStats generate(const GenerateRequest& request, const TokenCallback& on_token,
-                         bool want_logits = false);
-  GenerateStats generate(const GenerateRequest& request, const GeneratedCallback& on_token,
-                         bool want_logits = false);
+  // Lays out the request's prompt (resolve_prompt, runtime/prompt.h), plans it on the
+  // in-process workers and runs it to the end. Throws Error for a request it refuses.
+  RequestStats generate(const RequestSpec& request, const TokenCallback& on_token);
+  RequestStats generate(const RequestSpec& request, const GeneratedCallback& on_token);
 
   const ModelConfig& config() const;
   const Tokenizer& tokenizer() const;
