@@ -382,10 +382,10 @@ int bench_e2e(const Args& args) {
               "query ms", "TTFT ms", "decode ms", "floor ms", "/floor", "peak GiB");
   for (const Row& r : rows) {
     if (!r.error.empty()) {
-      std::printf("%-8lld %-6s error: %s\n", static_cast<long long>(r.prompt.context), r.mode.c_str(), r.error.c_str());
+      std::printf("%-8lld %-6s error: %s\n", static_cast<long long>(r.context), r.mode.c_str(), r.error.c_str());
       continue;
     }
-    std::printf("%-8lld %-6s %-26s %11.1f %11.1f %11.1f %10.2f %10.2f %7.2f %9.1f\n", static_cast<long long>(r.prompt.context),
+    std::printf("%-8lld %-6s %-26s %11.1f %11.1f %11.1f %10.2f %10.2f %7.2f %9.1f\n", static_cast<long long>(r.context),
                 r.mode.c_str(), r.plan.c_str(), r.phase1, r.first, r.phase1 + r.first, r.decode, r.floor,
                 r.decode / r.floor, r.peak_gib);
   }
