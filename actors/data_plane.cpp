@@ -28,9 +28,23 @@ std::map<std::string, const ShardServer*>& directory() {
 // abandoned (a failed request) can never be taken for a reply to this one.
 std::atomic<uint64_t> g_next_seq{1};
 
+// The note a log gives a device-path link: whether UCX can move GPU memory over the NIC itself
+// (GPUDirect RDMA needs an RDMA transport and the nvidia-peermem module) or stages it.
+std::string device_path_note(const std::string& transport) {
+  const bool rdma = transport.rfind("rc", 0) == 0 || transport.rfind("dc", 0) == 0 ||
+                    transport.rfind("ud", 0) == 0;
+  if (!rdma) return transport + " (device memory, staged by UCX)";
+  const bool peermem = std::ifstream("/sys/module/nvidia_peermem/initstate").good() ||
+                       std::ifstream("/sys/module/nv_peer_mem/initstate").good();
+  return transport + (peermem ? " (device memory, GPUDirect RDMA)"
+                              : " (device memory, staged by UCX: nvidia-peermem is not loaded)");
+}
+
+}  // namespace
+
 // Host bytes laid out in dst's dtype (an eager device-path payload, which UCX delivers in host
 // memory) onto the backend; Backend::upload takes float32, and bf16 -> float32 is exact.
-void upload_bytes(Backend& be, const char* bytes, const Tensor& dst) {
+void upload_activation_bytes(Backend& be, const char* bytes, const Tensor& dst) {
   const size_t n = static_cast<size_t>(dst.rows * dst.cols);
   std::vector<float> f(n);
   if (dst.dtype == DType::f32) {
@@ -48,20 +62,6 @@ void upload_bytes(Backend& be, const char* bytes, const Tensor& dst) {
   }
   be.upload(f.data(), dst);
 }
-
-// The note a log gives a device-path link: whether UCX can move GPU memory over the NIC itself
-// (GPUDirect RDMA needs an RDMA transport and the nvidia-peermem module) or stages it.
-std::string device_path_note(const std::string& transport) {
-  const bool rdma = transport.rfind("rc", 0) == 0 || transport.rfind("dc", 0) == 0 ||
-                    transport.rfind("ud", 0) == 0;
-  if (!rdma) return transport + " (device memory, staged by UCX)";
-  const bool peermem = std::ifstream("/sys/module/nvidia_peermem/initstate").good() ||
-                       std::ifstream("/sys/module/nv_peer_mem/initstate").good();
-  return transport + (peermem ? " (device memory, GPUDirect RDMA)"
-                              : " (device memory, staged by UCX: nvidia-peermem is not loaded)");
-}
-
-}  // namespace
 
 bool ucx_carries_device_memory(Backend& backend) {
   return backend.ipc() != nullptr && transport::UcxContext::get()->device_memory_enabled();
@@ -380,7 +380,7 @@ void ShardServer::answer_device(AmMessage& msg, const wire::AttendRequest& req, 
   } else {
     if (!q_buf_.allocated() || q_buf_.view().rows < T) q_buf_ = be.alloc(T, c.q_dim(), act);
     q = q_buf_.rows(0, T);
-    upload_bytes(be, msg.payload.data(), q);
+    upload_activation_bytes(be, msg.payload.data(), q);
   }
   const size_t out_bytes = partial_bytes(act, T, c.q_dim(), c.num_heads);
   std::shared_ptr<Buffer> out = payloads_->take(out_bytes);
@@ -713,8 +713,8 @@ void ShardLinks::attend(int layer, const Tensor& q, std::vector<Partial>& out) {
     parts[i] = {o_bufs_[i].rows(0, T), lse_bufs_[i].rows(0, T)};
     if (l.path == DataPath::ucx_device) {  // an eager reply: UCX delivered it in host memory
       const char* bytes = replies[i].payload.data();
-      upload_bytes(be, bytes, parts[i].o);
-      upload_bytes(be, bytes + static_cast<size_t>(T * c.q_dim()) * dtype_size(be.activation_dtype()),
+      upload_activation_bytes(be, bytes, parts[i].o);
+      upload_activation_bytes(be, bytes + static_cast<size_t>(T * c.q_dim()) * dtype_size(be.activation_dtype()),
                    parts[i].lse);
       continue;
     }

@@ -66,6 +66,10 @@ class DevicePayloadPool {
 Partial partial_in(void* data, DType activation, int64_t rows, int64_t q_cols, int64_t heads);
 size_t partial_bytes(DType activation, int64_t rows, int64_t q_cols, int64_t heads);
 
+// Host bytes laid out in dst's dtype (f32 or bf16: an eager device-path payload, which UCX
+// delivers in host memory) onto the backend.
+void upload_activation_bytes(Backend& be, const char* bytes, const Tensor& dst);
+
 // Rendezvous attention replies of a device path land in `pool`'s buffers (the query side).
 void sink_device_replies(transport::UcxWorker& ucx, std::shared_ptr<DevicePayloadPool> pool);
 

@@ -39,6 +39,20 @@ void hand_address(int address_pipe, const std::string& addr) {
   close(address_pipe);
 }
 
+// The child's loop: progress, hand every message to `on_message`, sleep when idle, until SIGTERM.
+template <class OnMessage>
+void serve_messages(transport::UcxWorker& ucx, OnMessage on_message) {
+  AmMessage m;
+  while (!g_child_stop) {
+    bool busy = ucx.progress();
+    while (ucx.poll(m)) {
+      busy = true;
+      on_message(m);
+    }
+    if (!busy) ucx.wait(100);
+  }
+}
+
 // The child: replies to every AttendRequest with an O + lse payload of the right size.
 [[noreturn]] void serve_echo(int address_pipe, int heads, int head_dim) {
   std::signal(SIGTERM, [](int) { g_child_stop = 1; });
@@ -47,11 +61,7 @@ void hand_address(int address_pipe, const std::string& addr) {
     transport::UcxWorker ucx;
     ucx.listen(actors::kAmAttend);
     hand_address(address_pipe, ucx.address());
-    AmMessage m;
-    while (!g_child_stop) {
-      bool busy = ucx.progress();
-      while (ucx.poll(m)) {
-        busy = true;
+    serve_messages(ucx, [&](AmMessage& m) {
         const auto req = wire::decode<wire::AttendRequest>(m.header, "the benchmark");
         const int64_t T = req.rows();
         auto out = std::make_shared<std::vector<char>>(
@@ -62,9 +72,7 @@ void hand_address(int address_pipe, const std::string& addr) {
         r.set_seq(req.seq());
         r.set_rows(T);
         ucx.send_reply(m, actors::kAmAttendReply, wire::encode(r), out);
-      }
-      if (!busy) ucx.wait(100);
-    }
+    });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench-transport server: %s\n", e.what());
     rc = 1;
@@ -88,11 +96,7 @@ void hand_address(int address_pipe, const std::string& addr) {
     const int64_t cols = static_cast<int64_t>(heads) * head_dim;
     Tensor q, o, lse;
     std::unique_ptr<DeviceEvent> q_event, done;
-    AmMessage m;
-    while (!g_child_stop) {
-      bool busy = ucx.progress();
-      while (ucx.poll(m)) {
-        busy = true;
+    serve_messages(ucx, [&](AmMessage& m) {
         if (m.id == actors::kAmIpcOpen) {
           const auto req = wire::decode<wire::IpcOpen>(m.header, "the benchmark");
           for (Tensor* t : {&q, &o, &lse})
@@ -107,7 +111,7 @@ void hand_address(int address_pipe, const std::string& addr) {
           r.set_seq(req.seq());
           r.set_done_event(ipc->export_event(*done));
           ucx.send_reply(m, actors::kAmIpcOpenReply, wire::encode(r), nullptr);
-          continue;
+          return;
         }
         const auto req = wire::decode<wire::AttendRequest>(m.header, "the benchmark");
         const int64_t T = req.rows();
@@ -119,9 +123,7 @@ void hand_address(int address_pipe, const std::string& addr) {
         r.set_seq(req.seq());
         r.set_rows(T);
         ucx.send_reply(m, actors::kAmAttendReply, wire::encode(r), nullptr);
-      }
-      if (!busy) ucx.wait(100);
-    }
+    });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench-transport server: %s\n", e.what());
     rc = 1;
@@ -147,23 +149,14 @@ void hand_address(int address_pipe, const std::string& addr) {
     hand_address(address_pipe, ucx.address());
     const int64_t cols = static_cast<int64_t>(heads) * head_dim;
     Buffer staged_q;
-    AmMessage m;
-    while (!g_child_stop) {
-      bool busy = ucx.progress();
-      while (ucx.poll(m)) {
-        busy = true;
+    serve_messages(ucx, [&](AmMessage& m) {
         const auto req = wire::decode<wire::AttendRequest>(m.header, "the benchmark");
         const int64_t T = req.rows();
         Tensor q{m.sunk.data, DType::bf16, T, cols, cols};
         if (!m.in_sink()) {
           if (!staged_q.allocated() || staged_q.view().rows < T) staged_q = be->alloc(T, cols, DType::bf16);
           q = staged_q.rows(0, T);
-          std::vector<float> f(static_cast<size_t>(T * cols));
-          for (size_t i = 0; i < f.size(); ++i) {
-            uint32_t w = static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(m.payload.data())[i]) << 16;
-            std::memcpy(&f[i], &w, 4);
-          }
-          be->upload(f.data(), q);
+          actors::upload_activation_bytes(*be, m.payload.data(), q);
         }
         const size_t bytes = actors::partial_bytes(DType::bf16, T, cols, heads);
         auto out = pool->take(bytes);
@@ -176,9 +169,7 @@ void hand_address(int address_pipe, const std::string& addr) {
         r.set_rows(T);
         r.set_device_payload(true);
         ucx.send_reply_device(m, actors::kAmAttendReply, wire::encode(r), out->view().data, bytes, out);
-      }
-      if (!busy) ucx.wait(100);
-    }
+    });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench-transport server: %s\n", e.what());
     rc = 1;
