@@ -4,10 +4,6 @@
 #include <cstdio>
 #include <numeric>
 
-#if defined(__GLIBC__)
-#include <malloc.h>  // malloc_trim
-#endif
-
 #include "actors/messages.h"
 #include "transport/wire.h"
 
@@ -23,20 +19,6 @@ std::mutex g_directory_mutex;
 std::map<std::string, const ShardServer*>& directory() {
   static std::map<std::string, const ShardServer*> d;
   return d;
-}
-
-// Hands the pages of freed host memory back to the system. A shard's KV and workspace are
-// buffers of up to a few MB; once glibc has freed one mmap'd buffer it raises its mmap threshold
-// (up to 32 MB), so later ones come from the heap, where the buffers of concurrent requests
-// interleave: a freed one below a live one is never returned by free() alone. Measured
-// (docs/RELIABILITY.md): a cpu worker stayed at 220-440 MB after 60-100 concurrent requests, against
-// 32 MB before them, with no KV held. malloc_trim(0) releases every free page of every arena;
-// it costs a walk of the free lists, once per released request. (A gpu worker's KV is device
-// memory; the call then finds little to do.)
-void return_freed_memory() {
-#if defined(__GLIBC__)
-  malloc_trim(0);
-#endif
 }
 
 // Sequence numbers are unique within the process, so a late reply to an exchange that was
@@ -127,12 +109,14 @@ void ShardServer::remove(uint64_t request_id) {
       }
     }
   }
-  const auto compute = host_.lock_compute();
-  closed.clear();
-  if (gone) {
+  const bool freed = gone != nullptr;
+  {
+    const auto compute = host_.lock_compute();
+    closed.clear();
     gone.reset();
-    return_freed_memory();
   }
+  // The request's KV pages go back to the system (see return_freed_memory), outside the lock.
+  if (freed) return_freed_memory();
 }
 
 int ShardServer::active() const {
