@@ -199,9 +199,14 @@ void ShardServer::remove(uint64_t request_id) {
       }
     }
   }
-  const auto compute = host_.lock_compute();
-  closed.clear();
-  gone.reset();
+  const bool freed = gone != nullptr;
+  {
+    const auto compute = host_.lock_compute();
+    closed.clear();
+    gone.reset();
+  }
+  // The request's KV pages go back to the system (see return_freed_memory), outside the lock.
+  if (freed) return_freed_memory();
 }
 
 int ShardServer::active() const {

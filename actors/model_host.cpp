@@ -2,6 +2,10 @@
 
 #include <omp.h>
 
+#if defined(__GLIBC__)
+#include <malloc.h>  // malloc_trim
+#endif
+
 #include "runtime/request_plan.h"
 
 namespace starattn::actors {
@@ -35,6 +39,12 @@ int64_t ModelHost::room_bytes(double fraction) const {
 
 void adopt_compute_threads(int threads) {
   if (threads > 0) omp_set_num_threads(threads);
+}
+
+void return_freed_memory() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
 }
 
 }  // namespace starattn::actors

@@ -56,4 +56,13 @@ class ModelHost {
 // be bit-identical across processes).
 void adopt_compute_threads(int threads);
 
+// Hands the pages of freed host memory back to the system; called when a request's buffers
+// (KV, workspaces) have been freed. They are up to a few MB each: once glibc has freed one
+// mmap'd block it raises its mmap threshold (up to 32 MB), so later ones come from the heap,
+// where the buffers of concurrent requests interleave and free() alone returns little. A cpu
+// worker stayed at 220-440 MB after 60-100 concurrent 2000-token requests (32 MB before), with
+// no KV held (docs/RELIABILITY.md). malloc_trim(0) releases the free pages of every arena; it
+// walks the free lists once per request. Nothing to do outside glibc.
+void return_freed_memory();
+
 }  // namespace starattn::actors

@@ -69,6 +69,7 @@ void finish(Self* self, uint64_t id, const std::string& error, ErrorKind kind) {
   }
   self->send(q.reply_to, finished_atom::value, FinishedPtr(std::move(f)));
   self->state.active.erase(it);
+  return_freed_memory();
 }
 
 // The links to a request's shards, each on the nearest path (transport/peer_path.h).
@@ -182,7 +183,7 @@ caf::behavior query(Self* self, QueryOptions options) {
       [self](step_atom, uint64_t id) { step(self, id); },
       [self](abort_atom, uint64_t id) {
         const auto compute = self->state.options.model->lock_compute();
-        self->state.active.erase(id);
+        if (self->state.active.erase(id) > 0) return_freed_memory();
       },
       [self](forget_atom, uint64_t worker_id) {
         auto& st = self->state;

@@ -3,6 +3,7 @@ requests, server-sent-event parsing and /metrics scraping. Standard library only
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -194,9 +195,7 @@ class Cluster:
             wait_for(lambda: os.path.exists(port_file) and read_text(port_file).strip(), 30, "the head's port file")
             self.head_port = int(read_text(port_file))
             for i in range(workers):
-                self.workers.append(self._spawn(f"w{i}", [
-                    cli(), "worker", "--head", f"127.0.0.1:{self.head_port}", "--model", self.model,
-                    "--cpu-threads", str(threads), "--name", f"w{i}"]))
+                self.workers.append(self.start_worker(i))
             wait_for(lambda: len(self.kv_held()) == workers, 60, f"{workers} workers to register")
         except BaseException:
             sys.stderr.write(self.logs_text())
@@ -206,10 +205,23 @@ class Cluster:
     def path(self, name):
         return os.path.join(self.dir.name, name)
 
+    def start_worker(self, i):
+        """Starts worker `w{i}` (its log appended to w{i}.log); a restart after a kill reuses the
+        name, as an operator's restart would. Returns the process; the caller keeps it."""
+        return self._spawn(f"w{i}", [cli(), "worker", "--head", f"127.0.0.1:{self.head_port}",
+                                     "--model", self.model, "--cpu-threads", str(self.threads),
+                                     "--name", f"w{i}"])
+
+    def health(self):
+        status, _, raw = http(self.port, "GET", "/health", timeout=10)
+        assert status == 200, (status, raw)
+        return json.loads(raw)
+
     def _spawn(self, tag, args, stdout=subprocess.DEVNULL):
-        self.logs.append((tag, self.path(tag + ".log")))
+        if (tag, self.path(tag + ".log")) not in self.logs:
+            self.logs.append((tag, self.path(tag + ".log")))
         env = dict(os.environ, OMP_WAIT_POLICY="passive")
-        with open(self.path(tag + ".log"), "w") as log:
+        with open(self.path(tag + ".log"), "a") as log:
             p = subprocess.Popen(args, stdout=stdout, stderr=log, env=env)
         self.procs.append(p)
         return p
@@ -260,6 +272,7 @@ class Cluster:
     def close(self):
         for p in self.procs:
             if p.poll() is None:
+                p.send_signal(signal.SIGCONT)  # a stopped process would not act on SIGTERM
                 p.terminate()
         for p in self.procs:
             try:
@@ -271,6 +284,15 @@ class Cluster:
                 p.stdout.close()
         self.procs = []
         self.dir.cleanup()
+
+
+def rss_kib(pid):
+    """The resident set of process `pid` in KiB (VmRSS of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"process {pid} has no VmRSS (a zombie?)")
 
 
 def read_text(path):
