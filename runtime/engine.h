@@ -13,6 +13,7 @@
 #include "runtime/generation.h"
 #include "runtime/request_plan.h"
 #include "runtime/chat_template.h"
+#include "runtime/context_cache.h"
 #include "runtime/model_config.h"
 #include "runtime/prompt.h"
 #include "runtime/tokenizer.h"
@@ -34,6 +35,10 @@ struct EngineOptions {
   int threads = 0;             // cpu threads (0 = all)
   // Fraction of the backend's free memory the KV caches of one request may take.
   double kv_memory_fraction = 0.8;
+  // Context reuse (runtime/context_cache.h): bytes of block K/V kept after a request ends, so
+  // later requests sharing whole blocks skip phase 1 for them; 0 keeps nothing. Counted as free
+  // room when a request is planned: a request that needs it evicts cached blocks.
+  int64_t context_cache_bytes = 0;
 };
 
 struct GenerateRequest {
@@ -50,6 +55,9 @@ struct GenerateRequest {
   std::vector<std::string> stop_strings;  // the text ends before the first match
   LogitsProcessing logits;                // penalties, bias, logprobs
   bool beyond_positions = false;  // allow context + query + max_tokens past the model's positions
+  // Pins the context's cached blocks under this name until release_context(name) (the
+  // explicit API, POST /v1/contexts); empty: the blocks are cached but evictable.
+  std::string pin_context;
 };
 
 // The stop ids a request runs with: its own, else the model's EOS ids; none with ignore_eos.
@@ -63,6 +71,7 @@ struct GenerateStats {
   int64_t anchor_size = 0;
   int blocks = 0;
   int workers_used = 0;
+  int blocks_reused = 0;  // blocks whose K/V came from the context cache (phase 1 skipped)
   int generated = 0;
   double phase1_ms = 0;       // context encoding
   double first_token_ms = 0;  // query prefill + first sample, after phase 1
@@ -101,6 +110,10 @@ class Engine {
   Backend& backend();
   // Tokens of KV the in-process context workers can hold for one request, in all.
   int64_t kv_capacity_tokens() const;
+  // Context reuse: unpins the blocks pinned under `name` (GenerateRequest::pin_context); they
+  // stay cached, evictable. Returns how many blocks carried the pin.
+  int64_t release_context(const std::string& name);
+  ContextCacheMetrics context_cache_metrics() const;
 
  private:
   struct Impl;
