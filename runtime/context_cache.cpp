@@ -138,8 +138,9 @@ bool ContextCache::insert(const BlockKey& key, std::shared_ptr<const KvCache> kv
     return true;
   }
   const int64_t bytes = kv->bytes();
-  if (m_.bytes + bytes > budget_) evict_locked(m_.bytes + bytes - budget_);
-  if (m_.bytes + bytes > budget_) {
+  const int64_t limit = limit_locked();
+  if (m_.bytes + bytes > limit) evict_locked(m_.bytes + bytes - limit);
+  if (m_.bytes + bytes > limit) {
     ++m_.rejected;
     return false;
   }
@@ -185,6 +186,12 @@ int64_t ContextCache::evict_locked(int64_t bytes) {
 int64_t ContextCache::evict_bytes(int64_t bytes) {
   std::lock_guard<std::mutex> lock(mutex_);
   return bytes > 0 ? evict_locked(bytes) : 0;
+}
+
+void ContextCache::set_room(int64_t bytes) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  room_ = bytes;
+  if (m_.bytes > limit_locked()) evict_locked(m_.bytes - limit_locked());
 }
 
 int64_t ContextCache::evictable_bytes() const {

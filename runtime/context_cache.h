@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <algorithm>
 #include <list>
 #include <map>
 #include <memory>
@@ -116,6 +117,10 @@ class ContextCache {
   int64_t evict_bytes(int64_t bytes);
   // Bytes evict_bytes() could free now.
   int64_t evictable_bytes() const;
+  // What the owner's memory plan leaves the cache right now (its free room after the running
+  // requests' own K/V): the cache then holds at most min(budget, room), evicting unused entries
+  // down to it and storing no block beyond it. Negative: no limit but the budget.
+  void set_room(int64_t bytes);
 
   bool enabled() const { return budget_ > 0; }
   int64_t budget_bytes() const { return budget_; }
@@ -137,7 +142,10 @@ class ContextCache {
   int64_t evict_locked(int64_t bytes);
   static bool evictable(const Entry& e) { return e.users == 0 && e.pins.empty(); }
 
+  int64_t limit_locked() const { return room_ < 0 ? budget_ : std::min(budget_, room_); }
+
   const int64_t budget_;
+  int64_t room_ = -1;
   const std::string model_id_;
   mutable std::mutex mutex_;
   uint64_t next_id_ = 1;

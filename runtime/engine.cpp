@@ -14,7 +14,7 @@ namespace starattn {
 struct Engine::Impl {
   EngineOptions options;
   ModelRuntime rt;
-  std::unique_ptr<ContextCache> blocks;  // after rt: it holds K/V on rt's backend
+  std::shared_ptr<ContextCache> blocks;  // after rt: it holds K/V on rt's backend
   ~Impl() { blocks.reset(); }
 };
 
@@ -49,7 +49,7 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
   load.gpu = options.gpu;
   load.threads = options.threads;
   impl_->rt = load_model_runtime(load);
-  impl_->blocks = std::make_unique<ContextCache>(
+  impl_->blocks = std::make_shared<ContextCache>(
       options.context_cache_bytes,
       impl_->rt.digest + "/" + dtype_name(impl_->rt.backend->activation_dtype()));
 }
@@ -128,7 +128,9 @@ GenerateStats Engine::generate(const GenerateRequest& req, const GeneratedCallba
   stats.block_size = plan.block_size;
   stats.anchor_size = plan.anchor_size;
   stats.blocks = static_cast<int>(plan.blocks.size());
-  if (evictable > 0) {
+  if (blocks.enabled()) {
+    // What this request allocates; the cache keeps (and adds this request's blocks to) only
+    // what is left of the room, evicting unused blocks down to it first.
     int64_t need = query_bytes;
     for (const auto& run : plan.runs) {
       if (run.empty()) continue;
@@ -136,9 +138,9 @@ GenerateStats Engine::generate(const GenerateRequest& req, const GeneratedCallba
       for (const BlockSpec& blk : run) n += blk.length;
       need += n * memory.per_token + plan.scratch_rows * memory.per_scratch_row + memory.fixed;
     }
-    const auto room = static_cast<int64_t>(static_cast<double>(be.free_bytes()) *
-                                           impl_->options.kv_memory_fraction);
-    if (need > room) blocks.evict_bytes(need - room);
+    // `budget` counted the evictable blocks as free; pinned ones are already spent.
+    const int64_t held = blocks.metrics().bytes - evictable;
+    blocks.set_room(std::max<int64_t>(budget - need, 0) + held);
   }
 
   const auto t0 = std::chrono::steady_clock::now();
@@ -157,7 +159,7 @@ GenerateStats Engine::generate(const GenerateRequest& req, const GeneratedCallba
                         req.context.begin() + blk.start + blk.length);
     }
     shards.push_back(std::make_unique<ContextShard>(model, n));
-    if (blocks.enabled()) shards.back()->use_cache(&blocks, req.pin_context);
+    if (blocks.enabled()) shards.back()->use_cache(impl_->blocks, req.pin_context);
     shards.back()->encode(anchor, run, toks);
     stats.blocks_reused += shards.back()->blocks_reused();
     shard_ptrs.push_back(shards.back().get());

@@ -170,8 +170,8 @@ void ContextShard::encode(const std::vector<int32_t>& anchor, const std::vector<
   }
 }
 
-void ContextShard::use_cache(ContextCache* blocks, std::string pin) {
-  blocks_ = blocks;
+void ContextShard::use_cache(std::shared_ptr<ContextCache> blocks, std::string pin) {
+  blocks_ = std::move(blocks);
   pin_ = std::move(pin);
 }
 

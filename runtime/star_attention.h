@@ -46,8 +46,8 @@ class ContextShard {
   // Context reuse (runtime/context_cache.h): encode() then takes the K/V of blocks found in
   // `blocks` instead of encoding them, offers the blocks it encodes to it, and holds both until
   // this shard is destroyed (they are not evicted while the request runs). `pin` (may be empty)
-  // pins them under that name. The cache must outlive the shard.
-  void use_cache(ContextCache* blocks, std::string pin = {});
+  // pins them under that name.
+  void use_cache(std::shared_ptr<ContextCache> blocks, std::string pin = {});
   // Blocks of the last encode() taken from the cache, and encoded.
   int blocks_reused() const { return reused_; }
   int blocks_encoded() const { return encoded_; }
@@ -55,9 +55,9 @@ class ContextShard {
  private:
   const Transformer& model_;
   KvCache cache_;
-  ContextCache* blocks_ = nullptr;
+  std::shared_ptr<ContextCache> blocks_;
   std::string pin_;
-  ContextCache::Lease lease_;
+  ContextCache::Lease lease_;  // after blocks_: released before the cache can go
   int reused_ = 0, encoded_ = 0;
   Workspace ws_;
   Buffer out_o_, out_lse_;

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "runtime/backend.h"
+#include "runtime/context_cache.h"
 #include "runtime/sampling.h"
 #include "transport/wire.h"
 
@@ -16,6 +17,32 @@ inline void to_wire(const SamplingParams& s, Sampling* out) {
   out->set_top_k(s.top_k);
   out->set_top_p(s.top_p);
   out->set_seed(s.seed);
+}
+
+inline void to_wire(const ContextCacheMetrics& m, ContextCacheStatus* out) {
+  out->set_hits(m.hits);
+  out->set_misses(m.misses);
+  out->set_evictions(m.evictions);
+  out->set_inserts(m.inserts);
+  out->set_rejected(m.rejected);
+  out->set_bytes(m.bytes);
+  out->set_budget_bytes(m.budget_bytes);
+  out->set_entries(m.entries);
+  out->set_pinned_entries(m.pinned_entries);
+}
+
+inline ContextCacheMetrics from_wire(const ContextCacheStatus& s) {
+  ContextCacheMetrics m;
+  m.hits = s.hits();
+  m.misses = s.misses();
+  m.evictions = s.evictions();
+  m.inserts = s.inserts();
+  m.rejected = s.rejected();
+  m.bytes = s.bytes();
+  m.budget_bytes = s.budget_bytes();
+  m.entries = s.entries();
+  m.pinned_entries = s.pinned_entries();
+  return m;
 }
 
 inline SamplingParams from_wire(const Sampling& s) {
