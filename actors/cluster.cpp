@@ -19,6 +19,7 @@
 #include "actors/messages.h"
 #include "actors/query.h"
 #include "actors/scheduler.h"
+#include "transport/wire_convert.h"
 
 namespace starattn::actors {
 
@@ -236,24 +237,33 @@ void wait_for_workers(caf::actor_system& system, const caf::actor& scheduler, in
                            std::to_string(patience.count()) + " ms");
 }
 
-wire::Finished submit(caf::actor_system& system, const caf::actor& scheduler,
-                      const wire::SubmitRequest& request,
-                      const std::function<void(const wire::TokenEvent&)>& on_token,
-                      std::chrono::milliseconds idle_timeout) {
+RequestEnd submit(caf::actor_system& system, const caf::actor& scheduler, const RequestSpec& request,
+                  const std::function<void(const TokenEvent&)>& on_token,
+                  std::chrono::milliseconds idle_timeout) {
   caf::scoped_actor self{system};
   self->monitor(scheduler);
-  self->send(scheduler, submit_atom::value, wire::encode(request));
-  wire::Finished result;
+  // Bytes only where they leave this process; the scheduler answers in the form it was asked in.
+  if (scheduler.node() != system.node())
+    self->send(scheduler, submit_atom::value, wire::encode(wire::to_wire(request)));
+  else
+    self->send(scheduler, submit_atom::value, SubmitPtr(std::make_shared<const RequestSpec>(request)));
+  RequestEnd result;
   bool done = false;
   std::string failure;
   while (!done && failure.empty()) {
     self->receive(
-        [&](accepted_atom, const std::string&) {},  // the id matters only to cancel
+        [&](accepted_atom, uint64_t) {},            // the id matters only to cancel
+        [&](accepted_atom, const std::string&) {},
+        [&](token_atom, const TokenPtr& t) { on_token(t->event); },
         [&](token_atom, const std::string& bytes) {
-          on_token(wire::decode<wire::TokenEvent>(bytes, "the head"));
+          on_token(wire::from_wire(wire::decode<wire::TokenEvent>(bytes, "the head")));
+        },
+        [&](finished_atom, const FinishedPtr& f) {
+          result = f->end;
+          done = true;
         },
         [&](finished_atom, const std::string& bytes) {
-          result = wire::decode<wire::Finished>(bytes, "the head");
+          result = wire::from_wire(wire::decode<wire::Finished>(bytes, "the head"));
           done = true;
         },
         [&](const caf::down_msg& dm) {

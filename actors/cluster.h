@@ -16,6 +16,7 @@
 
 #include "actors/data_plane.h"
 #include "actors/model_host.h"
+#include "runtime/request.h"
 #include "transport/wire.h"
 
 namespace starattn::actors {
@@ -93,13 +94,13 @@ wire::StatusReply query_status(caf::actor_system& system, const caf::actor& targ
 void wait_for_workers(caf::actor_system& system, const caf::actor& scheduler, int workers,
                       std::chrono::milliseconds patience);
 
-// Submits a request and calls on_token for each streamed token; returns the Finished message
-// (ok = false with the error when the request failed). Throws when the head goes away or
-// nothing arrives for idle_timeout.
-wire::Finished submit(caf::actor_system& system, const caf::actor& scheduler,
-                      const wire::SubmitRequest& request,
-                      const std::function<void(const wire::TokenEvent&)>& on_token,
-                      std::chrono::milliseconds idle_timeout);
+// Submits a request and calls on_token for each streamed token; returns how it ended (ok =
+// false with the error when the request failed). A scheduler of this process gets the request
+// as it is; a remote one (another node) its protobuf image (transport/wire_convert.h). Throws
+// when the head goes away or nothing arrives for idle_timeout.
+RequestEnd submit(caf::actor_system& system, const caf::actor& scheduler, const RequestSpec& request,
+                  const std::function<void(const TokenEvent&)>& on_token,
+                  std::chrono::milliseconds idle_timeout);
 
 // Sends every actor an exit message and waits (bounded) until each has terminated: the
 // actor_system's destructor would otherwise wait for them forever.

@@ -168,10 +168,12 @@ caf::behavior context_block(Self* self, ContextBlockOptions options) {
   reg.set_model_digest(host.digest());
   reg.set_capacity_bytes(st.room_bytes);
   DeviceIpc* ipc = host.backend().ipc();
-  const transport::PeerPlace place = transport::this_process(ipc ? ipc->device_id() : "");
+  const transport::PeerPlace place =
+      transport::this_process(ipc ? ipc->device_id() : "", ucx_carries_device_memory(host.backend()));
   reg.set_host_id(place.host_id);
   reg.set_process_id(place.process_id);
   reg.set_ipc_device(place.ipc_device);
+  reg.set_ucx_device_memory(place.ucx_device);
   self->set_default_handler(caf::drop);  // a stray message gets an error, not a log line
   self->monitor(st.options.scheduler);
   self->set_down_handler([self](const caf::down_msg& dm) {

@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
+
+#include <fstream>
 
 #include "actors/messages.h"
 #include "transport/wire.h"
@@ -25,7 +28,81 @@ std::map<std::string, const ShardServer*>& directory() {
 // abandoned (a failed request) can never be taken for a reply to this one.
 std::atomic<uint64_t> g_next_seq{1};
 
+// Host bytes laid out in dst's dtype (an eager device-path payload, which UCX delivers in host
+// memory) onto the backend; Backend::upload takes float32, and bf16 -> float32 is exact.
+void upload_bytes(Backend& be, const char* bytes, const Tensor& dst) {
+  const size_t n = static_cast<size_t>(dst.rows * dst.cols);
+  std::vector<float> f(n);
+  if (dst.dtype == DType::f32) {
+    std::memcpy(f.data(), bytes, n * sizeof(float));
+  } else if (dst.dtype == DType::bf16) {
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t b;
+      std::memcpy(&b, bytes + 2 * i, 2);
+      const uint32_t w = static_cast<uint32_t>(b) << 16;
+      std::memcpy(&f[i], &w, 4);
+    }
+  } else {
+    throw std::runtime_error(std::string("device payloads in ") + dtype_name(dst.dtype) +
+                             " are not supported");
+  }
+  be.upload(f.data(), dst);
+}
+
+// The note a log gives a device-path link: whether UCX can move GPU memory over the NIC itself
+// (GPUDirect RDMA needs an RDMA transport and the nvidia-peermem module) or stages it.
+std::string device_path_note(const std::string& transport) {
+  const bool rdma = transport.rfind("rc", 0) == 0 || transport.rfind("dc", 0) == 0 ||
+                    transport.rfind("ud", 0) == 0;
+  if (!rdma) return transport + " (device memory, staged by UCX)";
+  const bool peermem = std::ifstream("/sys/module/nvidia_peermem/initstate").good() ||
+                       std::ifstream("/sys/module/nv_peer_mem/initstate").good();
+  return transport + (peermem ? " (device memory, GPUDirect RDMA)"
+                              : " (device memory, staged by UCX: nvidia-peermem is not loaded)");
+}
+
 }  // namespace
+
+bool ucx_carries_device_memory(Backend& backend) {
+  return backend.ipc() != nullptr && transport::UcxContext::get()->device_memory_enabled();
+}
+
+std::shared_ptr<Buffer> DevicePayloadPool::take(size_t bytes) {
+  const int64_t words = std::max<int64_t>(1, static_cast<int64_t>((bytes + 3) / 4));
+  std::shared_ptr<Buffer>* spare = nullptr;
+  for (auto& b : buffers_) {
+    if (b.use_count() != 1) continue;  // a send or receive still holds it
+    if (b->view().cols >= words) return b;
+    spare = &b;
+  }
+  auto fresh = std::make_shared<Buffer>(backend_.alloc(1, words, DType::f32));
+  if (spare) *spare = fresh;  // a free one that was too small: replace it
+  else buffers_.push_back(fresh);
+  return fresh;
+}
+
+size_t partial_bytes(DType activation, int64_t rows, int64_t q_cols, int64_t heads) {
+  return static_cast<size_t>(rows * q_cols) * dtype_size(activation) +
+         static_cast<size_t>(rows * heads) * sizeof(float);
+}
+
+Partial partial_in(void* data, DType activation, int64_t rows, int64_t q_cols, int64_t heads) {
+  char* base = static_cast<char*>(data);
+  Partial p;
+  p.o = Tensor{base, activation, rows, q_cols, q_cols};
+  p.lse = Tensor{base + static_cast<size_t>(rows * q_cols) * dtype_size(activation), DType::f32,
+                 rows, heads, heads};
+  return p;
+}
+
+void sink_device_replies(transport::UcxWorker& ucx, std::shared_ptr<DevicePayloadPool> pool) {
+  ucx.set_sink(kAmAttendReply, [pool](uint16_t, const std::string& header, size_t bytes) {
+    wire::AttendReply r;
+    if (!r.ParseFromString(header) || !r.device_payload()) return transport::SinkBuffer{};
+    auto buffer = pool->take(bytes);
+    return transport::SinkBuffer{buffer, buffer->view().data, true};
+  });
+}
 
 // ---------------------------------------------------------------------------------------------
 // ShardServer
@@ -48,6 +125,18 @@ ShardServer::ShardServer(const ModelHost& host, int threads, std::string name)
       ucx_(std::make_unique<transport::UcxWorker>()) {
   ucx_->listen(kAmAttend);
   ucx_->listen(kAmIpcOpen);
+  if (ucx_carries_device_memory(host_.backend())) {
+    payloads_ = std::make_unique<DevicePayloadPool>(host_.backend());
+    // A device-path q that comes by rendezvous lands in device memory (the sink runs in the
+    // data-plane thread, inside progress(), never under the compute lock).
+    ucx_->set_sink(kAmAttend, [this](uint16_t, const std::string& header, size_t bytes) {
+      wire::AttendRequest r;
+      if (!r.ParseFromString(header) || !r.device_payload()) return transport::SinkBuffer{};
+      const auto compute = host_.lock_compute();
+      auto buffer = payloads_->take(bytes);
+      return transport::SinkBuffer{buffer, buffer->view().data, true};
+    });
+  }
   address_ = ucx_->address();
   {
     std::lock_guard<std::mutex> lock(g_directory_mutex);
@@ -67,6 +156,7 @@ ShardServer::~ShardServer() {
   thread_.join();
   const auto compute = host_.lock_compute();
   ipc_.clear();
+  payloads_.reset();
 }
 
 std::shared_ptr<ContextShard> ShardServer::find_in_process(const std::string& address,
@@ -246,6 +336,7 @@ void ShardServer::answer(AmMessage& msg) {
       ++served_;
       return;
     }
+    if (req.device_payload()) return answer_device(msg, req, *shard, r);
     if (msg.payload.size() != static_cast<size_t>(T * c.q_dim()) * sizeof(float))
       return fail("q payload of " + std::to_string(msg.payload.size()) +
                   " bytes, the header says " + std::to_string(T * c.q_dim() * 4));
@@ -265,6 +356,40 @@ void ShardServer::answer(AmMessage& msg) {
   } catch (const std::exception& e) {
     fail(std::string("attention failed: ") + e.what());
   }
+}
+
+void ShardServer::answer_device(AmMessage& msg, const wire::AttendRequest& req, ContextShard& shard,
+                                wire::AttendReply& reply) {
+  auto fail = [&](const std::string& why) {
+    refuse(msg, req.request_id(), req.seq(), req.shard(), why);
+  };
+  if (!payloads_) return fail("this worker's UCX cannot carry device memory (device_payload)");
+  Backend& be = model_.backend();
+  const ModelConfig& c = model_.config();
+  const DType act = be.activation_dtype();
+  const int64_t T = req.rows();
+  const size_t q_bytes = static_cast<size_t>(T * c.q_dim()) * dtype_size(act);
+  const size_t got = msg.in_sink() ? msg.sunk_bytes : msg.payload.size();
+  if (got != q_bytes)
+    return fail("device q payload of " + std::to_string(got) + " bytes, the header says " +
+                std::to_string(q_bytes));
+  const auto compute = host_.lock_compute();
+  Tensor q{nullptr, act, T, c.q_dim(), c.q_dim()};
+  if (msg.in_sink()) {
+    q.data = msg.sunk.data;  // rendezvous: UCX wrote it into device memory
+  } else {
+    if (!q_buf_.allocated() || q_buf_.view().rows < T) q_buf_ = be.alloc(T, c.q_dim(), act);
+    q = q_buf_.rows(0, T);
+    upload_bytes(be, msg.payload.data(), q);
+  }
+  const size_t out_bytes = partial_bytes(act, T, c.q_dim(), c.num_heads);
+  std::shared_ptr<Buffer> out = payloads_->take(out_bytes);
+  shard.attend_into(req.layer(), q, partial_in(out->view().data, act, T, c.q_dim(), c.num_heads));
+  be.synchronize();  // UCX reads the buffer as soon as the send starts
+  reply.set_device_payload(true);
+  ucx_->send_reply_device(msg, kAmAttendReply, wire::encode(reply), out->view().data, out_bytes,
+                          out);
+  ++served_;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -314,9 +439,11 @@ double ExchangeStats::max() const {
 
 ShardLinks::ShardLinks(transport::UcxWorker& ucx, const Transformer& model, uint64_t request_id,
                        std::vector<Link> links, std::shared_ptr<const WorkerHealth> health,
-                       std::chrono::milliseconds timeout, int64_t rows_capacity)
+                       std::chrono::milliseconds timeout, int64_t rows_capacity,
+                       std::shared_ptr<DevicePayloadPool> payloads)
     : ucx_(ucx), model_(model), request_id_(request_id), links_(std::move(links)),
-      health_(std::move(health)), timeout_(timeout), rows_capacity_(std::max<int64_t>(rows_capacity, 1)) {
+      health_(std::move(health)), timeout_(timeout), rows_capacity_(std::max<int64_t>(rows_capacity, 1)),
+      payloads_(std::move(payloads)) {
   const size_t n = links_.size();
   notes_.resize(n);
   o_bufs_.resize(n);
@@ -324,8 +451,14 @@ ShardLinks::ShardLinks(transport::UcxWorker& ucx, const Transformer& model, uint
   done_events_.resize(n);
   for (size_t i = 0; i < n; ++i) {
     const Link& l = links_[i];
+    if (l.path == DataPath::ucx_device && !payloads_) {
+      links_[i].path = DataPath::ucx;
+      notes_[i] = ucx_.transport(l.ep) + " (staged: this side has no device payload pool)";
+      continue;
+    }
     if (l.path == DataPath::in_process) notes_[i] = "in-process";
     else if (l.path == DataPath::ucx) notes_[i] = ucx_.transport(l.ep) + " (staged)";
+    else if (l.path == DataPath::ucx_device) notes_[i] = device_path_note(ucx_.transport(l.ep));
   }
   open_ipc();
 }
@@ -454,16 +587,20 @@ void ShardLinks::await_replies(uint64_t seq, int layer, int64_t rows, std::vecto
       if (!r.error().empty())
         throw std::runtime_error("context worker " + l.name + " refused layer " +
                                  std::to_string(layer) + ": " + r.error());
-      const size_t want = l.path == DataPath::cuda_ipc
-                              ? 0
-                              : static_cast<size_t>(rows * (c.q_dim() + c.num_heads)) * sizeof(float);
-      if (r.rows() != rows || msg.payload.size() != want)
+      const size_t want =
+          l.path == DataPath::cuda_ipc     ? 0
+          : l.path == DataPath::ucx_device ? partial_bytes(model_.backend().activation_dtype(), rows,
+                                                           c.q_dim(), c.num_heads)
+                                           : static_cast<size_t>(rows * (c.q_dim() + c.num_heads)) * sizeof(float);
+      const size_t got = msg.in_sink() ? msg.sunk_bytes : msg.payload.size();
+      if (r.rows() != rows || got != want || r.device_payload() != (l.path == DataPath::ucx_device))
         throw std::runtime_error("context worker " + l.name + " sent a malformed reply (" +
-                                 std::to_string(msg.payload.size()) + " bytes, expected " +
+                                 std::to_string(got) + " bytes, expected " +
                                  std::to_string(want) + ")");
       if (!replies[i].in) --missing;
       replies[i].in = true;
       replies[i].payload = std::move(msg.payload);
+      replies[i].sunk = std::move(msg.sunk);
     }
     if (missing == 0) break;
     check_health(replies);
@@ -494,7 +631,9 @@ void ShardLinks::attend(int layer, const Tensor& q, std::vector<Partial>& out) {
 
   // Remote links first, so they work while the in-process shards compute.
   std::shared_ptr<std::vector<char>> staged;
+  std::shared_ptr<Buffer> q_device;  // the device path's q, held by its sends
   bool q_shared_ready = false;
+  held_.clear();  // the last exchange's reply buffers: merged by now (q was synchronized after)
   for (size_t i = 0; i < links_.size(); ++i) {
     const Link& l = links_[i];
     if (l.path == DataPath::in_process) continue;
@@ -518,6 +657,21 @@ void ShardLinks::attend(int layer, const Tensor& q, std::vector<Partial>& out) {
         q_shared_ready = true;
       }
       h.set_ipc(true);
+    } else if (l.path == DataPath::ucx_device) {
+      const size_t bytes = static_cast<size_t>(T * q.cols) * dtype_size(q.dtype);
+      if (!q_device) {
+        q_device = payloads_->take(bytes);
+        be.copy(q, Tensor{q_device->view().data, q.dtype, T, q.cols, q.cols});
+        be.synchronize();  // UCX reads q as soon as the send starts
+      }
+      h.set_device_payload(true);
+      try {
+        ucx_.send_device(l.ep, kAmAttend, wire::encode(h), q_device->view().data, bytes, q_device,
+                         true);
+      } catch (const transport::UcxError& e) {
+        throw std::runtime_error("context worker " + l.name + ": " + e.what());
+      }
+      continue;
     } else {
       if (!staged) {
         staged = std::make_shared<std::vector<char>>(static_cast<size_t>(T * q.cols) * sizeof(float));
@@ -547,12 +701,24 @@ void ShardLinks::attend(int layer, const Tensor& q, std::vector<Partial>& out) {
       parts[i] = {o_bufs_[i].rows(0, T), lse_bufs_[i].rows(0, T)};
       continue;
     }
+    if (l.path == DataPath::ucx_device && replies[i].sunk.data) {
+      parts[i] = partial_in(replies[i].sunk.data, be.activation_dtype(), T, c.q_dim(), c.num_heads);
+      held_.push_back(std::move(replies[i].sunk.keep));
+      continue;
+    }
     if (!o_bufs_[i].allocated() || o_bufs_[i].view().rows < T) {
       o_bufs_[i] = be.alloc(T, c.q_dim(), be.activation_dtype());
       lse_bufs_[i] = be.alloc(T, c.num_heads, DType::f32);
     }
-    const float* f = reinterpret_cast<const float*>(replies[i].payload.data());
     parts[i] = {o_bufs_[i].rows(0, T), lse_bufs_[i].rows(0, T)};
+    if (l.path == DataPath::ucx_device) {  // an eager reply: UCX delivered it in host memory
+      const char* bytes = replies[i].payload.data();
+      upload_bytes(be, bytes, parts[i].o);
+      upload_bytes(be, bytes + static_cast<size_t>(T * c.q_dim()) * dtype_size(be.activation_dtype()),
+                   parts[i].lse);
+      continue;
+    }
+    const float* f = reinterpret_cast<const float*>(replies[i].payload.data());
     be.upload(f, parts[i].o);
     be.upload(f + T * c.q_dim(), parts[i].lse);
   }

@@ -5,8 +5,13 @@
 //   - cuda_ipc:   another process of this host; Q and (O, lse) stay in device memory that both
 //                 processes map, ordered by IPC events, and UCX (shared memory) carries only the
 //                 small request and reply headers;
+//   - ucx_device: GPUs on other hosts when both ends' UCX takes device pointers: Q and (O, lse)
+//                 leave and arrive in device memory; UCX moves them GPUDirect where the NIC can
+//                 register GPU memory (RDMA transports with nvidia-peermem) and through its own
+//                 pinned staging elsewhere. Small (eager) messages still arrive in host memory
+//                 and are uploaded here; rendezvous ones land in device buffers directly;
 //   - ucx:        anything else; Q and (O, lse) travel as float32 payloads staged through host
-//                 memory (Backend::download/upload).
+//                 memory by us (Backend::download/upload).
 //
 // Threads. A ShardServer owns a data-plane thread that drives its UCX worker: it answers
 // requests over the shard's own backend under the host's compute lock, so phase-2 answers never
@@ -31,7 +36,38 @@
 #include "transport/peer_path.h"
 #include "transport/ucx_endpoint.h"
 
+namespace starattn::wire {
+class AttendRequest;
+class AttendReply;
+}  // namespace starattn::wire
+
 namespace starattn::actors {
+
+// Whether UCX may carry this backend's memory itself (DataPath::ucx_device): a GPU backend (one
+// with DeviceIpc) and a UCX built with CUDA whose device path is not turned off.
+bool ucx_carries_device_memory(Backend& backend);
+
+// Device buffers for payloads UCX reads or writes after the call that handed them over: a buffer
+// is handed out again only once no send or receive holds it (its shared_ptr is ours alone).
+// One thread uses a pool, with the backend's compute lock held (allocations).
+class DevicePayloadPool {
+ public:
+  explicit DevicePayloadPool(Backend& backend) : backend_(backend) {}
+  // A buffer of at least `bytes`, shared with whichever UCX operation it is given to.
+  std::shared_ptr<Buffer> take(size_t bytes);
+
+ private:
+  Backend& backend_;
+  std::vector<std::shared_ptr<Buffer>> buffers_;
+};
+
+// A shard's (O, lse) laid out in one buffer as the device path sends it: O [rows, q_cols] in the
+// activation dtype, then lse [rows, heads] float32.
+Partial partial_in(void* data, DType activation, int64_t rows, int64_t q_cols, int64_t heads);
+size_t partial_bytes(DType activation, int64_t rows, int64_t q_cols, int64_t heads);
+
+// Rendezvous attention replies of a device path land in `pool`'s buffers (the query side).
+void sink_device_replies(transport::UcxWorker& ucx, std::shared_ptr<DevicePayloadPool> pool);
 
 // A context shard's data plane: one UCX worker, one thread.
 class ShardServer {
@@ -62,6 +98,10 @@ class ShardServer {
   void open_ipc(transport::AmMessage& msg);
   void refuse(const transport::AmMessage& msg, uint64_t request_id, uint64_t seq, int shard,
               const std::string& why);
+  // The DataPath::ucx_device answer: q from device memory (or an eager host copy), (O, lse)
+  // sent from device memory.
+  void answer_device(transport::AmMessage& msg, const wire::AttendRequest& req,
+                     ContextShard& shard, wire::AttendReply& reply);
   std::shared_ptr<ContextShard> shard_of(uint64_t request_id) const;
 
   const ModelHost& host_;
@@ -75,6 +115,8 @@ class ShardServer {
   // (request id, shard index) -> the mapped buffers of a cuda_ipc path.
   std::map<std::pair<uint64_t, int>, std::shared_ptr<IpcSession>> ipc_;
   Buffer q_buf_;  // the arriving staged Q on the backend (data-plane thread only)
+  // Device payloads in flight (ucx_device path); null when UCX cannot carry device memory.
+  std::unique_ptr<DevicePayloadPool> payloads_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> served_{0}, refused_{0};
   std::thread thread_;
@@ -118,9 +160,12 @@ class ShardLinks : public ContextShards {
   // LocalShards over the same shards. rows_capacity: the most query rows of one exchange (the
   // query's length). cuda_ipc links open their shared buffers here; a link whose peer refuses
   // falls back to ucx (said in describe()).
+  // `payloads`: the query side's device payload pool (sink_device_replies installed with it);
+  // needed by ucx_device links, which fall back to ucx without it.
   ShardLinks(transport::UcxWorker& ucx, const Transformer& model, uint64_t request_id,
              std::vector<Link> links, std::shared_ptr<const WorkerHealth> health,
-             std::chrono::milliseconds timeout, int64_t rows_capacity);
+             std::chrono::milliseconds timeout, int64_t rows_capacity,
+             std::shared_ptr<DevicePayloadPool> payloads = nullptr);
   ~ShardLinks() override;
 
   // Throws std::runtime_error naming the worker when one fails, refuses or does not answer.
@@ -133,6 +178,7 @@ class ShardLinks : public ContextShards {
   struct Reply {
     bool in = false;
     std::vector<char> payload;
+    transport::SinkBuffer sunk;  // a device path's reply that landed in device memory
   };
   void open_ipc();
   // Progresses UCX until every remote link's reply with `seq` is in; throws on failure.
@@ -153,6 +199,10 @@ class ShardLinks : public ContextShards {
   Buffer q_shared_;
   std::unique_ptr<DeviceEvent> q_event_;
   std::vector<std::unique_ptr<DeviceEvent>> done_events_;
+  // ucx_device: the pool, and the reply buffers the last exchange's partials point into (kept
+  // until the next exchange, by when their merge has run).
+  std::shared_ptr<DevicePayloadPool> payloads_;
+  std::vector<std::shared_ptr<void>> held_;
   ExchangeStats stats_;
 };
 

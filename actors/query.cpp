@@ -10,8 +10,6 @@
 #include "runtime/errors.h"
 #include "runtime/generation.h"
 #include "transport/peer_path.h"
-#include "transport/wire.h"
-#include "transport/wire_convert.h"
 
 namespace starattn::actors {
 namespace {
@@ -27,6 +25,7 @@ struct QueryState {
   QueryOptions options;
   transport::PeerPlace place;
   std::unique_ptr<transport::UcxWorker> ucx;
+  std::shared_ptr<DevicePayloadPool> payloads;  // the ucx_device path's buffers; null without it
   std::map<uint64_t, transport::UcxWorker::EpId> endpoints;  // worker id -> endpoint
   std::map<uint64_t, std::unique_ptr<ActiveQuery>> active;
   // Sessions hold backend buffers and endpoints: drop them before the UCX worker goes.
@@ -42,57 +41,59 @@ void finish(Self* self, uint64_t id, const std::string& error, ErrorKind kind) {
   auto it = self->state.active.find(id);
   if (it == self->state.active.end()) return;
   ActiveQuery& q = *it->second;
-  wire::Finished f;
-  f.set_request_id(id);
-  f.set_ok(error.empty());
-  f.set_error(error);
-  if (!error.empty()) f.set_error_kind(wire::to_wire(kind));
+  auto f = std::make_shared<RequestFinished>();
+  f->request_id = id;
+  RequestEnd& end = f->end;
+  end.ok = error.empty();
+  end.error = error;
+  if (!error.empty()) end.error_kind = kind;
+  RequestStats& s = end.stats;
   if (q.generation) {
-    const Generation& g = *q.generation;
-    f.set_finish_reason(error.empty() ? g.finish_reason() : "error");
-    f.set_generated(g.generated());
-    f.set_first_token_ms(g.first_token_ms());
+    Generation& g = *q.generation;
+    s.finish_reason = error.empty() ? g.finish_reason() : "error";
+    s.generated = g.generated();
+    s.first_token_ms = g.first_token_ms();
     if (error.empty()) {
-      f.set_decode_ms(g.decode_ms());
-      f.set_text_tail(q.generation->text_tail());
+      s.decode_ms = g.decode_ms();
+      s.text_tail = g.text_tail();
     }
   } else {
-    f.set_finish_reason("error");
+    s.finish_reason = "error";
   }
   if (q.shards) {
-    const ExchangeStats& s = q.shards->stats();
-    f.set_exchanges(static_cast<int64_t>(s.us.size()));
-    f.set_exchange_mean_us(s.mean());
-    f.set_exchange_p50_us(s.percentile(0.5));
-    f.set_exchange_max_us(s.max());
+    const ExchangeStats& x = q.shards->stats();
+    s.exchanges = static_cast<int64_t>(x.us.size());
+    s.exchange_mean_us = x.mean();
+    s.exchange_p50_us = x.percentile(0.5);
+    s.exchange_max_us = x.max();
   }
-  self->send(q.reply_to, finished_atom::value, wire::encode(f));
+  self->send(q.reply_to, finished_atom::value, FinishedPtr(std::move(f)));
   self->state.active.erase(it);
 }
 
 // The links to a request's shards, each on the nearest path (transport/peer_path.h).
-std::unique_ptr<ShardLinks> link_shards(Self* self, const wire::StartQuery& req) {
+std::unique_ptr<ShardLinks> link_shards(Self* self, const StartQuery& req) {
   auto& st = self->state;
   const ModelHost& host = *st.options.model;
   std::vector<ShardLinks::Link> links;
-  for (const auto& s : req.shards()) {
+  for (const ShardRef& s : req.shards) {
     ShardLinks::Link l;
-    l.worker_id = s.worker_id();
-    l.name = s.name();
-    const transport::PeerPlace peer{s.host_id(), s.process_id(), s.ipc_device()};
-    l.local = ShardServer::find_in_process(s.ucx_address(), req.request_id(), &host.backend());
+    l.worker_id = s.worker_id;
+    l.name = s.name;
+    const transport::PeerPlace peer{s.host_id, s.process_id, s.ipc_device, s.ucx_device_memory};
+    l.local = ShardServer::find_in_process(s.ucx_address, req.request_id, &host.backend());
     const transport::PathChoice choice = transport::choose_data_path(st.place, peer, l.local != nullptr);
     l.path = choice.path;
     if (l.path != transport::DataPath::in_process) {
       l.local.reset();
-      auto ep = st.endpoints.find(s.worker_id());
+      auto ep = st.endpoints.find(s.worker_id);
       if (ep == st.endpoints.end()) {
         // Same-host peers go over shared memory, which UCX 1.13 offers only without its
         // peer-failure mode: the control plane watches them instead.
         const bool same_host = !peer.host_id.empty() && peer.host_id == st.place.host_id;
         ep = st.endpoints
-                 .emplace(s.worker_id(),
-                          st.ucx->connect(s.ucx_address(), s.name(),
+                 .emplace(s.worker_id,
+                          st.ucx->connect(s.ucx_address, s.name,
                                           same_host ? transport::UcxWorker::PeerFailure::control_plane
                                                     : transport::UcxWorker::PeerFailure::detect))
                  .first;
@@ -101,43 +102,33 @@ std::unique_ptr<ShardLinks> link_shards(Self* self, const wire::StartQuery& req)
     }
     links.push_back(std::move(l));
   }
-  auto out = std::make_unique<ShardLinks>(*st.ucx, host.model(), req.request_id(), std::move(links),
+  auto out = std::make_unique<ShardLinks>(*st.ucx, host.model(), req.request_id, std::move(links),
                                           st.options.health, st.options.exchange_timeout,
-                                          std::max(req.query_size(), 1));
+                                          std::max(static_cast<int>(req.spec.query.size()), 1), st.payloads);
   if (st.options.verbose || std::getenv("STARATTN_LOG_PATHS"))
     std::fprintf(stderr, "head: request %llu data paths: %s\n",
-                 static_cast<unsigned long long>(req.request_id()), out->describe().c_str());
+                 static_cast<unsigned long long>(req.request_id), out->describe().c_str());
   return out;
 }
 
-void start(Self* self, const std::string& bytes) {
+void start(Self* self, const StartQuery& req) {
   auto& st = self->state;
-  const auto req = wire::decode<wire::StartQuery>(bytes, "the scheduler");
-  wire::check_version(req.protocol_version(), "the start request");
   const ModelHost& host = *st.options.model;
   auto q = std::make_unique<ActiveQuery>();
-  q->id = req.request_id();
+  q->id = req.request_id;
   q->reply_to = caf::actor_cast<caf::actor>(self->current_sender());
   ActiveQuery& a = *q;
-  st.active[req.request_id()] = std::move(q);
+  st.active[req.request_id] = std::move(q);
   try {
     const auto compute = host.lock_compute();
     a.shards = link_shards(self, req);
-    GenerationSpec spec;
-    spec.query.assign(req.query().begin(), req.query().end());
-    spec.max_tokens = req.max_tokens();
-    spec.sampling = wire::from_wire(req.sampling());
-    spec.stop_ids.assign(req.stop_ids().begin(), req.stop_ids().end());
-    for (const auto& s : req.stop_strings()) spec.stop_strings.push_back(s);
-    spec.logits = wire::from_wire(req.logits());
-    spec.want_logits = req.want_logits();
-    a.generation = std::make_unique<Generation>(host.model(), *a.shards, req.context_len(),
-                                                std::move(spec), &host.tokenizer());
+    a.generation = std::make_unique<Generation>(host.model(), *a.shards, req.context_len, req.spec,
+                                                &host.tokenizer());
   } catch (const std::exception& e) {
-    finish(self, req.request_id(), std::string("starting phase 2 failed: ") + e.what(), kind_of(e));
+    finish(self, req.request_id, std::string("starting phase 2 failed: ") + e.what(), kind_of(e));
     return;
   }
-  self->send(self, step_atom::value, req.request_id());
+  self->send(self, step_atom::value, req.request_id);
 }
 
 // One step of the request's Generation (the query prefill, then one token), then the next
@@ -158,14 +149,14 @@ void step(Self* self, uint64_t id) {
                                                                          : kind_of(e));
   }
   if (!more) return finish(self, id, "", ErrorKind::internal);
-  wire::TokenEvent ev;
-  ev.set_request_id(id);
-  ev.set_token(token.token);
-  ev.set_text(token.text);
-  if (token.logits)
-    ev.set_logits(token.logits, static_cast<size_t>(host.config().vocab_size) * sizeof(float));
-  if (token.logprob) wire::to_wire(*token.logprob, ev.mutable_logprob());
-  self->send(q.reply_to, token_atom::value, wire::encode(ev));
+  auto out = std::make_shared<RequestToken>();
+  out->request_id = id;
+  TokenEvent& ev = out->event;
+  ev.tokens.push_back(token.token);
+  ev.text = std::move(token.text);
+  if (token.logits) ev.logits.assign(token.logits, token.logits + host.config().vocab_size);
+  if (token.logprob) ev.logprobs.push_back(std::move(*token.logprob));
+  self->send(q.reply_to, token_atom::value, TokenPtr(std::move(out)));
   self->send(self, step_atom::value, id);
 }
 
@@ -174,18 +165,19 @@ caf::behavior query(Self* self, QueryOptions options) {
   const ModelHost& host = *self->state.options.model;
   adopt_compute_threads(host.threads());
   DeviceIpc* ipc = host.backend().ipc();
-  self->state.place = transport::this_process(ipc ? ipc->device_id() : "");
+  self->state.place =
+      transport::this_process(ipc ? ipc->device_id() : "", ucx_carries_device_memory(host.backend()));
   self->state.ucx = std::make_unique<transport::UcxWorker>();
   self->state.ucx->listen(kAmAttendReply);
   self->state.ucx->listen(kAmIpcOpenReply);
+  if (self->state.place.ucx_device) {
+    self->state.payloads = std::make_shared<DevicePayloadPool>(host.backend());
+    sink_device_replies(*self->state.ucx, self->state.payloads);
+  }
   self->set_default_handler(caf::drop);
   return {
-      [self](start_atom, const std::string& bytes) {
-        try {
-          start(self, bytes);
-        } catch (const std::exception& e) {
-          std::fprintf(stderr, "query actor: refused a start request: %s\n", e.what());
-        }
+      [self](start_atom, const StartQueryPtr& req) {
+        if (req) start(self, *req);
       },
       [self](step_atom, uint64_t id) { step(self, id); },
       [self](abort_atom, uint64_t id) {

@@ -16,6 +16,7 @@
 #include "runtime/request_plan.h"
 #include "runtime/prompt.h"
 #include "transport/wire.h"
+#include "transport/wire_convert.h"
 
 namespace starattn::actors {
 namespace {
@@ -31,6 +32,7 @@ struct Worker {
   int64_t kv_tokens = 0;  // placed here by requests not yet released
   std::set<uint64_t> requests;
   std::string host_id, ipc_device;
+  bool ucx_device_memory = false;
   uint64_t process_id = 0;
   clock::time_point last_heartbeat = clock::now();
   bool unresponsive = false;
@@ -39,7 +41,9 @@ struct Worker {
 struct Request {
   uint64_t id = 0;
   caf::actor client;
-  wire::SubmitRequest submit;        // with ids resolved (text tokenized)
+  bool wire_client = false;  // submitted bytes (a remote client): answered in bytes
+  SubmitPtr spec;
+  PromptIds prompt;                     // the spec's prompt laid out as ids
   std::vector<uint64_t> shard_workers;  // merge order
   std::map<uint64_t, int64_t> kv;       // worker id -> tokens of KV placed there
   std::vector<int32_t> stop;
@@ -49,7 +53,7 @@ struct Request {
   int32_t generated = 0;                // tokens forwarded to the client
   clock::time_point t0;
   clock::time_point admitted = clock::now();
-  wire::Finished stats;              // the planning part, completed by the query actor
+  RequestStats stats;                   // the planning part, completed by the query actor
 };
 
 struct SchedulerState {
@@ -65,21 +69,22 @@ struct SchedulerState {
   uint64_t done = 0, failed = 0;
 };
 
-// The wire's kind of an exception thrown while admitting or placing a request (one ErrorKind,
-// runtime/errors.h; the wire enum is its image on the control plane).
-wire::ErrorKind wire_kind_of(const std::exception& e) {
-  if (dynamic_cast<const wire::ProtocolError*>(&e)) return wire::ERROR_PROTOCOL;
-  return wire::to_wire(kind_of(e));
-}
-
 using Self = caf::stateful_actor<SchedulerState>;
 
 void log(Self* self, const std::string& text) {
   if (self->state.options.verbose) std::fprintf(stderr, "head: %s\n", text.c_str());
 }
 
-void send_finished(Self* self, const caf::actor& client, const wire::Finished& f) {
-  if (client) self->send(client, finished_atom::value, wire::encode(f));
+// The end of a request, in the form its client submitted in.
+void send_finished(Self* self, const caf::actor& client, bool wire_client, uint64_t id,
+                   RequestEnd end) {
+  if (!client) return;
+  if (wire_client) {
+    self->send(client, finished_atom::value, wire::encode(wire::to_wire(id, end)));
+  } else {
+    self->send(client, finished_atom::value,
+               FinishedPtr(std::make_shared<const RequestFinished>(RequestFinished{id, std::move(end)})));
+  }
 }
 
 void release_kv(Self* self, Request& r) {
@@ -124,39 +129,30 @@ void end_request(Self* self, std::map<uint64_t, Request>::iterator it) {
 }
 
 // Ends a request with an error: the client hears why, every worker frees its KV.
-void fail(Self* self, uint64_t id, const std::string& why,
-          wire::ErrorKind kind = wire::ERROR_INTERNAL) {
+void fail(Self* self, uint64_t id, const std::string& why, ErrorKind kind = ErrorKind::internal) {
   auto it = self->state.requests.find(id);
   if (it == self->state.requests.end()) return;
   Request& r = it->second;
   log(self, "request " + std::to_string(id) + " failed: " + why);
   if (r.decoding) self->send(self->state.options.query, abort_atom::value, id);
   release_kv(self, r);
-  wire::Finished f = r.stats;
-  f.set_request_id(id);
-  f.set_ok(false);
-  f.set_error(why);
-  f.set_error_kind(kind);
-  f.set_finish_reason("error");
-  f.set_generated(r.generated);
-  send_finished(self, r.client, f);
+  RequestEnd end;
+  end.ok = false;
+  end.error = why;
+  end.error_kind = kind;
+  end.stats = r.stats;
+  end.stats.finish_reason = "error";
+  end.stats.generated = r.generated;
+  send_finished(self, r.client, r.wire_client, id, std::move(end));
   ++self->state.failed;
   end_request(self, it);
 }
 
 // The requester's cancel: stops phase 2, frees the KV, and answers with a "cancelled" Finished
 // (ok: nothing went wrong) carrying what was generated so far.
-void cancel(Self* self, const std::string& bytes) {
+void cancel(Self* self, uint64_t request_id) {
   auto& st = self->state;
-  wire::CancelRequest c;
-  try {
-    c = wire::decode<wire::CancelRequest>(bytes, "a client");
-    wire::check_version(c.protocol_version(), "the cancel request");
-  } catch (const std::exception& e) {
-    log(self, std::string("ignored a cancel: ") + e.what());
-    return;
-  }
-  auto it = st.requests.find(c.request_id());
+  auto it = st.requests.find(request_id);
   if (it == st.requests.end()) return;  // ended meanwhile: the client has its Finished already
   Request& r = it->second;
   // Only the requester may cancel: ids are small integers anyone could guess.
@@ -166,27 +162,51 @@ void cancel(Self* self, const std::string& bytes) {
   }
   if (r.decoding) self->send(st.options.query, abort_atom::value, r.id);
   release_kv(self, r);
-  wire::Finished f = r.stats;
-  f.set_request_id(r.id);
-  f.set_ok(true);
-  f.set_finish_reason("cancelled");
-  f.set_generated(r.generated);
-  send_finished(self, r.client, f);
+  RequestEnd end;
+  end.stats = r.stats;
+  end.stats.finish_reason = "cancelled";
+  end.stats.generated = r.generated;
+  send_finished(self, r.client, r.wire_client, r.id, std::move(end));
   log(self, "request " + std::to_string(r.id) + " cancelled after " + std::to_string(r.generated) +
                 " tokens");
   ++st.done;
   end_request(self, it);
 }
 
-void refuse_submit(Self* self, const caf::actor& client, const std::string& why,
-                   wire::ErrorKind kind) {
+void cancel(Self* self, const std::string& bytes) {
+  wire::CancelRequest c;
+  try {
+    c = wire::decode<wire::CancelRequest>(bytes, "a client");
+    wire::check_version(c.protocol_version(), "the cancel request");
+  } catch (const std::exception& e) {
+    log(self, std::string("ignored a cancel: ") + e.what());
+    return;
+  }
+  cancel(self, c.request_id());
+}
+
+void refuse_submit(Self* self, const caf::actor& client, bool wire_client, const std::string& why,
+                   ErrorKind kind) {
+  log(self, "refused a request: " + why);
+  RequestEnd end;
+  end.ok = false;
+  end.error = why;
+  end.error_kind = kind;
+  end.stats.finish_reason = "error";
+  send_finished(self, client, wire_client, 0, std::move(end));
+  ++self->state.failed;
+}
+
+// Bytes that are no submission of this protocol (garbage, another version): a wire Finished
+// with ERROR_PROTOCOL, the one kind that exists only on the wire.
+void refuse_bytes(Self* self, const caf::actor& client, const std::string& why) {
   log(self, "refused a request: " + why);
   wire::Finished f;
   f.set_ok(false);
   f.set_error(why);
-  f.set_error_kind(kind);
+  f.set_error_kind(wire::ERROR_PROTOCOL);
   f.set_finish_reason("error");
-  send_finished(self, client, f);
+  if (client) self->send(client, finished_atom::value, wire::encode(f));
   ++self->state.failed;
 }
 
@@ -215,6 +235,7 @@ std::string do_register(Self* self, const std::string& bytes) {
     w.host_id = reg.host_id();
     w.process_id = reg.process_id();
     w.ipc_device = reg.ipc_device();
+    w.ucx_device_memory = reg.ucx_device_memory();
     self->monitor(actor);
     log(self, "worker " + std::to_string(w.id) + " registered: " + w.name + " (" + w.device +
                   ", room for " + std::to_string(w.capacity_tokens) + " tokens of KV)");
@@ -263,81 +284,47 @@ std::string do_status(Self* self, const std::string& bytes) {
 
 void start_phase2(Self* self, Request& r) {
   auto& st = self->state;
-  r.stats.set_phase1_ms(std::chrono::duration<double, std::milli>(clock::now() - r.t0).count());
-  wire::StartQuery s;
-  s.set_protocol_version(wire::kProtocolVersion);
-  s.set_request_id(r.id);
-  s.set_context_len(static_cast<int64_t>(r.submit.context_size()));
-  *s.mutable_query() = r.submit.query();
-  s.set_max_tokens(r.submit.max_tokens());
-  *s.mutable_sampling() = r.submit.sampling();
-  for (int32_t id : r.stop) s.add_stop_ids(id);
-  *s.mutable_stop_strings() = r.submit.stop_strings();
-  *s.mutable_logits() = r.submit.logits();
-  s.set_want_logits(r.submit.want_logits());
+  r.stats.phase1_ms = std::chrono::duration<double, std::milli>(clock::now() - r.t0).count();
+  const RequestSpec& spec = *r.spec;
+  auto s = std::make_shared<StartQuery>();
+  s->request_id = r.id;
+  s->context_len = static_cast<int64_t>(r.prompt.context.size());
+  s->spec.query = r.prompt.query;
+  s->spec.max_tokens = spec.max_tokens;
+  s->spec.sampling = spec.sampling;
+  s->spec.stop_ids = r.stop;
+  s->spec.stop_strings = spec.stop_strings;
+  s->spec.logits = spec.logits;
+  s->spec.want_logits = spec.want_logits;
   for (uint64_t w : r.shard_workers) {
     const Worker& wk = st.workers.at(w);
-    auto* ref = s.add_shards();
-    ref->set_worker_id(w);
-    ref->set_name(wk.name);
-    ref->set_ucx_address(wk.ucx_address);
-    ref->set_host_id(wk.host_id);
-    ref->set_process_id(wk.process_id);
-    ref->set_ipc_device(wk.ipc_device);
+    s->shards.push_back(ShardRef{w, wk.name, wk.ucx_address, wk.host_id, wk.process_id, wk.ipc_device,
+                                      wk.ucx_device_memory});
   }
   r.decoding = true;
-  self->send(st.options.query, start_atom::value, wire::encode(s));
+  self->send(st.options.query, start_atom::value, StartQueryPtr(std::move(s)));
 }
 
 
-// Decodes and tokenizes a submission and checks what does not depend on the workers; throws
-// (see kind_of) when the request cannot run.
-void prepare(Self* self, Request& r, const std::string& bytes) {
+// Lays out the request's prompt and checks what does not depend on the workers; throws (see
+// kind_of) when the request cannot run.
+void prepare(Self* self, Request& r) {
   auto& st = self->state;
   const ModelConfig& cfg = st.options.model->config();
-  r.submit = wire::decode<wire::SubmitRequest>(bytes, "a client");
-  wire::check_version(r.submit.protocol_version(), "the client");
-  wire::SubmitRequest& q = r.submit;
-  const Tokenizer& tok = st.options.model->tokenizer();
-  if (q.messages_size() > 0) {
-    if (q.context_size() > 0 || q.query_size() > 0 || q.context_is_text() || q.query_is_text())
-      throw std::invalid_argument("a chat request gives messages only, not context or query");
-    std::vector<ChatMessage> messages;
-    for (const auto& m : q.messages()) messages.push_back({m.role(), m.content()});
-    // The same layout as `starattn run --messages-file` in one process (runtime/prompt.h).
-    const PromptIds p = chat_prompt(tok, st.chat, messages);
-    for (int32_t id : p.context) q.add_context(id);
-    for (int32_t id : p.query) q.add_query(id);
-  } else if (q.context_is_text() && q.query_is_text()) {
-    // A question over a document: laid out with the model's chat template (runtime/prompt.h).
-    const PromptIds p = document_prompt(tok, st.options.model->chat_template(),
-                                        q.context_text(), q.query_text());
-    q.clear_context();
-    q.clear_query();
-    for (int32_t id : p.context) q.add_context(id);
-    for (int32_t id : p.query) q.add_query(id);
-  } else if (q.context_is_text()) {
-    // Text contexts start a sequence, so they get the model's BOS.
-    q.clear_context();
-    if (cfg.bos_token_id >= 0) q.add_context(cfg.bos_token_id);
-    for (int32_t id : tok.encode(q.context_text())) q.add_context(id);
-  }
-  if (q.query_is_text() && !q.context_is_text()) {
-    q.clear_query();
-    for (int32_t id : tok.encode(q.query_text())) q.add_query(id);
-  }
-  const std::vector<int32_t> context(q.context().begin(), q.context().end());
-  const std::vector<int32_t> query(q.query().begin(), q.query().end());
-  validate_request(context, query, q.max_tokens(), cfg);
+  const ModelHost& host = *st.options.model;
+  const RequestSpec& q = *r.spec;
+  // The same layout as the Engine's and `starattn run --engine`'s (runtime/prompt.h).
+  r.prompt = resolve_prompt(q.prompt, host.tokenizer(), host.chat_template(), st.chat,
+                            cfg.bos_token_id);
+  validate_request(r.prompt.context, r.prompt.query, q.max_tokens, cfg, q.beyond_positions);
   const int64_t limit = st.options.max_context_tokens;
-  if (limit > 0 && q.context_size() > limit)
+  const auto C = static_cast<int64_t>(r.prompt.context.size());
+  if (limit > 0 && C > limit)
     throw Error(ErrorKind::capacity,
-                "context of " + std::to_string(q.context_size()) +
+                "context of " + std::to_string(C) +
                     " tokens is larger than this server's limit of " + std::to_string(limit) +
                     " context tokens");
-  parse_mode(q.mode());
-  r.stop = resolve_stop_ids(std::vector<int32_t>(q.stop_ids().begin(), q.stop_ids().end()),
-                            q.ignore_eos(), cfg);
+  r.stop = resolve_stop_ids(q.stop_ids, q.ignore_eos, cfg);
 }
 
 // Plans the blocks exactly as Engine::generate does, over the workers live now, and sends each
@@ -350,11 +337,12 @@ void start_request(Self* self, uint64_t id) {
   r.running = true;
   ++st.running;
   r.t0 = clock::now();  // phase 1 starts now, not when the request began to wait
+  r.stats.queue_ms = std::chrono::duration<double, std::milli>(r.t0 - r.admitted).count();
   std::vector<std::vector<BlockSpec>> runs;
   std::vector<uint64_t> run_workers;
   try {
-    const wire::SubmitRequest& q = r.submit;
-    const int64_t C = q.context_size();
+    const RequestSpec& q = *r.spec;
+    const auto C = static_cast<int64_t>(r.prompt.context.size());
     // The workers that can take work now: registered and answering heartbeats.
     std::vector<const Worker*> live;
     std::vector<int64_t> room;
@@ -366,36 +354,36 @@ void start_request(Self* self, uint64_t id) {
     }
     BlockRequest br;
     br.context_len = C;
-    br.mode = parse_mode(q.mode());
-    br.block_size = q.block_size();
-    br.anchor_size = q.anchor_size();
-    br.use_anchor = !q.no_anchor();
+    br.mode = q.mode;
+    br.block_size = q.block_size;
+    br.anchor_size = q.anchor_size;
+    br.use_anchor = q.use_anchor;
     const RequestPlan plan = plan_request(
         br, room, st.memory,
         "the " + std::to_string(live.size()) + " live worker(s)" +
             (live.size() < st.workers.size()
                  ? " (" + std::to_string(st.workers.size() - live.size()) + " unresponsive)"
                  : std::string()));
-    r.stats.set_context_tokens(C);
-    r.stats.set_query_tokens(q.query_size());
-    r.stats.set_block_size(plan.block_size);
-    r.stats.set_anchor_size(plan.anchor_size);
-    r.stats.set_blocks(static_cast<int32_t>(plan.blocks.size()));
+    r.stats.context_tokens = C;
+    r.stats.query_tokens = static_cast<int64_t>(r.prompt.query.size());
+    r.stats.block_size = plan.block_size;
+    r.stats.anchor_size = plan.anchor_size;
+    r.stats.blocks = static_cast<int>(plan.blocks.size());
     runs = plan.runs;
     for (size_t i = 0; i < runs.size(); ++i)
       if (!runs[i].empty()) run_workers.push_back(live[i]->id);
   } catch (const std::exception& e) {
-    return fail(self, id, e.what(), wire_kind_of(e));
+    return fail(self, id, e.what(), kind_of(e));
   }
 
   r.shard_workers = run_workers;
-  r.stats.set_workers_used(static_cast<int32_t>(run_workers.size()));
+  r.stats.workers_used = static_cast<int>(run_workers.size());
   log(self, "request " + std::to_string(id) + ": context " +
-                std::to_string(r.stats.context_tokens()) + " tokens in " +
-                std::to_string(r.stats.blocks()) + " blocks on " +
+                std::to_string(r.stats.context_tokens) + " tokens in " +
+                std::to_string(r.stats.blocks) + " blocks on " +
                 std::to_string(run_workers.size()) + " workers");
-  const std::vector<int32_t> context(r.submit.context().begin(), r.submit.context().end());
-  const int64_t a = r.stats.anchor_size();
+  const std::vector<int32_t>& context = r.prompt.context;
+  const int64_t a = r.stats.anchor_size;
   wire::EncodeRequest base;
   base.set_protocol_version(wire::kProtocolVersion);
   base.set_request_id(id);
@@ -443,34 +431,39 @@ void start_request(Self* self, uint64_t id) {
   if (r.pending_encodes == 0) start_phase2(self, r);  // an empty context
 }
 
-void admit(Self* self, const caf::actor& client, const std::string& bytes) {
+void admit(Self* self, const caf::actor& client, bool wire_client, SubmitPtr spec) {
   auto& st = self->state;
   Request r;
   r.client = client;
+  r.wire_client = wire_client;
+  r.spec = std::move(spec);
   try {
-    prepare(self, r, bytes);
+    prepare(self, r);
   } catch (const std::exception& e) {
-    refuse_submit(self, client, e.what(), wire_kind_of(e));
+    refuse_submit(self, client, wire_client, e.what(), kind_of(e));
     return;
   }
   const bool must_wait = st.options.max_running > 0 && st.running >= st.options.max_running;
   if (must_wait && static_cast<int64_t>(st.waiting.size()) >= st.options.max_queue) {
-    refuse_submit(self, client,
+    refuse_submit(self, client, wire_client,
                   "the server is busy: " + std::to_string(st.waiting.size()) +
                       " requests are already waiting (limit " +
                       std::to_string(st.options.max_queue) + ")",
-                  wire::ERROR_OVERLOADED);
+                  ErrorKind::overloaded);
     return;
   }
   r.id = st.next_request++;
-  r.stats.set_request_id(r.id);
   const uint64_t id = r.id;
   st.requests.emplace(id, std::move(r));
   if (client) {
     self->monitor(client);
-    wire::Accepted acc;
-    acc.set_request_id(id);
-    self->send(client, accepted_atom::value, wire::encode(acc));
+    if (wire_client) {
+      wire::Accepted acc;
+      acc.set_request_id(id);
+      self->send(client, accepted_atom::value, wire::encode(acc));
+    } else {
+      self->send(client, accepted_atom::value, id);
+    }
   }
   if (must_wait) {
     st.waiting.push_back(id);
@@ -479,6 +472,26 @@ void admit(Self* self, const caf::actor& client, const std::string& bytes) {
     return;
   }
   start_request(self, id);
+}
+
+// A submission from a remote client (or any client that speaks bytes): its image on the wire
+// becomes the runtime's RequestSpec, and the client is answered in bytes.
+void admit_bytes(Self* self, const caf::actor& client, const std::string& bytes) {
+  SubmitPtr spec;
+  try {
+    const auto submit = wire::decode<wire::SubmitRequest>(bytes, "a client");
+    wire::check_version(submit.protocol_version(), "the client");
+    try {
+      spec = std::make_shared<const RequestSpec>(wire::from_wire(submit));
+    } catch (const std::exception& e) {
+      refuse_submit(self, client, true, e.what(), kind_of(e));
+      return;
+    }
+  } catch (const std::exception& e) {
+    refuse_bytes(self, client, e.what());
+    return;
+  }
+  admit(self, client, true, std::move(spec));
 }
 
 // A heartbeat from a worker process: it is alive; one that had gone quiet is admitted again.
@@ -516,7 +529,7 @@ void on_tick(Self* self) {
     st.options.health->mark_unresponsive(w.id, why);
     const std::set<uint64_t> held = w.requests;
     for (uint64_t rid : held)
-      fail(self, rid, why + ", during request " + std::to_string(rid), wire::ERROR_WORKER_FAILED);
+      fail(self, rid, why + ", during request " + std::to_string(rid), ErrorKind::worker_failed);
   }
   if (st.options.request_deadline.count() > 0) {
     std::vector<uint64_t> late;
@@ -526,7 +539,7 @@ void on_tick(Self* self) {
       fail(self, rid,
            "request " + std::to_string(rid) + " passed its deadline of " +
                std::to_string(st.options.request_deadline.count()) + " ms",
-           wire::ERROR_TIMEOUT);
+           ErrorKind::timeout);
   }
   const auto period = std::min<std::chrono::milliseconds>(std::chrono::milliseconds(250),
                                                          st.options.heartbeat_timeout / 4);
@@ -546,7 +559,7 @@ void on_down(Self* self, const caf::down_msg& dm) {
     st.options.health->mark_dead(w.id, why);
     self->send(st.options.query, forget_atom::value, w.id);
     for (uint64_t rid : w.requests)
-      fail(self, rid, why + ", during request " + std::to_string(rid), wire::ERROR_WORKER_FAILED);
+      fail(self, rid, why + ", during request " + std::to_string(rid), ErrorKind::worker_failed);
     return;
   }
   // A client that went away: its requests have nobody to stream to.
@@ -578,39 +591,49 @@ caf::behavior scheduler(Self* self, SchedulerOptions options) {
       [self](register_atom, const std::string& bytes) { return do_register(self, bytes); },
       [self](status_atom, const std::string& bytes) { return do_status(self, bytes); },
       [self](submit_atom, const std::string& bytes) {
-        admit(self, caf::actor_cast<caf::actor>(self->current_sender()), bytes);
+        admit_bytes(self, caf::actor_cast<caf::actor>(self->current_sender()), bytes);
+      },
+      [self](submit_atom, const SubmitPtr& spec) {
+        auto client = caf::actor_cast<caf::actor>(self->current_sender());
+        if (!spec) return refuse_submit(self, client, false, "an empty submission", ErrorKind::internal);
+        admit(self, client, false, spec);
       },
       [self](cancel_atom, const std::string& bytes) { cancel(self, bytes); },
-      [self](token_atom, const std::string& bytes) {
+      [self](cancel_atom, uint64_t id) { cancel(self, id); },
+      [self](token_atom, const TokenPtr& token) {
         // From the query actor: forward to the requester.
-        uint64_t id = 0;
-        try {
-          id = wire::decode<wire::TokenEvent>(bytes, "the query actor").request_id();
-        } catch (const std::exception&) {
-          return;
-        }
-        auto it = self->state.requests.find(id);
+        auto it = self->state.requests.find(token->request_id);
         if (it == self->state.requests.end()) return;  // failed or cancelled meanwhile
-        ++it->second.generated;
-        if (it->second.client) self->send(it->second.client, token_atom::value, bytes);
-      },
-      [self](finished_atom, const std::string& bytes) {
-        wire::Finished f;
-        try {
-          f = wire::decode<wire::Finished>(bytes, "the query actor");
-        } catch (const std::exception&) {
-          return;
-        }
-        auto it = self->state.requests.find(f.request_id());
-        if (it == self->state.requests.end()) return;  // failed already
-        if (!f.ok()) return fail(self, f.request_id(), f.error(), f.error_kind());
         Request& r = it->second;
-        wire::Finished out = r.stats;
-        out.MergeFrom(f);
+        ++r.generated;
+        if (!r.client) return;
+        if (r.wire_client)
+          self->send(r.client, token_atom::value, wire::encode(wire::to_wire(r.id, token->event)));
+        else
+          self->send(r.client, token_atom::value, token);
+      },
+      [self](finished_atom, const FinishedPtr& f) {
+        // From the query actor: its part of the stats (phase 2, the data plane).
+        auto it = self->state.requests.find(f->request_id);
+        if (it == self->state.requests.end()) return;  // failed already
+        const RequestEnd& q = f->end;
+        if (!q.ok) return fail(self, f->request_id, q.error, q.error_kind);
+        Request& r = it->second;
+        RequestEnd out;
+        out.stats = r.stats;
+        out.stats.finish_reason = q.stats.finish_reason;
+        out.stats.text_tail = q.stats.text_tail;
+        out.stats.generated = q.stats.generated;
+        out.stats.first_token_ms = q.stats.first_token_ms;
+        out.stats.decode_ms = q.stats.decode_ms;
+        out.stats.exchanges = q.stats.exchanges;
+        out.stats.exchange_mean_us = q.stats.exchange_mean_us;
+        out.stats.exchange_p50_us = q.stats.exchange_p50_us;
+        out.stats.exchange_max_us = q.stats.exchange_max_us;
         release_kv(self, r);
-        send_finished(self, r.client, out);
-        log(self, "request " + std::to_string(r.id) + " done: " + std::to_string(f.generated()) +
-                      " tokens (" + f.finish_reason() + ")");
+        send_finished(self, r.client, r.wire_client, r.id, std::move(out));
+        log(self, "request " + std::to_string(r.id) + " done: " +
+                      std::to_string(q.stats.generated) + " tokens (" + q.stats.finish_reason + ")");
         ++self->state.done;
         end_request(self, it);
       },

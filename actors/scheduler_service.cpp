@@ -12,7 +12,6 @@
 #include "actors/cluster.h"
 #include "actors/messages.h"
 #include "transport/wire.h"
-#include "transport/wire_convert.h"
 
 namespace starattn::actors {
 namespace {
@@ -44,37 +43,6 @@ struct Handle : RequestHandle {
 };
 
 
-wire::SubmitRequest to_submit(const TextRequest& r) {
-  wire::SubmitRequest s;
-  s.set_protocol_version(wire::kProtocolVersion);
-  if (r.chat) {
-    for (const auto& m : r.messages) {
-      auto* turn = s.add_messages();
-      turn->set_role(m.role);
-      turn->set_content(m.content);
-    }
-  } else if (r.ids) {
-    for (int32_t id : r.context_ids) s.add_context(id);
-    for (int32_t id : r.query_ids) s.add_query(id);
-  } else {
-    // Laid out by the scheduler with document_prompt(), as `starattn run` lays out a
-    // --context-file with a --query.
-    s.set_context_is_text(true);
-    s.set_context_text(r.context);
-    s.set_query_is_text(true);
-    s.set_query_text(r.query);
-  }
-  s.set_mode(r.mode);
-  s.set_block_size(r.block_size);
-  s.set_anchor_size(r.anchor_size);
-  s.set_max_tokens(r.max_tokens);
-  s.set_ignore_eos(r.ignore_eos);
-  wire::to_wire(r.sampling, s.mutable_sampling());
-  for (const auto& stop : r.stop) s.add_stop_strings(stop);
-  wire::to_wire(r.logits, s.mutable_logits());
-  return s;
-}
-
 struct BridgeState {
   std::shared_ptr<Registry> registry;
   caf::actor scheduler;
@@ -99,10 +67,7 @@ void send_cancel(Bridge* self) {
   auto& st = self->state;
   if (st.cancel_sent || st.id == 0) return;  // without an id, Accepted will send it
   st.cancel_sent = true;
-  wire::CancelRequest c;
-  c.set_protocol_version(wire::kProtocolVersion);
-  c.set_request_id(st.id);
-  self->send(st.scheduler, cancel_atom::value, wire::encode(c));
+  self->send(st.scheduler, cancel_atom::value, st.id);
 }
 
 // The request ends early at our asking; the scheduler's "cancelled" Finished completes it.
@@ -114,60 +79,36 @@ void end_early(Bridge* self, const std::string& reason) {
 
 void fail_and_quit(Bridge* self, ErrorKind kind, const std::string& message) {
   deliver(self, [&] {
-    self->state.callbacks.on_error(ServiceError{kind, message});
+    self->state.callbacks.on_error(Error(kind, message));
     return true;
   });
   self->quit();
 }
 
-void on_token(Bridge* self, const std::string& bytes) {
+void on_token(Bridge* self, const RequestToken& t) {
   auto& st = self->state;
   if (!st.ending.empty()) return;  // cancelled or stopped: the rest is not wanted
-  wire::TokenEvent t;
-  try {
-    t = wire::decode<wire::TokenEvent>(bytes, "the scheduler");
-  } catch (const std::exception& e) {
-    end_early(self, "cancelled");
-    return fail_and_quit(self, ErrorKind::internal, e.what());
-  }
   ++st.tokens;
-  TokenEvent ev;
   // Stop strings were applied by the query actor's Generation (the text ends before a match).
-  ev.text = t.text();
-  ev.tokens.push_back(t.token());
-  if (t.has_logprob()) ev.logprobs.push_back(wire::from_wire(t.logprob()));
-  const bool more = deliver(self, [&] { return st.callbacks.on_token(ev); });
+  const bool more = deliver(self, [&] { return st.callbacks.on_token(t.event); });
   if (!more) end_early(self, "cancelled");
 }
 
-void on_finished(Bridge* self, const std::string& bytes) {
+void on_finished(Bridge* self, const RequestFinished& f) {
   auto& st = self->state;
-  wire::Finished f;
-  try {
-    f = wire::decode<wire::Finished>(bytes, "the scheduler");
-  } catch (const std::exception& e) {
-    return fail_and_quit(self, ErrorKind::internal, e.what());
-  }
+  const RequestEnd& end = f.end;
   // A request we ended is done whatever raced with the cancel (a last token, a failure).
-  if (!f.ok() && st.ending.empty()) return fail_and_quit(self, wire::from_wire(f.error_kind()), f.error());
-  std::string reason = st.ending;
-  if (reason.empty()) {
+  if (!end.ok && st.ending.empty()) return fail_and_quit(self, end.error_kind, end.error);
+  RequestStats c = end.stats;
+  if (st.ending.empty()) {
     TokenEvent tail;
-    tail.text = f.text_tail();
+    tail.text = c.text_tail;
     if (!tail.text.empty()) deliver(self, [&] { return st.callbacks.on_token(tail); });
-    reason = f.finish_reason();
+  } else {
+    c.finish_reason = st.ending;
+    c.generated = st.tokens;
   }
-  Completion c;
-  c.finish_reason = reason;
-  c.context_tokens = f.context_tokens();
-  c.prompt_tokens = f.context_tokens() + f.query_tokens();
-  c.completion_tokens = st.ending.empty() ? f.generated() : st.tokens;
-  c.blocks = f.blocks();
-  c.block_size = f.block_size();
-  c.anchor_size = f.anchor_size();
-  c.phase1_ms = f.phase1_ms();
-  c.first_token_ms = f.first_token_ms();
-  c.decode_ms = f.decode_ms();
+  c.text_tail.clear();  // streamed above
   deliver(self, [&] {
     st.callbacks.on_done(c);
     return true;
@@ -176,7 +117,7 @@ void on_finished(Bridge* self, const std::string& bytes) {
 }
 
 caf::behavior bridge(Bridge* self, std::shared_ptr<Registry> registry, uint64_t key,
-                     caf::actor scheduler, std::shared_ptr<TextRequest> request,
+                     caf::actor scheduler, SubmitPtr request,
                      std::shared_ptr<StreamCallbacks> callbacks) {
   auto& st = self->state;
   st.registry = registry;
@@ -194,18 +135,15 @@ caf::behavior bridge(Bridge* self, std::shared_ptr<Registry> registry, uint64_t 
     fail_and_quit(self, ErrorKind::shutting_down,
                   "the head's scheduler stopped (" + caf::to_string(dm.reason) + ")");
   });
-  self->send(scheduler, submit_atom::value, wire::encode(to_submit(*request)));
+  // The scheduler shares this process: the request travels as it is, never encoded.
+  self->send(scheduler, submit_atom::value, std::move(request));
   return {
-      [self](accepted_atom, const std::string& bytes) {
-        try {
-          self->state.id = wire::decode<wire::Accepted>(bytes, "the scheduler").request_id();
-        } catch (const std::exception& e) {
-          return fail_and_quit(self, ErrorKind::internal, e.what());
-        }
+      [self](accepted_atom, uint64_t id) {
+        self->state.id = id;
         if (!self->state.ending.empty()) send_cancel(self);  // cancelled before we knew the id
       },
-      [self](token_atom, const std::string& bytes) { on_token(self, bytes); },
-      [self](finished_atom, const std::string& bytes) { on_finished(self, bytes); },
+      [self](token_atom, const TokenPtr& t) { on_token(self, *t); },
+      [self](finished_atom, const FinishedPtr& f) { on_finished(self, *f); },
       [self](client_cancel_atom) { end_early(self, "cancelled"); },
       [self](shutdown_atom) {
         // Free the workers' KV now; without an id yet, the scheduler sees us go (client down).
@@ -262,20 +200,20 @@ SchedulerService::~SchedulerService() {
   reg.closed = true;
 }
 
-std::shared_ptr<RequestHandle> SchedulerService::submit(TextRequest request,
+std::shared_ptr<RequestHandle> SchedulerService::submit(RequestSpec request,
                                                                 StreamCallbacks callbacks) {
   auto handle = std::make_shared<Handle>();
   Registry& reg = *impl_->registry;
   std::lock_guard<std::mutex> lock(reg.mutex);
   if (reg.stopping) {
-    callbacks.on_error(ServiceError{ErrorKind::shutting_down, "the server is shutting down"});
+    callbacks.on_error(Error(ErrorKind::shutting_down, "the server is shutting down"));
     return handle;
   }
   // Spawned under the lock so the destructor either sees the bridge or refuses the request.
   const uint64_t key = reg.next++;
   handle->bridge = impl_->system.spawn(
       bridge, impl_->registry, key, impl_->scheduler,
-      std::make_shared<TextRequest>(std::move(request)),
+      SubmitPtr(std::make_shared<const RequestSpec>(std::move(request))),
       std::make_shared<StreamCallbacks>(std::move(callbacks)));
   reg.bridges.emplace(key, handle->bridge.address());
   return handle;

@@ -1,10 +1,11 @@
 // GenerationService over the head's scheduler actor, so the HTTP and framed TCP front ends of
 // server/ serve a cluster exactly as they serve an in-process Engine (`starattn serve --http`).
 //
-// Each request gets a small CAF actor of its own (a "bridge") that submits it, learns its id
-// (Accepted), turns the scheduler's TokenEvents into the service's callbacks (stop strings
-// applied here with StopMatcher) and, on cancel, a stop string or a client that stops reading,
-// sends the scheduler a CancelRequest, which stops phase 2 and frees the workers' KV. The
+// Each request gets a small CAF actor of its own (a "bridge") that submits it, learns its id,
+// hands the scheduler's tokens to the service's callbacks and, on cancel or a client that stops
+// reading, asks the scheduler to cancel, which stops phase 2 and frees the workers' KV. The
+// bridge and the scheduler share this process: they exchange runtime types (actors/messages.h),
+// never protobuf. The
 // scheduler does the tokenizing and the chat layout, so answers equal `starattn run`'s.
 #pragma once
 
@@ -45,7 +46,7 @@ class SchedulerService : public GenerationService {
   SchedulerService(const SchedulerService&) = delete;
   SchedulerService& operator=(const SchedulerService&) = delete;
 
-  std::shared_ptr<RequestHandle> submit(TextRequest request,
+  std::shared_ptr<RequestHandle> submit(RequestSpec request,
                                                 StreamCallbacks callbacks) override;
   ServiceInfo info() const override;
   // From the scheduler's status: KV it has placed on each worker and not yet released.

@@ -85,9 +85,9 @@ std::vector<TaskResult> run_eval(Engine& engine, const EvalConfig& config,
       for (int i = 0; i < config.samples; ++i) {
         const uint64_t seed = instance_seed(config.seed, task, length, i);
         const Instance inst = make_instance(task, length, seed, layout, config.max_tokens);
-        GenerateRequest req;
-        req.context = inst.ids.context;
-        req.query = inst.ids.query;
+        RequestSpec req;
+        req.prompt.context = inst.ids.context;
+        req.prompt.query = inst.ids.query;
         req.mode = config.mode;
         req.block_size = config.block.resolve(length);
         req.anchor_size = config.anchor.resolve(length);
@@ -96,11 +96,11 @@ std::vector<TaskResult> run_eval(Engine& engine, const EvalConfig& config,
         SampleResult s;
         s.index = i;
         s.seed = seed;
-        s.context_tokens = static_cast<int64_t>(req.context.size());
-        s.query_tokens = static_cast<int64_t>(req.query.size());
+        s.context_tokens = static_cast<int64_t>(req.prompt.context.size());
+        s.query_tokens = static_cast<int64_t>(req.prompt.query.size());
         s.expected = inst.expected;
         StreamDecoder decoder(engine.tokenizer());
-        const GenerateStats st = engine.generate(req, [&](int32_t id, const float*) {
+        const RequestStats st = engine.generate(req, [&](int32_t id, const float*) {
           s.output += decoder.push(id);
           return true;
         });

@@ -83,23 +83,26 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
-GenerateStats Engine::generate(const GenerateRequest& req, const TokenCallback& on_token,
-                               bool want_logits) {
-  return generate(
-      req, [&](const GeneratedToken& t) { return on_token(t.token, t.logits); }, want_logits);
+RequestStats Engine::generate(const RequestSpec& req, const TokenCallback& on_token) {
+  return generate(req, [&](const GeneratedToken& t) { return on_token(t.token, t.logits); });
 }
 
-GenerateStats Engine::generate(const GenerateRequest& req, const GeneratedCallback& on_token,
-                               bool want_logits) {
+RequestStats Engine::generate(const RequestSpec& req, const GeneratedCallback& on_token) {
   const Transformer& model = *impl_->rt.model;
   Backend& be = *impl_->rt.backend;
   const ModelConfig& cfg = model.config();
-  validate_request(req.context, req.query, req.max_tokens, cfg, req.beyond_positions);
+  // The chat layout only for chats: a template-less model's fallback is looked up (and logged)
+  // when a chat needs it.
+  const PromptIds prompt =
+      resolve_prompt(req.prompt, *impl_->rt.tokenizer, impl_->rt.chat,
+                     req.prompt.chat ? chat_for_messages() : ChatTemplate(), cfg.bos_token_id);
+  const std::vector<int32_t>& context = prompt.context;
+  validate_request(context, prompt.query, req.max_tokens, cfg, req.beyond_positions);
 
-  GenerateStats stats;
-  const int64_t C = static_cast<int64_t>(req.context.size());
+  RequestStats stats;
+  const int64_t C = static_cast<int64_t>(context.size());
   stats.context_tokens = C;
-  stats.query_tokens = static_cast<int64_t>(req.query.size());
+  stats.query_tokens = static_cast<int64_t>(prompt.query.size());
 
   // Memory plan, before anything is allocated: the in-process workers share one backend's
   // memory, which the query side also needs (its K/V and activations).
@@ -145,8 +148,8 @@ GenerateStats Engine::generate(const GenerateRequest& req, const GeneratedCallba
 
   const auto t0 = std::chrono::steady_clock::now();
   be.profile_section("phase1");
-  const std::vector<int32_t> anchor(req.context.begin(),
-                                    req.context.begin() + std::min<int64_t>(plan.anchor_size, C));
+  const std::vector<int32_t> anchor(context.begin(),
+                                    context.begin() + std::min<int64_t>(plan.anchor_size, C));
   std::vector<std::unique_ptr<ContextShard>> shards;
   std::vector<ContextShard*> shard_ptrs;
   for (const auto& run : plan.runs) {
@@ -155,8 +158,7 @@ GenerateStats Engine::generate(const GenerateRequest& req, const GeneratedCallba
     std::vector<std::vector<int32_t>> toks;
     for (const BlockSpec& blk : run) {
       n += blk.length;
-      toks.emplace_back(req.context.begin() + blk.start,
-                        req.context.begin() + blk.start + blk.length);
+      toks.emplace_back(context.begin() + blk.start, context.begin() + blk.start + blk.length);
     }
     shards.push_back(std::make_unique<ContextShard>(model, n));
     if (blocks.enabled()) shards.back()->use_cache(impl_->blocks, req.pin_context);
@@ -170,13 +172,13 @@ GenerateStats Engine::generate(const GenerateRequest& req, const GeneratedCallba
 
   LocalShards local(shard_ptrs);
   GenerationSpec spec;
-  spec.query = req.query;
+  spec.query = prompt.query;
   spec.max_tokens = req.max_tokens;
   spec.sampling = req.sampling;
   spec.stop_ids = resolve_stop_ids(req.stop_ids, req.ignore_eos, cfg);
   spec.stop_strings = req.stop_strings;
   spec.logits = req.logits;
-  spec.want_logits = want_logits;
+  spec.want_logits = req.want_logits;
   Generation gen(model, local, C, std::move(spec), impl_->rt.tokenizer.get());
   GeneratedToken token;
   while (gen.step(token))

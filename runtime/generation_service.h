@@ -1,7 +1,8 @@
 // The seam between the network front ends (HTTP, framed TCP) and whatever generates tokens: the
 // in-process Engine (EngineService) or, in a cluster, the head's scheduler actor. Requests and
-// results are text-level: the service owns tokenization, chat templates and stop strings, so a
-// front end never needs the model.
+// results are the runtime's request vocabulary (runtime/request.h), mostly text-level: the
+// service owns tokenization, chat templates and stop strings, so a front end never needs the
+// model.
 #pragma once
 
 #include <cstdint>
@@ -10,72 +11,19 @@
 #include <string>
 #include <vector>
 
-#include "runtime/backend.h"
-#include "runtime/chat_template.h"
 #include "runtime/errors.h"
-#include "runtime/generation.h"
-#include "runtime/sampling.h"
+#include "runtime/request.h"
 
 namespace starattn {
-
-struct TextRequest {
-  // Either `context` + `query` (completions), or `messages` (chat: all but the last user
-  // message become the context, the chat template applied; see chat_prompt() in runtime/prompt.h).
-  bool chat = false;
-  std::string context;
-  std::string query;
-  std::vector<ChatMessage> messages;
-  std::string mode = "star";  // "star" or "full"
-  int64_t block_size = 0;     // 0: the service's default
-  int64_t anchor_size = 0;    // 0: the block size
-  int max_tokens = 64;
-  SamplingParams sampling;
-  std::vector<std::string> stop;  // stop strings; the text ends before the first match
-  bool ignore_eos = false;        // generate exactly max_tokens (benchmarks, tests)
-  // Token ids instead of text (a completions prompt given as ids): when `ids` is set, the
-  // service uses context_ids + query_ids as they are, with no template and no tokenizer.
-  bool ids = false;
-  std::vector<int32_t> context_ids, query_ids;
-  // Penalties, logit bias and log-probabilities (runtime/sampling.h).
-  LogitsProcessing logits;
-};
-
-
-struct ServiceError {
-  ErrorKind kind = ErrorKind::internal;
-  std::string message;
-};
-
-struct TokenEvent {
-  std::string text;              // decoded text released by this token; may be empty (held
-                                 // back: an incomplete UTF-8 character or a stop-string prefix)
-  std::vector<int32_t> tokens;  // the token id(s) this event stands for
-  // One entry per token in `tokens` when the request asked for logprobs
-  // (LogitsProcessing::top_logprobs >= 0), else empty.
-  std::vector<TokenLogprob> logprobs;
-};
-
-struct Completion {
-  std::string finish_reason;  // "stop", "length" or "cancelled"
-  int64_t prompt_tokens = 0;  // context + query tokens
-  int64_t context_tokens = 0;
-  int64_t completion_tokens = 0;
-  int blocks = 0;
-  int64_t block_size = 0;
-  int64_t anchor_size = 0;
-  double queue_ms = 0;        // waiting for an engine
-  double phase1_ms = 0;       // context encoding
-  double first_token_ms = 0;  // query prefill + first sample
-  double decode_ms = 0;       // later tokens
-};
 
 // Exactly one of on_done / on_error is called, exactly once, after every on_token. Callbacks run
 // on a service thread; they must not block for long (front ends post to their own executors).
 // on_token returning false cancels the request (on_done then reports "cancelled").
+// on_done's stats carry queue_ms; their text_tail has already been streamed as a last token.
 struct StreamCallbacks {
   std::function<bool(const TokenEvent&)> on_token;
-  std::function<void(const Completion&)> on_done;
-  std::function<void(const ServiceError&)> on_error;
+  std::function<void(const RequestStats&)> on_done;
+  std::function<void(const Error&)> on_error;
 };
 
 // A submitted request. cancel() is thread-safe and idempotent; a queued request is dropped
@@ -110,7 +58,7 @@ class GenerationService {
   virtual ~GenerationService() = default;
   // Thread-safe. Never throws for a bad request: errors arrive through on_error (possibly
   // before submit returns, on the calling thread).
-  virtual std::shared_ptr<RequestHandle> submit(TextRequest request, StreamCallbacks callbacks) = 0;
+  virtual std::shared_ptr<RequestHandle> submit(RequestSpec request, StreamCallbacks callbacks) = 0;
   virtual ServiceInfo info() const = 0;
   virtual std::vector<WorkerLoad> load() const = 0;
   // Requests waiting for a worker.

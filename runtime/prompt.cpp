@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "runtime/bpe_tokenizer.h"
+#include "runtime/errors.h"
 
 namespace starattn {
 namespace {
@@ -170,6 +171,29 @@ PromptIds chat_prompt(const Tokenizer& tokenizer, const ChatTemplate& chat,
     append(into, encode_plain(tokenizer, l.text[k]));
   }
   append(ids.query, encode_markup(tokenizer, l.markup.back()));
+  return ids;
+}
+
+PromptIds resolve_prompt(const PromptSpec& p, const Tokenizer& tokenizer,
+                         const std::optional<ChatTemplate>& model_chat, const ChatTemplate& chat,
+                         int32_t bos_id) {
+  if (p.chat) {
+    if (!p.context.empty() || !p.query.empty() || p.context_is_text || p.query_is_text)
+      throw Error(ErrorKind::invalid_request,
+                  "a chat request gives messages only, not context or query");
+    return chat_prompt(tokenizer, chat, p.messages);
+  }
+  if (p.context_is_text && p.query_is_text)
+    return document_prompt(tokenizer, model_chat, p.context_text, p.query_text);
+  PromptIds ids;
+  if (p.context_is_text) {
+    // Text contexts start a sequence, so they get the model's BOS like any prompt would.
+    if (bos_id >= 0) ids.context.push_back(bos_id);
+    append(ids.context, tokenizer.encode(p.context_text));
+  } else {
+    ids.context = p.context;
+  }
+  ids.query = p.query_is_text ? tokenizer.encode(p.query_text) : p.query;
   return ids;
 }
 

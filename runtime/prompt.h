@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "runtime/chat_template.h"
+#include "runtime/request.h"
 #include "runtime/tokenizer.h"
 
 namespace starattn {
@@ -37,5 +38,14 @@ PromptIds document_prompt(const Tokenizer& tokenizer, const std::optional<ChatTe
 // query. Throws std::invalid_argument when there is no user message.
 PromptIds chat_prompt(const Tokenizer& tokenizer, const ChatTemplate& chat,
                       const std::vector<ChatMessage>& messages);
+
+// A request's prompt as ids, laid out the same way on every path (the Engine, the scheduler):
+// a chat with chat_prompt() over `chat`; a context text with a query text with
+// document_prompt() over the model's own template `model_chat`; a context text alone as BOS
+// (`bos_id`, when >= 0) + its tokens; a query text alone as its tokens; ids as they are.
+// Throws Error(invalid_request) for a chat that also gives a context or a query.
+PromptIds resolve_prompt(const PromptSpec& prompt, const Tokenizer& tokenizer,
+                         const std::optional<ChatTemplate>& model_chat, const ChatTemplate& chat,
+                         int32_t bos_id);
 
 }  // namespace starattn

@@ -11,12 +11,9 @@
 #include "runtime/backend.h"
 #include "runtime/block_plan.h"
 #include "runtime/model_config.h"
+#include "runtime/request.h"
 
 namespace starattn {
-
-enum class AttentionMode { star, full };
-AttentionMode parse_mode(const std::string& name);
-const char* mode_name(AttentionMode mode);
 
 // Checks what does not depend on workers: a non-empty query, max_tokens >= 0, every id inside
 // the vocabulary, and context + query + max_tokens within the model's positions (unless

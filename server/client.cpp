@@ -77,19 +77,22 @@ Client::~Client() = default;
 
 void Client::send_raw_frame(const std::string& frame_bytes) { impl_->write(frame_bytes); }
 
-Completion Client::generate(const TextRequest& request,
-                            const std::function<bool(const TokenEvent&)>& on_token) {
+RequestStats Client::generate(const RequestSpec& request,
+                              const std::function<bool(const TokenEvent&)>& on_token) {
+  return generate(request_to_proto(request), on_token);
+}
+
+RequestStats Client::generate(const serving::GenerateRequest& request,
+                              const std::function<bool(const TokenEvent&)>& on_token) {
   serving::ClientFrame frame;
   frame.set_protocol_version(kServingProtocolVersion);
-  *frame.mutable_request() = request_to_proto(request);
+  *frame.mutable_request() = request;
   impl_->write(encode_frame(frame));
   bool cancel_sent = false;
   for (;;) {
     const serving::ServerFrame f = impl_->read();
     if (f.has_token()) {
-      TokenEvent ev;
-      ev.text = f.token().text();
-      ev.tokens.assign(f.token().tokens().begin(), f.token().tokens().end());
+      const TokenEvent ev = token_from_proto(f.token());
       if (!cancel_sent && on_token && !on_token(ev)) {
         serving::ClientFrame cancel;
         cancel.set_protocol_version(kServingProtocolVersion);

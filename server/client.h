@@ -10,6 +10,7 @@
 #include <string>
 
 #include "runtime/generation_service.h"
+#include "server/serving.pb.h"
 
 namespace starattn::server {
 
@@ -37,8 +38,12 @@ class Client {
   // Runs one request. on_token gets every token frame; returning false sends a Cancel (the
   // request then ends with finish_reason "cancelled"). Throws ServerError for an Error frame and
   // std::runtime_error when the connection fails.
-  Completion generate(const TextRequest& request,
-                      const std::function<bool(const TokenEvent&)>& on_token);
+  RequestStats generate(const RequestSpec& request,
+                        const std::function<bool(const TokenEvent&)>& on_token);
+  // The same with the request's image on this wire as given: the server, not the client, judges
+  // its fields (`starattn client` passes --mode through this way).
+  RequestStats generate(const serving::GenerateRequest& request,
+                        const std::function<bool(const TokenEvent&)>& on_token);
 
   // Sends a raw frame with any protocol version (tests of the version check).
   void send_raw_frame(const std::string& frame_bytes);

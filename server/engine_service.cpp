@@ -25,7 +25,7 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
 
 // One request: queued, then run by an engine thread. The handle a client holds is this object.
 struct Job : RequestHandle {
-  TextRequest request;
+  RequestSpec request;
   StreamCallbacks callbacks;
   Clock::time_point submitted = Clock::now();
   std::atomic<bool> cancelled{false};
@@ -35,7 +35,7 @@ struct Job : RequestHandle {
     if (cancelled.exchange(true)) return;
     // A queued job never reaches an engine: finish it here, on the cancelling thread.
     if (dequeue && dequeue(this)) {
-      Completion c;
+      RequestStats c;
       c.finish_reason = "cancelled";
       c.queue_ms = ms_between(submitted, Clock::now());
       callbacks.on_done(c);
@@ -44,7 +44,7 @@ struct Job : RequestHandle {
 };
 
 void fail(const StreamCallbacks& cb, ErrorKind kind, std::string message) {
-  cb.on_error(ServiceError{kind, std::move(message)});
+  cb.on_error(Error(kind, std::move(message)));
 }
 
 }  // namespace
@@ -92,48 +92,36 @@ struct EngineService::Impl : std::enable_shared_from_this<Impl> {
 
   void run(size_t index, Job& job) {
     Engine& engine = *engines[index];
-    const TextRequest& r = job.request;
     const auto started = Clock::now();
     std::atomic<int64_t>& kv = *kv_tokens[index];
     if (job.cancelled) {  // cancelled between leaving the queue and starting
-      Completion c;
+      RequestStats c;
       c.finish_reason = "cancelled";
       c.queue_ms = ms_between(job.submitted, started);
       job.callbacks.on_done(c);
       return;
     }
     try {
-      GenerateRequest g;
-      if (r.ids) {
-        g.context = r.context_ids;
-        g.query = r.query_ids;
-      } else {
-        // The same layouts as the head's scheduler and `starattn run` (runtime/prompt.h), so a
-        // request gets the same tokens whichever front end serves it.
-        PromptIds p = r.chat ? chat_prompt(engine.tokenizer(), chat_template, r.messages)
-                             : engine.document_prompt(r.context, r.query);
-        g.context = std::move(p.context);
-        g.query = std::move(p.query);
-      }
+      // The same layouts as the head's scheduler and `starattn run` (runtime/prompt.h), so a
+      // request gets the same tokens whichever front end serves it; laid out here to check
+      // the server's context limit, then handed to the engine as ids.
+      RequestSpec g = job.request;
+      PromptIds p = resolve_prompt(g.prompt, engine.tokenizer(), engine.chat_template(),
+                                   chat_template, engine.config().bos_token_id);
       const int64_t limit = options.max_context_tokens;
-      if (limit > 0 && static_cast<int64_t>(g.context.size()) > limit)
+      if (limit > 0 && static_cast<int64_t>(p.context.size()) > limit)
         throw Error(ErrorKind::capacity,
-                    "context of " + std::to_string(g.context.size()) +
+                    "context of " + std::to_string(p.context.size()) +
                         " tokens is larger than this server's limit of " + std::to_string(limit) +
                         " context tokens");
-      g.mode = parse_mode(r.mode);
-      g.block_size = r.block_size;
-      g.anchor_size = r.anchor_size;
-      g.max_tokens = r.max_tokens;
-      g.sampling = r.sampling;
-      g.ignore_eos = r.ignore_eos;
-      g.stop_strings = r.stop;
-      g.logits = r.logits;
+      g.prompt = PromptSpec();
+      g.prompt.context = std::move(p.context);
+      g.prompt.query = std::move(p.query);
 
-      kv = static_cast<int64_t>(g.context.size() + g.query.size());
+      kv = static_cast<int64_t>(g.prompt.context.size() + g.prompt.query.size());
       bool client_cancelled = false;
       // Stop strings, stop ids and max_tokens are applied by the Engine's Generation.
-      const GenerateStats s = engine.generate(g, [&](const GeneratedToken& t) {
+      RequestStats s = engine.generate(g, [&](const GeneratedToken& t) {
         ++kv;
         if (job.cancelled) {
           client_cancelled = true;
@@ -143,6 +131,7 @@ struct EngineService::Impl : std::enable_shared_from_this<Impl> {
         ev.text = t.text;
         ev.tokens.push_back(t.token);
         if (t.logprob) ev.logprobs.push_back(*t.logprob);
+        if (t.logits) ev.logits.assign(t.logits, t.logits + engine.config().vocab_size);
         if (!job.callbacks.on_token(ev)) {
           job.cancelled = true;
           client_cancelled = true;
@@ -156,19 +145,10 @@ struct EngineService::Impl : std::enable_shared_from_this<Impl> {
         tail.text = s.text_tail;
         job.callbacks.on_token(tail);
       }
-      Completion c;
-      c.finish_reason = client_cancelled ? "cancelled" : s.finish_reason;
-      c.context_tokens = s.context_tokens;
-      c.prompt_tokens = s.context_tokens + s.query_tokens;
-      c.completion_tokens = s.generated;
-      c.blocks = s.blocks;
-      c.block_size = s.block_size;
-      c.anchor_size = s.anchor_size;
-      c.queue_ms = ms_between(job.submitted, started);
-      c.phase1_ms = s.phase1_ms;
-      c.first_token_ms = s.first_token_ms;
-      c.decode_ms = s.decode_ms;
-      job.callbacks.on_done(c);
+      if (client_cancelled) s.finish_reason = "cancelled";
+      s.text_tail.clear();  // streamed above
+      s.queue_ms = ms_between(job.submitted, started);
+      job.callbacks.on_done(s);
     } catch (const std::exception& e) {
       kv = 0;
       const ErrorKind kind = kind_of(e);
@@ -264,7 +244,7 @@ EngineService::~EngineService() {
   for (auto& job : dropped) fail(job->callbacks, ErrorKind::shutting_down, "the server is shutting down");
 }
 
-std::shared_ptr<RequestHandle> EngineService::submit(TextRequest request, StreamCallbacks callbacks) {
+std::shared_ptr<RequestHandle> EngineService::submit(RequestSpec request, StreamCallbacks callbacks) {
   auto job = std::make_shared<Job>();
   job->request = std::move(request);
   job->callbacks = std::move(callbacks);

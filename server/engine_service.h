@@ -29,7 +29,7 @@ class EngineService : public GenerationService {
   EngineService(const EngineService&) = delete;
   EngineService& operator=(const EngineService&) = delete;
 
-  std::shared_ptr<RequestHandle> submit(TextRequest request, StreamCallbacks callbacks) override;
+  std::shared_ptr<RequestHandle> submit(RequestSpec request, StreamCallbacks callbacks) override;
   ServiceInfo info() const override;
   std::vector<WorkerLoad> load() const override;
   int queued() const override;

@@ -1,5 +1,6 @@
 // The framed TCP protocol's pieces shared by server and client: its frame limit and version,
-// and conversions between serving.proto and the service's types. The frames themselves are
+// and the one converter between serving.proto and the runtime's request vocabulary
+// (runtime/request.h). The frames themselves are
 // transport/framing.h's (u32 little-endian length + bytes).
 #pragma once
 
@@ -21,11 +22,15 @@ constexpr size_t kMaxServingFrame = transport::kDefaultMaxFrame;
 // The serialized message as one frame; throws transport::FrameError beyond kMaxServingFrame.
 std::string encode_frame(const google::protobuf::MessageLite& message);
 
-serving::GenerateRequest request_to_proto(const TextRequest& request);
+serving::GenerateRequest request_to_proto(const RequestSpec& request);
 // Throws std::invalid_argument naming the field for values the service cannot take.
-TextRequest request_from_proto(const serving::GenerateRequest& request);
+RequestSpec request_from_proto(const serving::GenerateRequest& request);
 
-serving::Done completion_to_proto(const Completion& completion);
-Completion completion_from_proto(const serving::Done& done);
+serving::Done completion_to_proto(const RequestStats& completion);
+RequestStats completion_from_proto(const serving::Done& done);
+
+// Text and token ids only: the framed protocol carries neither logprobs nor logits.
+serving::TokenFrame token_to_proto(const TokenEvent& event);
+TokenEvent token_from_proto(const serving::TokenFrame& frame);
 
 }  // namespace starattn::server

@@ -241,24 +241,24 @@ ApiError bad_request(const std::string& param, const std::string& message) {
   return ApiError(400, "invalid_request_error", param, "", message);
 }
 
-ApiError service_error_to_api(const ServiceError& e) {
-  switch (e.kind) {
+ApiError service_error_to_api(const Error& e) {
+  switch (e.kind()) {
     case ErrorKind::invalid_request:
-      return ApiError(400, "invalid_request_error", "", "", e.message);
+      return ApiError(400, "invalid_request_error", "", "", e.what());
     case ErrorKind::capacity:
-      return ApiError(400, "invalid_request_error", "prompt", "context_length_exceeded", e.message);
+      return ApiError(400, "invalid_request_error", "prompt", "context_length_exceeded", e.what());
     case ErrorKind::overloaded:
-      return ApiError(503, "server_error", "", "overloaded", e.message);
+      return ApiError(503, "server_error", "", "overloaded", e.what());
     case ErrorKind::shutting_down:
-      return ApiError(503, "server_error", "", "shutting_down", e.message);
+      return ApiError(503, "server_error", "", "shutting_down", e.what());
     case ErrorKind::worker_failed:
-      return ApiError(503, "server_error", "", "worker_failed", e.message);
+      return ApiError(503, "server_error", "", "worker_failed", e.what());
     case ErrorKind::timeout:
-      return ApiError(504, "server_error", "", "timeout", e.message);
+      return ApiError(504, "server_error", "", "timeout", e.what());
     case ErrorKind::internal:
       break;
   }
-  return ApiError(500, "server_error", "", "internal_error", e.message);
+  return ApiError(500, "server_error", "", "internal_error", e.what());
 }
 
 ApiRequest parse_api_request(Endpoint endpoint, const std::string& body) {
@@ -268,8 +268,9 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body) {
   if (!doc.is_object()) throw bad_request("", "the request body must be a JSON object, got " + std::string(type_name(doc)));
 
   ApiRequest out;
-  TextRequest r;  // what every choice shares
-  r.chat = endpoint == Endpoint::chat_completions;
+  RequestSpec r;  // what every choice shares
+  const bool chat = endpoint == Endpoint::chat_completions;
+  r.prompt.chat = chat;
   const json* prompt = nullptr;
   const json* query = nullptr;
   bool have_messages = false, chat_logprobs = false;
@@ -288,7 +289,7 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body) {
         if (k2 == "include_usage") out.include_usage = get_bool(v2, key + "." + k2);
         else out.ignored_fields.push_back(key + "." + k2);
       }
-    } else if (key == "max_tokens" || (r.chat && key == "max_completion_tokens")) {
+    } else if (key == "max_tokens" || (chat && key == "max_completion_tokens")) {
       r.max_tokens = static_cast<int>(get_int(v, key, 0, kMaxTokensLimit));
     } else if (key == "temperature") {
       r.sampling.temperature = static_cast<float>(get_number_in(v, key, 0, 100));
@@ -302,15 +303,16 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body) {
       if (!v.is_number_integer()) throw wrong_type(key, "an integer", v);
       r.sampling.seed = v.is_number_unsigned() ? v.get<uint64_t>() : static_cast<uint64_t>(v.get<int64_t>());
     } else if (key == "stop") {
-      r.stop = get_stop(v);
+      r.stop_strings = get_stop(v);
     } else if (key == "block_size") {
       r.block_size = get_int(v, key, 0, std::numeric_limits<int64_t>::max());
     } else if (key == "anchor_size") {
       r.anchor_size = get_int(v, key, 0, std::numeric_limits<int64_t>::max());
     } else if (key == "mode") {
-      r.mode = get_string(v, key);
-      if (r.mode != "star" && r.mode != "full")
-        throw bad_request(key, "'mode' must be \"star\" or \"full\", got \"" + r.mode + "\"");
+      const std::string mode = get_string(v, key);
+      if (mode != "star" && mode != "full")
+        throw bad_request(key, "'mode' must be \"star\" or \"full\", got \"" + mode + "\"");
+      r.mode = parse_mode(mode);
     } else if (key == "ignore_eos") {
       r.ignore_eos = get_bool(v, key);
     } else if (key == "n") {
@@ -323,32 +325,32 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body) {
       r.logits.frequency_penalty = static_cast<float>(get_number_in(v, key, -2, 2));
     } else if (key == "logit_bias") {
       r.logits.logit_bias = get_logit_bias(v);
-    } else if (!r.chat && key == "logprobs") {
+    } else if (!chat && key == "logprobs") {
       // An integer as OpenAI defines it; a boolean too, as some clients send `false`.
       if (v.is_boolean()) out.logprobs = v.get<bool>() ? 0 : -1;
       else out.logprobs = static_cast<int>(get_int(v, key, 0, kMaxTopLogprobs));
-    } else if (r.chat && key == "logprobs") {
+    } else if (chat && key == "logprobs") {
       chat_logprobs = get_bool(v, key);
-    } else if (r.chat && key == "top_logprobs") {
+    } else if (chat && key == "top_logprobs") {
       top_logprobs = static_cast<int>(get_int(v, key, 0, kMaxTopLogprobs));
-    } else if (!r.chat && key == "best_of") {
+    } else if (!chat && key == "best_of") {
       best_of = get_int(v, key, 1, kMaxChoices);
-    } else if (!r.chat && (key == "echo" || key == "suffix")) {
+    } else if (!chat && (key == "echo" || key == "suffix")) {
       refuse_unsupported(endpoint, key, v);
-    } else if (r.chat && (key == "tools" || key == "functions" || key == "response_format")) {
+    } else if (chat && (key == "tools" || key == "functions" || key == "response_format")) {
       refuse_unsupported(endpoint, key, v);
-    } else if (!r.chat && key == "prompt") {
+    } else if (!chat && key == "prompt") {
       prompt = &v;
-    } else if (!r.chat && key == "query") {
+    } else if (!chat && key == "query") {
       query = &v;
-    } else if (r.chat && key == "messages") {
-      r.messages = get_messages(v, out.ignored_fields);
+    } else if (chat && key == "messages") {
+      r.prompt.messages = get_messages(v, out.ignored_fields);
       have_messages = true;
     } else {
       out.ignored_fields.push_back(key);
     }
   }
-  if (r.chat) {
+  if (chat) {
     if (top_logprobs >= 0 && !chat_logprobs)
       throw bad_request("top_logprobs", "'top_logprobs' needs 'logprobs': true");
     if (chat_logprobs) out.logprobs = top_logprobs < 0 ? 0 : top_logprobs;
@@ -361,11 +363,11 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body) {
     throw bad_request("anchor_size", "'anchor_size' (" + std::to_string(r.anchor_size) +
                                          ") must not exceed 'block_size' (" + std::to_string(r.block_size) + ")");
 
-  std::vector<TextRequest> prompts;  // one per prompt, before n
-  if (r.chat) {
+  std::vector<RequestSpec> prompts;  // one per prompt, before n
+  if (chat) {
     if (!have_messages) throw bad_request("messages", "'messages' is required");
     bool has_user = false;
-    for (const auto& m : r.messages) has_user |= m.role == "user";
+    for (const auto& m : r.prompt.messages) has_user |= m.role == "user";
     if (!has_user) throw bad_request("messages", "'messages' needs at least one \"user\" message");
     prompts.push_back(r);
   } else {
@@ -381,29 +383,28 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body) {
         if (!query->is_array()) throw bad_request("query", "with token-id prompts 'query' must be token ids too");
         const std::vector<int32_t> q = get_ids(*query, "query");
         for (const auto& ids : p.id_lists) {
-          TextRequest t = r;
-          t.ids = true;
-          t.context_ids = ids;
-          t.query_ids = q;
+          RequestSpec t = r;
+          t.prompt.context = ids;
+          t.prompt.query = q;
           prompts.push_back(std::move(t));
         }
       } else {
         const std::string q = get_string(*query, "query");
         if (q.empty()) throw bad_request("query", "'query' must not be empty");
         for (const auto& text : p.texts) {
-          TextRequest t = r;
-          t.context = text;
-          t.query = q;
+          RequestSpec t = r;
+          t.prompt.context_is_text = t.prompt.query_is_text = true;
+          t.prompt.context_text = text;
+          t.prompt.query_text = q;
           prompts.push_back(std::move(t));
         }
       }
     } else if (p.ids) {
       for (const auto& ids : p.id_lists) {
         PlainPromptIdsSplit s = split_plain_prompt_ids(ids, kPlainPromptLimits);
-        TextRequest t = r;
-        t.ids = true;
-        t.context_ids = std::move(s.context);
-        t.query_ids = std::move(s.query);
+        RequestSpec t = r;
+        t.prompt.context = std::move(s.context);
+        t.prompt.query = std::move(s.query);
         prompts.push_back(std::move(t));
       }
     } else {
@@ -412,16 +413,17 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body) {
           throw bad_request("prompt", p.texts.size() > 1 ? "prompt " + std::to_string(i) + " is empty"
                                                          : "'prompt' must not be empty");
         PlainPromptSplit s = split_plain_prompt(p.texts[i], kPlainPromptLimits);
-        TextRequest t = r;
-        t.context = std::move(s.context);
-        t.query = std::move(s.query);
+        RequestSpec t = r;
+        t.prompt.context_is_text = t.prompt.query_is_text = true;
+        t.prompt.context_text = std::move(s.context);
+        t.prompt.query_text = std::move(s.query);
         prompts.push_back(std::move(t));
       }
     }
   }
   // n copies of each prompt; sampled copies get seeds seed, seed + 1, ... so they differ and each
   // stays reproducible. Greedy copies are the same request n times.
-  for (const TextRequest& t : prompts) {
+  for (const RequestSpec& t : prompts) {
     for (int j = 0; j < out.n; ++j) {
       out.choices.push_back(t);
       if (t.sampling.temperature > 0) out.choices.back().sampling.seed = t.sampling.seed + static_cast<uint64_t>(j);
@@ -525,15 +527,15 @@ struct ChoicesHandle : RequestHandle {
 
 }  // namespace
 
-std::shared_ptr<RequestHandle> submit_choices(GenerationService& service, std::vector<TextRequest> choices,
+std::shared_ptr<RequestHandle> submit_choices(GenerationService& service, std::vector<RequestSpec> choices,
                                               ChoiceCallbacks callbacks) {
   auto handle = std::make_shared<ChoicesHandle>();
   auto shared = std::make_shared<ChoiceCallbacks>(std::move(callbacks));
   for (size_t i = 0; i < choices.size(); ++i) {
     StreamCallbacks cb;
     cb.on_token = [shared, i](const TokenEvent& ev) { return shared->on_token(i, ev); };
-    cb.on_done = [shared, i](const Completion& c) { shared->on_done(i, c); };
-    cb.on_error = [shared, i](const ServiceError& e) { shared->on_error(i, e); };
+    cb.on_done = [shared, i](const RequestStats& c) { shared->on_done(i, c); };
+    cb.on_error = [shared, i](const Error& e) { shared->on_error(i, e); };
     handle->add(service.submit(std::move(choices[i]), std::move(cb)));
   }
   return handle;
@@ -543,10 +545,10 @@ std::shared_ptr<RequestHandle> submit_choices(GenerationService& service, std::v
 
 namespace {
 
-json usage_json(const Completion& done) {
-  return {{"prompt_tokens", done.prompt_tokens},
-          {"completion_tokens", done.completion_tokens},
-          {"total_tokens", done.prompt_tokens + done.completion_tokens}};
+json usage_json(const RequestStats& done) {
+  return {{"prompt_tokens", done.prompt_tokens()},
+          {"completion_tokens", done.generated},
+          {"total_tokens", done.prompt_tokens() + done.generated}};
 }
 
 const char* object_name(Endpoint endpoint, bool chunk) {
@@ -576,7 +578,7 @@ struct ApiResponse::Choice {
   std::vector<size_t> offsets;  // text_offset of each token: bytes of the tokens before it
   size_t offset = 0;
   bool finished = false;
-  Completion done;
+  RequestStats done;
 };
 
 ApiResponse::ApiResponse(Endpoint endpoint, ResponseMeta meta, size_t choices, int n, int logprobs,
@@ -605,7 +607,7 @@ std::string ApiResponse::add(size_t index, const TokenEvent& ev) {
   return chunk(index, ev.text, logprobs_ >= 0 ? &c.logprobs : nullptr, first, "");
 }
 
-std::string ApiResponse::finish(size_t index, const Completion& done) {
+std::string ApiResponse::finish(size_t index, const RequestStats& done) {
   Choice& c = *choices_.at(index);
   c.finished = true;
   c.done = done;
@@ -683,12 +685,15 @@ std::vector<std::string> ApiResponse::stream_start() const {
   return out;
 }
 
-Completion ApiResponse::usage() const {
-  Completion total;
+RequestStats ApiResponse::usage() const {
+  RequestStats total;
   for (size_t i = 0; i < choices_.size(); ++i) {
-    const Completion& d = choices_[i]->done;
-    if (i % static_cast<size_t>(n_) == 0) total.prompt_tokens += d.prompt_tokens;  // once per prompt
-    total.completion_tokens += d.completion_tokens;
+    const RequestStats& d = choices_[i]->done;
+    if (i % static_cast<size_t>(n_) == 0) {  // once per prompt
+      total.context_tokens += d.context_tokens;
+      total.query_tokens += d.query_tokens;
+    }
+    total.generated += d.generated;
   }
   return total;
 }

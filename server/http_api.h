@@ -1,5 +1,5 @@
 // The OpenAI-style JSON of the HTTP server, without any networking: request bodies to one
-// TextRequest per choice (fields OpenAI defines are checked and named in errors; fields nobody
+// RequestSpec per choice (fields OpenAI defines are checked and named in errors; fields nobody
 // defines are ignored and logged at debug level), the choices submitted together, and their
 // tokens back to OpenAI's response and stream-chunk shapes (logprobs included). Kept apart from
 // the sockets so it can be tested and fuzzed alone.
@@ -32,11 +32,11 @@ struct ApiError : std::runtime_error {
 
 ApiError bad_request(const std::string& param, const std::string& message);
 // The error a client sees for a service failure (capacity: 400 context_length_exceeded, ...).
-ApiError service_error_to_api(const ServiceError& error);
+ApiError service_error_to_api(const Error& error);
 
 struct ApiRequest {
   // One request per choice, in choice order: prompt p's copy j is choice p * n + j.
-  std::vector<TextRequest> choices;
+  std::vector<RequestSpec> choices;
   int n = 1;
   std::string model;  // as the client named it; "" when it named none
   bool stream = false;
@@ -80,10 +80,10 @@ std::string openai_finish_reason(const std::string& finish_reason);
 // them all. Each choice ends with exactly one on_done or on_error, as StreamCallbacks promise.
 struct ChoiceCallbacks {
   std::function<bool(size_t choice, const TokenEvent&)> on_token;
-  std::function<void(size_t choice, const Completion&)> on_done;
-  std::function<void(size_t choice, const ServiceError&)> on_error;
+  std::function<void(size_t choice, const RequestStats&)> on_done;
+  std::function<void(size_t choice, const Error&)> on_error;
 };
-std::shared_ptr<RequestHandle> submit_choices(GenerationService& service, std::vector<TextRequest> choices,
+std::shared_ptr<RequestHandle> submit_choices(GenerationService& service, std::vector<RequestSpec> choices,
                                               ChoiceCallbacks callbacks);
 
 struct ResponseMeta {
@@ -104,7 +104,7 @@ class ApiResponse {
   // logprobs). Throws ApiError 500 when logprobs were asked for and the event lacks them.
   std::string add(size_t choice, const TokenEvent& event);
   // Record the end of a choice; returns its stream chunk with finish_reason.
-  std::string finish(size_t choice, const Completion& done);
+  std::string finish(size_t choice, const RequestStats& done);
   bool all_finished() const;
 
   // Stream pieces: chat's first chunks (delta.role, one per choice) and the usage chunk.
@@ -113,7 +113,7 @@ class ApiResponse {
   // The whole answer (after every choice finished).
   std::string whole_json() const;
   // Totals over the choices: prompt tokens once per prompt, completion tokens of every choice.
-  Completion usage() const;
+  RequestStats usage() const;
 
  private:
   struct Choice;

@@ -264,10 +264,10 @@ class Session : public std::enable_shared_from_this<Session> {
       net::post(self->strand_, [self, i, ev] { self->on_token(i, ev); });
       return true;
     };
-    cb.on_done = [self](size_t i, const Completion& c) {
+    cb.on_done = [self](size_t i, const RequestStats& c) {
       net::post(self->strand_, [self, i, c] { self->on_choice_done(i, c); });
     };
-    cb.on_error = [self](size_t i, const ServiceError& e) {
+    cb.on_error = [self](size_t i, const Error& e) {
       net::post(self->strand_, [self, e] { self->on_choice_error(service_error_to_api(e)); });
     };
     watch_for_hangup();
@@ -302,7 +302,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // A choice ended: streamed, its finish chunk goes out; the answer ends with the last choice
   // (after a failure, the others are cancelled and the first error is the answer).
-  void on_choice_done(size_t choice, const Completion& c) {
+  void on_choice_done(size_t choice, const RequestStats& c) {
     const std::string chunk = response_->finish(choice, c);
     if (stream_mode_ && !failed_ && !gone_ && phase_ == Phase::working) {
       send_stream_headers();
@@ -322,10 +322,10 @@ class Session : public std::enable_shared_from_this<Session> {
     on_error(*failed_);
   }
 
-  void on_done(const Completion& c) {
+  void on_done(const RequestStats& c) {
     handle_.reset();
-    access_.tokens_in = c.prompt_tokens;
-    access_.tokens_out = c.completion_tokens;
+    access_.tokens_in = c.prompt_tokens();
+    access_.tokens_out = c.generated;
     shared_->metrics.stream_ended();
     if (gone_) {
       record(label_, "499");  // the client closed the connection

@@ -120,7 +120,7 @@ class Session : public std::enable_shared_from_this<Session> {
     read_prefix();
   }
 
-  void start(TextRequest request) {
+  void start(RequestSpec request) {
     arrived_ = Clock::now();
     got_token_ = false;
     access_ = AccessRecord();
@@ -134,20 +134,20 @@ class Session : public std::enable_shared_from_this<Session> {
       net::post(self->strand_, [self, ev] { self->on_token(ev); });
       return true;
     };
-    cb.on_done = [self](const Completion& c) {
+    cb.on_done = [self](const RequestStats& c) {
       net::post(self->strand_, [self, c] {
-        self->access_.tokens_in = c.prompt_tokens;
-        self->access_.tokens_out = c.completion_tokens;
+        self->access_.tokens_in = c.prompt_tokens();
+        self->access_.tokens_out = c.generated;
         self->finish_request("ok");
         serving::ServerFrame f;
         *f.mutable_done() = completion_to_proto(c);
         self->send(f);
       });
     };
-    cb.on_error = [self](const ServiceError& e) {
+    cb.on_error = [self](const Error& e) {
       net::post(self->strand_, [self, e] {
-        self->finish_request(error_kind_name(e.kind));
-        self->send_error(error_kind_name(e.kind), e.message);
+        self->finish_request(error_kind_name(e.kind()));
+        self->send_error(error_kind_name(e.kind()), e.what());
       });
     };
     handle_ = shared_->service.submit(std::move(request), std::move(cb));
@@ -167,8 +167,7 @@ class Session : public std::enable_shared_from_this<Session> {
       access_.tokens_out += static_cast<int64_t>(ev.tokens.size());
     }
     serving::ServerFrame f;
-    f.mutable_token()->set_text(ev.text);
-    for (int32_t t : ev.tokens) f.mutable_token()->add_tokens(t);
+    *f.mutable_token() = token_to_proto(ev);
     send(f);
   }
 

@@ -194,11 +194,11 @@ class EngineReuse : public ::testing::Test {
     o.context_cache_bytes = cache_bytes;
     return std::make_unique<Engine>(o);
   }
-  GenerateRequest request(const std::vector<int32_t>& context, const std::vector<int32_t>& query,
-                          AttentionMode mode, int64_t block) {
-    GenerateRequest r;
-    r.context = context;
-    r.query = query;
+  RequestSpec request(const std::vector<int32_t>& context, const std::vector<int32_t>& query,
+                      AttentionMode mode, int64_t block) {
+    RequestSpec r;
+    r.prompt.context = context;
+    r.prompt.query = query;
     r.mode = mode;
     r.block_size = block;
     r.max_tokens = 6;
@@ -308,7 +308,7 @@ TEST_F(EngineReuse, PinnedContextSurvivesOtherDocumentsUntilReleased) {
 
   auto cold = make(1, 0);
   auto warm = make(1, 2 * doc_bytes);
-  GenerateRequest pin = request(document_, q1_, AttentionMode::full, 0);
+  RequestSpec pin = request(document_, q1_, AttentionMode::full, 0);
   pin.pin_context = "ctx-1";
   generate(*warm, pin);
   EXPECT_EQ(warm->context_cache_metrics().pinned_entries, 1);

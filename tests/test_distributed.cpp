@@ -459,10 +459,15 @@ TEST_F(Distributed, GarbageAndWrongVersionsAreRefusedAndEveryoneKeepsServing) {
     wire::SubmitRequest bad;
     bad.set_protocol_version(999);
     bad.add_query(1);
-    const auto f = actors::submit(system, sched, bad, [](const wire::TokenEvent&) {}, 10s);
-    EXPECT_FALSE(f.ok());
-    EXPECT_NE(f.error().find("version 999"), std::string::npos) << f.error();
     caf::scoped_actor self{system};
+    self->send(sched, actors::submit_atom::value, wire::encode(bad));
+    self->receive([&](actors::finished_atom, const std::string& bytes) {
+                    const auto f = wire::decode<wire::Finished>(bytes, "head");
+                    EXPECT_FALSE(f.ok());
+                    EXPECT_EQ(f.error_kind(), wire::ERROR_PROTOCOL);
+                    EXPECT_NE(f.error().find("version 999"), std::string::npos) << f.error();
+                  },
+                  caf::after(10s) >> [] { ADD_FAILURE() << "no answer to another version"; });
     self->send(sched, actors::submit_atom::value, std::string("\xff\xfe garbage \x01\x02", 14));
     self->receive([&](actors::finished_atom, const std::string& bytes) {
                     const auto g = wire::decode<wire::Finished>(bytes, "head");

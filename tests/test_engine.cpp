@@ -32,10 +32,10 @@ class EngineTest : public ::testing::Test {
     o.workers = workers;
     return Engine(o);
   }
-  GenerateRequest request(AttentionMode mode, int64_t block, int64_t anchor, int max_tokens) {
-    GenerateRequest r;
-    r.context = context_;
-    r.query = query_;
+  RequestSpec request(AttentionMode mode, int64_t block, int64_t anchor, int max_tokens) {
+    RequestSpec r;
+    r.prompt.context = context_;
+    r.prompt.query = query_;
     r.mode = mode;
     r.block_size = block;
     r.anchor_size = anchor;
@@ -129,7 +129,7 @@ TEST_F(EngineTest, StopsAtEosAndMaxTokensAndCancel) {
   EXPECT_EQ(stopped.tokens,
             std::vector<int32_t>(greedy.tokens.begin(), first));
   int seen = 0;
-  const GenerateStats s = engine.generate(request(AttentionMode::star, 32, 0, 6),
+  const RequestStats s = engine.generate(request(AttentionMode::star, 32, 0, 6),
                                           [&](int32_t, const float*) { return ++seen < 2; });
   EXPECT_EQ(seen, 2);
   EXPECT_EQ(s.finish_reason, "cancelled");
@@ -137,7 +137,7 @@ TEST_F(EngineTest, StopsAtEosAndMaxTokensAndCancel) {
 
 TEST_F(EngineTest, BadRequestsAreClearErrors) {
   Engine engine = make(2);
-  auto expect_error = [&](GenerateRequest r, const std::string& needle) {
+  auto expect_error = [&](RequestSpec r, const std::string& needle) {
     try {
       engine.generate(r, [](int32_t, const float*) { return true; });
       ADD_FAILURE() << "expected an error containing '" << needle << "'";
@@ -147,10 +147,10 @@ TEST_F(EngineTest, BadRequestsAreClearErrors) {
   };
   expect_error(request(AttentionMode::star, 16, 17, 4), "anchor size");
   auto r = request(AttentionMode::star, 16, 0, 4);
-  r.query.clear();
+  r.prompt.query.clear();
   expect_error(r, "query is empty");
   r = request(AttentionMode::star, 16, 0, 4);
-  r.context[5] = config_.vocab_size;
+  r.prompt.context[5] = config_.vocab_size;
   expect_error(r, "outside the vocabulary");
   // And the engine still answers afterwards.
   EXPECT_EQ(generate(engine, request(AttentionMode::star, 16, 0, 3)).tokens.size(), 3u);

@@ -42,10 +42,11 @@ TEST(FramedProtocol, FramesCarryALittleEndianLength) {
 }
 
 TEST(FramedProtocol, RequestsAndCompletionsRoundTrip) {
-  TextRequest r;
-  r.context = "ctx\xff";  // bytes, not necessarily UTF-8
-  r.query = "q";
-  r.mode = "full";
+  RequestSpec r;
+  r.prompt.context_is_text = r.prompt.query_is_text = true;
+  r.prompt.context_text = "ctx\xff";  // bytes, not necessarily UTF-8
+  r.prompt.query_text = "q";
+  r.mode = AttentionMode::full;
   r.block_size = 16;
   r.anchor_size = 8;
   r.max_tokens = 7;
@@ -53,17 +54,19 @@ TEST(FramedProtocol, RequestsAndCompletionsRoundTrip) {
   r.sampling.top_k = 5;
   r.sampling.top_p = 0.5f;
   r.sampling.seed = 42;
-  r.stop = {"a", "bc"};
+  r.stop_strings = {"a", "bc"};
   r.ignore_eos = true;
-  const TextRequest b = request_from_proto(request_to_proto(r));
-  EXPECT_EQ(b.context, r.context);
-  EXPECT_EQ(b.mode, "full");
+  const RequestSpec b = request_from_proto(request_to_proto(r));
+  EXPECT_TRUE(b.prompt.context_is_text && b.prompt.query_is_text);
+  EXPECT_EQ(b.prompt.context_text, r.prompt.context_text);
+  EXPECT_EQ(b.prompt.query_text, "q");
+  EXPECT_EQ(b.mode, AttentionMode::full);
   EXPECT_EQ(b.block_size, 16);
   EXPECT_EQ(b.anchor_size, 8);
   EXPECT_EQ(b.max_tokens, 7);
   EXPECT_FLOAT_EQ(b.sampling.top_p, 0.5f);
   EXPECT_EQ(b.sampling.seed, 42u);
-  EXPECT_EQ(b.stop, r.stop);
+  EXPECT_EQ(b.stop_strings, r.stop_strings);
   EXPECT_TRUE(b.ignore_eos);
 
   serving::GenerateRequest bad = request_to_proto(r);
@@ -73,15 +76,17 @@ TEST(FramedProtocol, RequestsAndCompletionsRoundTrip) {
   bad.set_query("");
   EXPECT_THROW(request_from_proto(bad), std::invalid_argument);
 
-  Completion c;
+  RequestStats c;
   c.finish_reason = "length";
-  c.prompt_tokens = 10;
-  c.completion_tokens = 3;
+  c.context_tokens = 7;
+  c.query_tokens = 3;
+  c.generated = 3;
   c.phase1_ms = 1.5;
-  const Completion d = completion_from_proto(completion_to_proto(c));
+  const RequestStats d = completion_from_proto(completion_to_proto(c));
   EXPECT_EQ(d.finish_reason, "length");
-  EXPECT_EQ(d.prompt_tokens, 10);
-  EXPECT_EQ(d.completion_tokens, 3);
+  EXPECT_EQ(d.context_tokens, 7);
+  EXPECT_EQ(d.prompt_tokens(), 10);
+  EXPECT_EQ(d.generated, 3);
   EXPECT_DOUBLE_EQ(d.phase1_ms, 1.5);
 }
 
@@ -168,10 +173,11 @@ class TcpServerTest : public ::testing::Test {
     thread_.join();
     service_.reset();  // before the io_context its callbacks post to
   }
-  TextRequest request(int max_tokens) {
-    TextRequest r;
-    r.context = "Star attention splits the context into blocks. ";
-    r.query = "What does it split?";
+  RequestSpec request(int max_tokens) {
+    RequestSpec r;
+    r.prompt.context_is_text = r.prompt.query_is_text = true;
+    r.prompt.context_text = "Star attention splits the context into blocks. ";
+    r.prompt.query_text = "What does it split?";
     r.max_tokens = max_tokens;
     r.ignore_eos = true;
     return r;
@@ -191,11 +197,11 @@ TEST_F(TcpServerTest, StreamsTheEnginesAnswer) {
   o.model = dir_.path();
   o.threads = 1;
   Engine engine(o);
-  const TextRequest r = request(10);
-  GenerateRequest g;
-  g.context.push_back(engine.config().bos_token_id);
-  for (int32_t t : engine.tokenizer().encode(r.context)) g.context.push_back(t);
-  g.query = engine.tokenizer().encode(r.query);
+  const RequestSpec r = request(10);
+  RequestSpec g;
+  g.prompt.context.push_back(engine.config().bos_token_id);
+  for (int32_t t : engine.tokenizer().encode(r.prompt.context_text)) g.prompt.context.push_back(t);
+  g.prompt.query = engine.tokenizer().encode(r.prompt.query_text);
   g.max_tokens = 10;
   g.ignore_eos = true;
   std::vector<int32_t> expected;
@@ -207,21 +213,21 @@ TEST_F(TcpServerTest, StreamsTheEnginesAnswer) {
   Client client("127.0.0.1", server_->port());
   for (int round = 0; round < 2; ++round) {  // one connection, requests one after another
     std::vector<int32_t> got;
-    const Completion c = client.generate(r, [&](const TokenEvent& ev) {
+    const RequestStats c = client.generate(r, [&](const TokenEvent& ev) {
       got.insert(got.end(), ev.tokens.begin(), ev.tokens.end());
       return true;
     });
     EXPECT_EQ(got, expected);
     EXPECT_EQ(c.finish_reason, "length");
-    EXPECT_EQ(c.completion_tokens, 10);
-    EXPECT_EQ(c.prompt_tokens, static_cast<int64_t>(g.context.size() + g.query.size()));
+    EXPECT_EQ(c.generated, 10);
+    EXPECT_EQ(c.prompt_tokens(), static_cast<int64_t>(g.prompt.context.size() + g.prompt.query.size()));
   }
 }
 
 TEST_F(TcpServerTest, CancelStopsTheRequestAndFreesItsKv) {
   Client client("127.0.0.1", server_->port());
   int seen = 0;
-  const Completion c = client.generate(request(kLong), [&](const TokenEvent& ev) {
+  const RequestStats c = client.generate(request(kLong), [&](const TokenEvent& ev) {
     seen += static_cast<int>(ev.tokens.size());
     if (seen >= 3) {
       // While the request runs, its KV is held.
@@ -231,11 +237,11 @@ TEST_F(TcpServerTest, CancelStopsTheRequestAndFreesItsKv) {
     return true;
   });
   EXPECT_EQ(c.finish_reason, "cancelled");
-  EXPECT_LT(c.completion_tokens, kLong);
+  EXPECT_LT(c.generated, kLong);
   EXPECT_EQ(service_->load().at(0).kv_tokens, 0);
   // The connection still works.
-  const Completion again = client.generate(request(2), nullptr);
-  EXPECT_EQ(again.completion_tokens, 2);
+  const RequestStats again = client.generate(request(2), nullptr);
+  EXPECT_EQ(again.generated, 2);
 }
 
 TEST_F(TcpServerTest, HangingUpCancelsTheRequest) {
@@ -259,8 +265,8 @@ TEST_F(TcpServerTest, HangingUpCancelsTheRequest) {
 
 TEST_F(TcpServerTest, ErrorsCarryTheirCode) {
   Client client("127.0.0.1", server_->port());
-  TextRequest big = request(1);
-  big.context = std::string(1000, 'x');
+  RequestSpec big = request(1);
+  big.prompt.context_text = std::string(1000, 'x');
   try {
     client.generate(big, nullptr);
     FAIL() << "expected a capacity error";
@@ -268,11 +274,11 @@ TEST_F(TcpServerTest, ErrorsCarryTheirCode) {
     EXPECT_EQ(e.code, "capacity");
     EXPECT_NE(std::string(e.what()).find("256"), std::string::npos) << e.what();
   }
-  TextRequest bad = request(1);
+  RequestSpec bad = request(1);
   bad.block_size = 4;
   bad.anchor_size = 8;  // anchor larger than the block: the engine refuses it
   EXPECT_THROW(client.generate(bad, nullptr), ServerError);
-  EXPECT_EQ(client.generate(request(1), nullptr).completion_tokens, 1);  // still serving
+  EXPECT_EQ(client.generate(request(1), nullptr).generated, 1);  // still serving
 }
 
 TEST(EngineServiceQueue, RefusesBeyondTheQueueLimitAndCancelsQueuedRequests) {
@@ -283,9 +289,10 @@ TEST(EngineServiceQueue, RefusesBeyondTheQueueLimitAndCancelsQueuedRequests) {
   so.engine.threads = 1;
   so.max_queue = 1;
   EngineService service(so);
-  TextRequest long_one;
-  long_one.context = "context";
-  long_one.query = "q";
+  RequestSpec long_one;
+  long_one.prompt.context_is_text = long_one.prompt.query_is_text = true;
+  long_one.prompt.context_text = "context";
+  long_one.prompt.query_text = "q";
   long_one.max_tokens = 4000;  // within the model's 4096 positions; cancelled long before
   long_one.ignore_eos = true;
 
@@ -301,14 +308,14 @@ TEST(EngineServiceQueue, RefusesBeyondTheQueueLimitAndCancelsQueuedRequests) {
       cv.notify_all();
       return true;
     };
-    cb.on_done = [&, name](const Completion& c) {
+    cb.on_done = [&, name](const RequestStats& c) {
       std::lock_guard<std::mutex> lock(m);
       finished.push_back(name + " done:" + c.finish_reason);
       cv.notify_all();
     };
-    cb.on_error = [&, name](const ServiceError& e) {
+    cb.on_error = [&, name](const Error& e) {
       std::lock_guard<std::mutex> lock(m);
-      finished.push_back(name + " error:" + error_kind_name(e.kind));
+      finished.push_back(name + " error:" + error_kind_name(e.kind()));
       cv.notify_all();
     };
     return cb;
@@ -356,19 +363,19 @@ TEST_F(TcpServerTest, RefusesOtherVersionsAndOversizedFrames) {
     }
   }
   Client fresh("127.0.0.1", server_->port());
-  EXPECT_EQ(fresh.generate(request(1), nullptr).completion_tokens, 1);
+  EXPECT_EQ(fresh.generate(request(1), nullptr).generated, 1);
 }
 
 TEST_F(TcpServerTest, EveryRequestGetsAnAccessLogLine) {
   Client client("127.0.0.1", server_->port());
   ::testing::internal::CaptureStderr();
-  const Completion c = client.generate(request(3), nullptr);
-  TextRequest big = request(1);
-  big.context = std::string(1000, 'x');  // over the service's 256 tokens
+  const RequestStats c = client.generate(request(3), nullptr);
+  RequestSpec big = request(1);
+  big.prompt.context_text = std::string(1000, 'x');  // over the service's 256 tokens
   EXPECT_THROW(client.generate(big, nullptr), ServerError);
   const std::string log = ::testing::internal::GetCapturedStderr();
   EXPECT_THAT(log, ::testing::ContainsRegex("Z info  access id=tcp-[0-9]+ client=127\\.0\\.0\\.1:[0-9]+ endpoint=tcp "
-                                            "status=ok tokens_in=" + std::to_string(c.prompt_tokens) +
+                                            "status=ok tokens_in=" + std::to_string(c.prompt_tokens()) +
                                             " tokens_out=3 ttft_ms=[0-9.]+ total_ms=[0-9.]+\n"));
   EXPECT_THAT(log, ::testing::ContainsRegex("endpoint=tcp status=capacity tokens_in=0 tokens_out=0 ttft_ms=- "));
 }
@@ -399,8 +406,8 @@ TEST_F(TcpServerTest, AnApiKeyIsRequiredFirstWhenConfigured) {
   expect_refused(o.api_key.substr(1) + "x");
   expect_refused(o.api_key + "x");
   Client good("127.0.0.1", server_->port(), std::chrono::seconds(10), o.api_key);
-  EXPECT_EQ(good.generate(request(2), nullptr).completion_tokens, 2);
-  EXPECT_EQ(good.generate(request(1), nullptr).completion_tokens, 1);  // once per connection
+  EXPECT_EQ(good.generate(request(2), nullptr).generated, 2);
+  EXPECT_EQ(good.generate(request(1), nullptr).generated, 1);  // once per connection
   EXPECT_EQ(metric("starattn_requests_total{endpoint=\"tcp\",status=\"invalid_api_key\"}"),
             "starattn_requests_total{endpoint=\"tcp\",status=\"invalid_api_key\"} 3");
 }
@@ -413,7 +420,7 @@ TEST_F(TcpServerTest, ConnectionsBeyondTheCapAreRefusedAndIdleOnesClosed) {
   std::vector<std::unique_ptr<Client>> held;
   for (int i = 0; i < 3; ++i) {
     held.push_back(std::make_unique<Client>("127.0.0.1", server_->port()));
-    EXPECT_EQ(held.back()->generate(request(1), nullptr).completion_tokens, 1);  // admitted
+    EXPECT_EQ(held.back()->generate(request(1), nullptr).generated, 1);  // admitted
   }
   Client extra("127.0.0.1", server_->port());  // the kernel completes the handshake...
   try {
@@ -435,7 +442,7 @@ TEST_F(TcpServerTest, ConnectionsBeyondTheCapAreRefusedAndIdleOnesClosed) {
   EXPECT_LT(waited, 3.0);
   for (auto& c : held) EXPECT_THROW(c->generate(request(1), nullptr), std::runtime_error);
   Client fresh("127.0.0.1", server_->port());
-  EXPECT_EQ(fresh.generate(request(1), nullptr).completion_tokens, 1);
+  EXPECT_EQ(fresh.generate(request(1), nullptr).generated, 1);
 }
 
 TEST_F(TcpServerTest, ARelayInFrontKeepsTheAnswerAndEnforcesItsLimits) {
@@ -456,7 +463,7 @@ TEST_F(TcpServerTest, ARelayInFrontKeepsTheAnswerAndEnforcesItsLimits) {
     return true;
   });
   EXPECT_EQ(got, want);
-  EXPECT_EQ(b.generate(request(1), nullptr).completion_tokens, 1);
+  EXPECT_EQ(b.generate(request(1), nullptr).generated, 1);
   EXPECT_THROW(c.generate(request(1), nullptr), std::runtime_error);  // the third is over the cap
   EXPECT_EQ(metric("starattn_connections_refused_total{port=\"worker\",reason=\"max_connections\"}"),
             "starattn_connections_refused_total{port=\"worker\",reason=\"max_connections\"} 1");
@@ -467,7 +474,7 @@ TEST_F(TcpServerTest, ARelayInFrontKeepsTheAnswerAndEnforcesItsLimits) {
   EXPECT_EQ(relay.open_connections(), 0u);
   EXPECT_THROW(a.generate(request(1), nullptr), std::runtime_error);
   Client again("127.0.0.1", relay.port());
-  EXPECT_EQ(again.generate(request(1), nullptr).completion_tokens, 1);
+  EXPECT_EQ(again.generate(request(1), nullptr).generated, 1);
 }
 
 }  // namespace

@@ -29,10 +29,10 @@ class GenerationTest : public ::testing::Test {
     o.workers = 2;
     engine_ = std::make_unique<Engine>(o);
   }
-  GenerateRequest request(int max_tokens) const {
-    GenerateRequest r;
-    r.context = context_;
-    r.query = query_;
+  RequestSpec request(int max_tokens) const {
+    RequestSpec r;
+    r.prompt.context = context_;
+    r.prompt.query = query_;
     r.block_size = 32;
     r.max_tokens = max_tokens;
     r.ignore_eos = true;
@@ -42,19 +42,17 @@ class GenerationTest : public ::testing::Test {
     std::vector<GeneratedToken> steps;
     std::vector<std::vector<float>> logits;
     std::string text;
-    GenerateStats stats;
+    RequestStats stats;
   };
-  Run run(const GenerateRequest& r, bool want_logits = false) {
+  Run run(RequestSpec r, bool want_logits = false) {
     Run out;
-    out.stats = engine_->generate(
-        r,
-        [&](const GeneratedToken& t) {
-          out.steps.push_back(t);
-          out.text += t.text;
-          if (t.logits) out.logits.emplace_back(t.logits, t.logits + config_.vocab_size);
-          return true;
-        },
-        want_logits);
+    r.want_logits = want_logits;
+    out.stats = engine_->generate(r, [&](const GeneratedToken& t) {
+      out.steps.push_back(t);
+      out.text += t.text;
+      if (t.logits) out.logits.emplace_back(t.logits, t.logits + config_.vocab_size);
+      return true;
+    });
     out.text += out.stats.text_tail;
     return out;
   }
@@ -69,7 +67,7 @@ TEST_F(GenerationTest, StopStringEndsTheTextBeforeItsFirstMatch) {
   ASSERT_GE(free.text.size(), 6u) << "the random model should produce some bytes of text";
   // A stop string taken from the middle of the free run's text.
   const std::string stop = free.text.substr(free.text.size() / 2, 2);
-  GenerateRequest r = request(24);
+  RequestSpec r = request(24);
   r.stop_strings = {stop};
   const Run stopped = run(r);
   const size_t at = free.text.find(stop);
@@ -84,7 +82,7 @@ TEST_F(GenerationTest, StopStringEndsTheTextBeforeItsFirstMatch) {
 TEST_F(GenerationTest, LogitBiasSteersTheGreedyPick) {
   const Run base = run(request(4));
   ASSERT_EQ(base.steps.size(), 4u);
-  GenerateRequest r = request(4);
+  RequestSpec r = request(4);
   r.logits.logit_bias = {{base.steps[0].token, -100.0f}};
   const Run biased = run(r);
   EXPECT_NE(biased.steps[0].token, base.steps[0].token);
@@ -97,7 +95,7 @@ TEST_F(GenerationTest, LogitBiasSteersTheGreedyPick) {
 }
 
 TEST_F(GenerationTest, PresencePenaltyForbidsRepeats) {
-  GenerateRequest r = request(20);
+  RequestSpec r = request(20);
   r.logits.presence_penalty = 1e4f;
   const Run penalised = run(r);
   std::set<int32_t> seen;
@@ -116,7 +114,7 @@ TEST_F(GenerationTest, PresencePenaltyForbidsRepeats) {
 }
 
 TEST_F(GenerationTest, LogprobsAreTheLogSoftmaxOfTheStepsLogits) {
-  GenerateRequest r = request(5);
+  RequestSpec r = request(5);
   r.logits.top_logprobs = 4;
   const Run out = run(r, true);
   ASSERT_EQ(out.steps.size(), 5u);

@@ -166,35 +166,36 @@ TEST(EngineServiceLayout, CompletionsAndChatsUseThePromptLayoutsOfTheHead) {
   EngineOptions eo;
   eo.model = model;
   Engine engine(eo);
-  const auto sizes_of = [&](TextRequest r) {
+  const auto sizes_of = [&](RequestSpec r) {
     r.max_tokens = 1;
-    auto done = std::make_shared<std::promise<Completion>>();
+    auto done = std::make_shared<std::promise<RequestStats>>();
     StreamCallbacks cb;
     cb.on_token = [](const TokenEvent&) { return true; };
-    cb.on_done = [done](const Completion& c) { done->set_value(c); };
-    cb.on_error = [done](const ServiceError& e) {
-      done->set_exception(std::make_exception_ptr(std::runtime_error(e.message)));
+    cb.on_done = [done](const RequestStats& c) { done->set_value(c); };
+    cb.on_error = [done](const Error& e) {
+      done->set_exception(std::make_exception_ptr(std::runtime_error(e.what())));
     };
     service.submit(std::move(r), cb);
-    const Completion c = done->get_future().get();
-    return std::make_pair(c.context_tokens, c.prompt_tokens - c.context_tokens);
+    const RequestStats c = done->get_future().get();
+    return std::make_pair(c.context_tokens, c.prompt_tokens() - c.context_tokens);
   };
 
-  TextRequest completion;
-  completion.context = "The keeper of the north light is Marguerite.";
-  completion.query = "Who keeps the north light?";
-  const PromptIds doc = engine.document_prompt(completion.context, completion.query);
+  RequestSpec completion;
+  completion.prompt.context_is_text = completion.prompt.query_is_text = true;
+  completion.prompt.context_text = "The keeper of the north light is Marguerite.";
+  completion.prompt.query_text = "Who keeps the north light?";
+  const PromptIds doc = engine.document_prompt(completion.prompt.context_text, completion.prompt.query_text);
   const auto got = sizes_of(completion);
   EXPECT_EQ(got.first, static_cast<int64_t>(doc.context.size()));
   EXPECT_EQ(got.second, static_cast<int64_t>(doc.query.size()));
   // The raw text would be far shorter than the template's turns around it.
-  EXPECT_GT(got.first, static_cast<int64_t>(engine.tokenizer().encode(completion.context).size()) + 10);
+  EXPECT_GT(got.first, static_cast<int64_t>(engine.tokenizer().encode(completion.prompt.context_text).size()) + 10);
 
-  TextRequest chat;
-  chat.chat = true;
-  chat.messages = {{"system", "Answer briefly."}, {"user", completion.context}, {"assistant", "Noted."},
-                   {"user", completion.query}};
-  const PromptIds turns = chat_prompt(engine.tokenizer(), *engine.chat_template(), chat.messages);
+  RequestSpec chat;
+  chat.prompt.chat = true;
+  chat.prompt.messages = {{"system", "Answer briefly."}, {"user", completion.prompt.context_text}, {"assistant", "Noted."},
+                   {"user", completion.prompt.query_text}};
+  const PromptIds turns = chat_prompt(engine.tokenizer(), *engine.chat_template(), chat.prompt.messages);
   const auto got_chat = sizes_of(chat);
   EXPECT_EQ(got_chat.first, static_cast<int64_t>(turns.context.size()));
   EXPECT_EQ(got_chat.second, static_cast<int64_t>(turns.query.size()));
@@ -228,9 +229,9 @@ class HttpServerTest : public ::testing::Test {
     o.threads = 1;
     Engine engine(o);
     const PromptIds p = engine.document_prompt(context, query);
-    GenerateRequest g;
-    g.context = p.context;
-    g.query = p.query;
+    RequestSpec g;
+    g.prompt.context = p.context;
+    g.prompt.query = p.query;
     g.max_tokens = max_tokens;
     g.ignore_eos = true;
     StreamDecoder dec(engine.tokenizer());

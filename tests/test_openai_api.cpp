@@ -1,4 +1,4 @@
-// The OpenAI API mapping (server/http_api.h): request fields to one TextRequest per choice
+// The OpenAI API mapping (server/http_api.h): request fields to one RequestSpec per choice
 // (prompt forms, plain-prompt split, n, penalties, logit_bias, logprobs, ignored and refused
 // fields), the model names, the response and chunk shapes with logprobs, and the HTTP server
 // answering n > 1, logprobs and /v1/models/{id} over loopback from a scripted service.
@@ -49,23 +49,23 @@ TEST(OpenAIRequest, ParsesACompletionRequest) {
           "top_k":3,"seed":11,"stop":["a","b"],"block_size":8,"anchor_size":4,"mode":"full",
           "stream":true,"stream_options":{"include_usage":true}})");
   ASSERT_EQ(a.choices.size(), 1u);
-  const TextRequest& r = a.choices[0];
+  const RequestSpec& r = a.choices[0];
   EXPECT_EQ(a.model, "m");
-  EXPECT_EQ(r.context, "ctx");
-  EXPECT_EQ(r.query, "q?");
+  EXPECT_EQ(r.prompt.context_text, "ctx");
+  EXPECT_EQ(r.prompt.query_text, "q?");
   EXPECT_EQ(r.max_tokens, 5);
   EXPECT_FLOAT_EQ(r.sampling.temperature, 0.5f);
   EXPECT_FLOAT_EQ(r.sampling.top_p, 0.9f);
   EXPECT_EQ(r.sampling.top_k, 3);
   EXPECT_EQ(r.sampling.seed, 11u);
-  EXPECT_EQ(r.stop, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(r.stop_strings, (std::vector<std::string>{"a", "b"}));
   EXPECT_EQ(r.block_size, 8);
   EXPECT_EQ(r.anchor_size, 4);
-  EXPECT_EQ(r.mode, "full");
+  EXPECT_EQ(r.mode, AttentionMode::full);
   EXPECT_TRUE(a.stream);
   EXPECT_TRUE(a.include_usage);
-  EXPECT_FALSE(r.chat);
-  EXPECT_FALSE(r.ids);
+  EXPECT_FALSE(r.prompt.chat);
+  EXPECT_TRUE(r.prompt.context_is_text && r.prompt.query_is_text);
   EXPECT_EQ(a.logprobs, -1);
   EXPECT_EQ(r.logits.top_logprobs, -1);
 }
@@ -77,11 +77,11 @@ TEST(OpenAIRequest, ParsesAChatRequest) {
           {"role":"assistant","content":"ok","tool_calls":null},{"role":"user","content":"q","name":"me"}],
           "stop":"x","max_completion_tokens":3})");
   ASSERT_EQ(a.choices.size(), 1u);
-  const TextRequest& r = a.choices[0];
-  ASSERT_EQ(r.messages.size(), 4u);
-  EXPECT_TRUE(r.chat);
-  EXPECT_EQ(r.messages[1].content, "doc");
-  EXPECT_EQ(r.stop, std::vector<std::string>{"x"});
+  const RequestSpec& r = a.choices[0];
+  ASSERT_EQ(r.prompt.messages.size(), 4u);
+  EXPECT_TRUE(r.prompt.chat);
+  EXPECT_EQ(r.prompt.messages[1].content, "doc");
+  EXPECT_EQ(r.stop_strings, std::vector<std::string>{"x"});
   EXPECT_EQ(r.max_tokens, 3);
   EXPECT_EQ(a.ignored_fields, (std::vector<std::string>{"messages[2].tool_calls", "messages[3].name"}));
 }
@@ -96,9 +96,9 @@ TEST(OpenAIRequest, APlainPromptIsSplitByTheDocumentedRule) {
     const ApiRequest a = parse_api_request(kCompletions, json{{"prompt", prompt}}.dump());
     ASSERT_EQ(a.choices.size(), 1u);
     const PlainPromptSplit want = split_plain_prompt(prompt, kPlainPromptLimits);
-    EXPECT_EQ(a.choices[0].context, want.context);
-    EXPECT_EQ(a.choices[0].query, "Question: which number came first?\nAnswer:");
-    EXPECT_EQ(a.choices[0].context + a.choices[0].query, prompt);
+    EXPECT_EQ(a.choices[0].prompt.context_text, want.context);
+    EXPECT_EQ(a.choices[0].prompt.query_text, "Question: which number came first?\nAnswer:");
+    EXPECT_EQ(a.choices[0].prompt.context_text + a.choices[0].prompt.query_text, prompt);
   }
   EXPECT_EQ(param_of(kCompletions, R"({"prompt":""})"), "prompt");
   EXPECT_EQ(param_of(kCompletions, R"({"prompt":["a",""]})"), "prompt");
@@ -111,7 +111,7 @@ TEST(OpenAIRequest, PromptListsAndNMakeOneChoiceEach) {
   ASSERT_EQ(a.choices.size(), 6u);
   EXPECT_EQ(a.n, 3);
   for (size_t i = 0; i < 6; ++i) {
-    EXPECT_EQ(a.choices[i].query, i < 3 ? "first?" : "second?") << i;
+    EXPECT_EQ(a.choices[i].prompt.query_text, i < 3 ? "first?" : "second?") << i;
     EXPECT_EQ(a.choices[i].sampling.seed, 40u + i % 3) << i;  // distinct per copy, reproducible
   }
   // Greedy copies are the same request.
@@ -121,8 +121,8 @@ TEST(OpenAIRequest, PromptListsAndNMakeOneChoiceEach) {
   // The explicit query applies to every prompt of the list.
   const ApiRequest q = parse_api_request(kCompletions, R"({"prompt":["a","b"],"query":"q"})");
   ASSERT_EQ(q.choices.size(), 2u);
-  EXPECT_EQ(q.choices[1].context, "b");
-  EXPECT_EQ(q.choices[1].query, "q");
+  EXPECT_EQ(q.choices[1].prompt.context_text, "b");
+  EXPECT_EQ(q.choices[1].prompt.query_text, "q");
   EXPECT_EQ(param_of(kCompletions, R"({"prompt":"p","n":0})"), "n");
   EXPECT_EQ(param_of(kCompletions, R"({"prompt":"p","n":129})"), "n");
   EXPECT_EQ(param_of(kCompletions, R"({"prompt":["a","b","c"],"n":50})"), "n");
@@ -137,20 +137,20 @@ TEST(OpenAIRequest, TokenIdPromptsGoToTheIdFields) {
     for (auto& id : ids) id = static_cast<int32_t>(rng() % 49152);
     const ApiRequest a = parse_api_request(kCompletions, json{{"prompt", ids}, {"max_tokens", 2}}.dump());
     ASSERT_EQ(a.choices.size(), 1u);
-    const TextRequest& r = a.choices[0];
-    EXPECT_TRUE(r.ids);
+    const RequestSpec& r = a.choices[0];
+    EXPECT_FALSE(r.prompt.context_is_text || r.prompt.query_is_text);
     const size_t q = std::min(len, kPlainPromptLimits.max_query_tokens);
-    ASSERT_EQ(r.query_ids.size(), q);
-    std::vector<int32_t> joined = r.context_ids;
-    joined.insert(joined.end(), r.query_ids.begin(), r.query_ids.end());
+    ASSERT_EQ(r.prompt.query.size(), q);
+    std::vector<int32_t> joined = r.prompt.context;
+    joined.insert(joined.end(), r.prompt.query.begin(), r.prompt.query.end());
     EXPECT_EQ(joined, ids);
   }
   const ApiRequest lists = parse_api_request(kCompletions, R"({"prompt":[[1,2,3],[4,5]],"n":2})");
   ASSERT_EQ(lists.choices.size(), 4u);
-  EXPECT_EQ(lists.choices[2].query_ids, (std::vector<int32_t>{4, 5}));
+  EXPECT_EQ(lists.choices[2].prompt.query, (std::vector<int32_t>{4, 5}));
   const ApiRequest explicit_query = parse_api_request(kCompletions, R"({"prompt":[1,2,3],"query":[9,8]})");
-  EXPECT_EQ(explicit_query.choices[0].context_ids, (std::vector<int32_t>{1, 2, 3}));
-  EXPECT_EQ(explicit_query.choices[0].query_ids, (std::vector<int32_t>{9, 8}));
+  EXPECT_EQ(explicit_query.choices[0].prompt.context, (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_EQ(explicit_query.choices[0].prompt.query, (std::vector<int32_t>{9, 8}));
   EXPECT_EQ(param_of(kCompletions, R"({"prompt":[1,"a"]})"), "prompt");
   EXPECT_EQ(param_of(kCompletions, R"({"prompt":[1,-2]})"), "prompt");
   EXPECT_EQ(param_of(kCompletions, R"({"prompt":[[1],[]]})"), "prompt");
@@ -337,10 +337,10 @@ TEST(OpenAIResponse, CompletionLogprobsHaveTheLegacyShape) {
     const json chunk = json::parse(r.add(0, ev));  // a chunk even without text: it has logprobs
     ASSERT_EQ(chunk["choices"][0]["logprobs"]["tokens"], json::array({name_of(ev.tokens[0])}));
   }
-  Completion done;
+  RequestStats done;
   done.finish_reason = "length";
-  done.prompt_tokens = 30;
-  done.completion_tokens = 6;
+  done.context_tokens = 30;
+  done.generated = 6;
   const json fin = json::parse(r.finish(0, done));
   EXPECT_EQ(fin["choices"][0]["finish_reason"], "length");
   EXPECT_TRUE(fin["choices"][0]["logprobs"].is_null());
@@ -390,7 +390,7 @@ TEST(OpenAIResponse, ChatLogprobsHaveContentEntriesWithBytes) {
   }
   EXPECT_NEAR(content[0]["logprob"].get<double>(), ev.logprobs[0].logprob, 1e-6);
   EXPECT_EQ(content[1]["logprob"], -9999.0);
-  r.finish(0, Completion{});
+  r.finish(0, RequestStats{});
   const json whole = json::parse(r.whole_json());
   EXPECT_EQ(whole["choices"][0]["logprobs"]["content"], content);
   EXPECT_TRUE(whole["choices"][0]["logprobs"]["refusal"].is_null());
@@ -414,10 +414,10 @@ TEST(OpenAIResponse, ChoicesAreIndexedAndUsageCountsEachPromptOnce) {
     EXPECT_EQ(chunk["choices"][0]["index"], i);
     EXPECT_TRUE(chunk["choices"][0]["logprobs"].is_null());
     EXPECT_FALSE(r.all_finished());
-    Completion done;
+    RequestStats done;
     done.finish_reason = i % 2 ? "stop" : "cancelled";
-    done.prompt_tokens = 100 + static_cast<int64_t>(i / 2) * 10;  // 100 for prompt 0, 110 for 1
-    done.completion_tokens = 1 + static_cast<int64_t>(i);
+    done.context_tokens = 100 + static_cast<int64_t>(i / 2) * 10;  // 100 for prompt 0, 110 for 1
+    done.generated = 1 + static_cast<int64_t>(i);
     const json fin = json::parse(r.finish(i, done));
     EXPECT_EQ(fin["choices"][0]["index"], i);
     EXPECT_EQ(fin["choices"][0]["finish_reason"], "stop");
@@ -468,12 +468,12 @@ TEST(OpenAIResponse, InvalidUtf8InGeneratedTextIsReplaced) {
 // seed and the query, logprobs are made up but exact, so the test knows every value.
 class ScriptedService : public GenerationService {
  public:
-  static int32_t token_at(const TextRequest& r, int step) {
-    return static_cast<int32_t>((r.sampling.seed * 7 + r.query.size() + r.query_ids.size() * 3 + step * 5) % 97);
+  static int32_t token_at(const RequestSpec& r, int step) {
+    return static_cast<int32_t>((r.sampling.seed * 7 + r.prompt.query_text.size() + r.prompt.query.size() * 3 + step * 5) % 97);
   }
   static float logprob_at(int step) { return -0.25f - 0.125f * static_cast<float>(step); }
 
-  std::shared_ptr<RequestHandle> submit(TextRequest r, StreamCallbacks cb) override {
+  std::shared_ptr<RequestHandle> submit(RequestSpec r, StreamCallbacks cb) override {
     submitted.fetch_add(1);
     for (int step = 0; step < r.max_tokens; ++step) {
       TokenEvent ev;
@@ -488,10 +488,10 @@ class ScriptedService : public GenerationService {
       }
       if (!cb.on_token(ev)) break;
     }
-    Completion done;
+    RequestStats done;
     done.finish_reason = "length";
-    done.prompt_tokens = 10;
-    done.completion_tokens = r.max_tokens;
+    done.context_tokens = 10;
+    done.generated = r.max_tokens;
     cb.on_done(done);
     return nullptr;
   }
@@ -590,8 +590,8 @@ TEST_F(OpenAIServerTest, NChoicesStreamedAndWholeWithLogprobs) {
   ASSERT_EQ(status, 200) << body;
   const json whole = json::parse(body);
   ASSERT_EQ(whole["choices"].size(), 3u);
-  TextRequest expect;
-  expect.query = "why?";
+  RequestSpec expect;
+  expect.prompt.query_text = "why?";
   for (size_t i = 0; i < 3; ++i) {
     expect.sampling.seed = 4 + i;
     const json& c = whole["choices"][i];

@@ -43,6 +43,25 @@ TEST(PeerPath, CpuOnEitherEndOrAnotherHostIsStaged) {
   EXPECT_EQ(choose_data_path(kHeadGpu, {"", 0, ""}, true).path, DataPath::ucx);
 }
 
+TEST(PeerPath, GpusOnAnotherHostWithDeviceCapableUcxGoDeviceToDevice) {
+  const PeerPlace head{"boot-a/host1", 11, "GPU-aa", true};
+  PathChoice c = choose_data_path(head, {"boot-b/host2", 12, "GPU-cc", true}, false);
+  EXPECT_EQ(c.path, DataPath::ucx_device) << c.reason;
+  EXPECT_NE(c.reason.find("device memory"), std::string::npos) << c.reason;
+  // Either end without it (Debian's UCX, a cpu backend, STARATTN_UCX_DEVICE_MEMORY=0): staged.
+  c = choose_data_path(head, {"boot-b/host2", 12, "GPU-cc", false}, false);
+  EXPECT_EQ(c.path, DataPath::ucx) << c.reason;
+  EXPECT_NE(c.reason.find("without device memory"), std::string::npos) << c.reason;
+  EXPECT_EQ(choose_data_path(kHeadGpu, {"boot-b/host2", 12, "GPU-cc", true}, false).path, DataPath::ucx);
+  // On one host CUDA IPC still wins; device memory over UCX only where IPC is missing.
+  EXPECT_EQ(choose_data_path(head, {"boot-a/host1", 12, "GPU-bb", true}, false).path, DataPath::cuda_ipc);
+  EXPECT_EQ(choose_data_path({"boot-a/host1", 11, "", true}, {"boot-a/host1", 12, "", true}, false).path,
+            DataPath::ucx_device);
+  // The same process keeps its direct calls.
+  EXPECT_EQ(choose_data_path(head, {"boot-a/host1", 11, "GPU-aa", true}, true).path, DataPath::in_process);
+  EXPECT_STREQ(data_path_name(DataPath::ucx_device), "ucx_device");
+}
+
 TEST(PeerPath, ThisProcessHasAStableIdentity) {
   const PeerPlace a = this_process("GPU-x"), b = this_process("");
   EXPECT_FALSE(a.host_id.empty());
@@ -50,6 +69,8 @@ TEST(PeerPath, ThisProcessHasAStableIdentity) {
   EXPECT_EQ(a.process_id, b.process_id);
   EXPECT_NE(a.process_id, 0u);
   EXPECT_EQ(a.ipc_device, "GPU-x");
+  EXPECT_FALSE(a.ucx_device);
+  EXPECT_TRUE(this_process("GPU-x", true).ucx_device);
 }
 
 TEST(UcxLaneTransport, ReadsTheActiveMessageLane) {

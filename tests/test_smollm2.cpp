@@ -35,23 +35,21 @@ class SmolLM2 : public ::testing::Test {
     std::string text;
   };
   static Answer answer(const PromptIds& p, AttentionMode mode, int64_t block, int max_tokens) {
-    GenerateRequest r;
-    r.context = p.context;
-    r.query = p.query;
+    RequestSpec r;
+    r.prompt.context = p.context;
+    r.prompt.query = p.query;
     r.mode = mode;
     r.block_size = block;
     r.max_tokens = max_tokens;
+    r.want_logits = true;
     Answer a;
     StreamDecoder dec(engine_->tokenizer());
-    engine_->generate(
-        r,
-        [&](int32_t id, const float* logits) {
-          a.ids.push_back(id);
-          a.logits.emplace_back(logits, logits + engine_->config().vocab_size);
-          a.text += dec.push(id);
-          return true;
-        },
-        true);
+    engine_->generate(r, [&](int32_t id, const float* logits) {
+      a.ids.push_back(id);
+      a.logits.emplace_back(logits, logits + engine_->config().vocab_size);
+      a.text += dec.push(id);
+      return true;
+    });
     a.text += dec.flush();
     return a;
   }

@@ -30,8 +30,8 @@ uint64_t this_process_id() {
   return id;
 }
 
-PeerPlace this_process(const std::string& ipc_device) {
-  return {this_host_id(), this_process_id(), ipc_device};
+PeerPlace this_process(const std::string& ipc_device, bool ucx_device) {
+  return {this_host_id(), this_process_id(), ipc_device, ucx_device};
 }
 
 const char* data_path_name(DataPath path) {
@@ -39,6 +39,7 @@ const char* data_path_name(DataPath path) {
     case DataPath::in_process: return "in-process";
     case DataPath::cuda_ipc: return "cuda_ipc";
     case DataPath::ucx: return "ucx";
+    case DataPath::ucx_device: return "ucx_device";
   }
   return "?";
 }
@@ -56,9 +57,15 @@ PathChoice choose_data_path(const PeerPlace& self, const PeerPlace& peer, bool p
       return {DataPath::cuda_ipc, self.ipc_device == peer.ipc_device
                                       ? "same host, same GPU"
                                       : "same host, GPU peers"};
+    if (self.ucx_device && peer.ucx_device)
+      return {DataPath::ucx_device, "same host, no CUDA IPC on both ends: device memory over UCX"};
     return {DataPath::ucx, "same host, no CUDA IPC on both ends: staged"};
   }
-  return {DataPath::ucx, "another host: staged"};
+  if (self.ucx_device && peer.ucx_device)
+    return {DataPath::ucx_device, "another host: device memory over UCX"};
+  return {DataPath::ucx, self.ucx_device || peer.ucx_device
+                             ? "another host, one end's UCX or backend without device memory: staged"
+                             : "another host: staged"};
 }
 
 }  // namespace starattn::transport

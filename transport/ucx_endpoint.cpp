@@ -63,6 +63,11 @@ bool UcxContext::device_memory_supported() const {
   return (memory_types_ & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
 }
 
+bool UcxContext::device_memory_enabled() const {
+  const char* env = std::getenv("STARATTN_UCX_DEVICE_MEMORY");
+  return device_memory_supported() && !(env && std::string(env) == "0");
+}
+
 std::string UcxContext::memory_types() const {
   std::string out;
   for (int t = 0; t < UCS_MEMORY_TYPE_LAST; ++t) {
@@ -93,7 +98,7 @@ struct UcxWorker::Listener {
 struct UcxWorker::SendOp {
   UcxWorker* worker = nullptr;
   std::string header;
-  Payload payload;
+  Outgoing body;
 };
 
 // One rendezvous receive in flight: the message being filled.
@@ -159,16 +164,34 @@ ucs_status_t UcxWorker::on_am(void* arg, const void* header, size_t header_lengt
     self->inbox_.push_back(std::move(msg));
     return UCS_OK;
   }
-  // Rendezvous: fetch the payload into an owned buffer; the message is queued once complete.
+  // Rendezvous: fetch the payload into the sink's buffer (device memory: UCX writes it there
+  // directly or through its staging) or an owned host buffer; queued once complete.
   auto* op = new RecvOp{self, std::move(msg)};
-  op->message.payload.resize(length);
+  if (auto sink = self->sinks_.find(listener->id); sink != self->sinks_.end()) {
+    try {
+      op->message.sunk = sink->second(listener->id, op->message.header, length);
+    } catch (...) {
+      op->message.sunk = {};  // the host vector then; the consumer checks sizes
+    }
+  }
+  void* dest = op->message.sunk.data;
+  if (dest) {
+    op->message.sunk_bytes = length;
+  } else {
+    op->message.sunk = {};
+    op->message.payload.resize(length);
+    dest = op->message.payload.data();
+  }
   ucp_request_param_t rp;
   std::memset(&rp, 0, sizeof(rp));
   rp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  if (op->message.sunk.data) {
+    rp.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+    rp.memory_type = op->message.sunk.device ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
+  }
   rp.cb.recv_am = &UcxWorker::on_recv_done;
   rp.user_data = op;
-  ucs_status_ptr_t req =
-      ucp_am_recv_data_nbx(self->worker_, data, op->message.payload.data(), length, &rp);
+  ucs_status_ptr_t req = ucp_am_recv_data_nbx(self->worker_, data, dest, length, &rp);
   if (req == nullptr) {
     self->inbox_.push_back(std::move(op->message));
     delete op;
@@ -277,8 +300,13 @@ void UcxWorker::close_ep(ucp_ep_h ep, bool force) {
          std::chrono::steady_clock::now() < deadline)
     ucp_worker_progress(worker_);
   if (ucp_request_check_status(req) == UCS_INPROGRESS) {
+    // A close request may ignore the cancel (the peer is simply not progressing): bound this
+    // too; a request freed while in progress is released by UCX when it completes.
     ucp_request_cancel(worker_, req);
-    while (ucp_request_check_status(req) == UCS_INPROGRESS) ucp_worker_progress(worker_);
+    const auto hard = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+    while (ucp_request_check_status(req) == UCS_INPROGRESS &&
+           std::chrono::steady_clock::now() < hard)
+      ucp_worker_progress(worker_);
   }
   ucp_request_free(req);
 }
@@ -300,9 +328,9 @@ bool UcxWorker::failed(EpId ep, std::string* why) const {
   return it->second->failed;
 }
 
-void UcxWorker::submit(ucp_ep_h ep, uint16_t am_id, std::string header, Payload payload,
+void UcxWorker::submit(ucp_ep_h ep, uint16_t am_id, std::string header, Outgoing body,
                        bool reply, const std::string& peer) {
-  auto* op = new SendOp{this, std::move(header), std::move(payload)};
+  auto* op = new SendOp{this, std::move(header), std::move(body)};
   ucp_request_param_t p;
   std::memset(&p, 0, sizeof(p));
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
@@ -310,8 +338,14 @@ void UcxWorker::submit(ucp_ep_h ep, uint16_t am_id, std::string header, Payload 
   p.cb.send = &UcxWorker::on_send_done;
   p.user_data = op;
   p.flags = reply ? UCP_AM_SEND_FLAG_REPLY : 0;
-  const void* data = op->payload ? op->payload->data() : nullptr;
-  const size_t size = op->payload ? op->payload->size() : 0;
+  const Outgoing& b = op->body;
+  const void* data = b.device ? b.device : b.payload ? b.payload->data() : nullptr;
+  const size_t size = b.device ? b.device_size : b.payload ? b.payload->size() : 0;
+  if (b.device) {
+    // Said, not detected: UCX then skips its memory-type lookup of the pointer.
+    p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMORY_TYPE;
+    p.memory_type = UCS_MEMORY_TYPE_CUDA;
+  }
   ucs_status_ptr_t req = ucp_am_send_nbx(ep, am_id, op->header.data(), op->header.size(), data,
                                          size, &p);
   if (req == nullptr) {
@@ -330,19 +364,44 @@ void UcxWorker::send(EpId ep, uint16_t am_id, std::string header, Payload payloa
   auto it = eps_.find(ep);
   if (it == eps_.end()) throw UcxError("send on unknown UCX endpoint " + std::to_string(ep));
   if (it->second->failed) throw UcxError(it->second->why);
-  submit(it->second->ep, am_id, std::move(header), std::move(payload), reply, it->second->peer);
+  submit(it->second->ep, am_id, std::move(header), Outgoing{std::move(payload), nullptr, 0, nullptr},
+         reply, it->second->peer);
+}
+
+void UcxWorker::send_device(EpId ep, uint16_t am_id, std::string header, const void* data,
+                            size_t size, std::shared_ptr<void> keep, bool reply) {
+  auto it = eps_.find(ep);
+  if (it == eps_.end()) throw UcxError("send on unknown UCX endpoint " + std::to_string(ep));
+  if (it->second->failed) throw UcxError(it->second->why);
+  submit(it->second->ep, am_id, std::move(header), Outgoing{nullptr, data, size, std::move(keep)},
+         reply, it->second->peer);
 }
 
 bool UcxWorker::send_reply(const AmMessage& to, uint16_t am_id, std::string header,
                            Payload payload) {
   if (to.reply_ep == nullptr) return false;
   try {
-    submit(to.reply_ep, am_id, std::move(header), std::move(payload), false, "the requester");
+    submit(to.reply_ep, am_id, std::move(header), Outgoing{std::move(payload), nullptr, 0, nullptr},
+           false, "the requester");
     return true;
   } catch (const UcxError&) {
     return false;  // the requester went away; nobody is left to tell
   }
 }
+
+bool UcxWorker::send_reply_device(const AmMessage& to, uint16_t am_id, std::string header,
+                                  const void* data, size_t size, std::shared_ptr<void> keep) {
+  if (to.reply_ep == nullptr) return false;
+  try {
+    submit(to.reply_ep, am_id, std::move(header), Outgoing{nullptr, data, size, std::move(keep)},
+           false, "the requester");
+    return true;
+  } catch (const UcxError&) {
+    return false;
+  }
+}
+
+void UcxWorker::set_sink(uint16_t am_id, PayloadSink sink) { sinks_[am_id] = std::move(sink); }
 
 bool UcxWorker::progress() { return ucp_worker_progress(worker_) != 0; }
 

@@ -10,16 +10,18 @@
 // is bulk data. Small messages arrive eagerly; large ones use UCX's rendezvous protocol and are
 // fetched into an owned buffer before they are queued, so a received message is always complete.
 //
-// Memory: buffers handed to UCX here are host memory: the runtime moves device tensors between
-// processes of one host by CUDA IPC (actors/data_plane.h), so UCX carries only headers there, and
-// between hosts it stages them through host buffers (Backend::download/upload).
-// device_memory_supported() reports whether the UCX in use (deploy/build-ucx.sh's has cuda_copy
-// and cuda_ipc) could take device pointers.
+// Memory: payloads are host memory (send) unless sent with send_device(), which hands UCX a
+// device pointer: UCX then moves it GPUDirect (RDMA transports whose NIC can register GPU memory)
+// or stages it through its own pinned buffers (cuda_copy). Eager messages always arrive in host
+// memory; rendezvous ones land where the worker's PayloadSink says, device memory included.
+// device_memory_enabled() says whether the UCX in use can take device pointers at all
+// (deploy/build-ucx.sh's build has cuda_copy and cuda_ipc; Debian's binary package does not).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -46,6 +48,9 @@ class UcxContext {
   ucp_context_h handle() const { return context_; }
   // Whether UCX can send from/receive into CUDA device memory directly (ucp_context_query).
   bool device_memory_supported() const;
+  // device_memory_supported() unless STARATTN_UCX_DEVICE_MEMORY=0 turns the device path off
+  // (to compare it with the staged path on the same machines).
+  bool device_memory_enabled() const;
   // Memory types UCX reports, e.g. "host" or "host,cuda".
   std::string memory_types() const;
 
@@ -57,11 +62,25 @@ class UcxContext {
 
 using Payload = std::shared_ptr<const std::vector<char>>;
 
+// Where a rendezvous payload should land instead of a host vector: `data` (device or host
+// memory, as `device` says) with `keep` owning it; a null `data` means the default host vector.
+struct SinkBuffer {
+  std::shared_ptr<void> keep;
+  void* data = nullptr;
+  bool device = false;
+};
+// Asked, for each rendezvous message of a registered id, with its header and payload size.
+// Runs inside progress(); must not throw and must not call back into the worker.
+using PayloadSink = std::function<SinkBuffer(uint16_t am_id, const std::string& header, size_t bytes)>;
+
 struct AmMessage {
   uint16_t id = 0;
   std::string header;
-  std::vector<char> payload;
+  std::vector<char> payload;    // the payload, unless it landed in `sunk`
+  SinkBuffer sunk;              // set when a PayloadSink took the payload (sunk_bytes of it)
+  size_t sunk_bytes = 0;
   ucp_ep_h reply_ep = nullptr;  // set when the sender asked for replies (send(..., reply=true))
+  bool in_sink() const { return sunk.data != nullptr; }
 };
 
 class UcxWorker {
@@ -100,6 +119,16 @@ class UcxWorker {
   // when the message carried no reply endpoint or the send failed at once.
   bool send_reply(const AmMessage& to, uint16_t am_id, std::string header, Payload payload);
 
+  // The same with a payload in CUDA device memory (`size` bytes at `data`), which `keep` keeps
+  // alive, unchanged, until UCX is done with it (the completion drops `keep`). The device work
+  // that wrote it must have finished (synchronize first).
+  void send_device(EpId ep, uint16_t am_id, std::string header, const void* data, size_t size,
+                   std::shared_ptr<void> keep, bool reply);
+  bool send_reply_device(const AmMessage& to, uint16_t am_id, std::string header, const void* data,
+                         size_t size, std::shared_ptr<void> keep);
+  // Rendezvous payloads of am_id land where `sink` says (see PayloadSink).
+  void set_sink(uint16_t am_id, PayloadSink sink);
+
   // Makes progress on communication; true when anything happened.
   bool progress();
   // The next received message, if any (call progress() first).
@@ -121,7 +150,13 @@ class UcxWorker {
   static void on_ep_error(void* arg, ucp_ep_h ep, ucs_status_t status);
   static void on_send_done(void* request, ucs_status_t status, void* user_data);
   static void on_recv_done(void* request, ucs_status_t status, size_t length, void* user_data);
-  void submit(ucp_ep_h ep, uint16_t am_id, std::string header, Payload payload, bool reply,
+  struct Outgoing {
+    Payload payload;              // host bytes, or
+    const void* device = nullptr;  // device bytes kept alive by keep
+    size_t device_size = 0;
+    std::shared_ptr<void> keep;
+  };
+  void submit(ucp_ep_h ep, uint16_t am_id, std::string header, Outgoing body, bool reply,
               const std::string& peer);
   void close_ep(ucp_ep_h ep, bool force);
 
@@ -133,6 +168,7 @@ class UcxWorker {
   EpId next_ep_ = 1;
   std::map<EpId, std::unique_ptr<EpState>> eps_;
   std::vector<std::unique_ptr<Listener>> listeners_;
+  std::map<uint16_t, PayloadSink> sinks_;
   std::deque<AmMessage> inbox_;
   size_t inflight_ = 0;
 };

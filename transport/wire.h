@@ -2,6 +2,7 @@
 // (de)serialization that turns malformed bytes into errors naming what was expected.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -20,8 +21,17 @@ class ProtocolError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// How many messages of one type this process has encoded and decoded: tests read them to show
+// that a path stays off the wire (in-process messages carry runtime types, actors/messages.h).
+template <class Message>
+struct WireCounts {
+  static inline std::atomic<uint64_t> encoded{0};
+  static inline std::atomic<uint64_t> decoded{0};
+};
+
 template <class Message>
 std::string encode(const Message& m) {
+  WireCounts<Message>::encoded.fetch_add(1, std::memory_order_relaxed);
   std::string out;
   if (!m.SerializeToString(&out))
     throw ProtocolError("cannot serialize " + m.GetTypeName());
@@ -31,6 +41,7 @@ std::string encode(const Message& m) {
 // Parses `bytes` as a Message; `from` names the peer for the error message.
 template <class Message>
 Message decode(const void* bytes, size_t size, const std::string& from) {
+  WireCounts<Message>::decoded.fetch_add(1, std::memory_order_relaxed);
   Message m;
   if (size > static_cast<size_t>(INT32_MAX) || !m.ParseFromArray(bytes, static_cast<int>(size)))
     throw ProtocolError("malformed " + m.GetTypeName() + " (" + std::to_string(size) +

@@ -21,13 +21,13 @@ int main(int argc, char** argv) {
   options.threads = 1;
   starattn::Engine engine(options);
 
-  starattn::GenerateRequest request;
-  request.context = engine.tokenizer().encode("An installed library answering a question. ");
-  request.query = engine.tokenizer().encode("Works?");
+  starattn::RequestSpec request;
+  request.prompt.context = engine.tokenizer().encode("An installed library answering a question. ");
+  request.prompt.query = engine.tokenizer().encode("Works?");
   request.max_tokens = 5;
   request.ignore_eos = true;
   std::vector<int32_t> tokens;
-  const starattn::GenerateStats stats = engine.generate(request, [&](int32_t token, const float*) {
+  const starattn::RequestStats stats = engine.generate(request, [&](int32_t token, const float*) {
     tokens.push_back(token);
     return true;
   });
@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
     return true;
   });
   request.mode = starattn::AttentionMode::star;
-  request.block_size = static_cast<int64_t>(request.context.size());
+  request.block_size = static_cast<int64_t>(request.prompt.context.size());
   std::vector<int32_t> one_block;
   engine.generate(request, [&](int32_t token, const float*) {
     one_block.push_back(token);

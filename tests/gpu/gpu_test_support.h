@@ -202,13 +202,13 @@ inline std::unique_ptr<Engine> make_engine(const std::string& config, const std:
 }
 
 // `context` then `query` random byte tokens (0..255) from `seed`; eos ignored.
-inline GenerateRequest random_request(int64_t context, int64_t query, AttentionMode mode, int64_t block,
+inline RequestSpec random_request(int64_t context, int64_t query, AttentionMode mode, int64_t block,
                                       int max_tokens, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::uniform_int_distribution<int32_t> tok(0, 255);
-  GenerateRequest r;
-  for (int64_t i = 0; i < context; ++i) r.context.push_back(tok(rng));
-  for (int64_t i = 0; i < query; ++i) r.query.push_back(tok(rng));
+  RequestSpec r;
+  for (int64_t i = 0; i < context; ++i) r.prompt.context.push_back(tok(rng));
+  for (int64_t i = 0; i < query; ++i) r.prompt.query.push_back(tok(rng));
   r.mode = mode;
   r.block_size = block;
   r.max_tokens = max_tokens;

@@ -330,9 +330,9 @@ TEST_F(CudaDecode, ProfileReportsOpsBySectionAndChangesNothing) {
     profiled = generate(dir.config(), "cuda", 2, AttentionMode::star);  // its own engine, profiled too
     std::mt19937_64 rng(9);
     std::uniform_int_distribution<int32_t> tok(0, 255);
-    GenerateRequest r;
-    for (int i = 0; i < 100; ++i) r.context.push_back(tok(rng));
-    r.query = {1, 2, 3};
+    RequestSpec r;
+    for (int i = 0; i < 100; ++i) r.prompt.context.push_back(tok(rng));
+    r.prompt.query = {1, 2, 3};
     r.max_tokens = 4;
     r.ignore_eos = true;
     e->generate(r, [](int32_t, const float*) { return true; });

@@ -53,7 +53,7 @@ TEST_P(CudaEngine, LogitsMatchCpuInFullAndStarMode) {
   // 700 context tokens: the prefill kernel with a causal prefix (star blocks behind the anchor);
   // 12 query tokens and single decode steps: the split decode kernel and the merge.
   for (AttentionMode mode : {AttentionMode::full, AttentionMode::star}) {
-    const GenerateRequest r = random_request(700, 12, mode, mode == AttentionMode::star ? 256 : 0, 5, 11);
+    const RequestSpec r = random_request(700, 12, mode, mode == AttentionMode::star ? 256 : 0, 5, 11);
     const Outcome ref = generate(*cpu, r);
     const Outcome got = generate(*gpu, r);
     ASSERT_EQ(got.tokens.size(), 5u);
@@ -124,11 +124,11 @@ TEST_F(CudaMemoryPlan, ContextThatDoesNotFitFailsSayingHowManyTokensFit) {
   const int64_t free_before = gpu->backend().free_bytes();
   int64_t fit_full = -1;
   for (AttentionMode mode : {AttentionMode::full, AttentionMode::star}) {
-    GenerateRequest r = random_request(400000, 4, mode, 0, 2, 3);
+    RequestSpec r = random_request(400000, 4, mode, 0, 2, 3);
     r.beyond_positions = true;  // the memory plan is under test, not the model's positions
     try {
       generate(*gpu, r);
-      FAIL() << "expected a capacity error for " << r.context.size() << " tokens";
+      FAIL() << "expected a capacity error for " << r.prompt.context.size() << " tokens";
     } catch (const Error& e) {
       EXPECT_EQ(e.kind(), ErrorKind::capacity);
       const std::string msg = e.what();
@@ -148,7 +148,7 @@ TEST_F(CudaMemoryPlan, ContextThatDoesNotFitFailsSayingHowManyTokensFit) {
   // A context just under the stated limit runs to completion without a cudaMalloc failure (full
   // mode, the most memory-hungry plan).
   if (fit_full > 64) {
-    GenerateRequest fits = random_request(std::min<int64_t>(fit_full - 64, 60000), 4, AttentionMode::full, 0, 2, 4);
+    RequestSpec fits = random_request(std::min<int64_t>(fit_full - 64, 60000), 4, AttentionMode::full, 0, 2, 4);
     fits.beyond_positions = true;
     const Outcome near = generate(*gpu, fits);
     EXPECT_EQ(near.tokens.size(), 2u);

@@ -67,17 +67,16 @@ double max_abs(const std::vector<double>& a) {
   return m;
 }
 
-Outcome generate(Engine& engine, const GenerateRequest& request) {
+Outcome generate(Engine& engine, const RequestSpec& request) {
   Outcome out;
   const size_t vocab = static_cast<size_t>(engine.config().vocab_size);
-  out.stats = engine.generate(
-      request,
-      [&](int32_t id, const float* logits) {
-        out.tokens.push_back(id);
-        out.logits.emplace_back(logits, logits + vocab);
-        return true;
-      },
-      true);
+  RequestSpec with_logits = request;
+  with_logits.want_logits = true;
+  out.stats = engine.generate(with_logits, [&](int32_t id, const float* logits) {
+    out.tokens.push_back(id);
+    out.logits.emplace_back(logits, logits + vocab);
+    return true;
+  });
   return out;
 }
 

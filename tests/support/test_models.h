@@ -41,8 +41,8 @@ double max_abs(const std::vector<double>& a);
 struct Outcome {
   std::vector<int32_t> tokens;
   std::vector<std::vector<float>> logits;  // one row per generated token
-  GenerateStats stats;
+  RequestStats stats;
 };
-Outcome generate(Engine& engine, const GenerateRequest& request);
+Outcome generate(Engine& engine, const RequestSpec& request);
 
 }  // namespace starattn::testing

@@ -322,9 +322,9 @@ int bench_e2e(const Args& args) {
     // One small request per mode first: one-time costs (cuBLAS handles and heuristics, kernel
     // attributes, workspaces for small shapes) belong to start-up, not to the first measured row.
     for (AttentionMode mode : modes) {
-      GenerateRequest w;
-      for (int64_t i = 0; i < 64 * workers; ++i) w.context.push_back(tok(rng));
-      for (int64_t i = 0; i < query; ++i) w.query.push_back(tok(rng));
+      RequestSpec w;
+      for (int64_t i = 0; i < 64 * workers; ++i) w.prompt.context.push_back(tok(rng));
+      for (int64_t i = 0; i < query; ++i) w.prompt.query.push_back(tok(rng));
       w.mode = mode;
       w.block_size = mode == AttentionMode::star ? 64 : 0;
       w.max_tokens = 4;
@@ -334,9 +334,9 @@ int bench_e2e(const Args& args) {
     cuda_profile_report(engine.backend(), "warm-up");  // no-op unless STARATTN_PROFILE=1
     for (int64_t C : contexts) {
       for (AttentionMode mode : modes) {
-        GenerateRequest r;
-        for (int64_t i = 0; i < C; ++i) r.context.push_back(tok(rng));
-        for (int64_t i = 0; i < query; ++i) r.query.push_back(tok(rng));
+        RequestSpec r;
+        for (int64_t i = 0; i < C; ++i) r.prompt.context.push_back(tok(rng));
+        for (int64_t i = 0; i < query; ++i) r.prompt.query.push_back(tok(rng));
         r.mode = mode;
         r.block_size = mode == AttentionMode::star ? (C + workers - 1) / workers : 0;
         r.max_tokens = decode_tokens;
@@ -346,7 +346,7 @@ int bench_e2e(const Args& args) {
         row.mode = mode_name(mode);
         cuda_peak_allocated_bytes(engine.backend(), true);
         try {
-          const GenerateStats s = engine.generate(r, [](int32_t, const float*) { return true; });
+          const RequestStats s = engine.generate(r, [](int32_t, const float*) { return true; });
           row.plan = std::to_string(s.blocks) + " x " + std::to_string(s.block_size) +
                      (s.anchor_size > 0 ? " (anchor " + std::to_string(s.anchor_size) + ")" : "");
           row.phase1 = s.phase1_ms;
@@ -382,10 +382,10 @@ int bench_e2e(const Args& args) {
               "query ms", "TTFT ms", "decode ms", "floor ms", "/floor", "peak GiB");
   for (const Row& r : rows) {
     if (!r.error.empty()) {
-      std::printf("%-8lld %-6s error: %s\n", static_cast<long long>(r.context), r.mode.c_str(), r.error.c_str());
+      std::printf("%-8lld %-6s error: %s\n", static_cast<long long>(r.prompt.context), r.mode.c_str(), r.error.c_str());
       continue;
     }
-    std::printf("%-8lld %-6s %-26s %11.1f %11.1f %11.1f %10.2f %10.2f %7.2f %9.1f\n", static_cast<long long>(r.context),
+    std::printf("%-8lld %-6s %-26s %11.1f %11.1f %11.1f %10.2f %10.2f %7.2f %9.1f\n", static_cast<long long>(r.prompt.context),
                 r.mode.c_str(), r.plan.c_str(), r.phase1, r.first, r.phase1 + r.first, r.decode, r.floor,
                 r.decode / r.floor, r.peak_gib);
   }

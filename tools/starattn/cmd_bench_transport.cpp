@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "actors/data_plane.h"
 #include "actors/messages.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
@@ -128,6 +129,63 @@ void hand_address(int address_pipe, const std::string& addr) {
   std::_Exit(rc);
 }
 
+// The child with --device cuda --path ucx: answers as a ucx_device worker does, without the
+// attention compute: q arrives in device memory (rendezvous, through the sink) or in host memory
+// (eager; uploaded), is copied into the reply's O, and (O, lse) leave from device memory.
+[[noreturn]] void serve_device(int address_pipe, int heads, int head_dim) {
+  std::signal(SIGTERM, [](int) { g_child_stop = 1; });
+  int rc = 0;
+  try {
+    auto be = make_backend("cuda", 0, 0);
+    auto pool = std::make_shared<actors::DevicePayloadPool>(*be);
+    transport::UcxWorker ucx;
+    ucx.listen(actors::kAmAttend);
+    ucx.set_sink(actors::kAmAttend, [&](uint16_t, const std::string&, size_t bytes) {
+      auto b = pool->take(bytes);
+      return transport::SinkBuffer{b, b->view().data, true};
+    });
+    hand_address(address_pipe, ucx.address());
+    const int64_t cols = static_cast<int64_t>(heads) * head_dim;
+    Buffer staged_q;
+    AmMessage m;
+    while (!g_child_stop) {
+      bool busy = ucx.progress();
+      while (ucx.poll(m)) {
+        busy = true;
+        const auto req = wire::decode<wire::AttendRequest>(m.header, "the benchmark");
+        const int64_t T = req.rows();
+        Tensor q{m.sunk.data, DType::bf16, T, cols, cols};
+        if (!m.in_sink()) {
+          if (!staged_q.allocated() || staged_q.view().rows < T) staged_q = be->alloc(T, cols, DType::bf16);
+          q = staged_q.rows(0, T);
+          std::vector<float> f(static_cast<size_t>(T * cols));
+          for (size_t i = 0; i < f.size(); ++i) {
+            uint32_t w = static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(m.payload.data())[i]) << 16;
+            std::memcpy(&f[i], &w, 4);
+          }
+          be->upload(f.data(), q);
+        }
+        const size_t bytes = actors::partial_bytes(DType::bf16, T, cols, heads);
+        auto out = pool->take(bytes);
+        be->copy(q, actors::partial_in(out->view().data, DType::bf16, T, cols, heads).o);
+        be->synchronize();
+        wire::AttendReply r;
+        r.set_protocol_version(wire::kProtocolVersion);
+        r.set_request_id(req.request_id());
+        r.set_seq(req.seq());
+        r.set_rows(T);
+        r.set_device_payload(true);
+        ucx.send_reply_device(m, actors::kAmAttendReply, wire::encode(r), out->view().data, bytes, out);
+      }
+      if (!busy) ucx.wait(100);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench-transport server: %s\n", e.what());
+    rc = 1;
+  }
+  std::_Exit(rc);
+}
+
 }  // namespace
 
 int cmd_bench_transport(int argc, char** argv) {
@@ -135,10 +193,13 @@ int cmd_bench_transport(int argc, char** argv) {
     std::printf(
         "usage: starattn bench-transport [--rows 1,16,256] [--heads 32] [--head-dim 128]\n"
         "                                [--iters N] [--warmup N] [--device cpu|cuda]\n"
-        "                                [--peer-failure detect|control-plane]\n"
+        "                                [--path ipc|ucx] [--peer-failure detect|control-plane]\n"
         "--device cuda: the cuda_ipc path (q and o, lse in device memory both processes map,\n"
         "ordered by IPC events; UCX carries the headers); the round trip includes the GPU work\n"
-        "and a stream synchronisation. --peer-failure control-plane lets UCX use shared memory\n"
+        "and a stream synchronisation. --device cuda --path ucx: the path to GPUs on other hosts\n"
+        "(q and O, lse handed to UCX in device memory: GPUDirect RDMA or UCX's staging; with\n"
+        "--peer-failure detect, UCX uses what it would between hosts).\n"
+        "--peer-failure control-plane lets UCX use shared memory\n"
         "(what same-host peers use); detect forces UCX's peer-failure mode (tcp in UCX 1.13).\n"
         "Measures the data plane's Q -> (O, lse) round trip to a second process over UCX\n"
         "(UCX picks the transport; set UCX_TLS=tcp for the network path). Rows are query rows\n"
@@ -146,12 +207,17 @@ int cmd_bench_transport(int argc, char** argv) {
     return 0;
   }
   const Args args(argc, argv, 2,
-                  {"rows", "heads", "head-dim", "iters", "warmup", "device", "peer-failure"}, {});
-  const bool cuda = args.get("device", "cpu") == "cuda";
-  if (!cuda && args.get("device", "cpu") != "cpu")
+                  {"rows", "heads", "head-dim", "iters", "warmup", "device", "path", "peer-failure"}, {});
+  const bool cuda_any = args.get("device", "cpu") == "cuda";
+  const std::string path = args.get("path", "ipc");
+  if (path != "ipc" && path != "ucx") throw std::invalid_argument("--path is ipc or ucx, got '" + path + "'");
+  if (path == "ucx" && !cuda_any) throw std::invalid_argument("--path ucx needs --device cuda");
+  const bool device_ucx = cuda_any && path == "ucx";
+  const bool cuda = cuda_any && !device_ucx;  // the cuda_ipc path
+  if (!cuda_any && args.get("device", "cpu") != "cpu")
     throw std::invalid_argument("--device is cpu or cuda, got '" + args.get("device", "") + "'");
   const std::string failure_mode =
-      args.get("peer-failure", cuda ? "control-plane" : "detect");
+      args.get("peer-failure", cuda_any ? "control-plane" : "detect");
   if (failure_mode != "detect" && failure_mode != "control-plane")
     throw std::invalid_argument("--peer-failure is detect or control-plane");
   const auto rows = parse_id_list(args.get("rows", "1,16,256"), "rows");
@@ -170,6 +236,7 @@ int cmd_bench_transport(int argc, char** argv) {
   if (child == 0) {
     close(fds[0]);
     if (cuda) serve_ipc(fds[1], heads, head_dim);
+    if (device_ucx) serve_device(fds[1], heads, head_dim);
     serve_echo(fds[1], heads, head_dim);
   }
   close(fds[1]);
@@ -217,12 +284,23 @@ int cmd_bench_transport(int argc, char** argv) {
   };
   std::unique_ptr<Backend> be;
   DeviceIpc* ipc = nullptr;
-  if (cuda) {
+  std::shared_ptr<actors::DevicePayloadPool> pool;
+  if (cuda_any) {
     be = make_backend("cuda", 0, 0);
     ipc = be->ipc();
   }
+  if (device_ucx) {
+    if (!transport::UcxContext::get()->device_memory_supported())
+      throw std::runtime_error("this UCX cannot carry device memory (memory types: " +
+                               transport::UcxContext::get()->memory_types() + ")");
+    pool = std::make_shared<actors::DevicePayloadPool>(*be);
+    actors::sink_device_replies(ucx, pool);
+  }
   const char* tls = std::getenv("UCX_TLS");
-  std::printf("path: %s over %s; ", cuda ? "cuda_ipc (GPU to GPU, headers over UCX)" : "UCX payloads",
+  std::printf("path: %s over %s; ",
+              cuda         ? "cuda_ipc (GPU to GPU, headers over UCX)"
+              : device_ucx ? "ucx_device (device memory handed to UCX)"
+                           : "UCX payloads",
               ucx.transport(ep).c_str());
   std::printf("UCX memory types: %s (device memory %s); UCX_TLS=%s\n",
               transport::UcxContext::get()->memory_types().c_str(),
@@ -238,6 +316,14 @@ int cmd_bench_transport(int argc, char** argv) {
     std::vector<double> us;
     Buffer dq, dout, dlse;
     std::unique_ptr<DeviceEvent> q_event, done;
+    std::shared_ptr<Buffer> dq_send;
+    Buffer eager_o;
+    if (device_ucx) {
+      dq_send = pool->take(static_cast<size_t>(T * cols) * 2);
+      std::vector<float> ones(static_cast<size_t>(T * cols), 1.0f);
+      be->upload(ones.data(), Tensor{dq_send->view().data, DType::bf16, T, cols, cols});
+      eager_o = be->alloc(T, cols + heads, DType::f32);
+    }
     if (cuda) {
       dq = be->alloc(T, cols, DType::bf16);
       dout = be->alloc(T, cols, DType::bf16);
@@ -275,6 +361,19 @@ int cmd_bench_transport(int argc, char** argv) {
         wait_reply(seq, m);
         ipc->wait(*done);
         be->synchronize();
+      } else if (device_ucx) {
+        h.set_device_payload(true);
+        be->synchronize();  // as the runtime does before handing UCX device memory
+        ucx.send_device(ep, actors::kAmAttend, wire::encode(h), dq_send->view().data,
+                        static_cast<size_t>(T * cols) * 2, dq_send, true);
+        wait_reply(seq, m);
+        // An eager reply arrived in host memory: the runtime uploads it (here as raw words).
+        if (!m.in_sink()) {
+          std::vector<float> words((m.payload.size() + 3) / 4);
+          std::memcpy(words.data(), m.payload.data(), m.payload.size());
+          be->upload(words.data(), eager_o.view().slice_cols(0, static_cast<int64_t>(
+                                                                   std::min<size_t>(words.size() / T, cols + heads))));
+        }
       } else {
         ucx.send(ep, actors::kAmAttend, wire::encode(h), q, true);
         wait_reply(seq, m);
@@ -287,8 +386,8 @@ int cmd_bench_transport(int argc, char** argv) {
     for (double v : us) mean += v;
     mean /= static_cast<double>(us.size());
     std::printf("%6d %12lld %12lld %10.1f %10.1f %10.1f %10.1f\n", T,
-                static_cast<long long>(T * cols * (cuda ? 2 : 4)),
-                static_cast<long long>(T * (cols * (cuda ? 2 : 4) + heads * 4)), us.front(), us[us.size() / 2],
+                static_cast<long long>(T * cols * (cuda_any ? 2 : 4)),
+                static_cast<long long>(T * (cols * (cuda_any ? 2 : 4) + heads * 4)), us.front(), us[us.size() / 2],
                 us[std::min(us.size() - 1, us.size() * 99 / 100)], mean);
     std::fflush(stdout);
   }

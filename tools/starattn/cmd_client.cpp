@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "server/client.h"
+#include "server/framed_protocol.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
 #include "tools/starattn/front_ends.h"
@@ -42,10 +43,11 @@ int cmd_client(int argc, char** argv) {
   const std::string output = args.get("output", "text");
   if (output != "text" && output != "ids")
     throw std::invalid_argument("--output must be text or ids, got '" + output + "'");
-  TextRequest r;
-  r.context = args.has("context") ? args.get("context", "") : read_file(args.get("context-file", ""));
-  r.query = args.require("query");
-  r.mode = args.get("mode", "star");
+  RequestSpec r;
+  r.prompt.context_is_text = r.prompt.query_is_text = true;
+  r.prompt.context_text =
+      args.has("context") ? args.get("context", "") : read_file(args.get("context-file", ""));
+  r.prompt.query_text = args.require("query");
   r.block_size = args.get_int("block-size", 0);
   r.anchor_size = args.get_int("anchor-size", 0);
   r.max_tokens = static_cast<int>(args.get_int("max-tokens", 64));
@@ -58,13 +60,16 @@ int cmd_client(int argc, char** argv) {
     const std::string stops = args.get("stop", "");
     size_t start = 0;
     for (size_t comma; (comma = stops.find(',', start)) != std::string::npos; start = comma + 1)
-      r.stop.push_back(stops.substr(start, comma - start));
-    r.stop.push_back(stops.substr(start));
+      r.stop_strings.push_back(stops.substr(start, comma - start));
+    r.stop_strings.push_back(stops.substr(start));
   }
   const auto address = transport::parse_host_port(args.require("connect"), "--connect");
   server::Client client(address.host, address.port, std::chrono::seconds(10), api_key(args));
   bool first = true;
-  const Completion c = client.generate(r, [&](const TokenEvent& ev) {
+  // The mode goes as given: the server refuses an unknown one (invalid_request).
+  serving::GenerateRequest wire = server::request_to_proto(r);
+  wire.set_mode(args.get("mode", "star"));
+  const RequestStats c = client.generate(wire, [&](const TokenEvent& ev) {
     if (output == "ids") {
       for (int32_t id : ev.tokens) std::printf(first ? "%d" : " %d", id), first = false;
     } else {
@@ -79,7 +84,7 @@ int cmd_client(int argc, char** argv) {
                "%.1f ms, decode %.1f ms; %lld tokens, finish: %s\n",
                static_cast<long long>(c.context_tokens), c.blocks, static_cast<long long>(c.block_size),
                static_cast<long long>(c.anchor_size), c.phase1_ms, c.first_token_ms, c.decode_ms,
-               static_cast<long long>(c.completion_tokens), c.finish_reason.c_str());
+               static_cast<long long>(c.generated), c.finish_reason.c_str());
   return 0;
 }
 

@@ -86,30 +86,30 @@ class Printer {
   std::unique_ptr<std::ofstream> dump_;
 };
 
-void print_stats(const wire::Finished& s, const std::string& mode, const std::string& where) {
+void print_stats(const RequestStats& s, AttentionMode mode, const std::string& where) {
   std::fprintf(stderr,
                "[%s] context %lld tokens, query %lld tokens; %d blocks of %lld (anchor %lld) on "
                "%d workers (%s)\n",
-               mode.c_str(), static_cast<long long>(s.context_tokens()),
-               static_cast<long long>(s.query_tokens()), s.blocks(),
-               static_cast<long long>(s.block_size()), static_cast<long long>(s.anchor_size()),
-               s.workers_used(), where.c_str());
-  std::fprintf(stderr, "phase 1 (context encoding): %.1f ms\n", s.phase1_ms());
-  std::fprintf(stderr, "first token (query prefill): %.1f ms\n", s.first_token_ms());
-  if (s.generated() > 1)
+               mode_name(mode), static_cast<long long>(s.context_tokens),
+               static_cast<long long>(s.query_tokens), s.blocks,
+               static_cast<long long>(s.block_size), static_cast<long long>(s.anchor_size),
+               s.workers_used, where.c_str());
+  std::fprintf(stderr, "phase 1 (context encoding): %.1f ms\n", s.phase1_ms);
+  std::fprintf(stderr, "first token (query prefill): %.1f ms\n", s.first_token_ms);
+  if (s.generated > 1)
     std::fprintf(stderr, "decode: %.2f ms/token over %d tokens\n",
-                 s.decode_ms() / (s.generated() - 1), s.generated() - 1);
-  if (s.exchanges() > 0)
+                 s.decode_ms / (s.generated - 1), s.generated - 1);
+  if (s.exchanges > 0)
     std::fprintf(stderr,
                  "data plane: %lld Q->(O,lse) exchanges, round trip mean %.1f us, p50 %.1f us, "
                  "max %.1f us\n",
-                 static_cast<long long>(s.exchanges()), s.exchange_mean_us(), s.exchange_p50_us(),
-                 s.exchange_max_us());
-  std::fprintf(stderr, "generated %d tokens, finish: %s\n", s.generated(), s.finish_reason().c_str());
+                 static_cast<long long>(s.exchanges), s.exchange_mean_us, s.exchange_p50_us,
+                 s.exchange_max_us);
+  std::fprintf(stderr, "generated %d tokens, finish: %s\n", s.generated, s.finish_reason.c_str());
 }
 
 // A chat file: [{"role": ..., "content": ...}, ...] or an OpenAI request body with "messages".
-void read_messages(const std::string& path, wire::SubmitRequest& r) {
+void read_messages(const std::string& path, PromptSpec& p) {
   const nlohmann::json doc = nlohmann::json::parse(read_file(path), nullptr, false);
   const nlohmann::json& list = doc.is_object() && doc.contains("messages") ? doc["messages"] : doc;
   if (!list.is_array() || list.empty())
@@ -118,13 +118,14 @@ void read_messages(const std::string& path, wire::SubmitRequest& r) {
     if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") ||
         !m["content"].is_string())
       throw std::invalid_argument(path + ": every message needs string fields role and content");
-    auto* turn = r.add_messages();
-    turn->set_role(m["role"].get<std::string>());
-    turn->set_content(m["content"].get<std::string>());
+    p.messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
   }
+  p.chat = true;
 }
 
-wire::SubmitRequest build_request(const Args& args, bool want_logits) {
+// The request the options describe; the Engine and the actors (here or a remote head) lay its
+// prompt out the same way (resolve_prompt, runtime/prompt.h).
+RequestSpec build_request(const Args& args, bool want_logits) {
   const bool chat = args.has("messages-file");
   if (chat && (args.has("context-file") || args.has("context-ids") || args.has("query") ||
                args.has("query-ids")))
@@ -133,52 +134,52 @@ wire::SubmitRequest build_request(const Args& args, bool want_logits) {
     throw std::invalid_argument("give exactly one of --context-file and --context-ids");
   if (!chat && args.has("query") == args.has("query-ids"))
     throw std::invalid_argument("give exactly one of --query and --query-ids");
-  wire::SubmitRequest r;
-  r.set_protocol_version(wire::kProtocolVersion);
+  RequestSpec r;
+  PromptSpec& p = r.prompt;
   if (chat) {
-    read_messages(args.get("messages-file", ""), r);
+    read_messages(args.get("messages-file", ""), p);
   } else if (args.has("context-ids")) {
-    for (int32_t id : parse_id_list(args.get("context-ids", ""), "context-ids")) r.add_context(id);
+    p.context = parse_id_list(args.get("context-ids", ""), "context-ids");
   } else {
-    r.set_context_is_text(true);
-    r.set_context_text(read_file(args.get("context-file", "")));
+    p.context_is_text = true;
+    p.context_text = read_file(args.get("context-file", ""));
   }
   if (args.has("query-ids")) {
-    for (int32_t id : parse_id_list(args.get("query-ids", ""), "query-ids")) r.add_query(id);
+    p.query = parse_id_list(args.get("query-ids", ""), "query-ids");
   } else if (!chat) {
-    r.set_query_is_text(true);
-    r.set_query_text(args.get("query", ""));
+    p.query_is_text = true;
+    p.query_text = args.get("query", "");
   }
-  r.set_mode(mode_name(parse_mode(args.get("mode", "star"))));
-  r.set_block_size(args.get_int("block-size", 0));
-  r.set_anchor_size(args.get_int("anchor-size", 0));
-  r.set_no_anchor(args.flag("no-anchor"));
-  r.set_max_tokens(static_cast<int32_t>(args.get_int("max-tokens", 64)));
-  r.set_ignore_eos(args.flag("ignore-eos"));
-  r.mutable_sampling()->set_temperature(static_cast<float>(args.get_double("temperature", 0.0)));
-  r.mutable_sampling()->set_top_k(static_cast<int32_t>(args.get_int("top-k", 0)));
-  r.mutable_sampling()->set_top_p(static_cast<float>(args.get_double("top-p", 1.0)));
-  r.mutable_sampling()->set_seed(static_cast<uint64_t>(args.get_int("seed", 0)));
-  r.set_want_logits(want_logits);
+  r.mode = parse_mode(args.get("mode", "star"));
+  r.block_size = args.get_int("block-size", 0);
+  r.anchor_size = args.get_int("anchor-size", 0);
+  r.use_anchor = !args.flag("no-anchor");
+  r.max_tokens = static_cast<int>(args.get_int("max-tokens", 64));
+  r.ignore_eos = args.flag("ignore-eos");
+  r.sampling.temperature = static_cast<float>(args.get_double("temperature", 0.0));
+  r.sampling.top_k = static_cast<int>(args.get_int("top-k", 0));
+  r.sampling.top_p = static_cast<float>(args.get_double("top-p", 1.0));
+  r.sampling.seed = static_cast<uint64_t>(args.get_int("seed", 0));
+  r.want_logits = want_logits;
   return r;
 }
 
+void print_token(Printer& out, const TokenEvent& ev) {
+  out.token(ev.tokens.empty() ? -1 : ev.tokens.front(), ev.text,
+            reinterpret_cast<const char*>(ev.logits.data()), ev.logits.size() * sizeof(float));
+}
+
 // The request through a scheduler (in this process or a remote head), streamed to the printer.
-int run_on_actors(caf::actor_system& system, const caf::actor& scheduler,
-                  const wire::SubmitRequest& req, Printer& out, std::chrono::milliseconds idle,
-                  const std::string& where) {
-  const wire::Finished f = actors::submit(
-      system, scheduler, req,
-      [&](const wire::TokenEvent& ev) {
-        out.token(ev.token(), ev.text(), ev.logits().data(), ev.logits().size());
-      },
-      idle);
-  out.end(f.text_tail());
-  if (!f.ok()) {
-    std::fprintf(stderr, "starattn run: error: %s\n", f.error().c_str());
+int run_on_actors(caf::actor_system& system, const caf::actor& scheduler, const RequestSpec& req,
+                  Printer& out, std::chrono::milliseconds idle, const std::string& where) {
+  const RequestEnd end = actors::submit(
+      system, scheduler, req, [&](const TokenEvent& ev) { print_token(out, ev); }, idle);
+  out.end(end.stats.text_tail);
+  if (!end.ok) {
+    std::fprintf(stderr, "starattn run: error: %s\n", end.error.c_str());
     return 1;
   }
-  print_stats(f, req.mode(), where);
+  print_stats(end.stats, req.mode, where);
   return 0;
 }
 
@@ -194,68 +195,14 @@ int run_engine(const Args& args, Printer& out) {
   options.workers = static_cast<int>(args.get_int("workers", 1));
   options.threads = static_cast<int>(args.get_int("threads", 0));
   Engine engine(options);
-  const wire::SubmitRequest sub = build_request(args, out.want_logits());
-  GenerateRequest req;
-  if (sub.messages_size() > 0) {
-    // The scheduler's layout (actors/scheduler.cpp), with its fallback template.
-    std::vector<ChatMessage> messages;
-    for (const auto& m : sub.messages()) messages.push_back({m.role(), m.content()});
-    const ChatTemplate chat = engine.chat_for_messages();
-    PromptIds p = chat_prompt(engine.tokenizer(), chat, messages);
-    req.context = std::move(p.context);
-    req.query = std::move(p.query);
-  } else if (sub.context_is_text() && sub.query_is_text()) {
-    PromptIds p = engine.document_prompt(sub.context_text(), sub.query_text());
-    req.context = std::move(p.context);
-    req.query = std::move(p.query);
-  } else if (sub.context_is_text()) {
-    // Text contexts start a sequence, so they get the model's BOS like any prompt would.
-    if (engine.config().bos_token_id >= 0) req.context.push_back(engine.config().bos_token_id);
-    const auto ids = engine.tokenizer().encode(sub.context_text());
-    req.context.insert(req.context.end(), ids.begin(), ids.end());
-  } else {
-    req.context.assign(sub.context().begin(), sub.context().end());
-  }
-  if (sub.messages_size() > 0) {
-    // the chat's query is laid out above
-  } else if (!sub.query_is_text()) {
-    req.query.assign(sub.query().begin(), sub.query().end());
-  } else if (!sub.context_is_text()) {
-    req.query = engine.tokenizer().encode(sub.query_text());
-  }
-  req.mode = parse_mode(sub.mode());
-  req.block_size = sub.block_size();
-  req.anchor_size = sub.anchor_size();
-  req.use_anchor = !sub.no_anchor();
-  req.max_tokens = sub.max_tokens();
-  req.ignore_eos = sub.ignore_eos();
-  req.sampling.temperature = sub.sampling().temperature();
-  req.sampling.top_k = sub.sampling().top_k();
-  req.sampling.top_p = sub.sampling().top_p();
-  req.sampling.seed = sub.sampling().seed();
+  const RequestSpec req = build_request(args, out.want_logits());
   const size_t vocab_bytes = static_cast<size_t>(engine.config().vocab_size) * sizeof(float);
-  StreamDecoder decoder(engine.tokenizer());
-  const GenerateStats s = engine.generate(
-      req,
-      [&](int32_t id, const float* logits) {
-        out.token(id, decoder.push(id), reinterpret_cast<const char*>(logits), vocab_bytes);
-        return true;
-      },
-      out.want_logits());
-  out.end(decoder.flush());
-  wire::Finished f;
-  f.set_context_tokens(s.context_tokens);
-  f.set_query_tokens(s.query_tokens);
-  f.set_blocks(s.blocks);
-  f.set_block_size(s.block_size);
-  f.set_anchor_size(s.anchor_size);
-  f.set_workers_used(s.workers_used);
-  f.set_phase1_ms(s.phase1_ms);
-  f.set_first_token_ms(s.first_token_ms);
-  f.set_decode_ms(s.decode_ms);
-  f.set_generated(s.generated);
-  f.set_finish_reason(s.finish_reason);
-  print_stats(f, mode_name(req.mode), "engine, " + std::to_string(options.workers) + " in-process");
+  const RequestStats s = engine.generate(req, [&](const GeneratedToken& t) {
+    out.token(t.token, t.text, reinterpret_cast<const char*>(t.logits), vocab_bytes);
+    return true;
+  });
+  out.end(s.text_tail);
+  print_stats(s, req.mode, "engine, " + std::to_string(options.workers) + " in-process");
   return 0;
 }
 
@@ -276,7 +223,7 @@ int cmd_run(int argc, char** argv) {
   Printer out(args);
   // Random weights exist only in the Engine library path (benchmarks).
   if (args.flag("engine")) return run_engine(args, out);
-  const wire::SubmitRequest req = build_request(args, out.want_logits());
+  const RequestSpec req = build_request(args, out.want_logits());
 
   caf::actor_system_config config;
   // With --head: the certificate this client presents to the head (mutual TLS), see `serve`.
