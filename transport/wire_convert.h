@@ -191,6 +191,7 @@ inline Finished to_wire(uint64_t request_id, const RequestEnd& e) {
   f.set_anchor_size(s.anchor_size);
   f.set_blocks(s.blocks);
   f.set_workers_used(s.workers_used);
+  f.set_blocks_reused(s.blocks_reused);
   f.set_generated(s.generated);
   f.set_phase1_ms(s.phase1_ms);
   f.set_first_token_ms(s.first_token_ms);
@@ -218,6 +219,7 @@ inline RequestEnd from_wire(const Finished& f) {
   s.anchor_size = f.anchor_size();
   s.blocks = f.blocks();
   s.workers_used = f.workers_used();
+  s.blocks_reused = f.blocks_reused();
   s.generated = f.generated();
   s.phase1_ms = f.phase1_ms();
   s.first_token_ms = f.first_token_ms();
