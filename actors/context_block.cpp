@@ -2,23 +2,47 @@
 
 #include <caf/all.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
+#include <mutex>
 
 #include "actors/data_plane.h"
 #include "actors/messages.h"
+#include "runtime/context_cache.h"
+#include "runtime/request_plan.h"
 #include "runtime/star_attention.h"
 #include "transport/wire.h"
+#include "transport/wire_convert.h"
 
 namespace starattn::actors {
 namespace {
 
+// The cache's metrics as of the last change, for the heartbeat actor: it must not hold the
+// cache itself (whose K/V lives on this actor's backend) past this actor's end.
+struct CacheBoard {
+  std::mutex mutex;
+  ContextCacheMetrics metrics;
+  ContextCacheMetrics get() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return metrics;
+  }
+  void set(const ContextCacheMetrics& m) {
+    std::lock_guard<std::mutex> lock(mutex);
+    metrics = m;
+  }
+};
+
 struct ContextState {
   ContextBlockOptions options;
+  std::shared_ptr<ContextCache> blocks;  // before server: its shards hold leases on it
+  std::shared_ptr<CacheBoard> board = std::make_shared<CacheBoard>();
   std::unique_ptr<ShardServer> server;
   uint64_t worker_id = 0;
+  int64_t room_bytes = 0;            // what this worker offered the planner
   std::map<uint64_t, int64_t> held;  // request id -> tokens of KV held
+  std::map<uint64_t, int64_t> held_bytes;  // request id -> bytes its shard may use
   // Last member: stops the data-plane thread before anything it uses goes away.
   ~ContextState() { server.reset(); }
 };
@@ -29,14 +53,26 @@ using Self = caf::stateful_actor<ContextState>;
 // scheduler, linked to its context_block: a long encode in the context_block's thread does not
 // silence it, a stopped or hung process does.
 caf::behavior heartbeat(caf::event_based_actor* self, caf::actor scheduler, uint64_t worker_id,
-                        std::chrono::milliseconds interval) {
+                        std::chrono::milliseconds interval,
+                        std::shared_ptr<CacheBoard> board) {
   self->send(self, tick_atom::value);
   return {[=](tick_atom) {
     wire::Heartbeat h;
     h.set_worker_id(worker_id);
+    wire::to_wire(board->get(), h.mutable_context_cache());
     self->send(scheduler, heartbeat_atom::value, wire::encode(h));
     self->delayed_send(self, interval, tick_atom::value);
   }};
+}
+
+// The planner counted this worker's room as free for the request: cached blocks nobody uses
+// make way for it here, before the shard allocates, and the cache may keep (and add the
+// request's blocks to) only what the running shards leave of the room.
+void make_room(Self* self, int64_t need) {
+  auto& st = self->state;
+  int64_t active = 0;
+  for (const auto& [id, b] : st.held_bytes) active += b;
+  st.blocks->set_room(std::max<int64_t>(st.room_bytes - active - need, 0));
 }
 
 std::string encode_blocks(Self* self, const std::string& bytes) {
@@ -58,15 +94,26 @@ std::string encode_blocks(Self* self, const std::string& bytes) {
       tokens.emplace_back(b.tokens().begin(), b.tokens().end());
       n += b.tokens_size();
     }
+    // The shard's K/V and encoding scratch, as the planner counts them.
+    const MemoryModel memory = MemoryModel::of(host.config(), host.backend().activation_dtype());
+    int64_t longest = 0;
+    for (const BlockSpec& b : blocks) longest = std::max(longest, b.length);
+    const int64_t need = n * memory.per_token + (static_cast<int64_t>(anchor.size()) + longest) *
+                         memory.per_scratch_row + memory.fixed;
+    make_room(self, need);
     auto compute = host.lock_compute();
     auto shard = std::make_shared<ContextShard>(host.model(), n);
+    if (self->state.blocks->enabled()) shard->use_cache(self->state.blocks, req.pin_context());
     shard->encode(anchor, blocks, tokens);
     host.backend().synchronize();
     if (compute.owns_lock()) compute.unlock();
     self->state.server->add(req.request_id(), shard);
     self->state.held[req.request_id()] = n;
+    self->state.held_bytes[req.request_id()] = need;
     reply.set_ok(true);
     reply.set_tokens(n);
+    reply.set_blocks_reused(shard->blocks_reused());
+    self->state.board->set(self->state.blocks->metrics());
   } catch (const std::exception& e) {
     reply.set_ok(false);
     reply.set_error(self->state.options.name + ": encoding failed: " + e.what());
@@ -91,6 +138,7 @@ std::string status(Self* self, const std::string& bytes) {
     int64_t held = 0;
     for (const auto& [id, n] : self->state.held) held += n;
     w->set_kv_tokens_held(held);
+    wire::to_wire(self->state.blocks->metrics(), w->mutable_context_cache());
     reply.set_active_requests(self->state.server->active());
     reply.set_ok(true);
   } catch (const std::exception& e) {
@@ -105,6 +153,10 @@ caf::behavior context_block(Self* self, ContextBlockOptions options) {
   auto& st = self->state;
   const ModelHost& host = *st.options.model;
   adopt_compute_threads(host.threads());
+  st.room_bytes = host.room_bytes(st.options.kv_fraction);
+  st.blocks = std::make_shared<ContextCache>(
+      st.options.context_cache_bytes < 0 ? st.room_bytes / 2 : st.options.context_cache_bytes,
+      host.digest() + "/" + dtype_name(host.backend().activation_dtype()));
   st.server = std::make_unique<ShardServer>(host, host.threads(), st.options.name);
 
   wire::RegisterWorker reg;
@@ -114,7 +166,7 @@ caf::behavior context_block(Self* self, ContextBlockOptions options) {
   reg.set_capacity_tokens(host.kv_capacity_tokens(st.options.kv_fraction));
   reg.set_ucx_address(st.server->address());
   reg.set_model_digest(host.digest());
-  reg.set_capacity_bytes(host.room_bytes(st.options.kv_fraction));
+  reg.set_capacity_bytes(st.room_bytes);
   DeviceIpc* ipc = host.backend().ipc();
   const transport::PeerPlace place =
       transport::this_process(ipc ? ipc->device_id() : "", ucx_carries_device_memory(host.backend()));
@@ -151,7 +203,8 @@ caf::behavior context_block(Self* self, ContextBlockOptions options) {
             }
             s.worker_id = r.worker_id();
             self->spawn<caf::linked>(heartbeat, s.options.scheduler, s.worker_id,
-                                     s.options.heartbeat_interval);
+                                     s.options.heartbeat_interval,
+                                     s.board);
             if (s.options.verbose)
               std::fprintf(stderr, "%s: registered with the head as worker %llu\n",
                            s.options.name.c_str(), static_cast<unsigned long long>(s.worker_id));
@@ -168,8 +221,16 @@ caf::behavior context_block(Self* self, ContextBlockOptions options) {
         try {
           const auto r = wire::decode<wire::ReleaseRequest>(bytes, "the scheduler");
           wire::check_version(r.protocol_version(), "the release request");
-          self->state.server->remove(r.request_id());
-          self->state.held.erase(r.request_id());
+          if (r.request_id() != 0) {
+            self->state.server->remove(r.request_id());
+            self->state.held.erase(r.request_id());
+            self->state.held_bytes.erase(r.request_id());
+            make_room(self, 0);  // the cache may use what the request left
+          }
+          if (!r.unpin_context().empty()) {
+            self->state.blocks->unpin(r.unpin_context());
+            self->state.board->set(self->state.blocks->metrics());
+          }
         } catch (const std::exception& e) {
           std::fprintf(stderr, "%s: ignored a release: %s\n", self->state.options.name.c_str(),
                        e.what());

@@ -4,7 +4,9 @@
 // ModelHost) and the KV of every active request's blocks (ContextShards, keyed by request id,
 // living in its ShardServer). It registers with the scheduler at start, encodes its run of
 // blocks when asked (phase 1, in its own thread), and answers phase-2 attention over UCX from
-// the ShardServer's data-plane thread. It stops when the scheduler goes away.
+// the ShardServer's data-plane thread. It stops when the scheduler goes away. Blocks it encoded
+// stay in its block cache (runtime/context_cache.h) after their request ends, so a later
+// request sharing them skips their phase 1; its status and heartbeats report the cache.
 #pragma once
 
 #include <chrono>
@@ -25,6 +27,9 @@ struct ContextBlockOptions {
   std::string device = "cpu";
   // Fraction of the backend's free memory this actor offers for KV.
   double kv_fraction = 0.8;
+  // Context reuse: bytes of encoded blocks' K/V kept after their requests end (within the KV
+  // room above; a request that needs the room evicts them). Negative: half of the room; 0: off.
+  int64_t context_cache_bytes = -1;
   bool verbose = true;
   // How often the worker process tells the scheduler it is alive.
   std::chrono::milliseconds heartbeat_interval{500};

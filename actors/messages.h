@@ -88,6 +88,9 @@ using status_atom = caf::atom_constant<caf::atom("status")>;
 using encode_atom = caf::atom_constant<caf::atom("encode")>;
 // scheduler -> context_block: ReleaseRequest (frees the request's KV).
 using release_atom = caf::atom_constant<caf::atom("release")>;
+// front end -> scheduler: a context id (std::string) whose pinned blocks every worker unpins
+// (DELETE /v1/contexts/{id}); the scheduler sends each worker a ReleaseRequest naming it.
+using unpin_atom = caf::atom_constant<caf::atom("unpin")>;
 // scheduler -> query: StartQueryPtr.
 using start_atom = caf::atom_constant<caf::atom("start")>;
 // In-process only (scheduler and query always share the head process), plain integers:

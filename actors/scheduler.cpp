@@ -9,6 +9,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "actors/block_placement.h"
 #include "actors/messages.h"
 #include "runtime/block_plan.h"
 #include "runtime/engine.h"
@@ -36,6 +37,7 @@ struct Worker {
   uint64_t process_id = 0;
   clock::time_point last_heartbeat = clock::now();
   bool unresponsive = false;
+  wire::ContextCacheStatus context_cache;  // as of its last heartbeat
 };
 
 struct Request {
@@ -67,6 +69,7 @@ struct SchedulerState {
   MemoryModel memory;  // of the served model on the workers' backend
   uint64_t next_worker = 1, next_request = 1;
   uint64_t done = 0, failed = 0;
+  std::unique_ptr<BlockHolders> holders;  // context reuse: block digest -> worker holding it
 };
 
 using Self = caf::stateful_actor<SchedulerState>;
@@ -267,6 +270,7 @@ std::string do_status(Self* self, const std::string& bytes) {
       ws->set_ucx_address(w.ucx_address);
       ws->set_active_requests(static_cast<int32_t>(w.requests.size()));
       ws->set_kv_tokens_held(w.kv_tokens);
+      *ws->mutable_context_cache() = w.context_cache;
       if (w.unresponsive)
         ws->set_unhealthy(st.options.health->dead(id));
     }
@@ -327,6 +331,40 @@ void prepare(Self* self, Request& r) {
   r.stop = resolve_stop_ids(q.stop_ids, q.ignore_eos, cfg);
 }
 
+// Context reuse: the runs of the plan (its blocks, merge order and so its results unchanged) go
+// to the live workers that hold their blocks where that fits, else as the plan says.
+void place_on_holders(Self* self, const Request& r, const RequestPlan& plan,
+                      const std::vector<const Worker*>& live, const std::vector<int64_t>& room,
+                      std::vector<std::vector<BlockSpec>>& runs, std::vector<uint64_t>& run_workers) {
+  auto& st = self->state;
+  std::vector<uint64_t> ids;
+  for (const Worker* w : live) ids.push_back(w->id);
+  std::vector<size_t> default_order;
+  std::vector<std::vector<std::string>> digests;
+  for (size_t i = 0; i < plan.runs.size(); ++i) {
+    if (plan.runs[i].empty()) continue;
+    runs.push_back(plan.runs[i]);
+    default_order.push_back(i);
+    digests.push_back(st.holders->run_digests(r.prompt.context, plan.anchor_size, plan.runs[i]));
+  }
+  const auto fits = [&](size_t run, size_t worker) {
+    int64_t n = 0;
+    for (const BlockSpec& b : runs[run]) n += b.length;
+    return n <= st.memory.tokens_that_fit(room[worker], plan.scratch_rows);
+  };
+  for (size_t w : st.holders->place(digests, ids, default_order, fits))
+    run_workers.push_back(ids[w]);
+}
+
+// Every worker unpins the blocks pinned under `context_id` (DELETE /v1/contexts/{id}).
+void unpin_context(Self* self, const std::string& context_id) {
+  wire::ReleaseRequest rel;
+  rel.set_protocol_version(wire::kProtocolVersion);
+  rel.set_unpin_context(context_id);
+  const std::string bytes = wire::encode(rel);
+  for (const auto& [id, w] : self->state.workers) self->send(w.actor, release_atom::value, bytes);
+}
+
 // Plans the blocks exactly as Engine::generate does, over the workers live now, and sends each
 // worker its run. Fails the request when it cannot be placed.
 void start_request(Self* self, uint64_t id) {
@@ -369,9 +407,7 @@ void start_request(Self* self, uint64_t id) {
     r.stats.block_size = plan.block_size;
     r.stats.anchor_size = plan.anchor_size;
     r.stats.blocks = static_cast<int>(plan.blocks.size());
-    runs = plan.runs;
-    for (size_t i = 0; i < runs.size(); ++i)
-      if (!runs[i].empty()) run_workers.push_back(live[i]->id);
+    place_on_holders(self, r, plan, live, room, runs, run_workers);
   } catch (const std::exception& e) {
     return fail(self, id, e.what(), kind_of(e));
   }
@@ -387,6 +423,7 @@ void start_request(Self* self, uint64_t id) {
   wire::EncodeRequest base;
   base.set_protocol_version(wire::kProtocolVersion);
   base.set_request_id(id);
+  base.set_pin_context(r.spec->pin_context);
   for (int64_t i = 0; i < std::min<int64_t>(a, static_cast<int64_t>(context.size())); ++i)
     base.add_anchor(context[static_cast<size_t>(i)]);
   size_t k = 0;
@@ -409,9 +446,12 @@ void start_request(Self* self, uint64_t id) {
     r.kv[w.id] = tokens;
     ++r.pending_encodes;
     const std::string wname = w.name;
+    const uint64_t wid = w.id;
+    auto digests = std::make_shared<std::vector<std::string>>(
+        st.holders->run_digests(context, a, run));
     self->request(w.actor, st.options.encode_timeout, encode_atom::value, wire::encode(e))
         .then(
-            [self, id, wname](const std::string& reply) {
+            [self, id, wname, wid, digests](const std::string& reply) {
               auto it = self->state.requests.find(id);
               if (it == self->state.requests.end()) return;  // failed or cancelled meanwhile
               wire::EncodeReply rep;
@@ -421,6 +461,8 @@ void start_request(Self* self, uint64_t id) {
                 return fail(self, id, ex.what());
               }
               if (!rep.ok()) return fail(self, id, rep.error());
+              self->state.holders->record(*digests, wid);
+              it->second.stats.blocks_reused += rep.blocks_reused();
               if (--it->second.pending_encodes == 0) start_phase2(self, it->second);
             },
             [self, id, wname](const caf::error& err) {
@@ -506,6 +548,7 @@ void on_heartbeat(Self* self, const std::string& bytes) {
   if (it == self->state.workers.end()) return;
   Worker& w = it->second;
   w.last_heartbeat = clock::now();
+  if (h.has_context_cache()) w.context_cache = h.context_cache();
   if (w.unresponsive) {
     w.unresponsive = false;
     self->state.options.health->mark_alive(w.id);
@@ -551,6 +594,7 @@ void on_down(Self* self, const caf::down_msg& dm) {
   for (auto it = st.workers.begin(); it != st.workers.end(); ++it) {
     if (it->second.actor.address() != dm.source) continue;
     const Worker w = it->second;
+    st.holders->forget(it->first);
     st.workers.erase(it);
     const std::string why = "context worker " + w.name + " (worker " + std::to_string(w.id) +
                             ") went away (its process died or its connection to the head broke; CAF says: " +
@@ -582,11 +626,13 @@ caf::behavior scheduler(Self* self, SchedulerOptions options) {
   // Workers run the head's model; their backend's activation dtype sets the bytes per token
   // (bf16 on gpus, f32 on the cpu): the head plans with its own, the common case.
   self->state.memory = MemoryModel::of(host.config(), host.backend().activation_dtype());
+  self->state.holders = std::make_unique<BlockHolders>(host.digest());
   self->set_default_handler(caf::drop);
   self->set_down_handler([self](const caf::down_msg& dm) { on_down(self, dm); });
   self->send(self, tick_atom::value);
   return {
       [self](heartbeat_atom, const std::string& bytes) { on_heartbeat(self, bytes); },
+      [self](unpin_atom, const std::string& context_id) { unpin_context(self, context_id); },
       [self](tick_atom) { on_tick(self); },
       [self](register_atom, const std::string& bytes) { return do_register(self, bytes); },
       [self](status_atom, const std::string& bytes) { return do_status(self, bytes); },

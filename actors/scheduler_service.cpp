@@ -11,6 +11,7 @@
 
 #include "actors/cluster.h"
 #include "actors/messages.h"
+#include "transport/wire_convert.h"
 #include "transport/wire.h"
 
 namespace starattn::actors {
@@ -247,9 +248,14 @@ std::vector<WorkerLoad> SchedulerService::load() const {
     l.kv_tokens = w.kv_tokens_held();
     l.active_requests = w.active_requests();
     l.unhealthy = w.unhealthy();
+    l.context_cache = wire::from_wire(w.context_cache());
     out.push_back(l);
   }
   return out;
+}
+
+void SchedulerService::release_context(const std::string& context_id) {
+  caf::anon_send(impl_->scheduler, unpin_atom::value, context_id);
 }
 
 int SchedulerService::queued() const {

@@ -52,6 +52,7 @@ class SchedulerService : public GenerationService {
   // From the scheduler's status: KV it has placed on each worker and not yet released.
   std::vector<WorkerLoad> load() const override;
   int queued() const override;
+  void release_context(const std::string& context_id) override;
 
  private:
   struct Impl;

@@ -14,6 +14,8 @@ namespace starattn {
 struct Engine::Impl {
   EngineOptions options;
   ModelRuntime rt;
+  std::shared_ptr<ContextCache> blocks;  // after rt: it holds K/V on rt's backend
+  ~Impl() { blocks.reset(); }
 };
 
 std::string default_model_path() {
@@ -47,6 +49,9 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
   load.gpu = options.gpu;
   load.threads = options.threads;
   impl_->rt = load_model_runtime(load);
+  impl_->blocks = std::make_shared<ContextCache>(
+      options.context_cache_bytes,
+      impl_->rt.digest + "/" + dtype_name(impl_->rt.backend->activation_dtype()));
 }
 
 Engine::~Engine() = default;
@@ -68,6 +73,9 @@ int64_t Engine::kv_capacity_tokens() const {
                               impl_->options.kv_memory_fraction) /
          per_token;
 }
+
+int64_t Engine::release_context(const std::string& name) { return impl_->blocks->unpin(name); }
+ContextCacheMetrics Engine::context_cache_metrics() const { return impl_->blocks->metrics(); }
 
 namespace {
 double ms_since(std::chrono::steady_clock::time_point t0) {
@@ -100,7 +108,10 @@ RequestStats Engine::generate(const RequestSpec& req, const GeneratedCallback& o
   // memory, which the query side also needs (its K/V and activations).
   const MemoryModel memory = MemoryModel::of(cfg, be.activation_dtype());
   const int W = impl_->options.workers;
-  const int64_t free_bytes = be.free_bytes();
+  // Cached blocks nobody uses count as free: this request evicts them if it needs the room.
+  ContextCache& blocks = *impl_->blocks;
+  const int64_t evictable = blocks.evictable_bytes();
+  const int64_t free_bytes = be.free_bytes() + evictable;
   const auto budget = static_cast<int64_t>(static_cast<double>(free_bytes) *
                                            impl_->options.kv_memory_fraction);
   const int64_t query_bytes = (stats.query_tokens + req.max_tokens) * memory.per_token;
@@ -120,6 +131,20 @@ RequestStats Engine::generate(const RequestSpec& req, const GeneratedCallback& o
   stats.block_size = plan.block_size;
   stats.anchor_size = plan.anchor_size;
   stats.blocks = static_cast<int>(plan.blocks.size());
+  if (blocks.enabled()) {
+    // What this request allocates; the cache keeps (and adds this request's blocks to) only
+    // what is left of the room, evicting unused blocks down to it first.
+    int64_t need = query_bytes;
+    for (const auto& run : plan.runs) {
+      if (run.empty()) continue;
+      int64_t n = 0;
+      for (const BlockSpec& blk : run) n += blk.length;
+      need += n * memory.per_token + plan.scratch_rows * memory.per_scratch_row + memory.fixed;
+    }
+    // `budget` counted the evictable blocks as free; pinned ones are already spent.
+    const int64_t held = blocks.metrics().bytes - evictable;
+    blocks.set_room(std::max<int64_t>(budget - need, 0) + held);
+  }
 
   const auto t0 = std::chrono::steady_clock::now();
   be.profile_section("phase1");
@@ -136,7 +161,9 @@ RequestStats Engine::generate(const RequestSpec& req, const GeneratedCallback& o
       toks.emplace_back(context.begin() + blk.start, context.begin() + blk.start + blk.length);
     }
     shards.push_back(std::make_unique<ContextShard>(model, n));
+    if (blocks.enabled()) shards.back()->use_cache(impl_->blocks, req.pin_context);
     shards.back()->encode(anchor, run, toks);
+    stats.blocks_reused += shards.back()->blocks_reused();
     shard_ptrs.push_back(shards.back().get());
   }
   be.synchronize();

@@ -13,6 +13,7 @@
 #include "runtime/generation.h"
 #include "runtime/request_plan.h"
 #include "runtime/chat_template.h"
+#include "runtime/context_cache.h"
 #include "runtime/model_config.h"
 #include "runtime/prompt.h"
 #include "runtime/request.h"
@@ -35,6 +36,10 @@ struct EngineOptions {
   int threads = 0;             // cpu threads (0 = all)
   // Fraction of the backend's free memory the KV caches of one request may take.
   double kv_memory_fraction = 0.8;
+  // Context reuse (runtime/context_cache.h): bytes of block K/V kept after a request ends, so
+  // later requests sharing whole blocks skip phase 1 for them; 0 keeps nothing. The cache
+  // keeps only what a running request's memory plan leaves it (unused blocks are evicted first).
+  int64_t context_cache_bytes = 0;
 };
 
 // The stop ids a request runs with: its own, else the model's EOS ids; none with ignore_eos.
@@ -71,6 +76,10 @@ class Engine {
   Backend& backend();
   // Tokens of KV the in-process context workers can hold for one request, in all.
   int64_t kv_capacity_tokens() const;
+  // Context reuse: unpins the blocks pinned under `name` (RequestSpec::pin_context); they stay
+  // cached, evictable. Returns how many blocks carried the pin.
+  int64_t release_context(const std::string& name);
+  ContextCacheMetrics context_cache_metrics() const;
 
  private:
   struct Impl;

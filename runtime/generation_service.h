@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/context_cache.h"
 #include "runtime/errors.h"
 #include "runtime/request.h"
 
@@ -42,6 +43,8 @@ struct WorkerLoad {
   // Empty while the worker answers; else why nothing is placed on it (it stopped answering
   // heartbeats). /health reports "degraded" naming such workers.
   std::string unhealthy;
+  // Its block cache (context reuse); budget_bytes 0 where it keeps none.
+  ContextCacheMetrics context_cache;
 };
 
 struct ServiceInfo {
@@ -63,6 +66,9 @@ class GenerationService {
   virtual std::vector<WorkerLoad> load() const = 0;
   // Requests waiting for a worker.
   virtual int queued() const = 0;
+  // Context reuse: every worker unpins the blocks pinned under `context_id`
+  // (RequestSpec::pin_context); they stay cached, evictable. Thread-safe.
+  virtual void release_context(const std::string& context_id) = 0;
 };
 
 

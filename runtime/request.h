@@ -52,6 +52,9 @@ struct RequestSpec {
   LogitsProcessing logits;                // penalties, bias, logprobs
   bool want_logits = false;               // stream each token's distribution (float32 [vocab])
   bool beyond_positions = false;  // allow context + query + max_tokens past the model's positions
+  // Context reuse: pin the context's cached blocks under this id (POST /v1/contexts) until it
+  // is released; empty: the blocks are cached (where a cache is on) but evictable.
+  std::string pin_context;
 };
 
 // One streamed step of a request.
@@ -75,6 +78,7 @@ struct RequestStats {
   int64_t anchor_size = 0;
   int blocks = 0;
   int workers_used = 0;
+  int blocks_reused = 0;      // blocks whose K/V came from a context cache (phase 1 skipped)
   int generated = 0;          // completion tokens
   double queue_ms = 0;        // waiting for an engine or a slot
   double phase1_ms = 0;       // context encoding

@@ -107,9 +107,33 @@ void ContextShard::encode(const std::vector<int32_t>& anchor, const std::vector<
     t_block = now;
   };
 
+  // Why a hit is copied into this shard's K/V instead of referenced: phase 2 attends over one
+  // contiguous K/V per shard, one kernel whose summation order is the cold run's, so a warm
+  // request is bit-identical to a cold one. Referencing the cached blocks where they lie would
+  // split that attention into per-block partials merged by their lse, which rounds differently.
+  // The copy is a device-to-device move of the block's K/V, far cheaper than its forward pass.
+  const std::vector<BlockKey> keys =
+      blocks_ ? block_keys(anchor, blocks, block_tokens) : std::vector<BlockKey>{};
+  reused_ = encoded_ = 0;
   for (size_t i = 0; i < blocks.size(); ++i) {
     const BlockSpec& blk = blocks[i];
     const std::vector<int32_t>& toks = block_tokens[i];
+    const bool anchor_in_block =
+        blk.start == 0 && a > 0 && a <= blk.length && std::equal(anchor.begin(), anchor.end(), toks.begin());
+    if (blocks_) {
+      if (auto hit = blocks_->find(keys[i], lease_, pin_)) {
+        cache_.append_from(*hit, 0, blk.length);
+        if (anchor_in_block) {
+          // The anchor rows of block 0's cached K/V are those its cold encode left in scratch.
+          scratch.truncate(0);
+          scratch.append_from(*hit, 0, a);
+          have_anchor = true;
+        }
+        ++reused_;
+        continue;
+      }
+    }
+    const int64_t first_row = cache_.size();
     if (blk.start == 0) {
       // Block 0: alone, plain causal at its global positions. Under a causal mask its first a
       // rows are exactly the anchor's K/V, so they become the prefix for later blocks.
@@ -118,28 +142,37 @@ void ContextShard::encode(const std::vector<int32_t>& anchor, const std::vector<
       model_.forward(toks.data(), pos.data(), blk.length, hook, ws_, kv_only);
       scratch.commit(blk.length);
       cache_.append_from(scratch, 0, blk.length);
-      if (a > 0 && a <= blk.length &&
-          std::equal(anchor.begin(), anchor.end(), toks.begin())) {
+      if (anchor_in_block) {
         scratch.truncate(a);
         have_anchor = true;
       }
-      block_done(blk);
-      continue;
+    } else {
+      if (a > 0 && !have_anchor) {
+        scratch.truncate(0);
+        const auto pos = iota_positions(0, a);
+        model_.forward(anchor.data(), pos.data(), a, hook, ws_, kv_only);
+        scratch.commit(a);
+        have_anchor = true;
+      }
+      scratch.truncate(a > 0 ? a : 0);
+      const auto pos = iota_positions(blk.start, blk.length);
+      model_.forward(toks.data(), pos.data(), blk.length, hook, ws_, kv_only);
+      scratch.commit(blk.length);
+      cache_.append_from(scratch, a, blk.length);
     }
-    if (a > 0 && !have_anchor) {
-      scratch.truncate(0);
-      const auto pos = iota_positions(0, a);
-      model_.forward(anchor.data(), pos.data(), a, hook, ws_, kv_only);
-      scratch.commit(a);
-      have_anchor = true;
+    ++encoded_;
+    if (blocks_ && blocks_->enabled()) {
+      auto kv = std::make_shared<KvCache>(be, c, blk.length);
+      kv->append_from(cache_, first_row, blk.length);
+      blocks_->insert(keys[i], std::move(kv), lease_, pin_);
     }
-    scratch.truncate(a > 0 ? a : 0);
-    const auto pos = iota_positions(blk.start, blk.length);
-    model_.forward(toks.data(), pos.data(), blk.length, hook, ws_, kv_only);
-    scratch.commit(blk.length);
-    cache_.append_from(scratch, a, blk.length);
     block_done(blk);
   }
+}
+
+void ContextShard::use_cache(std::shared_ptr<ContextCache> blocks, std::string pin) {
+  blocks_ = std::move(blocks);
+  pin_ = std::move(pin);
 }
 
 Partial ContextShard::attend(int layer, const Tensor& q) {

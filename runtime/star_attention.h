@@ -14,6 +14,7 @@
 
 #include "runtime/backend.h"
 #include "runtime/block_plan.h"
+#include "runtime/context_cache.h"
 #include "runtime/kv_cache.h"
 #include "runtime/transformer.h"
 
@@ -42,9 +43,22 @@ class ContextShard {
   int64_t tokens() const { return cache_.size(); }
   const KvCache& cache() const { return cache_; }
 
+  // Context reuse (runtime/context_cache.h): encode() then takes the K/V of blocks found in
+  // `blocks` instead of encoding them, offers the blocks it encodes to it, and holds both until
+  // this shard is destroyed (they are not evicted while the request runs). `pin` (may be empty)
+  // pins them under that name.
+  void use_cache(std::shared_ptr<ContextCache> blocks, std::string pin = {});
+  // Blocks of the last encode() taken from the cache, and encoded.
+  int blocks_reused() const { return reused_; }
+  int blocks_encoded() const { return encoded_; }
+
  private:
   const Transformer& model_;
   KvCache cache_;
+  std::shared_ptr<ContextCache> blocks_;
+  std::string pin_;
+  ContextCache::Lease lease_;  // after blocks_: released before the cache can go
+  int reused_ = 0, encoded_ = 0;
   Workspace ws_;
   Buffer out_o_, out_lse_;
 };

@@ -284,9 +284,16 @@ std::vector<WorkerLoad> EngineService::load() const {
     w.worker = "engine" + std::to_string(i);
     w.kv_tokens = impl_->kv_tokens[i]->load();
     w.active_requests = impl_->running[i] ? 1 : 0;
+    if (impl_->engines[i]) w.context_cache = impl_->engines[i]->context_cache_metrics();
     out.push_back(w);
   }
   return out;
+}
+
+void EngineService::release_context(const std::string& context_id) {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  for (const auto& e : impl_->engines)
+    if (e) e->release_context(context_id);
 }
 
 int EngineService::queued() const {

@@ -33,6 +33,7 @@ class EngineService : public GenerationService {
   ServiceInfo info() const override;
   std::vector<WorkerLoad> load() const override;
   int queued() const override;
+  void release_context(const std::string& context_id) override;
 
  private:
   struct Impl;

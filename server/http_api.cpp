@@ -339,6 +339,9 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body) {
       refuse_unsupported(endpoint, key, v);
     } else if (chat && (key == "tools" || key == "functions" || key == "response_format")) {
       refuse_unsupported(endpoint, key, v);
+    } else if (key == "context_id") {
+      out.context_id = get_string(v, key);
+      if (out.context_id.empty()) throw bad_request(key, "'context_id' must not be empty");
     } else if (!chat && key == "prompt") {
       prompt = &v;
     } else if (!chat && key == "query") {
@@ -369,7 +372,20 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body) {
     bool has_user = false;
     for (const auto& m : r.prompt.messages) has_user |= m.role == "user";
     if (!has_user) throw bad_request("messages", "'messages' needs at least one \"user\" message");
-    prompts.push_back(r);
+    if (!out.context_id.empty()) {
+      // The document is the context; the one user message is the question about it.
+      if (r.prompt.messages.size() != 1)
+        throw bad_request("messages", "a chat naming 'context_id' takes one \"user\" message (the question)");
+      RequestSpec t = r;
+      t.prompt.chat = false;
+      t.prompt.query_is_text = true;
+      t.prompt.query_text = r.prompt.messages.front().content;
+      t.prompt.messages.clear();
+      if (t.prompt.query_text.empty()) throw bad_request("messages", "the question must not be empty");
+      prompts.push_back(std::move(t));
+    } else {
+      prompts.push_back(r);
+    }
   } else {
     if (!prompt) throw bad_request("prompt", "'prompt' is required");
     const Prompts p = get_prompts(*prompt);
@@ -377,7 +393,21 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body) {
     if (count * static_cast<size_t>(out.n) > static_cast<size_t>(kMaxChoices))
       throw bad_request(out.n > 1 ? "n" : "prompt", "prompts x n must be at most " + std::to_string(kMaxChoices) +
                                                         ", got " + std::to_string(count) + " x " + std::to_string(out.n));
-    if (query) {
+    if (!out.context_id.empty()) {
+      // The document registered under context_id is the context; every prompt is a question.
+      if (query) throw bad_request("query", "give 'context_id' or 'query', not both");
+      for (size_t i = 0; i < count; ++i) {
+        RequestSpec t = r;
+        if (p.ids) {
+          t.prompt.query = p.id_lists[i];
+        } else {
+          if (p.texts[i].empty()) throw bad_request("prompt", "'prompt' must not be empty");
+          t.prompt.query_is_text = true;
+          t.prompt.query_text = p.texts[i];
+        }
+        prompts.push_back(std::move(t));
+      }
+    } else if (query) {
       // The explicit split: every prompt is a context, `query` the question about each.
       if (p.ids) {
         if (!query->is_array()) throw bad_request("query", "with token-id prompts 'query' must be token ids too");

@@ -45,6 +45,10 @@ struct ApiRequest {
   // chat: `logprobs: true` + `top_logprobs`).
   int logprobs = -1;
   std::vector<std::string> ignored_fields;  // fields OpenAI does not define (logged at debug)
+  // Context reuse: the request's context is the document registered under this id
+  // (POST /v1/contexts); the prompt (completions) or the one user message (chat) is the
+  // question. The server fills each choice's context (server/contexts.h).
+  std::string context_id;
 };
 
 // Limits of a request.

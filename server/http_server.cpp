@@ -1,5 +1,7 @@
 #include "server/http_server.h"
 
+#include "server/contexts.h"
+
 #include <array>
 #include <atomic>
 #include <ctime>
@@ -37,6 +39,7 @@ struct Shared {
   Metrics& metrics;
   HttpServerOptions options;
   std::atomic<uint64_t> next_id{1};
+  ContextRegistry contexts;  // POST/DELETE /v1/contexts (context reuse)
 };
 
 double seconds_between(Clock::time_point a, Clock::time_point b) {
@@ -174,9 +177,15 @@ class Session : public std::enable_shared_from_this<Session> {
     const std::string path = target.substr(0, target.find('?'));
     std::string model_id;
     const bool model_path = model_path_id(path, model_id);  // GET /v1/models/{id}
+    std::string context_id;
+    const bool context_path = context_path_id(path, context_id);  // DELETE /v1/contexts/{id}
     const bool known = path == "/health" || path == "/metrics" || path == "/v1/models" || model_path ||
-                       path == "/v1/completions" || path == "/v1/chat/completions";
-    const std::string label = model_path ? "/v1/models/{id}" : known ? path : "other";
+                       path == "/v1/completions" || path == "/v1/chat/completions" ||
+                       path == "/v1/contexts" || context_path;
+    const std::string label = model_path     ? "/v1/models/{id}"
+                              : context_path ? "/v1/contexts/{id}"
+                              : known        ? path
+                                             : "other";
 
     const std::string& token = shared_->options.bearer_token;
     if (!token.empty() && path != "/health") {
@@ -197,8 +206,25 @@ class Session : public std::enable_shared_from_this<Session> {
       const Endpoint endpoint = path == "/v1/completions" ? Endpoint::completions : Endpoint::chat_completions;
       try {
         ApiRequest api = parse_api_request(endpoint, req.body());
+        shared_->contexts.apply(api);
         check_for_service(api, shared_->service.info());
         start_generation(endpoint, label, std::move(api));
+      } catch (const ApiError& e) {
+        send_error(e, label);
+      }
+      return;
+    }
+    if (path == "/v1/contexts" || context_path) {
+      const bool del = req.method() == http::verb::delete_;
+      if (context_path ? !del : !post)
+        return send_error(ApiError(405, "invalid_request_error", "", "method_not_allowed",
+                                   path + (context_path ? " takes DELETE" : " takes POST")),
+                          label, context_path ? "Allow: DELETE\r\n" : "Allow: POST\r\n");
+      try {
+        const std::string body = context_path ? shared_->contexts.remove(shared_->service, context_id)
+                                              : shared_->contexts.create(shared_->service, req.body());
+        record(label, "200");
+        send_whole(200, "application/json", body);
       } catch (const ApiError& e) {
         send_error(e, label);
       }

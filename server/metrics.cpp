@@ -159,6 +159,27 @@ std::string Metrics::render(const GenerationService& service) const {
   header(out, "starattn_kv_tokens_held", "gauge", "Tokens whose K/V a worker holds now.");
   for (const auto& w : load)
     out += "starattn_kv_tokens_held{worker=\"" + label(w.worker) + "\"} " + std::to_string(w.kv_tokens) + "\n";
+  // Context reuse: each worker's block cache.
+  const auto cache_line = [&](const char* name, const char* type, const char* help, auto field) {
+    header(out, name, type, help);
+    for (const auto& w : load)
+      out += std::string(name) + "{worker=\"" + label(w.worker) + "\"} " +
+             std::to_string(field(w.context_cache)) + "\n";
+  };
+  cache_line("starattn_context_cache_hits_total", "counter",
+             "Blocks whose K/V came from the worker's cache (phase 1 skipped).",
+             [](const ContextCacheMetrics& m) { return m.hits; });
+  cache_line("starattn_context_cache_misses_total", "counter",
+             "Blocks looked up in the worker's cache and encoded.",
+             [](const ContextCacheMetrics& m) { return m.misses; });
+  cache_line("starattn_context_cache_evictions_total", "counter",
+             "Cached blocks evicted (least recently used, unpinned, unused).",
+             [](const ContextCacheMetrics& m) { return m.evictions; });
+  cache_line("starattn_context_cache_bytes", "gauge", "Bytes of block K/V the worker keeps.",
+             [](const ContextCacheMetrics& m) { return m.bytes; });
+  cache_line("starattn_context_cache_pinned_blocks", "gauge",
+             "Cached blocks pinned by POST /v1/contexts.",
+             [](const ContextCacheMetrics& m) { return m.pinned_entries; });
   header(out, "starattn_active_requests", "gauge", "Requests a worker is running now.");
   for (const auto& w : load)
     out += "starattn_active_requests{worker=\"" + label(w.worker) + "\"} " +

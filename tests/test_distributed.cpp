@@ -223,6 +223,26 @@ TEST_F(Distributed, HeadAndThreeWorkersMatchTheInProcessRunExactly) {
   EXPECT_TRUE(slurp(path("engine.bin")) == slurp(path("even.local.bin")));
 }
 
+TEST_F(Distributed, SecondRequestOverTheSameContextReusesTheWorkersBlocksExactly) {
+  start_cluster(3);
+  const std::string ctx = ids(300, 6);
+  // Cold: the workers encode the 3 blocks and keep them.
+  expect_same_as_local(3, ctx, 6, "cold");
+  EXPECT_NE(slurp(path("cold.remote.err")).find("(0 of 3 blocks reused)"), std::string::npos)
+      << slurp(path("cold.remote.err"));
+  // Warm: the head places each run on the worker holding it; every block is a hit and the
+  // tokens and logits equal the in-process cold run's to the bit.
+  expect_same_as_local(3, ctx, 6, "warm");
+  EXPECT_NE(slurp(path("warm.remote.err")).find("(3 of 3 blocks reused)"), std::string::npos)
+      << slurp(path("warm.remote.err"));
+  // A shared prefix of whole blocks (block 100: blocks 0 and 1 equal, block 2 differs).
+  const std::string last = ctx.substr(ctx.rfind(',') + 1);
+  const std::string other = ctx.substr(0, ctx.rfind(',')) + (last == "77" ? ",78" : ",77");
+  expect_same_as_local(3, other, 6, "prefix");
+  EXPECT_NE(slurp(path("prefix.remote.err")).find("(2 of 3 blocks reused)"), std::string::npos)
+      << slurp(path("prefix.remote.err"));
+}
+
 TEST_F(Distributed, TwoRequestsInFlightBothAnswerRight) {
   start_cluster(3);
   const std::string ctx_a = ids(200, 3), ctx_b = ids(1500, 4);

@@ -209,6 +209,7 @@ class HttpServerTest : public ::testing::Test {
     so.engine.model = dir_.path();
     so.engine.threads = 1;
     so.max_context_tokens = 512;
+    so.engine.context_cache_bytes = int64_t{64} << 20;  // context reuse on, as serve-local has it
     service_ = std::make_unique<EngineService>(so);
     HttpServerOptions ho;
     ho.bearer_token = "sekret";
@@ -330,6 +331,64 @@ TEST_F(HttpServerTest, ErrorsAreJsonAndTheServerKeepsServing) {
   EXPECT_NE(m.body.find("starattn_requests_total{endpoint=\"/v1/completions\",status=\"400\"} 2"), std::string::npos)
       << m.body;
   EXPECT_NE(m.body.find("starattn_kv_tokens_held{worker=\"engine0\"} 0"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace starattn::server
+
+namespace starattn::server {
+namespace {
+
+// The value of `name{worker="engine0"}` in a /metrics page; -1 when absent.
+double metric(const std::string& page, const std::string& name) {
+  const std::string key = name + "{worker=\"engine0\"} ";
+  const size_t at = page.find(key);
+  return at == std::string::npos ? -1 : std::stod(page.substr(at + key.size()));
+}
+
+TEST_F(HttpServerTest, ContextsArePinnedNamedAndReleased) {
+  const uint16_t port = server_->port();
+  const std::string doc = "Ada wrote the first program for the Analytical Engine in 1843. ";
+  const HttpReply made = http_request(port, "POST", "/v1/contexts", json{{"document", doc}}.dump(), auth_);
+  ASSERT_EQ(made.status, 200) << made.body;
+  const std::string id = json::parse(made.body)["id"];
+  EXPECT_EQ(id.rfind("ctx-", 0), 0u) << id;
+
+  // Two questions naming it: each answer equals a cold engine's for the same document.
+  for (const std::string q : {"Who wrote it?", "When?"}) {
+    const json req{{"context_id", id}, {"prompt", q}, {"max_tokens", 8}, {"ignore_eos", true}};
+    const HttpReply r = http_request(port, "POST", "/v1/completions", req.dump(), auth_);
+    ASSERT_EQ(r.status, 200) << r.body;
+    const std::string expected = reference(doc, q, 8);
+    EXPECT_EQ(json::parse(r.body)["choices"][0]["text"].get<std::string>(),
+              json::parse(json(expected).dump(-1, ' ', false, json::error_handler_t::replace)).get<std::string>())
+        << q;
+  }
+  const json chat{{"context_id", id}, {"messages", json::array({{{"role", "user"}, {"content", "Who?"}}})},
+                  {"max_tokens", 4}};
+  EXPECT_EQ(http_request(port, "POST", "/v1/chat/completions", chat.dump(), auth_).status, 200);
+
+  std::string page = http_request(port, "GET", "/metrics", "", auth_).body;
+  // The pin request missed (one block), the three questions hit it.
+  EXPECT_EQ(metric(page, "starattn_context_cache_misses_total"), 1) << page;
+  EXPECT_EQ(metric(page, "starattn_context_cache_hits_total"), 3) << page;
+  EXPECT_EQ(metric(page, "starattn_context_cache_pinned_blocks"), 1) << page;
+  EXPECT_GT(metric(page, "starattn_context_cache_bytes"), 0) << page;
+
+  const HttpReply gone = http_request(port, "DELETE", "/v1/contexts/" + id, "", auth_);
+  ASSERT_EQ(gone.status, 200) << gone.body;
+  EXPECT_EQ(json::parse(gone.body)["deleted"], true);
+  page = http_request(port, "GET", "/metrics", "", auth_).body;
+  EXPECT_EQ(metric(page, "starattn_context_cache_pinned_blocks"), 0) << page;
+  EXPECT_EQ(http_request(port, "DELETE", "/v1/contexts/" + id, "", auth_).status, 404);
+  const json late{{"context_id", id}, {"prompt", "Who?"}, {"max_tokens", 2}};
+  EXPECT_EQ(http_request(port, "POST", "/v1/completions", late.dump(), auth_).status, 404);
+  // Bad bodies are clear 400s and the server keeps serving.
+  EXPECT_EQ(http_request(port, "POST", "/v1/contexts", "{}", auth_).status, 400);
+  EXPECT_EQ(http_request(port, "POST", "/v1/contexts", json{{"document", 3}}.dump(), auth_).status, 400);
+  EXPECT_EQ(http_request(port, "GET", "/v1/contexts", "", auth_).status, 405);
+  const json both{{"context_id", "x"}, {"prompt", "a"}, {"query", "b"}};
+  EXPECT_EQ(http_request(port, "POST", "/v1/completions", both.dump(), auth_).status, 400);
 }
 
 }  // namespace

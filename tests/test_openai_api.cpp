@@ -501,6 +501,7 @@ class ScriptedService : public GenerationService {
     return workers;
   }
   int queued() const override { return 0; }
+  void release_context(const std::string&) override {}
   std::atomic<int> submitted{0};
   mutable std::mutex mutex;
   std::vector<WorkerLoad> workers;
@@ -566,7 +567,7 @@ TEST_F(OpenAIServerTest, HealthIsDegradedNamingAWorkerThatStoppedAnswering) {
   EXPECT_EQ(json::parse(body)["status"], "ok") << body;
   {
     std::lock_guard<std::mutex> lock(service_.mutex);
-    service_.workers = {{"w0", 10, 1, ""}, {"w1", 0, 0, "context worker w1 stopped answering: no heartbeat for 5012 ms"}};
+    service_.workers = {{"w0", 10, 1, "", {}}, {"w1", 0, 0, "context worker w1 stopped answering: no heartbeat for 5012 ms", {}}};
   }
   std::tie(status, body) = request("GET", "/health", "");
   EXPECT_EQ(status, 200);  // still serving, on the workers left

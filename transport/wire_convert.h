@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "runtime/backend.h"
+#include "runtime/context_cache.h"
 #include "runtime/request.h"
 #include "runtime/sampling.h"
 #include "transport/wire.h"
@@ -19,6 +20,32 @@ inline void to_wire(const SamplingParams& s, Sampling* out) {
   out->set_top_k(s.top_k);
   out->set_top_p(s.top_p);
   out->set_seed(s.seed);
+}
+
+inline void to_wire(const ContextCacheMetrics& m, ContextCacheStatus* out) {
+  out->set_hits(m.hits);
+  out->set_misses(m.misses);
+  out->set_evictions(m.evictions);
+  out->set_inserts(m.inserts);
+  out->set_rejected(m.rejected);
+  out->set_bytes(m.bytes);
+  out->set_budget_bytes(m.budget_bytes);
+  out->set_entries(m.entries);
+  out->set_pinned_entries(m.pinned_entries);
+}
+
+inline ContextCacheMetrics from_wire(const ContextCacheStatus& s) {
+  ContextCacheMetrics m;
+  m.hits = s.hits();
+  m.misses = s.misses();
+  m.evictions = s.evictions();
+  m.inserts = s.inserts();
+  m.rejected = s.rejected();
+  m.bytes = s.bytes();
+  m.budget_bytes = s.budget_bytes();
+  m.entries = s.entries();
+  m.pinned_entries = s.pinned_entries();
+  return m;
 }
 
 inline SamplingParams from_wire(const Sampling& s) {
@@ -164,6 +191,7 @@ inline Finished to_wire(uint64_t request_id, const RequestEnd& e) {
   f.set_anchor_size(s.anchor_size);
   f.set_blocks(s.blocks);
   f.set_workers_used(s.workers_used);
+  f.set_blocks_reused(s.blocks_reused);
   f.set_generated(s.generated);
   f.set_phase1_ms(s.phase1_ms);
   f.set_first_token_ms(s.first_token_ms);
@@ -191,6 +219,7 @@ inline RequestEnd from_wire(const Finished& f) {
   s.anchor_size = f.anchor_size();
   s.blocks = f.blocks();
   s.workers_used = f.workers_used();
+  s.blocks_reused = f.blocks_reused();
   s.generated = f.generated();
   s.phase1_ms = f.phase1_ms();
   s.first_token_ms = f.first_token_ms();

@@ -94,7 +94,8 @@ void print_stats(const RequestStats& s, AttentionMode mode, const std::string& w
                static_cast<long long>(s.query_tokens), s.blocks,
                static_cast<long long>(s.block_size), static_cast<long long>(s.anchor_size),
                s.workers_used, where.c_str());
-  std::fprintf(stderr, "phase 1 (context encoding): %.1f ms\n", s.phase1_ms);
+  std::fprintf(stderr, "phase 1 (context encoding): %.1f ms (%d of %d blocks reused)\n",
+               s.phase1_ms, s.blocks_reused, s.blocks);
   std::fprintf(stderr, "first token (query prefill): %.1f ms\n", s.first_token_ms);
   if (s.generated > 1)
     std::fprintf(stderr, "decode: %.2f ms/token over %d tokens\n",

@@ -28,6 +28,9 @@ const char* kServeLocalHelp =
     "  --tcp HOST:PORT        framed TCP address\n"
     "  --workers W            in-process context workers per engine (default 1)\n"
     "  --engines E            engine replicas serving requests in parallel (default 1)\n"
+    "  --context-cache-bytes N  K/V of encoded blocks each engine keeps for later requests\n"
+    "                         sharing whole blocks (context reuse; default 2 GiB, evicted\n"
+    "                         first when a request needs the memory; 0: off)\n"
     "  --io-threads N         network threads (default 2)\n"
     "  --max-queue N          requests waiting beyond the running ones (default 256)\n"
     "  --max-context-tokens N refuse larger contexts (default: what KV memory allows)\n"
@@ -52,7 +55,7 @@ int cmd_serve_local(int argc, char** argv) {
     return 0;
   }
   const Args args(argc, argv, 2,
-                  {"model", "http", "tcp", "workers", "engines", "io-threads", "max-queue",
+                  {"model", "http", "tcp", "workers", "engines", "context-cache-bytes", "io-threads", "max-queue",
                    "max-context-tokens", "max-body-bytes", "header-timeout-ms", "body-timeout-ms",
                    "api-key-env", "model-name", "device", "gpu", "threads"},
                   {"random-weights"}, {&connection_limit_options()});
@@ -64,6 +67,7 @@ int cmd_serve_local(int argc, char** argv) {
   so.engine.workers = static_cast<int>(args.get_int("workers", 1));
   so.engine.threads = static_cast<int>(args.get_int("threads", 0));
   so.engines = static_cast<int>(args.get_int("engines", 1));
+  so.engine.context_cache_bytes = args.get_int("context-cache-bytes", int64_t{2} << 30);
   so.max_queue = static_cast<int>(args.get_int("max-queue", 256));
   so.max_context_tokens = args.get_int("max-context-tokens", 0);
   so.model_name = args.get("model-name", "");

@@ -42,6 +42,9 @@ const char* kWorkerHelp =
     "  --insecure             allow a non-loopback --listen without TLS (trusted networks only)\n"
     "  --port-file F          write the published port(s) to F, one per line\n"
     "  --kv-fraction F        share of free memory offered for KV (default 0.8)\n"
+    "  --context-cache-bytes N  K/V of encoded blocks kept after their requests for reuse by\n"
+    "                         later ones sharing whole blocks (within the KV room, evicted when a\n"
+    "                         request needs it; default: half the room; 0: off)\n"
     "  --connect-timeout S    how long to keep trying to reach the head (default 60)\n"
     "  --name NAME            name in logs and errors (default HOST:PID)\n";
 
@@ -54,7 +57,7 @@ int cmd_worker(int argc, char** argv) {
     return 0;
   }
   const Args args(argc, argv, 2,
-                  {"head", "model", "random-weights", "weight-seed", "data-plane-devices", "gpus", "cpu-threads", "listen", "port-file", "kv-fraction",
+                  {"head", "model", "random-weights", "weight-seed", "data-plane-devices", "gpus", "cpu-threads", "listen", "port-file", "kv-fraction", "context-cache-bytes",
                    "connect-timeout", "name", "tls-cert", "tls-key", "tls-ca"},
                   {"insecure"}, {&worker_port_limit_options()});
   const auto [head_host, head_port] = transport::parse_host_port(args.require("head"), "--head");
@@ -103,6 +106,7 @@ int cmd_worker(int argc, char** argv) {
     o.device = device == "cpu" ? "cpu" : device + ":" + std::to_string(gpu);
     o.name = name + "/" + o.device;
     o.kv_fraction = fraction;
+    o.context_cache_bytes = args.get_int("context-cache-bytes", -1);
     blocks.push_back(actors::spawn_context_block(system, o));
   };
   if (gpus.empty()) {
