@@ -320,9 +320,8 @@ def model_metadata(shape: Shape, name: str):
 
 def tensor_chunks(index, name, dims, ggml_type, seed, std, d_base, shape):
     """Tasks producing the tensor's data in order: each a function of no arguments returning a
-    contiguous array (written as its bytes). Every chunk
-    has its own generator seeded from (seed, tensor index, chunk index), so the file does not
-    depend on how many threads write it."""
+    contiguous array (written as its bytes). Every chunk has its own generator seeded from
+    (seed, tensor index, chunk index), so the file does not depend on how many threads write it."""
     def gen(k):
         return np.random.default_rng([seed, index, k])
     if name == "rope_freqs.weight":
@@ -351,20 +350,28 @@ def write_gguf(path, shape: Shape, config: dict, seed: int, std: float, threads:
         chunks = tensor_chunks(index, tname, dims, ggml_type, seed, std, d_base, shape)
         pad = -tensor_bytes(dims, ggml_type) % ALIGNMENT
         tasks += chunks + ([lambda pad=pad: np.zeros(pad, np.uint8)] if pad else [])
+    # Written beside the target and renamed at the end: a failed run leaves no half a model.
+    partial = path + ".part"
     written = 0
-    with open(path, "wb") as f, ThreadPoolExecutor(max_workers=threads) as pool:
-        written += f.write(head)
-        # Bounded look-ahead: at most 2 * threads chunks are held in memory at once.
-        pending = []
-        for task in tasks:
-            pending.append(pool.submit(task))
-            if len(pending) >= 2 * threads:
-                written += f.write(memoryview(pending.pop(0).result()).cast("B"))
-        for fut in pending:
-            written += f.write(memoryview(fut.result()).cast("B"))
-    expected = len(head) + offsets[-1] + tensor_bytes(plan[-1][1], plan[-1][2])
-    if written != expected:
-        raise RuntimeError(f"{path}: wrote {written} bytes, the tensor infos say {expected}")
+    try:
+        with open(partial, "wb") as f, ThreadPoolExecutor(max_workers=threads) as pool:
+            written += f.write(head)
+            # Bounded look-ahead: at most 2 * threads chunks are held in memory at once.
+            pending = []
+            for task in tasks:
+                pending.append(pool.submit(task))
+                if len(pending) >= 2 * threads:
+                    written += f.write(memoryview(pending.pop(0).result()).cast("B"))
+            for fut in pending:
+                written += f.write(memoryview(fut.result()).cast("B"))
+        expected = len(head) + offsets[-1] + tensor_bytes(plan[-1][1], plan[-1][2])
+        if written != expected:
+            raise RuntimeError(f"{path}: wrote {written} bytes, the tensor infos say {expected}")
+    except BaseException:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        raise
+    os.replace(partial, path)
     return plan, written
 
 
@@ -389,6 +396,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=min(16, os.cpu_count() or 1))
     args = ap.parse_args()
+    if sys.byteorder != "little":
+        raise SystemExit("GGUF is written little-endian from numpy's native arrays: needs a little-endian host")
     with open(args.config) as f:
         config = json.load(f)
     shape = Shape(config, args.vocab or None)
