@@ -33,7 +33,7 @@ DIR=${QUANT_DIR:-/tmp/starattn-quant}
 say() { echo "$*" | tee -a "$OUT/summary.txt"; }
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 have_smi() { [ "$DEVICE" = cuda ] && command -v nvidia-smi > /dev/null; }
-gpu_used_mib() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "${QUANT_GPU:-0}" | tr -d ' '; }
+gpu_used_mib() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | tr -d ' '; }
 
 : > "$OUT/summary.txt"
 if have_smi; then nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/summary.txt"; fi
