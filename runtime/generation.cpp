@@ -69,10 +69,7 @@ Generation::Generation(const Transformer& model, ContextShards& shards, int64_t 
 Generation::~Generation() = default;
 
 void Generation::cancel() {
-  if (finish_reason_.empty()) {
-    finish_reason_ = "cancelled";
-    t_end_ = std::chrono::steady_clock::now();
-  }
+  if (finish_reason_.empty()) finish("cancelled");
 }
 
 double Generation::decode_ms() const {
@@ -88,9 +85,8 @@ std::string Generation::text_tail() {
   return stops_->push(rest) + stops_->flush();
 }
 
-int32_t Generation::choose_token(GeneratedToken& out) {
+int32_t Generation::choose_token(const Tensor& logits, GeneratedToken& out) {
   Backend& be = model_.backend();
-  const Tensor& logits = session_->logits();
   const auto step = static_cast<uint64_t>(step_);
   if (host_logits_.empty()) return be.sample(logits, spec_.sampling, step);
   // Penalties, bias and logprobs work on a host copy; the pick then uses the host sampler, the
@@ -107,31 +103,45 @@ int32_t Generation::choose_token(GeneratedToken& out) {
   return token;
 }
 
+bool Generation::finish(const char* reason) {
+  finish_reason_ = reason;
+  t_end_ = std::chrono::steady_clock::now();
+  return false;
+}
+
 bool Generation::step(GeneratedToken& out) {
-  if (finished()) return false;
-  using clock = std::chrono::steady_clock;
-  const auto finish = [&](const char* reason) {
-    finish_reason_ = reason;
-    t_end_ = clock::now();
-    return false;
-  };
-  if (stop_after_this_) return finish("stop");
+  const bool first = step_ == 0;
+  std::vector<int32_t> input;
+  if (!begin_step(input)) return false;
   Backend& be = model_.backend();
+  if (first) be.profile_section("prefill");
+  session_->feed(input);
+  const bool more = end_step(session_->logits(), out);
+  if (first) be.profile_section("decode");
+  return more;
+}
+
+bool Generation::begin_step(std::vector<int32_t>& input) {
+  if (finished()) return false;
+  if (stop_after_this_) return finish("stop");
   if (step_ == 0) {
-    t_start_ = clock::now();
-    be.profile_section("prefill");
-    session_->feed(spec_.query);
+    t_start_ = std::chrono::steady_clock::now();
+    input = spec_.query;
   } else {
     if (step_ >= spec_.max_tokens) return finish("length");
-    session_->feed({last_});
+    input.assign(1, last_);
   }
+  return true;
+}
+
+bool Generation::end_step(const Tensor& logits, GeneratedToken& out) {
+  if (finished()) return false;
   if (step_ >= spec_.max_tokens) return finish("length");
   out = GeneratedToken{};
-  const int32_t token = choose_token(out);
+  const int32_t token = choose_token(logits, out);
   if (step_ == 0) {
-    t_first_ = clock::now();
+    t_first_ = std::chrono::steady_clock::now();
     first_token_ms_ = ms_between(t_start_, t_first_);
-    be.profile_section("decode");
   }
   ++step_;
   if (std::find(spec_.stop_ids.begin(), spec_.stop_ids.end(), token) != spec_.stop_ids.end())
@@ -149,8 +159,7 @@ bool Generation::step(GeneratedToken& out) {
   }
   if (step_ >= spec_.max_tokens && !stop_after_this_) {
     // The last token: finish now, without a forward whose logits nobody reads.
-    finish_reason_ = "length";
-    t_end_ = clock::now();
+    finish("length");
   }
   return true;
 }

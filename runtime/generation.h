@@ -67,6 +67,15 @@ class Generation {
   // it); false once the request has finished (finish_reason() says why). Throws what the model
   // or the shards throw (a failed worker).
   bool step(GeneratedToken& out);
+  // step() in two parts around the forward, for a forward shared with other requests
+  // (runtime/decode_batch.h); the rules stay here. begin_step() applies the ends that need no
+  // forward (cancelled, a stop string hit last step, max_tokens) and gives the tokens to feed
+  // through session() next (the query, then the last token); false once finished.
+  bool begin_step(std::vector<int32_t>& input);
+  // After the forward: `logits` [1, vocab] are the next-token logits of the input's last row.
+  // Picks the token and applies the stop rules; returns what step() returns.
+  bool end_step(const Tensor& logits, GeneratedToken& out);
+  QuerySession& session() { return *session_; }
   // The caller stops early: the next step() returns false with "cancelled".
   void cancel();
   bool finished() const { return !finish_reason_.empty(); }
@@ -79,7 +88,8 @@ class Generation {
   double decode_ms() const;
 
  private:
-  int32_t choose_token(GeneratedToken& out);
+  int32_t choose_token(const Tensor& logits, GeneratedToken& out);
+  bool finish(const char* reason);
 
   const Transformer& model_;
   GenerationSpec spec_;

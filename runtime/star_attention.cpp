@@ -242,16 +242,26 @@ QuerySession::QuerySession(const Transformer& model, ContextShards& shards, int6
 
 QuerySession::~QuerySession() = default;
 
-void QuerySession::feed(const std::vector<int32_t>& ids) {
-  const int64_t n = static_cast<int64_t>(ids.size());
-  if (n == 0) throw std::invalid_argument("QuerySession::feed: no tokens");
+void QuerySession::append_positions(int64_t n, std::vector<int32_t>& positions) const {
+  if (n <= 0) throw std::invalid_argument("QuerySession: no tokens to feed");
   if (cache_.size() + n > cache_.capacity())
     throw std::length_error("query session full: " + std::to_string(cache_.size() + n) +
                             " tokens exceed its capacity of " +
                             std::to_string(cache_.capacity()));
-  const auto pos = iota_positions(next_position(), n);
+  const std::vector<int32_t> pos = iota_positions(next_position(), n);
+  positions.insert(positions.end(), pos.begin(), pos.end());
+}
+
+AttentionHook& QuerySession::hook() { return *hook_; }
+
+void QuerySession::commit(int64_t n) { cache_.commit(n); }
+
+void QuerySession::feed(const std::vector<int32_t>& ids) {
+  const int64_t n = static_cast<int64_t>(ids.size());
+  std::vector<int32_t> pos;
+  append_positions(n, pos);
   model_.forward(ids.data(), pos.data(), n, *hook_, ws_, ForwardOptions{});
-  cache_.commit(n);
+  commit(n);
 }
 
 }  // namespace starattn

@@ -91,8 +91,17 @@ class QuerySession {
   // Runs the next tokens (the query, then one generated token per step) through the model;
   // afterwards logits() holds the next-token logits [1, vocab] (f32, on the backend).
   void feed(const std::vector<int32_t>& ids);
-  const Tensor& logits() const { return ws_.logits.view(); }
+  Tensor logits() const { return ws_.logits.rows(0, 1); }
   int64_t next_position() const { return context_len_ + cache_.size(); }
+
+  // feed() in three parts, for a forward shared with other sessions (runtime/decode_batch.h):
+  // append_positions() checks there is room for n more tokens and appends their positions;
+  // hook() is this session's phase-2 attention for its rows of every layer; commit(n) keeps
+  // their K/V once the forward is done (a forward that failed commits nothing, and the next
+  // one overwrites what it wrote).
+  void append_positions(int64_t n, std::vector<int32_t>& positions) const;
+  AttentionHook& hook();
+  void commit(int64_t n);
 
  private:
   class Hook;

@@ -8,11 +8,12 @@
 
 namespace starattn {
 
-void Workspace::reserve(const ModelConfig& c, int64_t rows) {
-  if (rows <= rows_) {
-    if (!logits.allocated()) logits = backend_.alloc(1, c.vocab_size, DType::f32);
-    return;
+void Workspace::reserve(const ModelConfig& c, int64_t rows, int64_t logits_rows) {
+  if (logits_rows > logits_rows_) {
+    logits = backend_.alloc(std::max(logits_rows, logits_rows_ * 2), c.vocab_size, DType::f32);
+    logits_rows_ = logits.view().rows;
   }
+  if (rows <= rows_) return;
   // Grow geometrically so a decode loop after a long prefill does not reallocate every step.
   const int64_t n = std::max<int64_t>(rows, rows_ * 2);
   const DType t = backend_.activation_dtype();
@@ -23,7 +24,6 @@ void Workspace::reserve(const ModelConfig& c, int64_t rows) {
   proj = backend_.alloc(n, c.hidden_size, t);
   gate_up = backend_.alloc(n, 2 * int64_t{c.intermediate_size}, t);
   act = backend_.alloc(n, c.intermediate_size, t);
-  if (!logits.allocated()) logits = backend_.alloc(1, c.vocab_size, DType::f32);
   rows_ = n;
 }
 
@@ -94,7 +94,15 @@ void Transformer::forward(const int32_t* ids, const int32_t* positions, int64_t 
                           const ForwardOptions& options) const {
   if (n <= 0) throw std::invalid_argument("Transformer::forward: no tokens");
   const ModelConfig& c = config_;
-  ws.reserve(c, n);
+  // The rows whose logits are computed: the last one unless the caller named rows.
+  const std::vector<int64_t> last_row{n - 1};
+  const std::vector<int64_t>& out_rows = options.logits_rows.empty() ? last_row : options.logits_rows;
+  for (size_t i = 0; i < out_rows.size(); ++i)
+    if (out_rows[i] < 0 || out_rows[i] >= n || (i > 0 && out_rows[i] <= out_rows[i - 1]))
+      throw std::invalid_argument("Transformer::forward: logits row " + std::to_string(out_rows[i]) +
+                                  " is not ascending within the " + std::to_string(n) + " rows");
+  const auto k_out = static_cast<int64_t>(out_rows.size());
+  ws.reserve(c, n, k_out);
   Backend& be = backend_;
   const int64_t qd = c.q_dim(), kvd = c.kv_dim(), I = c.intermediate_size;
   const Tensor x = ws.x.rows(0, n), xn = ws.xn.rows(0, n);
@@ -134,16 +142,20 @@ void Transformer::forward(const int32_t* ids, const int32_t* positions, int64_t 
       // The residual add and the next layer's input norm in one pass.
       be.add_rmsnorm(x, proj, layers_[static_cast<size_t>(li) + 1].attn_norm.view(), c.rms_norm_eps, xn);
     } else if (options.logits) {
-      // Only the last row feeds the logits: add and final norm on it alone.
-      be.add_rmsnorm(x.slice_rows(n - 1, 1), proj.slice_rows(n - 1, 1), final_norm_.view(),
-                     c.rms_norm_eps, xn.slice_rows(n - 1, 1));
+      // Only the rows whose logits are wanted: add and final norm on them alone, row i's result
+      // into xn row j <= i (ascending rows), so they sit together for one head GEMM.
+      for (int64_t j = 0; j < k_out; ++j) {
+        const int64_t r = out_rows[static_cast<size_t>(j)];
+        be.add_rmsnorm(x.slice_rows(r, 1), proj.slice_rows(r, 1), final_norm_.view(),
+                       c.rms_norm_eps, xn.slice_rows(j, 1));
+      }
     } else {
       be.add(x, proj);
     }
   }
   if (!options.logits || options.kv_only) return;
-  be.matmul(xn.slice_rows(n - 1, 1), c.tie_word_embeddings ? embed_.view() : lm_head_.view(), nullptr,
-            ws.logits.view());
+  be.matmul(xn.slice_rows(0, k_out), c.tie_word_embeddings ? embed_.view() : lm_head_.view(), nullptr,
+            ws.logits.rows(0, k_out));
 }
 
 }  // namespace starattn

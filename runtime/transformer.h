@@ -26,24 +26,30 @@ class AttentionHook {
 class Workspace {
  public:
   explicit Workspace(Backend& backend) : backend_(backend) {}
-  // Makes sure every buffer holds at least `rows` rows for this config.
-  void reserve(const ModelConfig& config, int64_t rows);
+  // Makes sure every buffer holds at least `rows` rows for this config, and `logits` at least
+  // `logits_rows` rows.
+  void reserve(const ModelConfig& config, int64_t rows, int64_t logits_rows = 1);
   int64_t capacity() const { return rows_; }
 
   // qkv: [n, q_dim + 2 kv_dim], the q | k | v projections side by side (one GEMM); gate_up:
   // [n, 2 intermediate], gate | up (one GEMM). The ops read column slices of them.
+  // logits: [k, vocab] f32, row i the logits of the i-th row ForwardOptions asked for.
   Buffer x, xn, qkv, attn, proj, gate_up, act, logits;
 
  private:
   Backend& backend_;
   int64_t rows_ = 0;
+  int64_t logits_rows_ = 0;
 };
 
 struct ForwardOptions {
   // Phase 1 keeps only K/V: the last layer stops after its keys and values, and no logits.
   bool kv_only = false;
-  // Compute the logits of the last row into workspace.logits ([1, vocab], f32).
+  // Compute logits into workspace.logits (f32): of the last row ([1, vocab]) unless
+  // logits_rows names rows (ascending), then [logits_rows.size(), vocab] in that order (a batched
+  // decode step: the last row of each request).
   bool logits = true;
+  std::vector<int64_t> logits_rows;
 };
 
 class Transformer {
