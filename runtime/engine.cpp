@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#include "runtime/engine_request.h"
 #include "runtime/errors.h"
 #include "runtime/model_loader.h"
 #include "runtime/star_attention.h"
@@ -65,6 +66,7 @@ PromptIds Engine::document_prompt(const std::string& document, const std::string
   return starattn::document_prompt(*impl_->rt.tokenizer, impl_->rt.chat, document, question);
 }
 Backend& Engine::backend() { return *impl_->rt.backend; }
+const Transformer& Engine::model() const { return *impl_->rt.model; }
 
 int64_t Engine::kv_capacity_tokens() const {
   const Backend& be = *impl_->rt.backend;
@@ -88,6 +90,16 @@ RequestStats Engine::generate(const RequestSpec& req, const TokenCallback& on_to
 }
 
 RequestStats Engine::generate(const RequestSpec& req, const GeneratedCallback& on_token) {
+  const std::unique_ptr<AdmittedRequest> r = admit(req);
+  Generation& gen = *r->generation;
+  GeneratedToken token;
+  while (gen.step(token))
+    if (!on_token(token)) gen.cancel();
+  return r->end(*impl_->rt.backend);
+}
+
+std::unique_ptr<AdmittedRequest> Engine::admit(const RequestSpec& req) {
+  auto admitted = std::make_unique<AdmittedRequest>();
   const Transformer& model = *impl_->rt.model;
   Backend& be = *impl_->rt.backend;
   const ModelConfig& cfg = model.config();
@@ -99,7 +111,7 @@ RequestStats Engine::generate(const RequestSpec& req, const GeneratedCallback& o
   const std::vector<int32_t>& context = prompt.context;
   validate_request(context, prompt.query, req.max_tokens, cfg, req.beyond_positions);
 
-  RequestStats stats;
+  RequestStats& stats = admitted->stats;
   const int64_t C = static_cast<int64_t>(context.size());
   stats.context_tokens = C;
   stats.query_tokens = static_cast<int64_t>(prompt.query.size());
@@ -150,7 +162,7 @@ RequestStats Engine::generate(const RequestSpec& req, const GeneratedCallback& o
   be.profile_section("phase1");
   const std::vector<int32_t> anchor(context.begin(),
                                     context.begin() + std::min<int64_t>(plan.anchor_size, C));
-  std::vector<std::unique_ptr<ContextShard>> shards;
+  std::vector<std::unique_ptr<ContextShard>>& shards = admitted->shards;
   std::vector<ContextShard*> shard_ptrs;
   for (const auto& run : plan.runs) {
     if (run.empty()) continue;
@@ -170,7 +182,7 @@ RequestStats Engine::generate(const RequestSpec& req, const GeneratedCallback& o
   stats.phase1_ms = ms_since(t0);
   stats.workers_used = static_cast<int>(shards.size());
 
-  LocalShards local(shard_ptrs);
+  admitted->local = std::make_unique<LocalShards>(shard_ptrs);
   GenerationSpec spec;
   spec.query = prompt.query;
   spec.max_tokens = req.max_tokens;
@@ -179,16 +191,19 @@ RequestStats Engine::generate(const RequestSpec& req, const GeneratedCallback& o
   spec.stop_strings = req.stop_strings;
   spec.logits = req.logits;
   spec.want_logits = req.want_logits;
-  Generation gen(model, local, C, std::move(spec), impl_->rt.tokenizer.get());
-  GeneratedToken token;
-  while (gen.step(token))
-    if (!on_token(token)) gen.cancel();
+  admitted->generation = std::make_unique<Generation>(model, *admitted->local, C, std::move(spec),
+                                                      impl_->rt.tokenizer.get());
+  return admitted;
+}
+
+RequestStats AdmittedRequest::end(Backend& be) {
   be.synchronize();
+  const Generation& gen = *generation;
   stats.generated = gen.generated();
   stats.first_token_ms = gen.first_token_ms();
   stats.decode_ms = gen.decode_ms();
   stats.finish_reason = gen.finish_reason();
-  stats.text_tail = gen.text_tail();
+  stats.text_tail = generation->text_tail();
   be.profile_section(nullptr);
   return stats;
 }

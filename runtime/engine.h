@@ -53,6 +53,8 @@ using TokenCallback = std::function<bool(int32_t token, const float* logits)>;
 // The same with everything a step produced: text (stop strings applied), logits, logprobs.
 using GeneratedCallback = std::function<bool(const GeneratedToken& token)>;
 
+struct AdmittedRequest;  // runtime/engine_request.h
+
 class Engine {
  public:
   explicit Engine(const EngineOptions& options);
@@ -82,6 +84,12 @@ class Engine {
   ContextCacheMetrics context_cache_metrics() const;
 
  private:
+  friend class EngineBatch;  // runtime/engine_batch.h: admits requests, decodes them together
+  // Lays out, validates and plans the request and runs its phase 1 on the in-process workers;
+  // the result is ready to decode. Throws Error for a request it refuses.
+  std::unique_ptr<AdmittedRequest> admit(const RequestSpec& request);
+  const Transformer& model() const;
+
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -1,0 +1,118 @@
+#include "runtime/decode_batch.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+namespace starattn {
+
+// Routes each request's row range of a layer to that request's QuerySession hook. A range whose
+// hook threw is failed: its error is kept, its output rows are zeros from then on.
+class DecodeBatch::Hook : public AttentionHook {
+ public:
+  struct Range {
+    AttentionHook* hook = nullptr;
+    int64_t begin = 0, rows = 0;
+    std::exception_ptr error;
+  };
+  Hook(Backend& backend, std::vector<Range>& ranges) : backend_(backend), ranges_(ranges) {}
+
+  void attend(int layer, const Tensor& q, const Tensor& k, const Tensor& v, Tensor out) override {
+    for (Range& r : ranges_) {
+      const Tensor o = out.slice_rows(r.begin, r.rows);
+      if (!r.error) {
+        try {
+          r.hook->attend(layer, q.slice_rows(r.begin, r.rows), k.slice_rows(r.begin, r.rows),
+                         v.slice_rows(r.begin, r.rows), o);
+          continue;
+        } catch (...) {
+          r.error = std::current_exception();
+        }
+      }
+      // Whatever the failed hook left (or stale rows) could be NaN; zeros keep the rest of this
+      // forward finite for every row.
+      zeros_.assign(static_cast<size_t>(o.rows * o.cols), 0.0f);
+      backend_.upload(zeros_.data(), o);
+    }
+  }
+
+ private:
+  Backend& backend_;
+  std::vector<Range>& ranges_;
+  std::vector<float> zeros_;
+};
+
+DecodeBatch::DecodeBatch(const Transformer& model) : model_(model), ws_(model.backend()) {}
+DecodeBatch::~DecodeBatch() = default;
+
+void DecodeBatch::add(uint64_t id, Generation& generation) {
+  if (contains(id))
+    throw std::invalid_argument("DecodeBatch: request " + std::to_string(id) + " is already in the batch");
+  members_.push_back({id, &generation});
+}
+
+bool DecodeBatch::contains(uint64_t id) const {
+  return std::any_of(members_.begin(), members_.end(), [&](const Member& m) { return m.id == id; });
+}
+
+bool DecodeBatch::remove(uint64_t id) {
+  const auto it = std::find_if(members_.begin(), members_.end(), [&](const Member& m) { return m.id == id; });
+  if (it == members_.end()) return false;
+  members_.erase(it);
+  return true;
+}
+
+std::vector<DecodeBatch::Result> DecodeBatch::step() {
+  std::vector<Result> results(members_.size());
+  // Lay out the rows: each member that still runs contributes its input at its positions.
+  std::vector<int32_t> ids, positions;
+  std::vector<Hook::Range> ranges;
+  std::vector<size_t> range_of(members_.size(), SIZE_MAX);  // member -> its range
+  ForwardOptions options;
+  std::vector<int32_t> input;
+  for (size_t i = 0; i < members_.size(); ++i) {
+    Result& res = results[i];
+    res.id = members_[i].id;
+    res.generation = members_[i].generation;
+    input.clear();
+    try {
+      if (!res.generation->begin_step(input)) continue;  // finished before any forward
+      res.generation->session().append_positions(static_cast<int64_t>(input.size()), positions);
+    } catch (...) {
+      res.error = std::current_exception();
+      continue;
+    }
+    const auto begin = static_cast<int64_t>(ids.size());
+    ids.insert(ids.end(), input.begin(), input.end());
+    ranges.push_back({&res.generation->session().hook(), begin, static_cast<int64_t>(input.size()), {}});
+    options.logits_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
+    range_of[i] = ranges.size() - 1;
+  }
+  if (!ids.empty()) {
+    Hook hook(model_.backend(), ranges);
+    model_.forward(ids.data(), positions.data(), static_cast<int64_t>(ids.size()), hook, ws_, options);
+  }
+  for (size_t i = 0; i < members_.size(); ++i) {
+    Result& res = results[i];
+    if (range_of[i] == SIZE_MAX) continue;
+    const Hook::Range& r = ranges[range_of[i]];
+    if (r.error) {
+      res.error = r.error;
+      continue;
+    }
+    try {
+      res.generation->session().commit(r.rows);
+      res.produced = res.generation->end_step(ws_.logits.rows(static_cast<int64_t>(range_of[i]), 1), res.token);
+    } catch (...) {
+      res.error = std::current_exception();
+    }
+  }
+  // Finished and failed members leave; the others keep their join order.
+  std::vector<Member> still;
+  for (size_t i = 0; i < members_.size(); ++i)
+    if (!results[i].error && !results[i].generation->finished()) still.push_back(members_[i]);
+  members_ = std::move(still);
+  return results;
+}
+
+}  // namespace starattn
