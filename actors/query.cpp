@@ -7,6 +7,7 @@
 #include <map>
 
 #include "actors/messages.h"
+#include "runtime/decode_batch.h"
 #include "runtime/errors.h"
 #include "runtime/generation.h"
 #include "transport/peer_path.h"
@@ -28,8 +29,12 @@ struct QueryState {
   std::shared_ptr<DevicePayloadPool> payloads;  // the ucx_device path's buffers; null without it
   std::map<uint64_t, transport::UcxWorker::EpId> endpoints;  // worker id -> endpoint
   std::map<uint64_t, std::unique_ptr<ActiveQuery>> active;
+  // Every active request's Generation, advanced together: one forward per step message.
+  std::unique_ptr<DecodeBatch> batch;
+  bool step_queued = false;  // a step message is in the mailbox
   // Sessions hold backend buffers and endpoints: drop them before the UCX worker goes.
   ~QueryState() {
+    batch.reset();
     active.clear();
     ucx.reset();
   }
@@ -68,6 +73,7 @@ void finish(Self* self, uint64_t id, const std::string& error, ErrorKind kind) {
     s.exchange_max_us = x.max();
   }
   self->send(q.reply_to, finished_atom::value, FinishedPtr(std::move(f)));
+  self->state.batch->remove(id);
   self->state.active.erase(it);
   return_freed_memory();
 }
@@ -112,6 +118,15 @@ std::unique_ptr<ShardLinks> link_shards(Self* self, const StartQuery& req) {
   return out;
 }
 
+// The next batch step goes to the back of the mailbox, so requests that start or are aborted
+// meanwhile join or leave between steps.
+void queue_step(Self* self) {
+  auto& st = self->state;
+  if (st.step_queued || st.batch->empty()) return;
+  st.step_queued = true;
+  self->send(self, step_atom::value);
+}
+
 void start(Self* self, const StartQuery& req) {
   auto& st = self->state;
   const ModelHost& host = *st.options.model;
@@ -125,40 +140,66 @@ void start(Self* self, const StartQuery& req) {
     a.shards = link_shards(self, req);
     a.generation = std::make_unique<Generation>(host.model(), *a.shards, req.context_len, req.spec,
                                                 &host.tokenizer());
+    st.batch->add(req.request_id, *a.generation);
   } catch (const std::exception& e) {
     finish(self, req.request_id, std::string("starting phase 2 failed: ") + e.what(), kind_of(e));
     return;
   }
-  self->send(self, step_atom::value, req.request_id);
+  queue_step(self);
 }
 
-// One step of the request's Generation (the query prefill, then one token), then the next
-// step goes to the back of the mailbox so requests in flight interleave.
-void step(Self* self, uint64_t id) {
-  auto it = self->state.active.find(id);
-  if (it == self->state.active.end()) return;  // aborted meanwhile
-  ActiveQuery& q = *it->second;
-  const ModelHost& host = *self->state.options.model;
-  GeneratedToken token;
-  bool more = false;
-  try {
-    // In-process shards compute on this backend: one stream, one driver at a time.
-    const auto compute = host.lock_compute();
-    more = q.generation->step(token);
-  } catch (const std::exception& e) {
-    return finish(self, id, e.what(), kind_of(e) == ErrorKind::internal ? ErrorKind::worker_failed
-                                                                         : kind_of(e));
-  }
-  if (!more) return finish(self, id, "", ErrorKind::internal);
+// A request's failure: a worker's unless the error says what else it was.
+ErrorKind failure_kind(const std::exception& e) {
+  return kind_of(e) == ErrorKind::internal ? ErrorKind::worker_failed : kind_of(e);
+}
+
+void send_token(Self* self, const ActiveQuery& q, GeneratedToken& token) {
   auto out = std::make_shared<RequestToken>();
-  out->request_id = id;
+  out->request_id = q.id;
   TokenEvent& ev = out->event;
   ev.tokens.push_back(token.token);
   ev.text = std::move(token.text);
-  if (token.logits) ev.logits.assign(token.logits, token.logits + host.config().vocab_size);
+  if (token.logits) ev.logits.assign(token.logits, token.logits + self->state.options.model->config().vocab_size);
   if (token.logprob) ev.logprobs.push_back(std::move(*token.logprob));
   self->send(q.reply_to, token_atom::value, TokenPtr(std::move(out)));
-  self->send(self, step_atom::value, id);
+}
+
+// One step of every active request in one forward (the query prefill of those that just
+// joined, one token of the others); a request whose shards failed ends alone.
+void step(Self* self) {
+  auto& st = self->state;
+  st.step_queued = false;
+  if (st.batch->empty()) return;
+  const ModelHost& host = *st.options.model;
+  std::vector<DecodeBatch::Result> results;
+  try {
+    // In-process shards compute on this backend: one stream, one driver at a time.
+    const auto compute = host.lock_compute();
+    results = st.batch->step();
+  } catch (const std::exception& e) {
+    // The shared forward failed outside every request's attention: all of them end with it.
+    std::vector<uint64_t> ids;
+    for (const auto& [id, q] : st.active) ids.push_back(id);
+    for (uint64_t id : ids) finish(self, id, e.what(), failure_kind(e));
+    return;
+  }
+  for (DecodeBatch::Result& r : results) {
+    auto it = st.active.find(r.id);
+    if (it == st.active.end()) continue;
+    if (r.error) {
+      try {
+        std::rethrow_exception(r.error);
+      } catch (const std::exception& e) {
+        finish(self, r.id, e.what(), failure_kind(e));
+      } catch (...) {
+        finish(self, r.id, "unknown error", ErrorKind::internal);
+      }
+      continue;
+    }
+    if (r.produced) send_token(self, *it->second, r.token);
+    if (r.generation->finished()) finish(self, r.id, "", ErrorKind::internal);
+  }
+  queue_step(self);
 }
 
 caf::behavior query(Self* self, QueryOptions options) {
@@ -168,6 +209,7 @@ caf::behavior query(Self* self, QueryOptions options) {
   DeviceIpc* ipc = host.backend().ipc();
   self->state.place =
       transport::this_process(ipc ? ipc->device_id() : "", ucx_carries_device_memory(host.backend()));
+  self->state.batch = std::make_unique<DecodeBatch>(host.model());
   self->state.ucx = std::make_unique<transport::UcxWorker>();
   self->state.ucx->listen(kAmAttendReply);
   self->state.ucx->listen(kAmIpcOpenReply);
@@ -180,9 +222,10 @@ caf::behavior query(Self* self, QueryOptions options) {
       [self](start_atom, const StartQueryPtr& req) {
         if (req) start(self, *req);
       },
-      [self](step_atom, uint64_t id) { step(self, id); },
+      [self](step_atom) { step(self); },
       [self](abort_atom, uint64_t id) {
         const auto compute = self->state.options.model->lock_compute();
+        self->state.batch->remove(id);
         if (self->state.active.erase(id) > 0) return_freed_memory();
       },
       [self](forget_atom, uint64_t worker_id) {

@@ -4,8 +4,10 @@
 // replies are merged in the fixed order the scheduler assigned the blocks in.
 //
 // It runs detached (its own thread, bound to the head's device) and drives its own UCX worker
-// from that thread. Requests advance one step (the query prefill, then one token) per message,
-// so several requests in flight interleave step by step. Tokens and the final Finished go to the
+// from that thread. All active requests advance together, one step per message (continuous
+// batching, runtime/decode_batch.h): one forward takes the query prefill of requests that just
+// joined and one token of the others, each request's attention going to its own shards.
+// Requests join and leave between steps; one whose shards fail ends alone. Tokens and the final Finished go to the
 // scheduler, which streams them to the requester.
 #pragma once
 
