@@ -149,8 +149,8 @@ void start(Self* self, const StartQuery& req) {
 }
 
 // A request's failure: a worker's unless the error says what else it was.
-ErrorKind failure_kind(const std::exception& e) {
-  return kind_of(e) == ErrorKind::internal ? ErrorKind::worker_failed : kind_of(e);
+ErrorKind failure_kind(ErrorKind kind) {
+  return kind == ErrorKind::internal ? ErrorKind::worker_failed : kind;
 }
 
 void send_token(Self* self, const ActiveQuery& q, GeneratedToken& token) {
@@ -180,20 +180,15 @@ void step(Self* self) {
     // The shared forward failed outside every request's attention: all of them end with it.
     std::vector<uint64_t> ids;
     for (const auto& [id, q] : st.active) ids.push_back(id);
-    for (uint64_t id : ids) finish(self, id, e.what(), failure_kind(e));
+    for (uint64_t id : ids) finish(self, id, e.what(), failure_kind(kind_of(e)));
     return;
   }
   for (DecodeBatch::Result& r : results) {
     auto it = st.active.find(r.id);
     if (it == st.active.end()) continue;
     if (r.error) {
-      try {
-        std::rethrow_exception(r.error);
-      } catch (const std::exception& e) {
-        finish(self, r.id, e.what(), failure_kind(e));
-      } catch (...) {
-        finish(self, r.id, "unknown error", ErrorKind::internal);
-      }
+      const ErrorReport why = report_of(r.error);
+      finish(self, r.id, why.message, failure_kind(why.kind));
       continue;
     }
     if (r.produced) send_token(self, *it->second, r.token);

@@ -35,15 +35,10 @@ std::vector<EngineBatch::Ended> EngineBatch::step() {
     Ended e;
     e.id = res.id;
     if (res.error) {
+      const ErrorReport why = report_of(res.error);
       e.end.ok = false;
-      try {
-        std::rethrow_exception(res.error);
-      } catch (const std::exception& x) {
-        e.end.error = x.what();
-        e.end.error_kind = kind_of(x);
-      } catch (...) {
-        e.end.error = "unknown error";
-      }
+      e.end.error = why.message;
+      e.end.error_kind = why.kind;
       e.end.stats = r.request->stats;
       e.end.stats.finish_reason = "error";
       e.end.stats.generated = r.request->generation->generated();

@@ -22,6 +22,16 @@ ErrorKind error_kind_from_name(const std::string& name) {
   return ErrorKind::internal;
 }
 
+ErrorReport report_of(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return {x.what(), kind_of(x)};
+  } catch (...) {
+    return {"unknown error", ErrorKind::internal};
+  }
+}
+
 ErrorKind kind_of(const std::exception& e) {
   if (const auto* err = dynamic_cast<const Error*>(&e)) return err->kind();
   if (dynamic_cast<const std::invalid_argument*>(&e)) return ErrorKind::invalid_request;

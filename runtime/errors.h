@@ -6,6 +6,7 @@
 // a bug, not a "context too long").
 #pragma once
 
+#include <exception>
 #include <stdexcept>
 #include <string>
 
@@ -38,5 +39,13 @@ class Error : public std::runtime_error {
 // The kind of any exception: an Error's own, std::invalid_argument as invalid_request, anything
 // else internal.
 ErrorKind kind_of(const std::exception& e);
+
+// The message and kind of an exception held as an exception_ptr (one not derived from
+// std::exception: "unknown error", internal).
+struct ErrorReport {
+  std::string message;
+  ErrorKind kind = ErrorKind::internal;
+};
+ErrorReport report_of(const std::exception_ptr& e);
 
 }  // namespace starattn

@@ -168,6 +168,24 @@ TEST_F(DecodeBatchTest, StopIdsAndStopStringsEndOneWhileOthersContinue) {
   expect_same(testing::generate(*engine_, free), batched.at(ids[2]), "the one that goes on");
 }
 
+TEST_F(DecodeBatchTest, RefusedRequestDoesNotJoinAndTheBatchGoesOn) {
+  EngineBatch batch(*engine_);
+  const RequestSpec good = request({40, 3, 4}, 31);
+  const uint64_t id = admit(batch, good);
+  RequestSpec bad = request({40, 3, 4}, 32);
+  bad.prompt.query.clear();
+  try {
+    batch.admit(bad, [](const GeneratedToken&) { return true; });
+    ADD_FAILURE() << "an empty query was admitted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::invalid_request) << e.what();
+  }
+  EXPECT_EQ(batch.running(), 1u);
+  while (batch.running() > 0)
+    for (EngineBatch::Ended& e : batch.step()) outcomes_[e.id].stats = e.end.stats;
+  expect_same(testing::generate(*engine_, good), outcomes_.at(id), "the admitted one");
+}
+
 // Shards that hold no context (a request whose prompt is all query) and, when `fail_after` is
 // set, throw like a failed worker on that attend call.
 class QueryOnlyShards : public ContextShards {
