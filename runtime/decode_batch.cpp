@@ -112,6 +112,9 @@ std::vector<DecodeBatch::Result> DecodeBatch::step() {
   for (size_t i = 0; i < members_.size(); ++i)
     if (!results[i].error && !results[i].generation->finished()) still.push_back(members_[i]);
   members_ = std::move(still);
+  // Its rows grew to the largest step (several queries joining at once): give that back when
+  // the batch runs dry rather than hold it while idle.
+  if (members_.empty()) ws_.release();
   return results;
 }
 

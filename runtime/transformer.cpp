@@ -27,6 +27,18 @@ void Workspace::reserve(const ModelConfig& c, int64_t rows, int64_t logits_rows)
   rows_ = n;
 }
 
+void Workspace::release() {
+  x = Buffer();
+  xn = Buffer();
+  qkv = Buffer();
+  attn = Buffer();
+  proj = Buffer();
+  gate_up = Buffer();
+  act = Buffer();
+  logits = Buffer();
+  rows_ = logits_rows_ = 0;
+}
+
 void Transformer::load_into(const WeightSource& weights, const std::string& name, Tensor dst) {
   const std::vector<int64_t> shape = weights.shape(name);
   int64_t count = 1;

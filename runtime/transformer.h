@@ -30,6 +30,8 @@ class Workspace {
   // `logits_rows` rows.
   void reserve(const ModelConfig& config, int64_t rows, int64_t logits_rows = 1);
   int64_t capacity() const { return rows_; }
+  // Frees every buffer (an idle batch gives its high-water mark back); reserve() grows again.
+  void release();
 
   // qkv: [n, q_dim + 2 kv_dim], the q | k | v projections side by side (one GEMM); gate_up:
   // [n, 2 intermediate], gate | up (one GEMM). The ops read column slices of them.
