@@ -176,10 +176,11 @@ class Cluster:
     loopback, on a fresh tiny random model. Logs go to files (a full pipe would stall a process);
     close() always ends every process, by SIGKILL when SIGTERM is not enough."""
 
-    def __init__(self, workers=2, head_args=(), threads=2):
+    def __init__(self, workers=2, head_args=(), threads=2, worker_args=()):
         self.dir = tempfile.TemporaryDirectory(prefix="starattn-cluster-")
         self.model = self.path("model")
         self.threads = threads
+        self.worker_args = list(worker_args)
         self.procs, self.workers, self.logs = [], [], []
         try:
             subprocess.run([cli(), "init-model", "--preset", "tiny", "--seed", "7", "--out", self.model],
@@ -210,7 +211,7 @@ class Cluster:
         name, as an operator's restart would. Returns the process; the caller keeps it."""
         return self._spawn(f"w{i}", [cli(), "worker", "--head", f"127.0.0.1:{self.head_port}",
                                      "--model", self.model, "--cpu-threads", str(self.threads),
-                                     "--name", f"w{i}"])
+                                     "--name", f"w{i}"] + self.worker_args)
 
     def health(self):
         status, _, raw = http(self.port, "GET", "/health", timeout=10)

@@ -37,6 +37,7 @@ const char* kBenchHelp =
     "                              [--torch SCRIPT|none] [--iters N]\n"
     "       starattn bench e2e --random-weights CONFIG [--contexts 32768,131072] [--modes full,star]\n"
     "                          [--workers 4] [--query 16] [--decode-tokens 32] [--hf SCRIPT|none]\n"
+    "       starattn bench reuse --random-weights CONFIG ...   (any backend; bench reuse --help)\n"
     "Measures the cuda backend on one GPU and, in the same run, PyTorch on the same shapes\n"
     "(default scripts tools/bench/torch_baseline.py and tools/bench/hf_e2e.py, run with python3).\n"
     "Prints one table; timings are medians of CUDA-event times after warm-ups.\n"
@@ -417,8 +418,18 @@ int cmd_bench(int argc, char** argv) {
     return argc < 3 ? 2 : 0;
   }
   const std::string what = argv[2];
+  if (what == "reuse") {
+    if (argc > 3 && !std::strcmp(argv[3], "--help")) {
+      std::fputs(kBenchReuseHelp, stdout);
+      return 0;
+    }
+    return bench_reuse(Args(argc, argv, 3,
+                            {"random-weights", "weight-seed", "device", "gpu", "context", "questions", "query",
+                             "decode-tokens", "mode", "workers", "cache-gib"},
+                            {}));
+  }
   if (what != "kernels" && what != "e2e")
-    throw std::invalid_argument("unknown benchmark '" + what + "' (kernels, e2e)");
+    throw std::invalid_argument("unknown benchmark '" + what + "' (kernels, e2e, reuse)");
 #if defined(STARATTN_HAVE_CUDA)
   if (what == "kernels")
     return bench_kernels(Args(argc, argv, 3, {"gpu", "seqs", "decode-keys", "torch", "iters"}, {}));

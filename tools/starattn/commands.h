@@ -13,4 +13,9 @@ int cmd_serve_local(int argc, char** argv);
 int cmd_client(int argc, char** argv);
 int cmd_eval(int argc, char** argv);
 
+// starattn bench reuse (cmd_bench_reuse.cpp), dispatched by cmd_bench.
+class Args;
+extern const char* kBenchReuseHelp;
+int bench_reuse(const Args& args);
+
 }  // namespace starattn::cli
