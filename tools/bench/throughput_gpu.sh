@@ -71,6 +71,7 @@ setsid timeout "${THROUGHPUT_HTTP_TIMEOUT:-300}" python3 tools/bench/throughput_
 TP_PID=$!
 wait $TP_PID
 say "throughput_http rc=$?"
+kill -TERM -- "-$TP_PID" 2>/dev/null  # servers left behind if the tool was cut by its timeout
 TP_PID=
 tail -n 8 "$OUT/throughput_http.err" | tee -a "$OUT/summary.txt"
 cat "$OUT/throughput_http.md" | tee -a "$OUT/summary.txt"
@@ -86,6 +87,7 @@ if [ "${THROUGHPUT_HF:-1}" = 1 ]; then
   HF_PID=$!
   wait $HF_PID
   say "hf_batched_generate rc=$?"
+  kill -TERM -- "-$HF_PID" 2>/dev/null
   HF_PID=
   tail -n 8 "$OUT/hf_batched.err" | tee -a "$OUT/summary.txt"
   cat "$OUT/hf_batched.md" | tee -a "$OUT/summary.txt"

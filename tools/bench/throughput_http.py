@@ -39,6 +39,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -347,6 +348,8 @@ def main():
     ap.add_argument("--title", default="Throughput over HTTP")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
+    # SIGTERM (a caller's timeout) unwinds through the finally below, which stops the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     counts = [int(s) for s in args.streams.split(",") if s]
     if not counts or min(counts) < 1:
         sys.exit("--streams must list positive counts")
@@ -395,6 +398,8 @@ def main():
             print(f"streams {n}: context {context}, {row.get('tokens_per_s') or 0:.1f} tokens/s, "
                   f"ITL p50 {row.get('itl_p50_ms') or 0:.2f} ms, errors {row['errors']} ({wall:.1f} s)",
                   file=sys.stderr, flush=True)
+            if row["errors"]:
+                print(f"  first errors: {row['first_errors']}", file=sys.stderr, flush=True)
     finally:
         stop_server(procs)
         if log is not subprocess.DEVNULL:
