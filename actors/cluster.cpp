@@ -149,6 +149,7 @@ Head spawn_head(caf::actor_system& system, std::shared_ptr<ModelHost> model,
   so.max_context_tokens = options.max_context_tokens;
   so.max_running = options.max_running;
   so.max_queue = options.max_queue;
+  so.request_deadline = options.request_deadline;
   h.scheduler = spawn_scheduler(system, so);
   return h;
 }

@@ -69,6 +69,8 @@ struct HeadOptions {
   int64_t max_context_tokens = 0;
   int max_running = 0;
   int max_queue = 256;
+  // No request lives longer than this from its admission (0: no deadline).
+  std::chrono::milliseconds request_deadline{std::chrono::minutes(30)};
 };
 
 // The head's actors over `model` (the query actor computes on it, the scheduler reads its

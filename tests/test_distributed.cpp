@@ -137,13 +137,13 @@ class Distributed : public ::testing::Test {
   }
 
   // Starts a head and `n` workers on loopback; waits until all have registered.
-  void start_cluster(int n) {
+  void start_cluster(int n, const std::vector<std::string>& head_extra = {}) {
     const std::string pf = path("head.port");
     std::remove(pf.c_str());
-    head_ = std::make_unique<Proc>(
-        std::vector<std::string>{"serve", "--listen", "127.0.0.1:0", "--port-file", pf, "--model",
-                                 model_, "--exchange-timeout", "20"},
-        path("head.out"), path("head.err"));
+    std::vector<std::string> head_args{"serve", "--listen", "127.0.0.1:0", "--port-file", pf,
+                                       "--model", model_, "--exchange-timeout", "20"};
+    head_args.insert(head_args.end(), head_extra.begin(), head_extra.end());
+    head_ = std::make_unique<Proc>(head_args, path("head.out"), path("head.err"));
     for (int i = 0; i < 300 && slurp(pf).empty(); ++i) std::this_thread::sleep_for(20ms);
     port_ = std::atoi(slurp(pf).c_str());
     ASSERT_GT(port_, 0) << "the head did not start: " << head_->err();
@@ -340,6 +340,26 @@ TEST_F(Distributed, StoppedWorkerFailsItsRequestInSecondsAndIsReadmitted) {
   expect_same_as_local(2, ids(200, 7), 6, "after_resume");
   EXPECT_NE(head_->err().find("answers again: admitted"), std::string::npos) << head_->err();
   EXPECT_TRUE(head_->alive());
+}
+
+// No request outlives its deadline: one that would run for many seconds ends with a timeout
+// error soon after its deadline (the scheduler checks every 250 ms), the workers' KV is freed
+// and the head serves the next request.
+TEST_F(Distributed, NoRequestOutlivesItsDeadline) {
+  start_cluster(2, {"--request-deadline", "1"});
+  const auto t0 = std::chrono::steady_clock::now();
+  Proc long_req(remote(2, request(ids(300, 5), 3000, path("d.bin"))), path("d.out"), path("d.err"));
+  const int rc = long_req.wait(20s);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(rc, -1) << "the request outlived its deadline by far";
+  EXPECT_NE(rc, 0) << "3000 tokens finished within the 1 s deadline: make the request longer";
+  EXPECT_LT(seconds, 4.0) << "deadline 1 s, checked every 250 ms; client start and exit included";
+  const std::string err = long_req.err();
+  EXPECT_NE(err.find("deadline"), std::string::npos) << err;
+  EXPECT_FALSE(long_req.out().empty()) << "it should have streamed tokens before its deadline";
+  // The workers' KV was freed and the head serves on (a short request, same tokens as locally).
+  expect_same_as_local(2, ids(200, 6), 4, "after_deadline");
+  EXPECT_TRUE(head_->alive()) << head_->err();
 }
 
 // Every listening socket of the head and the workers (control plane, relay, UCX data plane) is on

@@ -68,6 +68,8 @@ const char* kServeHelp =
     "  --device cpu|cuda      backend of the query actor (default cpu); --gpu N picks the device\n"
     "  --threads N            cpu threads (default: all cores)\n"
     "  --exchange-timeout S   fail a request when a layer's replies take longer (default 30)\n"
+    "  --request-deadline S   fail a request still running this long after its admission\n"
+    "                         (default 1800; 0: none)\n"
     "  --quiet                no per-request log lines on stderr\n";
 
 std::string default_model_name(const std::string& model) {
@@ -107,7 +109,7 @@ int cmd_serve(int argc, char** argv) {
                    "http", "tcp", "io-threads", "max-running", "max-queue", "max-context-tokens",
                    "max-body-bytes", "header-timeout-ms", "body-timeout-ms", "api-key-env",
                    "model-name", "tls-cert", "tls-key", "tls-ca", "random-weights", "data-plane-devices",
-                   "weight-seed"},
+                   "weight-seed", "request-deadline"},
                   {"quiet", "insecure"}, {&connection_limit_options(), &worker_port_limit_options()});
   const auto [host, port] = transport::parse_host_port(args.require("listen"), "--listen");
   const actors::TlsFiles tls = actors::tls_files(args.get("tls-cert", ""), args.get("tls-key", ""),
@@ -136,6 +138,9 @@ int cmd_serve(int argc, char** argv) {
   options.verbose = !args.flag("quiet");
   options.exchange_timeout = std::chrono::milliseconds(
       static_cast<int64_t>(args.get_double("exchange-timeout", 30) * 1000));
+  const double deadline_s = args.get_double("request-deadline", 1800);
+  if (!(deadline_s >= 0)) throw std::invalid_argument("--request-deadline must not be negative");
+  options.request_deadline = std::chrono::milliseconds(static_cast<int64_t>(deadline_s * 1000));
   options.max_context_tokens = args.get_int("max-context-tokens", 0);
   options.max_running = static_cast<int>(args.get_int("max-running", 0));
   options.max_queue = static_cast<int>(args.get_int("max-queue", 256));
