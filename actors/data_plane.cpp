@@ -451,11 +451,12 @@ void ShardServer::answer_batch(AmMessage& msg) {
       be.download(q.out.lse, f);
       f += q.q.rows * c.num_heads;
     }
-    ucx_->send_reply(msg, kAmAttendBatchReply, wire::encode(reply), std::move(out));
+    // Counted before the reply leaves: whoever got the reply sees the counts.
     served_ += queries.size();
     served_batch_items_ += queries.size();
     ++served_batches_;
     refused_ += static_cast<uint64_t>(req.items_size()) - queries.size();
+    ucx_->send_reply(msg, kAmAttendBatchReply, wire::encode(reply), std::move(out));
   } catch (const std::exception& e) {
     reply.clear_items();
     refuse_all(std::string("attention failed: ") + e.what());

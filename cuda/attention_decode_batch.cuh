@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kMergeThreads)
     if (items[mid].first_block <= b) lo = mid;
     else hi = mid - 1;
   }
-  const MergeBatchItem<OutT> it = items[lo];
+  const MergeBatchItem<OutT>& it = items[lo];  // read field by field (a copy spills)
   const int64_t local = b - it.first_block;
   merge_row_head<OutT, UniformShards>(it.shards, it.n, it.o, it.o_stride, it.lse, it.lse_stride,
                                       local / H, static_cast<int>(local % H), D);
