@@ -7,6 +7,7 @@
 
 #include <fstream>
 
+#include "actors/exchange_batch.h"
 #include "actors/messages.h"
 #include "transport/wire.h"
 
@@ -125,6 +126,7 @@ ShardServer::ShardServer(const ModelHost& host, int threads, std::string name)
       ucx_(std::make_unique<transport::UcxWorker>()) {
   ucx_->listen(kAmAttend);
   ucx_->listen(kAmIpcOpen);
+  ucx_->listen(kAmAttendBatch);
   if (ucx_carries_device_memory(host_.backend())) {
     payloads_ = std::make_unique<DevicePayloadPool>(host_.backend());
     // A device-path q that comes by rendezvous lands in device memory (the sink runs in the
@@ -223,6 +225,7 @@ void ShardServer::run() {
       busy = true;
       if (msg.id == kAmIpcOpen) open_ipc(msg);
       else if (msg.id == kAmAttend) answer(msg);
+      else if (msg.id == kAmAttendBatch) answer_batch(msg);
     }
     if (!busy) ucx_->wait(200);
   }
@@ -363,6 +366,103 @@ void ShardServer::answer(AmMessage& msg) {
   }
 }
 
+void ShardServer::answer_batch(AmMessage& msg) {
+  wire::AttendBatchReply reply;
+  reply.set_protocol_version(wire::kProtocolVersion);
+  auto refuse_all = [&](const std::string& why) {
+    ++refused_;
+    reply.set_error(name_ + ": " + why);
+    ucx_->send_reply(msg, kAmAttendBatchReply, wire::encode(reply), nullptr);
+  };
+  wire::AttendBatchRequest req;
+  try {
+    req = wire::decode<wire::AttendBatchRequest>(msg.header, "a data-plane peer");
+  } catch (const wire::ProtocolError& e) {
+    return refuse_all(e.what());
+  }
+  reply.set_seq(req.seq());
+  reply.set_layer(req.layer());
+  const std::string version = wire::version_error(req.protocol_version(), "the batched attention request");
+  if (!version.empty()) return refuse_all(version);
+  const ModelConfig& c = model_.config();
+  if (req.layer() < 0 || req.layer() >= c.num_layers)
+    return refuse_all("layer " + std::to_string(req.layer()) + " out of range (model has " +
+                      std::to_string(c.num_layers) + ")");
+  if (req.cols() != c.q_dim())
+    return refuse_all("q width " + std::to_string(req.cols()) + " does not fit the model (" +
+                      std::to_string(c.q_dim()) + ")");
+  reply.set_o_cols(c.q_dim());
+  reply.set_lse_cols(c.num_heads);
+  // Every item's rows, and where its q starts in the payload (refused items' q is skipped).
+  int64_t total_rows = 0;
+  for (const auto& it : req.items()) {
+    if (it.rows() < 1 || it.rows() > (int64_t{1} << 24))
+      return refuse_all("an item of " + std::to_string(it.rows()) + " rows");
+    total_rows += it.rows();
+    if (total_rows > (int64_t{1} << 24)) return refuse_all("more than 2^24 query rows in one batch");
+  }
+  if (msg.payload.size() != static_cast<size_t>(total_rows * c.q_dim()) * sizeof(float))
+    return refuse_all("q payload of " + std::to_string(msg.payload.size()) + " bytes, the items say " +
+                      std::to_string(total_rows * c.q_dim() * 4));
+  std::vector<std::shared_ptr<ContextShard>> shards(static_cast<size_t>(req.items_size()));
+  for (int i = 0; i < req.items_size(); ++i) {
+    const auto& it = req.items(i);
+    auto* out = reply.add_items();
+    out->set_request_id(it.request_id());
+    out->set_shard(it.shard());
+    out->set_rows(it.rows());
+    for (int j = 0; j < i; ++j)
+      if (req.items(j).request_id() == it.request_id()) {
+        out->set_error(name_ + ": request " + std::to_string(it.request_id()) + " is listed twice");
+        break;
+      }
+    if (!out->error().empty()) continue;
+    shards[static_cast<size_t>(i)] = shard_of(it.request_id());
+    if (!shards[static_cast<size_t>(i)])
+      out->set_error(name_ + ": request " + std::to_string(it.request_id()) +
+                     " holds no context here (never encoded or already released)");
+  }
+  try {
+    Backend& be = model_.backend();
+    const auto compute = host_.lock_compute();
+    if (!q_buf_.allocated() || q_buf_.view().rows < total_rows)
+      q_buf_ = be.alloc(total_rows, c.q_dim(), be.activation_dtype());
+    be.upload(reinterpret_cast<const float*>(msg.payload.data()), q_buf_.rows(0, total_rows));
+    std::vector<ContextShard::Query> queries;
+    std::vector<int> answered;  // item index of each query
+    int64_t row = 0;
+    for (int i = 0; i < req.items_size(); ++i) {
+      const int64_t T = req.items(i).rows();
+      if (shards[static_cast<size_t>(i)] && reply.items(i).error().empty()) {
+        ContextShard& shard = *shards[static_cast<size_t>(i)];
+        queries.push_back({&shard, req.layer(), q_buf_.rows(row, T), shard.out_views(T)});
+        answered.push_back(i);
+      }
+      row += T;
+    }
+    ContextShard::attend_many(be, queries);  // one attention call for the whole batch
+    size_t floats = 0;
+    for (const auto& q : queries) floats += static_cast<size_t>(q.q.rows * (c.q_dim() + c.num_heads));
+    auto out = std::make_shared<std::vector<char>>(floats * sizeof(float));
+    float* f = reinterpret_cast<float*>(out->data());
+    for (const auto& q : queries) {
+      be.download(q.out.o, f);
+      f += q.q.rows * c.q_dim();
+      be.download(q.out.lse, f);
+      f += q.q.rows * c.num_heads;
+    }
+    // Counted before the reply leaves: whoever got the reply sees the counts.
+    served_ += queries.size();
+    served_batch_items_ += queries.size();
+    ++served_batches_;
+    refused_ += static_cast<uint64_t>(req.items_size()) - queries.size();
+    ucx_->send_reply(msg, kAmAttendBatchReply, wire::encode(reply), std::move(out));
+  } catch (const std::exception& e) {
+    reply.clear_items();
+    refuse_all(std::string("attention failed: ") + e.what());
+  }
+}
+
 void ShardServer::answer_device(AmMessage& msg, const wire::AttendRequest& req, ContextShard& shard,
                                 wire::AttendReply& reply) {
   auto fail = [&](const std::string& why) {
@@ -445,10 +545,10 @@ double ExchangeStats::max() const {
 ShardLinks::ShardLinks(transport::UcxWorker& ucx, const Transformer& model, uint64_t request_id,
                        std::vector<Link> links, std::shared_ptr<const WorkerHealth> health,
                        std::chrono::milliseconds timeout, int64_t rows_capacity,
-                       std::shared_ptr<DevicePayloadPool> payloads)
+                       std::shared_ptr<DevicePayloadPool> payloads, ExchangeBatcher* batcher)
     : ucx_(ucx), model_(model), request_id_(request_id), links_(std::move(links)),
       health_(std::move(health)), timeout_(timeout), rows_capacity_(std::max<int64_t>(rows_capacity, 1)),
-      payloads_(std::move(payloads)) {
+      payloads_(std::move(payloads)), batcher_(batcher) {
   const size_t n = links_.size();
   notes_.resize(n);
   o_bufs_.resize(n);
@@ -468,7 +568,16 @@ ShardLinks::ShardLinks(transport::UcxWorker& ucx, const Transformer& model, uint
   open_ipc();
 }
 
-ShardLinks::~ShardLinks() = default;
+// This request's part of a batched exchange, between start() and finish().
+struct ShardLinks::Pending {
+  ExchangeBatcher::Exchange x;
+  std::vector<Partial> parts;  // per link: the directly exchanged ones (cuda_ipc, ucx_device)
+  std::chrono::steady_clock::time_point t0;
+};
+
+ShardLinks::~ShardLinks() {
+  if (batcher_ && pending_) batcher_->withdraw(pending_->x);
+}
 
 std::string ShardLinks::describe() const {
   std::string out;
@@ -628,11 +737,76 @@ void ShardLinks::await_replies(uint64_t seq, int layer, int64_t rows, std::vecto
 void ShardLinks::attend(int layer, const Tensor& q, std::vector<Partial>& out) {
   if (links_.empty()) return;
   using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  std::vector<Partial> parts(links_.size());
+  exchange(layer, q, parts, std::vector<bool>(links_.size(), true));
+  for (size_t i = 0; i < links_.size(); ++i)
+    if (links_[i].path != DataPath::in_process || links_[i].local->tokens() > 0) out.push_back(parts[i]);
+  stats_.us.push_back(std::chrono::duration<float, std::micro>(clock::now() - t0).count());
+}
+
+// Whether a link's exchange goes through the batcher (the others stay per request: their Q and
+// (O, lse) live in this request's device buffers).
+static bool batched_path(DataPath p) { return p == DataPath::in_process || p == DataPath::ucx; }
+
+void ShardLinks::start(int layer, const Tensor& q, std::vector<Partial>& out) {
+  if (!batcher_) return attend(layer, q, out);
+  if (links_.empty()) return;
+  if (!pending_) pending_ = std::make_unique<Pending>();
+  Pending& p = *pending_;
+  if (p.x.queued) batcher_->withdraw(p.x);  // an earlier start() never finished (a failed forward)
+  p.t0 = std::chrono::steady_clock::now();
+  p.parts.assign(links_.size(), Partial{});
+  std::vector<bool> direct(links_.size());
+  bool any_direct = false;
+  for (size_t i = 0; i < links_.size(); ++i) any_direct |= direct[i] = !batched_path(links_[i].path);
+  if (any_direct) exchange(layer, q, p.parts, direct);
+  Backend& be = model_.backend();
+  const ModelConfig& c = model_.config();
+  const int64_t T = q.rows;
+  p.x.request_id = request_id_;
+  p.x.layer = layer;
+  p.x.q = q;
+  p.x.error = nullptr;
+  p.x.targets.clear();
+  for (size_t i = 0; i < links_.size(); ++i) {
+    if (direct[i]) continue;
+    ExchangeBatcher::Exchange::Target t;
+    t.link = &links_[i];
+    t.shard = static_cast<int>(i);
+    if (links_[i].path == DataPath::ucx) {
+      if (!o_bufs_[i].allocated() || o_bufs_[i].view().rows < T) {
+        o_bufs_[i] = be.alloc(T, c.q_dim(), be.activation_dtype());
+        lse_bufs_[i] = be.alloc(T, c.num_heads, DType::f32);
+      }
+      t.out = {o_bufs_[i].rows(0, T), lse_bufs_[i].rows(0, T)};
+    }
+    p.x.targets.push_back(t);
+  }
+  if (!p.x.targets.empty()) batcher_->enqueue(p.x);
+}
+
+void ShardLinks::finish(int layer, std::vector<Partial>& out) {
+  (void)layer;
+  if (!batcher_ || links_.empty()) return;
+  if (!pending_) throw std::logic_error("ShardLinks::finish without start");
+  Pending& p = *pending_;
+  if (p.x.queued) batcher_->flush();
+  if (p.x.error) std::rethrow_exception(p.x.error);
+  for (const auto& t : p.x.targets) p.parts[static_cast<size_t>(t.shard)] = t.out;
+  for (size_t i = 0; i < links_.size(); ++i)
+    if (links_[i].path != DataPath::in_process || links_[i].local->tokens() > 0) out.push_back(p.parts[i]);
+  stats_.us.push_back(
+      std::chrono::duration<float, std::micro>(std::chrono::steady_clock::now() - p.t0).count());
+}
+
+void ShardLinks::exchange(int layer, const Tensor& q, std::vector<Partial>& parts,
+                          const std::vector<bool>& selected) {
   const uint64_t seq = g_next_seq++;
   Backend& be = model_.backend();
   const ModelConfig& c = model_.config();
   const int64_t T = q.rows;
-  const auto t0 = clock::now();
+  const auto t0 = std::chrono::steady_clock::now();
 
   // Remote links first, so they work while the in-process shards compute.
   std::shared_ptr<std::vector<char>> staged;
@@ -641,7 +815,7 @@ void ShardLinks::attend(int layer, const Tensor& q, std::vector<Partial>& out) {
   held_.clear();  // the last exchange's reply buffers: merged by now (q was synchronized after)
   for (size_t i = 0; i < links_.size(); ++i) {
     const Link& l = links_[i];
-    if (l.path == DataPath::in_process) continue;
+    if (l.path == DataPath::in_process || !selected[i]) continue;
     wire::AttendRequest h;
     h.set_protocol_version(wire::kProtocolVersion);
     h.set_request_id(request_id_);
@@ -691,16 +865,16 @@ void ShardLinks::attend(int layer, const Tensor& q, std::vector<Partial>& out) {
     }
   }
 
-  std::vector<Partial> parts(links_.size());
   for (size_t i = 0; i < links_.size(); ++i)
-    if (links_[i].path == DataPath::in_process) parts[i] = links_[i].local->attend(layer, q);
+    if (links_[i].path == DataPath::in_process && selected[i]) parts[i] = links_[i].local->attend(layer, q);
 
   std::vector<Reply> replies(links_.size());
+  for (size_t i = 0; i < links_.size(); ++i) replies[i].in = !selected[i];  // not awaited
   await_replies(seq, layer, T, replies, t0 + timeout_);
 
   for (size_t i = 0; i < links_.size(); ++i) {
     const Link& l = links_[i];
-    if (l.path == DataPath::in_process) continue;
+    if (l.path == DataPath::in_process || !selected[i]) continue;
     if (l.path == DataPath::cuda_ipc) {
       be.ipc()->wait(*done_events_[i]);
       parts[i] = {o_bufs_[i].rows(0, T), lse_bufs_[i].rows(0, T)};
@@ -727,9 +901,6 @@ void ShardLinks::attend(int layer, const Tensor& q, std::vector<Partial>& out) {
     be.upload(f, parts[i].o);
     be.upload(f + T * c.q_dim(), parts[i].lse);
   }
-  for (size_t i = 0; i < links_.size(); ++i)
-    if (links_[i].path != DataPath::in_process || links_[i].local->tokens() > 0) out.push_back(parts[i]);
-  stats_.us.push_back(std::chrono::duration<float, std::micro>(clock::now() - t0).count());
 }
 
 }  // namespace starattn::actors

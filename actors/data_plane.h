@@ -43,6 +43,8 @@ class AttendReply;
 
 namespace starattn::actors {
 
+class ExchangeBatcher;  // actors/exchange_batch.h
+
 // Whether UCX may carry this backend's memory itself (DataPath::ucx_device): a GPU backend (one
 // with DeviceIpc) and a UCX built with CUDA whose device path is not turned off.
 bool ucx_carries_device_memory(Backend& backend);
@@ -89,6 +91,10 @@ class ShardServer {
   int active() const;
   uint64_t served() const { return served_.load(); }
   uint64_t refused() const { return refused_.load(); }
+  // Batched requests (AttendBatchRequest) answered, and the items they carried that were
+  // answered: each batch is one attention call over all its items.
+  uint64_t served_batches() const { return served_batches_.load(); }
+  uint64_t served_batch_items() const { return served_batch_items_.load(); }
 
   // The shard of `request_id` held by the server at `address` when that server lives in this
   // process and computes on `backend`; null otherwise (the caller then uses another path).
@@ -100,6 +106,8 @@ class ShardServer {
   void run();
   void answer(transport::AmMessage& msg);
   void open_ipc(transport::AmMessage& msg);
+  // An AttendBatchRequest: every item's shard in one ContextShard::attend_many call, one reply.
+  void answer_batch(transport::AmMessage& msg);
   void refuse(const transport::AmMessage& msg, uint64_t request_id, uint64_t seq, int shard,
               const std::string& why);
   // The DataPath::ucx_device answer: q from device memory (or an eager host copy), (O, lse)
@@ -123,6 +131,7 @@ class ShardServer {
   std::unique_ptr<DevicePayloadPool> payloads_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> served_{0}, refused_{0};
+  std::atomic<uint64_t> served_batches_{0}, served_batch_items_{0};
   std::thread thread_;
 };
 
@@ -166,14 +175,25 @@ class ShardLinks : public ContextShards {
   // falls back to ucx (said in describe()).
   // `payloads`: the query side's device payload pool (sink_device_replies installed with it);
   // needed by ucx_device links, which fall back to ucx without it.
+  // `batcher` (may be null; must outlive this): the query actor's coalescer, which start()
+  // queues the in-process and staged (ucx) links' exchange with, so that one message per
+  // worker (one call for the in-process shards) answers every request of a batched step.
   ShardLinks(transport::UcxWorker& ucx, const Transformer& model, uint64_t request_id,
              std::vector<Link> links, std::shared_ptr<const WorkerHealth> health,
              std::chrono::milliseconds timeout, int64_t rows_capacity,
-             std::shared_ptr<DevicePayloadPool> payloads = nullptr);
+             std::shared_ptr<DevicePayloadPool> payloads = nullptr,
+             ExchangeBatcher* batcher = nullptr);
   ~ShardLinks() override;
 
   // Throws std::runtime_error naming the worker when one fails, refuses or does not answer.
+  // One request alone: every link exchanged now, one message per shard.
   void attend(int layer, const Tensor& q, std::vector<Partial>& out) override;
+  // With a batcher: start() exchanges the cuda_ipc and ucx_device links now (per request, as
+  // attend()) and queues the others with the batcher; finish() flushes the batcher when this
+  // request's part is still queued, then appends every partial in link order. Without one,
+  // attend() in start().
+  void start(int layer, const Tensor& q, std::vector<Partial>& out) override;
+  void finish(int layer, std::vector<Partial>& out) override;
   const ExchangeStats& stats() const { return stats_; }
   // "local/0: in-process, host:123/cuda:0: cuda_ipc, w3: tcp (staged)".
   std::string describe() const;
@@ -185,6 +205,9 @@ class ShardLinks : public ContextShards {
     transport::SinkBuffer sunk;  // a device path's reply that landed in device memory
   };
   void open_ipc();
+  // The per-request exchange of the links whose `selected` entry is true, into parts[i].
+  void exchange(int layer, const Tensor& q, std::vector<Partial>& parts,
+                const std::vector<bool>& selected);
   // Progresses UCX until every remote link's reply with `seq` is in; throws on failure.
   void await_replies(uint64_t seq, int layer, int64_t rows, std::vector<Reply>& replies,
                      std::chrono::steady_clock::time_point deadline);
@@ -208,6 +231,10 @@ class ShardLinks : public ContextShards {
   std::shared_ptr<DevicePayloadPool> payloads_;
   std::vector<std::shared_ptr<void>> held_;
   ExchangeStats stats_;
+  // The batched exchange in progress (start() to finish()).
+  struct Pending;
+  ExchangeBatcher* batcher_ = nullptr;
+  std::unique_ptr<Pending> pending_;
 };
 
 }  // namespace starattn::actors

@@ -113,6 +113,8 @@ constexpr uint16_t kAmAttend = 1;       // AttendRequest + q
 constexpr uint16_t kAmAttendReply = 2;  // AttendReply + O, lse (no payload for ipc exchanges)
 constexpr uint16_t kAmIpcOpen = 3;       // IpcOpen (query -> worker on the same host)
 constexpr uint16_t kAmIpcOpenReply = 4;  // IpcOpenReply
+constexpr uint16_t kAmAttendBatch = 5;       // AttendBatchRequest + every item's q
+constexpr uint16_t kAmAttendBatchReply = 6;  // AttendBatchReply + every answered item's O, lse
 
 }  // namespace starattn::actors
 

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <map>
 
+#include "actors/exchange_batch.h"
 #include "actors/messages.h"
 #include "runtime/decode_batch.h"
 #include "runtime/errors.h"
@@ -31,11 +32,15 @@ struct QueryState {
   std::map<uint64_t, std::unique_ptr<ActiveQuery>> active;
   // Every active request's Generation, advanced together: one forward per step message.
   std::unique_ptr<DecodeBatch> batch;
+  // Coalesces a step's exchanges: one message per worker per layer for all requests
+  // (actors/exchange_batch.h). Null with STARATTN_BATCH_EXCHANGE=0 (one message per request).
+  std::unique_ptr<ExchangeBatcher> batcher;
   bool step_queued = false;  // a step message is in the mailbox
   // Sessions hold backend buffers and endpoints: drop them before the UCX worker goes.
   ~QueryState() {
     batch.reset();
     active.clear();
+    batcher.reset();
     ucx.reset();
   }
 };
@@ -111,7 +116,8 @@ std::unique_ptr<ShardLinks> link_shards(Self* self, const StartQuery& req) {
   }
   auto out = std::make_unique<ShardLinks>(*st.ucx, host.model(), req.request_id, std::move(links),
                                           st.options.health, st.options.exchange_timeout,
-                                          std::max(static_cast<int>(req.spec.query.size()), 1), st.payloads);
+                                          std::max(static_cast<int>(req.spec.query.size()), 1), st.payloads,
+                                          st.batcher.get());
   if (st.options.verbose || std::getenv("STARATTN_LOG_PATHS"))
     std::fprintf(stderr, "head: request %llu data paths: %s\n",
                  static_cast<unsigned long long>(req.request_id), out->describe().c_str());
@@ -208,6 +214,11 @@ caf::behavior query(Self* self, QueryOptions options) {
   self->state.ucx = std::make_unique<transport::UcxWorker>();
   self->state.ucx->listen(kAmAttendReply);
   self->state.ucx->listen(kAmIpcOpenReply);
+  self->state.ucx->listen(kAmAttendBatchReply);
+  const char* batching = std::getenv("STARATTN_BATCH_EXCHANGE");
+  if (!batching || std::string(batching) != "0")
+    self->state.batcher = std::make_unique<ExchangeBatcher>(
+        *self->state.ucx, host.model(), self->state.options.health, self->state.options.exchange_timeout);
   if (self->state.place.ucx_device) {
     self->state.payloads = std::make_shared<DevicePayloadPool>(host.backend());
     sink_device_replies(*self->state.ucx, self->state.payloads);

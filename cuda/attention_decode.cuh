@@ -48,9 +48,12 @@ struct DecodeParams {
   int64_t lse_split_stride;
 };
 
+// One block's work: split `split` of KV head `kvh`, packed rows [r0, r0 + 16). Shared by the
+// one-call kernel (block indices) and the batched one (a work-unit table), so both compute
+// every item the same way, bit for bit.
 template <int D, class OutT, int KT, int NS>
-__global__ void __launch_bounds__(kDecodeWarps * 32)
-    attention_decode_kernel(const DecodeParams dp) {
+__device__ __forceinline__ void attention_decode_block(const DecodeParams& dp, const int split,
+                                                       const int kvh, const int64_t r0) {
   static_assert(D % 64 == 0, "head size must be a multiple of 64");
   static_assert(NS >= 2 && NS <= 4, "2 to 4 buffers per warp");
   constexpr int kChunks = D / 8, kThreads = kDecodeWarps * 32;
@@ -61,10 +64,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int split = blockIdx.x, kvh = blockIdx.y;
   const int group = p.n_q_heads / p.n_kv_heads;
   const int64_t R = static_cast<int64_t>(p.T) * group;  // packed rows
-  const int64_t r0 = static_cast<int64_t>(blockIdx.z) * 16;
 
   // Q tile: packed row r is token r / group, query head kvh * group + r % group.
   for (int idx = tid; idx < 16 * kChunks; idx += kThreads) {
@@ -190,6 +191,13 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
       p.lse[split * dp.lse_split_stride + tok * p.lse_stride + head] =
           den > 0.0f ? (mx + log2f(den)) * 0.69314718055994531f : -INFINITY;
   }
+}
+
+template <int D, class OutT, int KT, int NS>
+__global__ void __launch_bounds__(kDecodeWarps * 32)
+    attention_decode_kernel(const DecodeParams dp) {
+  attention_decode_block<D, OutT, KT, NS>(dp, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y),
+                                          static_cast<int64_t>(blockIdx.z) * 16);
 }
 
 // How the keys are split for one call.

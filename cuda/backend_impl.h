@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cuda/attention_decode.cuh"
 #include "cuda/common.cuh"
 #include "cuda/op_profiler.h"
 #include "runtime/backend.h"
@@ -111,6 +112,9 @@ class CudaBackend final : public Backend {
   void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor out) override;
   void rope(const RopeArgs& args) override;
   void attention(const AttentionArgs& args) override;
+  // Every decode-path item in one launch (cuda/attention_decode_batch.cuh), bit-identical to
+  // attention() of each.
+  void attention_batch(const std::vector<AttentionArgs>& items) override;
   void merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) override;
   void swiglu(const Tensor& gate, const Tensor& up, Tensor out) override;
   void add(Tensor x, const Tensor& y) override;
@@ -140,6 +144,11 @@ class CudaBackend final : public Backend {
   // Copies host arrays to device scratch for kernels queued next; returns their device addresses.
   std::vector<void*> stage(std::initializer_list<HostArray> arrays, const char* op);
   float* workspace(int64_t floats, const char* op);
+  // Checks `a` as attention() does and fills its kernel parameters (p.T == 0: nothing to do);
+  // true when the decode kernel takes it (few query rows), false for the prefill kernel.
+  bool attention_params(const char* op, const AttentionArgs& a, cuda::AttentionParams& p);
+  // The decode kernel's split plan of one call (this backend's tile variant, one wave of splits).
+  cuda::DecodePlan decode_plan(const cuda::AttentionParams& p, int head_dim) const;
   // A host array's copy on the device that stays valid until the array's contents change: every
   // layer of a forward passes RoPE the same positions and inv_freq, so they are copied once per
   // forward instead of once per layer.

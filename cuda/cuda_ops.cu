@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "cuda/attention_decode.cuh"
+#include "cuda/attention_decode_batch.cuh"
 #include "cuda/attention_prefill.cuh"
 #include "cuda/backend_impl.h"
 #include "cuda/elementwise.cuh"
@@ -146,8 +147,7 @@ void CudaBackend::rope(const RopeArgs& a) {
   });
 }
 
-void CudaBackend::attention(const AttentionArgs& a) {
-  const char* op = "attention";
+bool CudaBackend::attention_params(const char* op, const AttentionArgs& a, cuda::AttentionParams& p) {
   op_checks::check_attention_shapes(op, a, shape_checker(op));
   const int64_t T = a.q.rows, S = a.k.rows, D = a.head_dim;
   if (D != 64 && D != 128) fail(op, "head_dim " + std::to_string(D) + " is not supported on cuda (64, 128)");
@@ -155,7 +155,7 @@ void CudaBackend::attention(const AttentionArgs& a) {
     fail(op, "q, k and v must be bf16 on cuda, got q " + shape(a.q) + ", k " + shape(a.k) + ", v " + shape(a.v));
   if (a.lse.dtype != DType::f32) fail(op, "lse " + shape(a.lse) + " must be f32");
   if (!(a.scale > 0.0f)) fail(op, "scale must be > 0, got " + std::to_string(a.scale));
-  if (T == 0) return;
+  if (T == 0) return false;
   if (T > INT32_MAX || S > INT32_MAX) fail(op, "more than 2^31 rows or keys");
   // The tiles are read with 16-byte copies: every row start must be 16-byte aligned.
   for (const Tensor* t : {&a.q, &a.k, &a.v}) {
@@ -163,8 +163,7 @@ void CudaBackend::attention(const AttentionArgs& a) {
     if (reinterpret_cast<uintptr_t>(t->data) % 16 != 0 || (t->rows > 1 && t->stride % 8 != 0))
       fail(op, "q, k and v rows must start on 16-byte boundaries (stride a multiple of 8), got " + shape(*t));
   }
-  bind();
-  cuda::AttentionParams p{};
+  p = cuda::AttentionParams{};
   p.q = ptr<const bf16>(a.q);
   p.k = ptr<const bf16>(a.k);
   p.v = ptr<const bf16>(a.v);
@@ -183,7 +182,6 @@ void CudaBackend::attention(const AttentionArgs& a) {
   p.causal = a.mask == MaskKind::causal;
   // Clamp the offset to where it stops mattering, so the kernels' int64 sums never overflow.
   p.causal_offset = std::clamp<int64_t>(a.causal_offset, -(T + 1), S + 1);
-  const bool o_f32 = a.o.dtype == DType::f32;
 
   // Few query rows (decoding, short queries against long contexts): split the keys, pack the
   // group's query heads. Otherwise the prefill kernel, which has enough query tiles to fill the GPU.
@@ -192,18 +190,89 @@ void CudaBackend::attention(const AttentionArgs& a) {
   bool decode = T <= 16 || (prefill_blocks < num_sms_ && T * group <= 256);
   if (attention_path_ == AttentionPath::prefill) decode = false;
   if (attention_path_ == AttentionPath::decode) decode = true;
+  return decode;
+}
+
+cuda::DecodePlan CudaBackend::decode_plan(const cuda::AttentionParams& p, int head_dim) const {
+  const int stages = decode_keys_per_tile_ == 32 ? 2 : decode_stages_;
+  return cuda::plan_attention_decode(p, head_dim, num_sms_, decode_keys_per_tile_, stages,
+                                     cuda::decode_blocks_per_sm(head_dim, decode_keys_per_tile_, stages));
+}
+
+void CudaBackend::attention(const AttentionArgs& a) {
+  const char* op = "attention";
+  cuda::AttentionParams p;
+  const bool decode = attention_params(op, a, p);
+  if (p.T == 0) return;
+  bind();
+  const int64_t T = a.q.rows, D = a.head_dim;
+  const bool o_f32 = a.o.dtype == DType::f32;
   ProfileScope prof(profiler_.get(), decode ? "attention decode" : "attention prefill");
   if (!decode) {
     cuda::launch_attention_prefill(p, static_cast<int>(D), o_f32, stream_, prefill_variant_);
     return;
   }
-  const int stages = decode_keys_per_tile_ == 32 ? 2 : decode_stages_;
-  const cuda::DecodePlan plan = cuda::plan_attention_decode(
-      p, static_cast<int>(D), num_sms_, decode_keys_per_tile_, stages,
-      cuda::decode_blocks_per_sm(static_cast<int>(D), decode_keys_per_tile_, stages));
+  const cuda::DecodePlan plan = decode_plan(p, static_cast<int>(D));
   if (prof.active()) prof.append(std::string(T == 1 ? " T=1" : " T>1") + (plan.splits == 1 ? " 1 split" : " split+merge"));
   float* ws = plan.workspace_floats > 0 ? workspace(plan.workspace_floats, op) : nullptr;
   cuda::launch_attention_decode(p, static_cast<int>(D), o_f32, plan, ws, stream_);
+}
+
+void CudaBackend::attention_batch(const std::vector<AttentionArgs>& items) {
+  const char* op = "attention_batch";
+  // The decode-path items of one output dtype go into one launch; the rest (long query rows,
+  // which the prefill kernel takes, or another output dtype) run as their own calls. Each item
+  // is checked as attention() checks it.
+  std::vector<cuda::AttentionParams> params;
+  std::vector<cuda::DecodePlan> plans;
+  std::vector<const AttentionArgs*> alone;
+  DType o_dtype = DType::bf16;
+  int head_dim = 0;
+  for (const AttentionArgs& a : items) {
+    cuda::AttentionParams p;
+    const bool decode = attention_params(op, a, p);
+    if (p.T == 0) continue;
+    if (!decode || (!params.empty() && (a.o.dtype != o_dtype || a.head_dim != head_dim ||
+                                        p.n_q_heads != params[0].n_q_heads || p.n_kv_heads != params[0].n_kv_heads))) {
+      alone.push_back(&a);
+      continue;
+    }
+    if (params.empty()) {
+      o_dtype = a.o.dtype;
+      head_dim = a.head_dim;
+    }
+    params.push_back(p);
+    plans.push_back(decode_plan(p, a.head_dim));
+  }
+  for (const AttentionArgs* a : alone) attention(*a);
+  if (params.empty()) return;
+  bind();
+  ProfileScope prof(profiler_.get(), "attention decode batch");
+  if (prof.active()) prof.append(" items=" + std::to_string(params.size()));
+  auto run = [&](auto out_tag) {
+    using OutT = decltype(out_tag);
+    std::vector<cuda::DecodeBatchItem> bitems;
+    std::vector<cuda::DecodeBatchUnit> units;
+    std::vector<cuda::MergeBatchItem<OutT>> merges;
+    int64_t ws_floats = 0;
+    // Count the workspace first (the plans say how much), then lay the items out in it.
+    for (const cuda::DecodePlan& plan : plans) ws_floats += plan.workspace_floats;
+    float* ws = ws_floats > 0 ? workspace(ws_floats, op) : nullptr;
+    int64_t merge_blocks = 0;
+    cuda::plan_attention_decode_batch<OutT>(params, head_dim, plans, bitems, units, merges, ws, ws_floats,
+                                            merge_blocks);
+    const auto dev = stage({{bitems.data(), bitems.size() * sizeof(bitems[0])},
+                            {units.data(), units.size() * sizeof(units[0])},
+                            {merges.data(), merges.size() * sizeof(cuda::MergeBatchItem<OutT>)}},
+                           op);
+    cuda::launch_attention_decode_batch<OutT>(
+        static_cast<const cuda::DecodeBatchItem*>(dev[0]), static_cast<const cuda::DecodeBatchUnit*>(dev[1]),
+        static_cast<int64_t>(units.size()), static_cast<const cuda::MergeBatchItem<OutT>*>(dev[2]),
+        static_cast<int>(merges.size()), merge_blocks, params[0].n_q_heads, params[0].n_kv_heads, head_dim,
+        plans[0].keys_per_tile, plans[0].stages, stream_);
+  };
+  if (o_dtype == DType::f32) run(float{});
+  else run(cuda::bf16{});
 }
 
 void CudaBackend::merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) {

@@ -86,16 +86,15 @@ constexpr int kMergeChunk = 512;  // shard weights staged in shared memory per p
 // the shards' lse with all its threads, stages the weights exp(l_r - m) in shared memory, and
 // then every thread owns output columns d (tid, tid + 128, ...) and walks the shards, 8 loads in
 // flight, instead of one warp walking them one by one (decode merges 50+ key splits).
+// One block's work: row t, head h. Shared by the one-call kernel and the batched decode's merge
+// (attention_decode_batch.cuh), so both merge the same way, bit for bit.
 template <class OutT, class Shards>
-__global__ void __launch_bounds__(kMergeThreads)
-    merge_partials_kernel(const __grid_constant__ Shards shards, int n, OutT* o, int64_t o_stride,
-                          float* lse, int64_t lse_stride, int64_t T, int H, int D) {
+__device__ __forceinline__ void merge_row_head(const Shards& shards, int n, OutT* o, int64_t o_stride,
+                                               float* lse, int64_t lse_stride, const int64_t t,
+                                               const int h, int D) {
   __shared__ float red[kMergeThreads / 32];
   __shared__ float wts[kMergeChunk];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t item = blockIdx.x;
-  const int64_t t = item / H;
-  const int h = static_cast<int>(item % H);
 
   float m = -INFINITY;
   for (int s = tid; s < n; s += kMergeThreads) m = fmaxf(m, shards.lse(s, t, h));
@@ -157,6 +156,15 @@ __global__ void __launch_bounds__(kMergeThreads)
   }
   __syncthreads();  // lse may be a shard's own view: every thread is done reading it
   if (tid == 0) lse[t * lse_stride + h] = m + logf(z);
+}
+
+template <class OutT, class Shards>
+__global__ void __launch_bounds__(kMergeThreads)
+    merge_partials_kernel(const __grid_constant__ Shards shards, int n, OutT* o, int64_t o_stride,
+                          float* lse, int64_t lse_stride, int64_t T, int H, int D) {
+  const int64_t item = blockIdx.x;
+  merge_row_head<OutT, Shards>(shards, n, o, o_stride, lse, lse_stride, item / H,
+                               static_cast<int>(item % H), D);
 }
 
 template <class OutT, class Shards>

@@ -160,6 +160,15 @@ class Backend {
   virtual void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor out) = 0;
   virtual void rope(const RopeArgs& args) = 0;
   virtual void attention(const AttentionArgs& args) = 0;
+  // Several independent attentions in one call: phase 2 of a batched decode step, where the
+  // query rows of several requests each attend over their own context shard (their own K/V,
+  // of its own length). Every item follows attention()'s contract on its own and gives the
+  // same result as attention(item) would, bit for bit; items must not write memory another
+  // item reads. The default runs them one by one (the cpu backend's reference); cuda launches
+  // its decode kernel once over all of them.
+  virtual void attention_batch(const std::vector<AttentionArgs>& items) {
+    for (const AttentionArgs& a : items) attention(a);
+  }
   // Exact merge of shard partials (DESIGN.md 1): m = max l_r, w_r = exp(l_r - m),
   // o = sum w_r o_r / sum w_r, l = m + ln sum w_r. Shards with l_r = -inf weigh 0.
   virtual void merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) = 0;

@@ -6,12 +6,16 @@
 
 namespace starattn {
 
-// Routes each request's row range of a layer to that request's QuerySession hook. A range whose
-// hook threw is failed: its error is kept, its output rows are zeros from then on.
+// Routes each request's row range of a layer to that request's QuerySession, in two passes:
+// first every session starts its layer (own causal attention; its context shards get their Q),
+// then every session finishes it (the shards' partials, the merge). So a transport sees the Q
+// of all requests before it must answer any, and can carry those going to one worker in one
+// message (ContextShards::start). A range whose session threw is failed: its error is kept,
+// its output rows are zeros from then on.
 class DecodeBatch::Hook : public AttentionHook {
  public:
   struct Range {
-    AttentionHook* hook = nullptr;
+    QuerySession* session = nullptr;
     int64_t begin = 0, rows = 0;
     std::exception_ptr error;
   };
@@ -19,18 +23,26 @@ class DecodeBatch::Hook : public AttentionHook {
 
   void attend(int layer, const Tensor& q, const Tensor& k, const Tensor& v, Tensor out) override {
     for (Range& r : ranges_) {
+      if (r.error) continue;
+      try {
+        r.session->start_layer(layer, q.slice_rows(r.begin, r.rows), k.slice_rows(r.begin, r.rows),
+                               v.slice_rows(r.begin, r.rows));
+      } catch (...) {
+        r.error = std::current_exception();
+      }
+    }
+    for (Range& r : ranges_) {
       const Tensor o = out.slice_rows(r.begin, r.rows);
       if (!r.error) {
         try {
-          r.hook->attend(layer, q.slice_rows(r.begin, r.rows), k.slice_rows(r.begin, r.rows),
-                         v.slice_rows(r.begin, r.rows), o);
+          r.session->finish_layer(layer, o);
           continue;
         } catch (...) {
           r.error = std::current_exception();
         }
       }
-      // Whatever the failed hook left (or stale rows) could be NaN; zeros keep the rest of this
-      // forward finite for every row.
+      // Whatever the failed session left (or stale rows) could be NaN; zeros keep the rest of
+      // this forward finite for every row.
       zeros_.assign(static_cast<size_t>(o.rows * o.cols), 0.0f);
       backend_.upload(zeros_.data(), o);
     }
@@ -84,7 +96,7 @@ std::vector<DecodeBatch::Result> DecodeBatch::step() {
     }
     const auto begin = static_cast<int64_t>(ids.size());
     ids.insert(ids.end(), input.begin(), input.end());
-    ranges.push_back({&res.generation->session().hook(), begin, static_cast<int64_t>(input.size()), {}});
+    ranges.push_back({&res.generation->session(), begin, static_cast<int64_t>(input.size()), {}});
     options.logits_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
     range_of[i] = ranges.size() - 1;
   }

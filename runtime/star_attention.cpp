@@ -175,19 +175,23 @@ void ContextShard::use_cache(std::shared_ptr<ContextCache> blocks, std::string p
   pin_ = std::move(pin);
 }
 
-Partial ContextShard::attend(int layer, const Tensor& q) {
+Partial ContextShard::out_views(int64_t rows) {
   Backend& be = model_.backend();
   const ModelConfig& c = model_.config();
-  if (!out_o_.allocated() || out_o_.view().rows < q.rows) {
-    out_o_ = be.alloc(q.rows, c.q_dim(), be.activation_dtype());
-    out_lse_ = be.alloc(q.rows, c.num_heads, DType::f32);
+  if (!out_o_.allocated() || out_o_.view().rows < rows) {
+    out_o_ = be.alloc(rows, c.q_dim(), be.activation_dtype());
+    out_lse_ = be.alloc(rows, c.num_heads, DType::f32);
   }
-  const Partial out{out_o_.rows(0, q.rows), out_lse_.rows(0, q.rows)};
+  return Partial{out_o_.rows(0, rows), out_lse_.rows(0, rows)};
+}
+
+Partial ContextShard::attend(int layer, const Tensor& q) {
+  const Partial out = out_views(q.rows);
   attend_into(layer, q, out);
   return out;
 }
 
-void ContextShard::attend_into(int layer, const Tensor& q, const Partial& out) {
+AttentionArgs ContextShard::attention_args(int layer, const Tensor& q, const Partial& out) const {
   const ModelConfig& c = model_.config();
   AttentionArgs a;
   a.q = q;
@@ -200,7 +204,22 @@ void ContextShard::attend_into(int layer, const Tensor& q, const Partial& out) {
   a.head_dim = c.head_dim;
   a.scale = c.attention_scale();
   a.mask = MaskKind::none;
-  model_.backend().attention(a);
+  return a;
+}
+
+void ContextShard::attend_into(int layer, const Tensor& q, const Partial& out) {
+  model_.backend().attention(attention_args(layer, q, out));
+}
+
+void ContextShard::attend_many(Backend& backend, const std::vector<Query>& queries) {
+  std::vector<AttentionArgs> items;
+  items.reserve(queries.size());
+  for (const Query& x : queries) {
+    if (&x.shard->model_.backend() != &backend)
+      throw std::invalid_argument("ContextShard::attend_many: a shard lives on another backend");
+    items.push_back(x.shard->attention_args(x.layer, x.q, x.out));
+  }
+  if (!items.empty()) backend.attention_batch(items);
 }
 
 void LocalShards::attend(int layer, const Tensor& q, std::vector<Partial>& out) {
@@ -213,6 +232,10 @@ class QuerySession::Hook : public AttentionHook {
  public:
   explicit Hook(QuerySession& s) : s_(s) {}
   void attend(int layer, const Tensor& q, const Tensor& k, const Tensor& v, Tensor out) override {
+    start(layer, q, k, v);
+    finish(layer, out);
+  }
+  void start(int layer, const Tensor& q, const Tensor& k, const Tensor& v) {
     Backend& be = s_.model_.backend();
     const ModelConfig& c = s_.model_.config();
     const int64_t T = q.rows;
@@ -221,17 +244,22 @@ class QuerySession::Hook : public AttentionHook {
       own_lse_ = be.alloc(T, c.num_heads, DType::f32);
       merged_lse_ = be.alloc(T, c.num_heads, DType::f32);
     }
+    rows_ = T;
     parts_.clear();
     parts_.push_back({own_o_.rows(0, T), own_lse_.rows(0, T)});
     causal_over_cache(be, c, s_.cache_, layer, q, k, v, parts_[0].o, parts_[0].lse);
-    s_.shards_.attend(layer, q, parts_);
-    be.merge_partials(parts_, out, merged_lse_.rows(0, T));
+    s_.shards_.start(layer, q, parts_);
+  }
+  void finish(int layer, Tensor out) {
+    s_.shards_.finish(layer, parts_);
+    s_.model_.backend().merge_partials(parts_, out, merged_lse_.rows(0, rows_));
   }
 
  private:
   QuerySession& s_;
   Buffer own_o_, own_lse_, merged_lse_;
   std::vector<Partial> parts_;
+  int64_t rows_ = 0;
 };
 
 QuerySession::QuerySession(const Transformer& model, ContextShards& shards, int64_t context_len,
@@ -253,6 +281,12 @@ void QuerySession::append_positions(int64_t n, std::vector<int32_t>& positions) 
 }
 
 AttentionHook& QuerySession::hook() { return *hook_; }
+
+void QuerySession::start_layer(int layer, const Tensor& q, const Tensor& k, const Tensor& v) {
+  hook_->start(layer, q, k, v);
+}
+
+void QuerySession::finish_layer(int layer, Tensor out) { hook_->finish(layer, out); }
 
 void QuerySession::commit(int64_t n) { cache_.commit(n); }
 

@@ -39,6 +39,22 @@ class ContextShard {
   // The same into caller-owned views (o [T, Hq*D] in the activation dtype, lse [T, Hq] f32),
   // which may be another process's memory mapped by CUDA IPC.
   void attend_into(int layer, const Tensor& q, const Partial& out);
+  // This shard's own output views for `rows` query rows, as attend() returns them (valid until
+  // the next attend() or out_views() with more rows).
+  Partial out_views(int64_t rows);
+  // The backend call attend_into() makes, for batching it with other shards' (attend_many).
+  AttentionArgs attention_args(int layer, const Tensor& q, const Partial& out) const;
+
+  // Phase 2 of several shards (several requests' shards of different lengths on one backend)
+  // in ONE Backend::attention_batch call: item i writes (O, lse) of q_i over shard_i's keys
+  // into out_i. Equal, bit for bit, to calling attend_into() on each.
+  struct Query {
+    ContextShard* shard = nullptr;
+    int layer = 0;
+    Tensor q;
+    Partial out;
+  };
+  static void attend_many(Backend& backend, const std::vector<Query>& queries);
 
   int64_t tokens() const { return cache_.size(); }
   const KvCache& cache() const { return cache_; }
@@ -69,6 +85,18 @@ class ContextShards {
   virtual ~ContextShards() = default;
   // Appends to `out` one (O, lse) partial per shard for q [T, Hq*D] of this layer.
   virtual void attend(int layer, const Tensor& q, std::vector<Partial>& out) = 0;
+  // attend() in two halves, so that a batch forward (runtime/decode_batch.h) can start the
+  // context attention of every request of a layer before it finishes any: a transport may
+  // then carry all requests' Q for one worker in one message, answered by one attention call
+  // (actors/exchange_batch.h). start() may keep q (it stays valid until finish()) and append
+  // nothing yet; finish() appends what is left, the partials in the same order as attend().
+  // Either may throw (a failed shard); after a throw from start(), finish() is not called.
+  // The defaults do all the work in start().
+  virtual void start(int layer, const Tensor& q, std::vector<Partial>& out) { attend(layer, q, out); }
+  virtual void finish(int layer, std::vector<Partial>& out) {
+    (void)layer;
+    (void)out;
+  }
 };
 
 // Shards living in this process, called directly.
@@ -102,6 +130,11 @@ class QuerySession {
   void append_positions(int64_t n, std::vector<int32_t>& positions) const;
   AttentionHook& hook();
   void commit(int64_t n);
+  // hook().attend() in two halves (see ContextShards::start): start_layer() runs this
+  // session's own causal attention and starts its shards' (q, k, v stay valid until
+  // finish_layer); finish_layer() collects the shards' partials and merges them into `out`.
+  void start_layer(int layer, const Tensor& q, const Tensor& k, const Tensor& v);
+  void finish_layer(int layer, Tensor out);
 
  private:
   class Hook;

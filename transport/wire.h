@@ -13,7 +13,8 @@
 namespace starattn::wire {
 
 // Bump on any incompatible change of starattn.proto or of the message flow.
-constexpr uint32_t kProtocolVersion = 1;
+// 2: the query side sends a layer's Q of several requests in one AttendBatchRequest.
+constexpr uint32_t kProtocolVersion = 2;
 
 // Thrown when bytes from a peer cannot be accepted (garbage, wrong version, bad fields).
 class ProtocolError : public std::runtime_error {

@@ -1,0 +1,81 @@
+// The query actor's coalescer of phase-2 exchanges (issue 15): in a batched decode step every
+// running request starts its layer's context attention before any finishes it
+// (ContextShards::start/finish, runtime/decode_batch.h). Each request's ShardLinks then queues
+// its Q here instead of sending it; the first finish() flushes the queue:
+//   - the shards on one worker endpoint (DataPath::ucx, staged) get ONE AttendBatchRequest
+//     carrying every queued request's Q rows, which the worker answers with one attention call
+//     (ShardServer::answer_batch) and one reply;
+//   - the in-process shards (DataPath::in_process, on the query's own backend) are answered by
+//     ONE ContextShard::attend_many call.
+// Every request gets its own partials back in its own merge order, so the result equals its
+// one-by-one exchange bit for bit. A worker that fails, refuses or times out fails the requests
+// that have a shard on it, and only those: each request carries its own error to its finish().
+//
+// The cuda_ipc and ucx_device paths are not coalesced (ShardLinks exchanges them per request in
+// start(), as before): their Q and (O, lse) live in per-request device buffers.
+//
+// One per query actor, used from the actor's thread only (with the compute lock held, as the
+// forward that calls it is).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <vector>
+
+#include "actors/data_plane.h"
+
+namespace starattn::actors {
+
+class ExchangeBatcher {
+ public:
+  ExchangeBatcher(transport::UcxWorker& ucx, const Transformer& model,
+                  std::shared_ptr<const WorkerHealth> health, std::chrono::milliseconds timeout);
+  ExchangeBatcher(const ExchangeBatcher&) = delete;
+  ExchangeBatcher& operator=(const ExchangeBatcher&) = delete;
+
+  // One request's part of a layer's exchange, owned by its ShardLinks.
+  struct Exchange {
+    struct Target {
+      const ShardLinks::Link* link = nullptr;
+      int shard = 0;     // the link's index: its place in the request's merge order
+      Partial out;       // ucx: where the answer is uploaded; in_process: set by flush()
+    };
+    uint64_t request_id = 0;
+    int layer = 0;
+    Tensor q;  // stays valid until flush() returns
+    std::vector<Target> targets;
+    std::exception_ptr error;  // set by flush() when any of its shards failed
+    bool queued = false;
+  };
+
+  // Queues `x` (it must stay alive until flushed or withdrawn).
+  void enqueue(Exchange& x);
+  // Takes `x` out of the queue when it is still there (its owner goes away).
+  void withdraw(Exchange& x);
+  // Answers every queued exchange; returns once every one is answered or failed (its error).
+  void flush();
+
+  // Batched messages sent and the request items they carried; in-process attend_many calls
+  // and their items. items > batches shows several requests shared a message or a call.
+  uint64_t messages() const { return messages_; }
+  uint64_t message_items() const { return message_items_; }
+  uint64_t local_calls() const { return local_calls_; }
+  uint64_t local_items() const { return local_items_; }
+
+ private:
+  struct Group;
+  void send(Group& g);
+  void await(std::vector<Group>& groups, std::chrono::steady_clock::time_point deadline);
+  void take_reply(Group& g, const transport::AmMessage& msg);
+
+  transport::UcxWorker& ucx_;
+  const Transformer& model_;
+  std::shared_ptr<const WorkerHealth> health_;
+  std::chrono::milliseconds timeout_;
+  std::vector<Exchange*> queue_;
+  uint64_t messages_ = 0, message_items_ = 0, local_calls_ = 0, local_items_ = 0;
+};
+
+}  // namespace starattn::actors

@@ -1,0 +1,119 @@
+// Backend::attention_batch on cuda (cuda/attention_decode_batch.cuh): several items of different
+// key lengths (one split and many splits, GQA, T = 1 and a few query rows, bf16 and f32 outputs,
+// a causal item, and one item long enough in query rows that it takes the prefill kernel on its
+// own) in ONE launch, against each item's own attention() call on the same device memory.
+// Tolerance 0 (bit for bit): the batched launch gives every item its own call's split plan and
+// runs the same block code (attention_decode_block, merge_row_head), so nothing may differ. Also
+// that the batch really ran (outputs were NaN before) and the reference is not trivial.
+// Without a CUDA device every test is skipped.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_backend.h"
+#include "runtime/backend.h"
+#include "tests/gpu/gpu_test_support.h"
+
+namespace starattn {
+namespace {
+
+using testing::Dev;
+using testing::ScopedEnv;
+
+class CudaAttentionBatch : public testing::CudaVsCpuTest {
+ protected:
+  CudaAttentionBatch() : CudaVsCpuTest(20261206) {}
+
+  struct Item {
+    int64_t T, S;
+    MaskKind mask = MaskKind::none;
+    int64_t causal_offset = 0;
+  };
+
+  void check(int head_dim, int hq, int hkv, DType out, const std::vector<Item>& shape) {
+    std::vector<Dev> q, k, v, o_batch, l_batch, o_one, l_one;
+    std::vector<AttentionArgs> batch, one;
+    for (const Item& it : shape) {
+      q.push_back(gpu(random(it.T * hq * head_dim, -2.0f, 2.0f), it.T, hq * head_dim, DType::bf16, 8));
+      k.push_back(gpu(random(it.S * hkv * head_dim, -2.0f, 2.0f), it.S, hkv * head_dim, DType::bf16, 16));
+      v.push_back(gpu(random(it.S * hkv * head_dim), it.S, hkv * head_dim));
+      o_batch.push_back(gpu_out(it.T, hq * head_dim, out));
+      l_batch.push_back(gpu_out(it.T, hq, DType::f32));
+      o_one.push_back(gpu_out(it.T, hq * head_dim, out));
+      l_one.push_back(gpu_out(it.T, hq, DType::f32));
+    }
+    for (size_t i = 0; i < shape.size(); ++i) {
+      AttentionArgs a;
+      a.q = q[i].t;
+      a.k = k[i].t;
+      a.v = v[i].t;
+      a.n_q_heads = hq;
+      a.n_kv_heads = hkv;
+      a.head_dim = head_dim;
+      a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+      a.mask = shape[i].mask;
+      a.causal_offset = shape[i].causal_offset;
+      a.o = o_batch[i].t;
+      a.lse = l_batch[i].t;
+      batch.push_back(a);
+      a.o = o_one[i].t;
+      a.lse = l_one[i].t;
+      one.push_back(a);
+    }
+    gpu_->attention_batch(batch);
+    for (const AttentionArgs& a : one) gpu_->attention(a);
+    gpu_->synchronize();
+    for (size_t i = 0; i < shape.size(); ++i) {
+      const std::string what = "item " + std::to_string(i) + " (T " + std::to_string(shape[i].T) + ", S " +
+                               std::to_string(shape[i].S) + ", D " + std::to_string(head_dim) + ", " +
+                               dtype_name(out) + ")";
+      const std::vector<float> ob = get(*gpu_, o_batch[i].t), oo = get(*gpu_, o_one[i].t);
+      const std::vector<float> lb = get(*gpu_, l_batch[i].t), lo = get(*gpu_, l_one[i].t);
+      constexpr float kTol = 0.0f;  // bit for bit, see the file comment
+      size_t bad = 0;
+      float spread = 0;
+      for (size_t j = 0; j < oo.size(); ++j) {
+        if (!(std::abs(ob[j] - oo[j]) <= kTol)) ++bad;  // NaN (not written) counts as bad
+        spread = std::max(spread, std::abs(oo[j]));
+      }
+      for (size_t j = 0; j < lo.size(); ++j)
+        if (!(std::abs(lb[j] - lo[j]) <= kTol)) ++bad;
+      EXPECT_EQ(bad, 0u) << what << ": " << bad << " elements differ from the item's own call";
+      EXPECT_GT(spread, 1e-3f) << what << ": the reference O is all but zero";
+    }
+  }
+};
+
+// A decode step's phase 2: one query row per request, contexts of very different lengths (a
+// few keys: one split; 100K keys: many splits merged), GQA 4:1 as SmolLM2/Llama.
+TEST_F(CudaAttentionBatch, DecodeRowsOverVariableLengthsEqualTheirOwnCalls) {
+  const std::vector<Item> items = {{1, 7}, {1, 300}, {1, 4096}, {1, 100000}, {1, 33}, {1, 2048}};
+  check(64, 32, 8, DType::bf16, items);
+  check(128, 32, 8, DType::bf16, items);
+  check(64, 9, 3, DType::f32, items);
+}
+
+// Query prefill rows joining a decode batch (T > 1), a causal item, and one item with enough
+// rows that the prefill kernel takes it alone; the rest still share one launch.
+TEST_F(CudaAttentionBatch, MixedRowsCausalAndPrefillItemsEqualTheirOwnCalls) {
+  check(64, 32, 8, DType::bf16,
+        {{1, 500}, {7, 1200}, {3, 64, MaskKind::causal, 61}, {1, 20000}, {700, 900}, {16, 5000}});
+}
+
+// Every tile variant of the decode kernel (STARATTN_DECODE_KEYS, STARATTN_DECODE_STAGES).
+TEST_F(CudaAttentionBatch, EveryTileVariantEqualsItsOwnCalls) {
+  for (const char* keys : {"16", "32"})
+    for (const char* stages : {"2", "3", "4"}) {
+      if (std::string(keys) == "32" && std::string(stages) != "2") continue;
+      ScopedEnv k("STARATTN_DECODE_KEYS", keys), s("STARATTN_DECODE_STAGES", stages);
+      gpu_ = make_backend("cuda", 0);
+      SCOPED_TRACE(std::string("keys ") + keys + " stages " + stages);
+      check(64, 32, 8, DType::bf16, {{1, 100}, {2, 9000}, {1, 60000}});
+    }
+}
+
+}  // namespace
+}  // namespace starattn
