@@ -288,10 +288,11 @@ caf::behavior context_block(Self* self, ContextBlockOptions options) {
           });
 
   return {
-      [self](encode_atom, const std::string& bytes) -> caf::result<std::string> {
+      [self](encode_atom, const std::string& bytes) {
+        // The promise takes over the answer (a value returned after it would be dropped).
         caf::response_promise promise = self->make_response_promise();
         std::string error;
-        if (!begin_encode(self, bytes, promise, error)) return error;
+        if (!begin_encode(self, bytes, promise, error)) promise.deliver(error);
         return promise;
       },
       [self](encode_chunk_atom, uint64_t id) { run_chunk(self, id); },

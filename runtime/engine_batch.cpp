@@ -22,8 +22,18 @@ uint64_t EngineBatch::admit(const RequestSpec& request, GeneratedCallback on_tok
     requests_.emplace(id, std::move(r));
   } else {
     Running r{engine_.start_request(request, chunk_tokens_), std::move(on_token)};
-    requests_.emplace(id, std::move(r));
-    encoding_.push_back(id);
+    AdmittedRequest& a = *r.request;
+    if (a.encode_rows_total() <= chunk_tokens_) {
+      // A phase 1 no longer than one chunk holds the others back no more than a chunk would:
+      // it runs here, and the request decodes from the next step (as with chunk 0).
+      while (a.encode_chunk(engine_.backend())) {
+      }
+      batch_.add(id, *a.generation);
+      requests_.emplace(id, std::move(r));
+    } else {
+      requests_.emplace(id, std::move(r));
+      encoding_.push_back(id);
+    }
   }
   ++next_id_;
   return id;

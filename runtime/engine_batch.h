@@ -8,7 +8,7 @@
 // seconds, and run at once it would hold back every running stream's next token for all of it.
 // Chunked, each of their tokens waits for one chunk at most. Encodes run one at a time, in
 // admission order; with nobody decoding, a step runs the first one to its end (nothing to wait).
-// With chunk 0, admit() runs phase 1 at once, as before.
+// A phase 1 of at most one chunk's rows, and with chunk 0 any phase 1, runs in admit(), as before.
 #pragma once
 
 #include <cstdint>
@@ -32,9 +32,10 @@ class EngineBatch {
   EngineBatch(const EngineBatch&) = delete;
   EngineBatch& operator=(const EngineBatch&) = delete;
 
-  // Plans the request and begins its phase 1 (all of it here with chunk 0); it decodes from the
-  // step after its phase 1 ends. on_token is called for each of its tokens; returning false
-  // cancels it. Throws Error for a request the engine refuses (nothing joins). Returns its id.
+  // Plans the request and begins its phase 1 (all of it here with chunk 0 or within one chunk);
+  // it decodes from the step after its phase 1 ends. on_token is called for each of its tokens;
+  // returning false cancels it. Throws Error for a request the engine refuses (nothing joins).
+  // Returns its id.
   uint64_t admit(const RequestSpec& request, GeneratedCallback on_token);
   // The request ends at the next step with "cancelled" (one still encoding frees its partial
   // K/V there); false when it is not running.
