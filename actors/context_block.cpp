@@ -34,6 +34,19 @@ struct CacheBoard {
   }
 };
 
+// Internal to this actor: run the next phase-1 chunk of request `id` (a message to itself, so
+// what else arrives in the mailbox gets in between chunks).
+using encode_chunk_atom = caf::atom_constant<caf::atom("enc_chunk")>;
+
+// A request whose phase 1 runs chunk by chunk: its shard (its K/V allocated, partly encoded)
+// and the scheduler's encode request, answered when the last chunk is done.
+struct PendingEncode {
+  std::shared_ptr<ContextShard> shard;
+  caf::response_promise reply_to;
+  std::chrono::steady_clock::time_point t0;
+  int64_t tokens = 0;
+};
+
 struct ContextState {
   ContextBlockOptions options;
   std::shared_ptr<ContextCache> blocks;  // before server: its shards hold leases on it
@@ -43,6 +56,7 @@ struct ContextState {
   int64_t room_bytes = 0;            // what this worker offered the planner
   std::map<uint64_t, int64_t> held;  // request id -> tokens of KV held
   std::map<uint64_t, int64_t> held_bytes;  // request id -> bytes its shard may use
+  std::map<uint64_t, PendingEncode> encoding;  // request id -> its phase 1 in progress
   // Last member: stops the data-plane thread before anything it uses goes away.
   ~ContextState() { server.reset(); }
 };
@@ -75,21 +89,40 @@ void make_room(Self* self, int64_t need) {
   st.blocks->set_room(std::max<int64_t>(st.room_bytes - active - need, 0));
 }
 
-std::string encode_blocks(Self* self, const std::string& bytes) {
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string failed_reply(Self* self, const std::string& what, std::chrono::steady_clock::time_point t0) {
   wire::EncodeReply reply;
+  reply.set_ok(false);
+  reply.set_error(self->state.options.name + ": encoding failed: " + what);
+  reply.set_encode_ms(ms_since(t0));
+  return wire::encode(reply);
+}
+
+// Checks the scheduler's encode request, allocates the shard and begins its phase 1; the chunks
+// follow as messages to this actor (run_chunk), and the last one answers `reply_to`. Returns
+// false (with `error`) when the request cannot start.
+bool begin_encode(Self* self, const std::string& bytes, caf::response_promise reply_to, std::string& error) {
   const auto t0 = std::chrono::steady_clock::now();
+  auto& st = self->state;
+  uint64_t id = 0;
   try {
     const auto req = wire::decode<wire::EncodeRequest>(bytes, "the scheduler");
     wire::check_version(req.protocol_version(), "the encode request");
-    const ModelHost& host = *self->state.options.model;
+    id = req.request_id();
+    if (st.encoding.count(id) || st.held.count(id))
+      throw std::invalid_argument("request " + std::to_string(id) + " is encoded here already");
+    const ModelHost& host = *st.options.model;
     std::vector<int32_t> anchor(req.anchor().begin(), req.anchor().end());
     std::vector<BlockSpec> blocks;
     std::vector<std::vector<int32_t>> tokens;
     int64_t n = 0;
     for (const auto& b : req.blocks()) {
-      for (int32_t id : b.tokens())
-        if (id < 0 || id >= host.config().vocab_size)
-          throw std::invalid_argument("token id " + std::to_string(id) + " outside the vocabulary");
+      for (int32_t t : b.tokens())
+        if (t < 0 || t >= host.config().vocab_size)
+          throw std::invalid_argument("token id " + std::to_string(t) + " outside the vocabulary");
       blocks.push_back({b.index(), b.start(), static_cast<int64_t>(b.tokens_size())});
       tokens.emplace_back(b.tokens().begin(), b.tokens().end());
       n += b.tokens_size();
@@ -101,26 +134,65 @@ std::string encode_blocks(Self* self, const std::string& bytes) {
     const int64_t need = n * memory.per_token + (static_cast<int64_t>(anchor.size()) + longest) *
                          memory.per_scratch_row + memory.fixed;
     make_room(self, need);
-    auto compute = host.lock_compute();
-    auto shard = std::make_shared<ContextShard>(host.model(), n);
-    if (self->state.blocks->enabled()) shard->use_cache(self->state.blocks, req.pin_context());
-    shard->encode(anchor, blocks, tokens);
-    host.backend().synchronize();
-    if (compute.owns_lock()) compute.unlock();
-    self->state.server->add(req.request_id(), shard);
-    self->state.held[req.request_id()] = n;
-    self->state.held_bytes[req.request_id()] = need;
-    reply.set_ok(true);
-    reply.set_tokens(n);
-    reply.set_blocks_reused(shard->blocks_reused());
-    self->state.board->set(self->state.blocks->metrics());
+    PendingEncode p;
+    p.t0 = t0;
+    p.tokens = n;
+    p.reply_to = std::move(reply_to);
+    {
+      auto compute = host.lock_compute();
+      p.shard = std::make_shared<ContextShard>(host.model(), n);
+      if (st.blocks->enabled()) p.shard->use_cache(st.blocks, req.pin_context());
+      p.shard->begin_encode(std::move(anchor), std::move(blocks), std::move(tokens),
+                            st.options.phase1_chunk_tokens);
+    }
+    // Counted from now: the K/V is allocated, and a concurrent request's room must leave it.
+    st.held[id] = n;
+    st.held_bytes[id] = need;
+    st.encoding.emplace(id, std::move(p));
   } catch (const std::exception& e) {
-    reply.set_ok(false);
-    reply.set_error(self->state.options.name + ": encoding failed: " + e.what());
+    error = failed_reply(self, e.what(), t0);
+    return false;
   }
-  reply.set_encode_ms(
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  return wire::encode(reply);
+  self->send(self, encode_chunk_atom::value, id);
+  return true;
+}
+
+// One chunk of request `id`'s phase 1 under the compute lock; the data plane's phase-2 answers
+// and this mailbox's other messages run between chunks.
+void run_chunk(Self* self, uint64_t id) {
+  auto& st = self->state;
+  const auto it = st.encoding.find(id);
+  if (it == st.encoding.end()) return;  // released mid-encode: its K/V went with it
+  PendingEncode& p = it->second;
+  const ModelHost& host = *st.options.model;
+  bool more = false;
+  try {
+    auto compute = host.lock_compute();
+    more = p.shard->encoding() && p.shard->encode_chunk();
+    // The chunk's kernels run before the lock goes: otherwise the next chunks would queue up on
+    // the device stream ahead of the phase-2 work this pause is for.
+    host.backend().synchronize();
+  } catch (const std::exception& e) {
+    p.reply_to.deliver(failed_reply(self, e.what(), p.t0));
+    st.held.erase(id);
+    st.held_bytes.erase(id);
+    st.encoding.erase(it);  // frees the partial K/V
+    make_room(self, 0);
+    return;
+  }
+  if (more) {
+    self->send(self, encode_chunk_atom::value, id);
+    return;
+  }
+  st.server->add(id, p.shard);
+  wire::EncodeReply reply;
+  reply.set_ok(true);
+  reply.set_tokens(p.tokens);
+  reply.set_blocks_reused(p.shard->blocks_reused());
+  reply.set_encode_ms(ms_since(p.t0));
+  st.board->set(st.blocks->metrics());
+  p.reply_to.deliver(wire::encode(reply));
+  st.encoding.erase(it);
 }
 
 std::string status(Self* self, const std::string& bytes) {
@@ -216,12 +288,25 @@ caf::behavior context_block(Self* self, ContextBlockOptions options) {
           });
 
   return {
-      [self](encode_atom, const std::string& bytes) { return encode_blocks(self, bytes); },
+      [self](encode_atom, const std::string& bytes) {
+        // The promise takes over the answer (a value returned after it would be dropped).
+        caf::response_promise promise = self->make_response_promise();
+        std::string error;
+        if (!begin_encode(self, bytes, promise, error)) promise.deliver(error);
+        return promise;
+      },
+      [self](encode_chunk_atom, uint64_t id) { run_chunk(self, id); },
       [self](release_atom, const std::string& bytes) {
         try {
           const auto r = wire::decode<wire::ReleaseRequest>(bytes, "the scheduler");
           wire::check_version(r.protocol_version(), "the release request");
           if (r.request_id() != 0) {
+            const auto pending = self->state.encoding.find(r.request_id());
+            if (pending != self->state.encoding.end()) {
+              // Released mid-encode (the request failed or was cancelled): its partial K/V goes.
+              pending->second.reply_to.deliver(failed_reply(self, "released during its phase 1", pending->second.t0));
+              self->state.encoding.erase(pending);
+            }
             self->state.server->remove(r.request_id());
             self->state.held.erase(r.request_id());
             self->state.held_bytes.erase(r.request_id());

@@ -3,7 +3,8 @@
 // It runs detached (its own thread, where the device is bound), holds the model weights (a
 // ModelHost) and the KV of every active request's blocks (ContextShards, keyed by request id,
 // living in its ShardServer). It registers with the scheduler at start, encodes its run of
-// blocks when asked (phase 1, in its own thread), and answers phase-2 attention over UCX from
+// blocks when asked (phase 1, in its own thread, in chunks with its mailbox served between
+// them), and answers phase-2 attention over UCX from
 // the ShardServer's data-plane thread. It stops when the scheduler goes away. Blocks it encoded
 // stay in its block cache (runtime/context_cache.h) after their request ends, so a later
 // request sharing them skips their phase 1; its status and heartbeats report the cache.
@@ -30,6 +31,10 @@ struct ContextBlockOptions {
   // Context reuse: bytes of encoded blocks' K/V kept after their requests end (within the KV
   // room above; a request that needs the room evicts them). Negative: half of the room; 0: off.
   int64_t context_cache_bytes = -1;
+  // Phase 1 runs in chunks of this many rows (0: a whole anchor or block at a time), the compute
+  // lock released and this actor's mailbox served between them, so the phase-2 answers and
+  // encodes of other requests do not wait for all of a long encode.
+  int64_t phase1_chunk_tokens = 512;
   bool verbose = true;
   // How often the worker process tells the scheduler it is alive.
   std::chrono::milliseconds heartbeat_interval{500};

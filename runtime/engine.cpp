@@ -38,6 +38,9 @@ std::vector<int32_t> resolve_stop_ids(const std::vector<int32_t>& requested, boo
 }
 
 Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
+  if (options.phase1_chunk_tokens < 0)
+    throw std::invalid_argument("phase1_chunk_tokens must be 0 (whole blocks) or more, got " +
+                                std::to_string(options.phase1_chunk_tokens));
   if (options.workers < 1)
     throw std::invalid_argument("workers must be at least 1, got " +
                                 std::to_string(options.workers));
@@ -67,6 +70,7 @@ PromptIds Engine::document_prompt(const std::string& document, const std::string
 }
 Backend& Engine::backend() { return *impl_->rt.backend; }
 const Transformer& Engine::model() const { return *impl_->rt.model; }
+int64_t Engine::phase1_chunk_tokens() const { return impl_->options.phase1_chunk_tokens; }
 
 int64_t Engine::kv_capacity_tokens() const {
   const Backend& be = *impl_->rt.backend;
@@ -99,6 +103,15 @@ RequestStats Engine::generate(const RequestSpec& req, const GeneratedCallback& o
 }
 
 std::unique_ptr<AdmittedRequest> Engine::admit(const RequestSpec& req) {
+  // Nothing runs in between: each chunk is a whole anchor or block, the forwards phase 1 has
+  // always run.
+  std::unique_ptr<AdmittedRequest> r = start_request(req, 0);
+  while (r->encode_chunk(*impl_->rt.backend)) {
+  }
+  return r;
+}
+
+std::unique_ptr<AdmittedRequest> Engine::start_request(const RequestSpec& req, int64_t chunk_tokens) {
   auto admitted = std::make_unique<AdmittedRequest>();
   const Transformer& model = *impl_->rt.model;
   Backend& be = *impl_->rt.backend;
@@ -158,12 +171,11 @@ std::unique_ptr<AdmittedRequest> Engine::admit(const RequestSpec& req) {
     blocks.set_room(std::max<int64_t>(budget - need, 0) + held);
   }
 
-  const auto t0 = std::chrono::steady_clock::now();
+  admitted->phase1_start = std::chrono::steady_clock::now();
   be.profile_section("phase1");
   const std::vector<int32_t> anchor(context.begin(),
                                     context.begin() + std::min<int64_t>(plan.anchor_size, C));
   std::vector<std::unique_ptr<ContextShard>>& shards = admitted->shards;
-  std::vector<ContextShard*> shard_ptrs;
   for (const auto& run : plan.runs) {
     if (run.empty()) continue;
     int64_t n = 0;
@@ -174,16 +186,14 @@ std::unique_ptr<AdmittedRequest> Engine::admit(const RequestSpec& req) {
     }
     shards.push_back(std::make_unique<ContextShard>(model, n));
     if (blocks.enabled()) shards.back()->use_cache(impl_->blocks, req.pin_context);
-    shards.back()->encode(anchor, run, toks);
-    stats.blocks_reused += shards.back()->blocks_reused();
-    shard_ptrs.push_back(shards.back().get());
+    shards.back()->begin_encode(anchor, run, std::move(toks), chunk_tokens);
+    admitted->rows_total += shards.back()->encode_rows_total();
   }
-  be.synchronize();
-  stats.phase1_ms = ms_since(t0);
   stats.workers_used = static_cast<int>(shards.size());
 
-  admitted->local = std::make_unique<LocalShards>(shard_ptrs);
-  GenerationSpec spec;
+  admitted->model = &model;
+  admitted->tokenizer = impl_->rt.tokenizer.get();
+  GenerationSpec& spec = admitted->spec;
   spec.query = prompt.query;
   spec.max_tokens = req.max_tokens;
   spec.sampling = req.sampling;
@@ -191,9 +201,43 @@ std::unique_ptr<AdmittedRequest> Engine::admit(const RequestSpec& req) {
   spec.stop_strings = req.stop_strings;
   spec.logits = req.logits;
   spec.want_logits = req.want_logits;
-  admitted->generation = std::make_unique<Generation>(model, *admitted->local, C, std::move(spec),
-                                                      impl_->rt.tokenizer.get());
   return admitted;
+}
+
+bool AdmittedRequest::encode_chunk(Backend& be) {
+  if (generation) throw std::logic_error("AdmittedRequest::encode_chunk: phase 1 is done");
+  while (next_shard < shards.size() && !shards[next_shard]->encoding()) ++next_shard;
+  if (next_shard < shards.size()) {
+    ++chunks;
+    if (shards[next_shard]->encode_chunk()) return true;
+    ++next_shard;
+    while (next_shard < shards.size() && !shards[next_shard]->encoding()) ++next_shard;
+    if (next_shard < shards.size()) return true;
+  }
+  // Phase 1 is done: the request decodes from here.
+  be.synchronize();
+  stats.phase1_ms = ms_since(phase1_start);
+  std::vector<ContextShard*> ptrs;
+  for (const auto& s : shards) {
+    stats.blocks_reused += s->blocks_reused();
+    ptrs.push_back(s.get());
+  }
+  local = std::make_unique<LocalShards>(ptrs);
+  generation = std::make_unique<Generation>(*model, *local, stats.context_tokens, std::move(spec),
+                                            tokenizer);
+  return false;
+}
+
+int64_t AdmittedRequest::encode_rows_left() const {
+  int64_t n = 0;
+  for (const auto& s : shards) n += s->encode_rows_left();
+  return n;
+}
+
+int64_t AdmittedRequest::kv_tokens() const {
+  int64_t n = 0;
+  for (const auto& s : shards) n += s->cache().capacity();
+  return n;
 }
 
 RequestStats AdmittedRequest::end(Backend& be) {

@@ -40,6 +40,11 @@ struct EngineOptions {
   // later requests sharing whole blocks skip phase 1 for them; 0 keeps nothing. The cache
   // keeps only what a running request's memory plan leaves it (unused blocks are evicted first).
   int64_t context_cache_bytes = 0;
+  // EngineBatch: a request admitted while others decode runs its phase 1 in chunks of this many
+  // rows, one chunk per decode step, so its encode does not stall their tokens (0: all of it at
+  // admission). Engine::generate, with nothing to interleave, encodes whole blocks.
+  // 512: a chunk costs about a decode step of a mid-size model on a GPU (bench interleave).
+  int64_t phase1_chunk_tokens = 512;
 };
 
 // The stop ids a request runs with: its own, else the model's EOS ids; none with ignore_eos.
@@ -88,7 +93,11 @@ class Engine {
   // Lays out, validates and plans the request and runs its phase 1 on the in-process workers;
   // the result is ready to decode. Throws Error for a request it refuses.
   std::unique_ptr<AdmittedRequest> admit(const RequestSpec& request);
+  // The same with phase 1 only begun: the caller runs its chunks of at most `chunk_tokens` rows
+  // (0: a whole anchor or block each) with AdmittedRequest::encode_chunk.
+  std::unique_ptr<AdmittedRequest> start_request(const RequestSpec& request, int64_t chunk_tokens);
   const Transformer& model() const;
+  int64_t phase1_chunk_tokens() const;
 
   struct Impl;
   std::unique_ptr<Impl> impl_;

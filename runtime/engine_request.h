@@ -1,7 +1,10 @@
-// Inside the Engine (runtime/engine.cpp, runtime/engine_batch.cpp): a request whose phase 1 is
-// done, holding its context shards and the Generation that decodes it.
+// Inside the Engine (runtime/engine.cpp, runtime/engine_batch.cpp): an admitted request, holding
+// its context shards and, once its phase 1 is done, the Generation that decodes it. Phase 1 runs
+// in chunks (ContextShard::encode_chunk): EngineBatch interleaves them with the decode steps of
+// the running requests; Engine::generate runs them back to back.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <vector>
 
@@ -15,7 +18,29 @@ struct AdmittedRequest {
   RequestStats stats;  // the plan and phase 1 so far; end() adds the decode
   std::vector<std::unique_ptr<ContextShard>> shards;
   std::unique_ptr<LocalShards> local;
-  std::unique_ptr<Generation> generation;  // last: it reads `local`
+  std::unique_ptr<Generation> generation;  // last: it reads `local`; null until phase 1 is done
+
+  // Runs the next chunk of phase 1; when it was the last, starts the Generation. Returns true
+  // while chunks remain. A throw (a failed forward) leaves the request failed: destroy it, which
+  // frees its shards' K/V, partial or not.
+  bool encode_chunk(Backend& backend);
+  bool encoding() const { return generation == nullptr; }
+  // Context rows (anchors included) phase 1 has left to compute, and its total.
+  int64_t encode_rows_left() const;
+  int64_t encode_rows_total() const { return rows_total; }
+  // Chunks run so far.
+  int chunks_done() const { return chunks; }
+  // Tokens of K/V its shards hold room for (what it frees when it ends).
+  int64_t kv_tokens() const;
+
+  // Set by Engine::start_request: what the Generation is made of.
+  const Transformer* model = nullptr;
+  const Tokenizer* tokenizer = nullptr;
+  GenerationSpec spec;
+  std::chrono::steady_clock::time_point phase1_start;
+  size_t next_shard = 0;  // the shard encoding now
+  int64_t rows_total = 0;
+  int chunks = 0;
 
   // The request has ended (its generation finished): its stats, decode included.
   RequestStats end(Backend& backend);

@@ -58,19 +58,69 @@ std::vector<int32_t> iota_positions(int64_t first, int64_t n) {
 
 }  // namespace
 
+// The encode in progress: its own copy of the input (the caller's may go away between chunks),
+// the scratch cache [anchor ; block being encoded] and where the next chunk starts.
+struct ContextShard::Encoding {
+  Encoding(const Transformer& model, std::vector<int32_t> anchor_in, std::vector<BlockSpec> blocks_in,
+           std::vector<std::vector<int32_t>> tokens_in, int64_t longest)
+      : anchor(std::move(anchor_in)), blocks(std::move(blocks_in)), tokens(std::move(tokens_in)),
+        scratch(model.backend(), model.config(), static_cast<int64_t>(anchor.size()) + longest),
+        lse(model.backend().alloc(static_cast<int64_t>(anchor.size()) + longest, model.config().num_heads,
+                                  DType::f32)),
+        hook(model, scratch, lse.view()) {}
+
+  std::vector<int32_t> anchor;
+  std::vector<BlockSpec> blocks;
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<BlockKey> keys;  // with a block cache
+  int64_t chunk = 0;           // rows per forward; 0: a whole anchor or block
+  KvCache scratch;
+  Buffer lse;
+  EncodeHook hook;
+  bool have_anchor = false;    // scratch rows [0, a) hold the anchor's K/V
+  bool in_anchor = false;      // the anchor is being encoded (before block `next`)
+  int64_t anchor_done = 0;     // anchor rows encoded so far
+  size_t next = 0;             // the block being encoded (or looked up)
+  bool started = false;        // block `next` missed the cache and its scratch is set up
+  int64_t done = 0;            // its rows encoded so far
+  int64_t first_row = 0;       // where its K/V goes in the shard's cache
+  int64_t rows_total = 0, rows_left = 0;
+  // Progress of long encodes (seconds at 128K) at info level, of every encode at debug level.
+  // Timing a block waits for the backend, so it is done only when the line is printed.
+  logging::Level progress = logging::Level::debug;
+  bool report = false;
+  std::chrono::steady_clock::time_point t_block;
+};
+
 ContextShard::ContextShard(const Transformer& model, int64_t capacity_tokens)
     : model_(model), cache_(model.backend(), model.config(), capacity_tokens),
       ws_(model.backend()) {}
 
+ContextShard::~ContextShard() = default;
+
 void ContextShard::encode(const std::vector<int32_t>& anchor, const std::vector<BlockSpec>& blocks,
                           const std::vector<std::vector<int32_t>>& block_tokens) {
+  begin_encode(anchor, blocks, block_tokens, 0);
+  while (pending_ && encode_chunk()) {  // no blocks: nothing pending
+  }
+}
+
+int64_t ContextShard::encode_rows_left() const { return pending_ ? pending_->rows_left : 0; }
+int64_t ContextShard::encode_rows_total() const { return pending_ ? pending_->rows_total : 0; }
+
+void ContextShard::begin_encode(std::vector<int32_t> anchor, std::vector<BlockSpec> blocks,
+                                std::vector<std::vector<int32_t>> block_tokens, int64_t chunk_tokens) {
+  if (pending_) throw std::logic_error("ContextShard::begin_encode: an encode is already in progress");
+  if (chunk_tokens < 0)
+    throw std::invalid_argument("ContextShard: chunk of " + std::to_string(chunk_tokens) + " tokens");
   if (blocks.size() != block_tokens.size())
     throw std::invalid_argument("ContextShard::encode: " + std::to_string(blocks.size()) +
                                 " blocks but " + std::to_string(block_tokens.size()) +
                                 " token lists");
+  reused_ = encoded_ = 0;
   if (blocks.empty()) return;
   const int64_t a = static_cast<int64_t>(anchor.size());
-  int64_t longest = 0;
+  int64_t longest = 0, total = 0;
   for (size_t i = 0; i < blocks.size(); ++i) {
     if (static_cast<int64_t>(block_tokens[i].size()) != blocks[i].length)
       throw std::invalid_argument("block " + std::to_string(blocks[i].index) + " has " +
@@ -78,96 +128,135 @@ void ContextShard::encode(const std::vector<int32_t>& anchor, const std::vector<
                                   " tokens, its span says " + std::to_string(blocks[i].length));
     if (blocks[i].length < 1) throw std::invalid_argument("empty block");
     longest = std::max(longest, blocks[i].length);
+    total += blocks[i].length;
   }
-  Backend& be = model_.backend();
-  const ModelConfig& c = model_.config();
-  // Scratch cache: the anchor prefix followed by the block being encoded.
-  KvCache scratch(be, c, a + longest);
-  Buffer lse = be.alloc(longest + a, c.num_heads, DType::f32);
-  EncodeHook hook(model_, scratch, lse.view());
-  ForwardOptions kv_only;
-  kv_only.kv_only = true;
-  bool have_anchor = false;
-  // Progress of long encodes (seconds at 128K) at info level, of every encode at debug level.
-  // Timing a block waits for the backend, so it is done only when the line is printed.
-  int64_t total = 0;
-  for (const BlockSpec& blk : blocks) total += blk.length;
-  const logging::Level progress = total >= 16384 ? logging::Level::info : logging::Level::debug;
-  const bool report = logging::enabled(progress);
-  auto t_block = std::chrono::steady_clock::now();
-  auto block_done = [&](const BlockSpec& blk) {
-    if (!report) return;
-    be.synchronize();
-    const auto now = std::chrono::steady_clock::now();
-    logging::write(progress, "phase 1: block %d (positions %lld..%lld, anchor %lld) encoded in %.1f ms",
-                   blk.index, static_cast<long long>(blk.start),
-                   static_cast<long long>(blk.start + blk.length - 1),
-                   static_cast<long long>(blk.start == 0 ? 0 : a),
-                   std::chrono::duration<double, std::milli>(now - t_block).count());
-    t_block = now;
-  };
-
+  auto e = std::make_unique<Encoding>(model_, std::move(anchor), std::move(blocks),
+                                      std::move(block_tokens), longest);
+  e->chunk = chunk_tokens;
   // Why a hit is copied into this shard's K/V instead of referenced: phase 2 attends over one
   // contiguous K/V per shard, one kernel whose summation order is the cold run's, so a warm
   // request is bit-identical to a cold one. Referencing the cached blocks where they lie would
   // split that attention into per-block partials merged by their lse, which rounds differently.
   // The copy is a device-to-device move of the block's K/V, far cheaper than its forward pass.
-  const std::vector<BlockKey> keys =
-      blocks_ ? block_keys(anchor, blocks, block_tokens) : std::vector<BlockKey>{};
-  reused_ = encoded_ = 0;
-  for (size_t i = 0; i < blocks.size(); ++i) {
-    const BlockSpec& blk = blocks[i];
-    const std::vector<int32_t>& toks = block_tokens[i];
-    const bool anchor_in_block =
-        blk.start == 0 && a > 0 && a <= blk.length && std::equal(anchor.begin(), anchor.end(), toks.begin());
-    if (blocks_) {
-      if (auto hit = blocks_->find(keys[i], lease_, pin_)) {
-        cache_.append_from(*hit, 0, blk.length);
-        if (anchor_in_block) {
-          // The anchor rows of block 0's cached K/V are those its cold encode left in scratch.
-          scratch.truncate(0);
-          scratch.append_from(*hit, 0, a);
-          have_anchor = true;
+  if (blocks_) e->keys = block_keys(e->anchor, e->blocks, e->tokens);
+  // The anchor is encoded on its own unless block 0, which starts with it, is in this shard.
+  const BlockSpec& b0 = e->blocks.front();
+  const bool anchor_from_block0 = b0.start == 0 && a <= b0.length &&
+                                  std::equal(e->anchor.begin(), e->anchor.end(), e->tokens.front().begin());
+  bool later_blocks = false;
+  for (const BlockSpec& blk : e->blocks) later_blocks |= blk.start != 0;
+  e->rows_total = e->rows_left = total + (a > 0 && later_blocks && !anchor_from_block0 ? a : 0);
+  e->progress = total >= 16384 ? logging::Level::info : logging::Level::debug;
+  e->report = logging::enabled(e->progress);
+  e->t_block = std::chrono::steady_clock::now();
+  pending_ = std::move(e);
+}
+
+bool ContextShard::encode_chunk() {
+  if (!pending_) throw std::logic_error("ContextShard::encode_chunk: no encode in progress");
+  try {
+    Encoding& e = *pending_;
+    Backend& be = model_.backend();
+    const ModelConfig& c = model_.config();
+    ForwardOptions kv_only;
+    kv_only.kv_only = true;
+    const int64_t a = static_cast<int64_t>(e.anchor.size());
+    const BlockSpec& blk = e.blocks[e.next];
+    const std::vector<int32_t>& toks = e.tokens[e.next];
+    const bool anchor_in_block = blk.start == 0 && a > 0 && a <= blk.length &&
+                                 std::equal(e.anchor.begin(), e.anchor.end(), toks.begin());
+    // Rows [begin, begin + n) of `ids` at positions first_pos.., into the scratch after what it
+    // holds (causal over it).
+    auto forward_rows = [&](const std::vector<int32_t>& ids, int64_t begin, int64_t left, int64_t first_pos) {
+      const int64_t n = e.chunk > 0 ? std::min(e.chunk, left) : left;
+      const auto pos = iota_positions(first_pos, n);
+      model_.forward(ids.data() + begin, pos.data(), n, e.hook, ws_, kv_only);
+      e.scratch.commit(n);
+      e.rows_left -= n;
+      return n;
+    };
+
+    if (!e.started) {
+      // A block starts: from the cache, or set up the scratch for its first chunk.
+      if (blocks_) {
+        if (auto hit = blocks_->find(e.keys[e.next], lease_, pin_)) {
+          cache_.append_from(*hit, 0, blk.length);
+          if (anchor_in_block) {
+            // The anchor rows of block 0's cached K/V are those its cold encode left in scratch.
+            e.scratch.truncate(0);
+            e.scratch.append_from(*hit, 0, a);
+            e.have_anchor = true;
+          }
+          ++reused_;
+          e.rows_left -= blk.length;
+          return next_block();
         }
-        ++reused_;
-        continue;
+      }
+      e.started = true;
+      e.first_row = cache_.size();
+      if (blk.start == 0) {
+        // Block 0: alone, plain causal at its global positions. Under a causal mask its first a
+        // rows are exactly the anchor's K/V, so they become the prefix for later blocks.
+        e.scratch.truncate(0);
+      } else if (a > 0 && !e.have_anchor) {
+        e.scratch.truncate(0);
+        e.in_anchor = true;
+        e.anchor_done = 0;
+      } else {
+        e.scratch.truncate(a > 0 ? a : 0);
       }
     }
-    const int64_t first_row = cache_.size();
+    if (e.in_anchor) {
+      e.anchor_done += forward_rows(e.anchor, e.anchor_done, a - e.anchor_done, e.anchor_done);
+      if (e.anchor_done == a) {
+        e.in_anchor = false;
+        e.have_anchor = true;
+      }
+      return true;  // the block follows
+    }
+    e.done += forward_rows(toks, e.done, blk.length - e.done, blk.start + e.done);
+    if (e.done < blk.length) return true;
+
+    // The block is complete: keep its own rows (not the anchor's) in the shard's K/V.
     if (blk.start == 0) {
-      // Block 0: alone, plain causal at its global positions. Under a causal mask its first a
-      // rows are exactly the anchor's K/V, so they become the prefix for later blocks.
-      scratch.truncate(0);
-      const auto pos = iota_positions(0, blk.length);
-      model_.forward(toks.data(), pos.data(), blk.length, hook, ws_, kv_only);
-      scratch.commit(blk.length);
-      cache_.append_from(scratch, 0, blk.length);
+      cache_.append_from(e.scratch, 0, blk.length);
       if (anchor_in_block) {
-        scratch.truncate(a);
-        have_anchor = true;
+        e.scratch.truncate(a);
+        e.have_anchor = true;
       }
     } else {
-      if (a > 0 && !have_anchor) {
-        scratch.truncate(0);
-        const auto pos = iota_positions(0, a);
-        model_.forward(anchor.data(), pos.data(), a, hook, ws_, kv_only);
-        scratch.commit(a);
-        have_anchor = true;
-      }
-      scratch.truncate(a > 0 ? a : 0);
-      const auto pos = iota_positions(blk.start, blk.length);
-      model_.forward(toks.data(), pos.data(), blk.length, hook, ws_, kv_only);
-      scratch.commit(blk.length);
-      cache_.append_from(scratch, a, blk.length);
+      cache_.append_from(e.scratch, a, blk.length);
     }
     ++encoded_;
     if (blocks_ && blocks_->enabled()) {
       auto kv = std::make_shared<KvCache>(be, c, blk.length);
-      kv->append_from(cache_, first_row, blk.length);
-      blocks_->insert(keys[i], std::move(kv), lease_, pin_);
+      kv->append_from(cache_, e.first_row, blk.length);
+      blocks_->insert(e.keys[e.next], std::move(kv), lease_, pin_);
     }
-    block_done(blk);
+    if (e.report) {
+      be.synchronize();
+      const auto now = std::chrono::steady_clock::now();
+      logging::write(e.progress, "phase 1: block %d (positions %lld..%lld, anchor %lld) encoded in %.1f ms",
+                     blk.index, static_cast<long long>(blk.start),
+                     static_cast<long long>(blk.start + blk.length - 1),
+                     static_cast<long long>(blk.start == 0 ? 0 : a),
+                     std::chrono::duration<double, std::milli>(now - e.t_block).count());
+      e.t_block = now;
+    }
+    return next_block();
+  } catch (...) {
+    pending_.reset();  // frees the scratch; the caller destroys the shard
+    throw;
   }
+}
+
+bool ContextShard::next_block() {
+  Encoding& e = *pending_;
+  e.done = 0;
+  e.started = false;
+  if (++e.next < e.blocks.size()) return true;
+  pending_.reset();
+  return false;
 }
 
 void ContextShard::use_cache(std::shared_ptr<ContextCache> blocks, std::string pin) {

@@ -24,6 +24,7 @@ class ContextShard {
  public:
   // capacity_tokens: K/V rows this shard may keep (the tokens of its blocks).
   ContextShard(const Transformer& model, int64_t capacity_tokens);
+  ~ContextShard();
 
   // Phase 1. `anchor` holds c[0..a) (empty: blocks are encoded alone, as in full mode or the
   // no-anchor ablation); blocks[i] covers context positions [start, start + length) and
@@ -32,6 +33,23 @@ class ContextShard {
   // computed once and reused for every block (or taken from block 0 when this shard holds it).
   void encode(const std::vector<int32_t>& anchor, const std::vector<BlockSpec>& blocks,
               const std::vector<std::vector<int32_t>>& block_tokens);
+
+  // Phase 1 in chunks, so a long encode does not hold the backend (or an actor's thread, or an
+  // Engine's decode loop) for seconds: begin_encode() checks the input and prepares, each
+  // encode_chunk() then runs one forward over at most `chunk_tokens` rows of the anchor or of a
+  // block (0: a whole block per call), attending causally to the anchor and the earlier chunks
+  // already in the scratch cache. The caller decodes other streams between calls. encode() is
+  // begin_encode() with chunk 0 and encode_chunk() until done. A throw leaves the shard failed:
+  // destroy it (that frees its partial K/V), as for a request cancelled mid-encode.
+  void begin_encode(std::vector<int32_t> anchor, std::vector<BlockSpec> blocks,
+                    std::vector<std::vector<int32_t>> block_tokens, int64_t chunk_tokens);
+  // Runs the next chunk (or takes the next block from the cache); returns true while more
+  // remain. Throws when no encode is in progress.
+  bool encode_chunk();
+  bool encoding() const { return pending_ != nullptr; }
+  // Rows the encode in progress has left to compute (anchor rows included) and its total.
+  int64_t encode_rows_left() const;
+  int64_t encode_rows_total() const;
 
   // Phase 2: attention of q [T, Hq*D] (on this backend) over all keys held, no mask. The
   // returned views stay valid until the next attend().
@@ -75,6 +93,9 @@ class ContextShard {
   std::string pin_;
   ContextCache::Lease lease_;  // after blocks_: released before the cache can go
   int reused_ = 0, encoded_ = 0;
+  struct Encoding;                    // the encode in progress, with its scratch K/V
+  std::unique_ptr<Encoding> pending_;
+  bool next_block();                   // moves the encode in progress past its current block
   Workspace ws_;
   Buffer out_o_, out_lse_;
 };

@@ -38,6 +38,7 @@ const char* kBenchHelp =
     "       starattn bench e2e --random-weights CONFIG [--contexts 32768,131072] [--modes full,star]\n"
     "                          [--workers 4] [--query 16] [--decode-tokens 32] [--hf SCRIPT|none]\n"
     "       starattn bench reuse --random-weights CONFIG ...   (any backend; bench reuse --help)\n"
+    "       starattn bench interleave --random-weights CONFIG ...   (any backend; bench interleave --help)\n"
     "Measures the cuda backend on one GPU and, in the same run, PyTorch on the same shapes\n"
     "(default scripts tools/bench/torch_baseline.py and tools/bench/hf_e2e.py, run with python3).\n"
     "Prints one table; timings are medians of CUDA-event times after warm-ups.\n"
@@ -428,8 +429,18 @@ int cmd_bench(int argc, char** argv) {
                              "decode-tokens", "mode", "workers", "cache-gib"},
                             {}));
   }
+  if (what == "interleave") {
+    if (argc > 3 && !std::strcmp(argv[3], "--help")) {
+      std::fputs(kBenchInterleaveHelp, stdout);
+      return 0;
+    }
+    return bench_interleave(Args(argc, argv, 3,
+                                 {"random-weights", "weight-seed", "device", "gpu", "streams", "context",
+                                  "long-context", "chunk", "workers", "unloaded-steps", "query"},
+                                 {}));
+  }
   if (what != "kernels" && what != "e2e")
-    throw std::invalid_argument("unknown benchmark '" + what + "' (kernels, e2e, reuse)");
+    throw std::invalid_argument("unknown benchmark '" + what + "' (kernels, e2e, reuse, interleave)");
 #if defined(STARATTN_HAVE_CUDA)
   if (what == "kernels")
     return bench_kernels(Args(argc, argv, 3, {"gpu", "seqs", "decode-keys", "torch", "iters"}, {}));

@@ -17,5 +17,8 @@ int cmd_eval(int argc, char** argv);
 class Args;
 extern const char* kBenchReuseHelp;
 int bench_reuse(const Args& args);
+// starattn bench interleave (cmd_bench_interleave.cpp), dispatched by cmd_bench.
+extern const char* kBenchInterleaveHelp;
+int bench_interleave(const Args& args);
 
 }  // namespace starattn::cli
