@@ -58,8 +58,8 @@ int cmd_serve_local(int argc, char** argv) {
   }
   const Args args(argc, argv, 2,
                   {"model", "http", "tcp", "workers", "engines", "context-cache-bytes", "io-threads",
-                   "max-batch", "max-queue", "max-context-tokens", "max-body-bytes", "header-timeout-ms", "body-timeout-ms",
-                   "api-key-env", "model-name", "device", "gpu", "threads"},
+                   "max-batch", "max-queue", "max-context-tokens", "max-body-bytes",
+                   "header-timeout-ms", "body-timeout-ms", "api-key-env", "model-name", "device", "gpu", "threads"},
                   {"random-weights"}, {&connection_limit_options()});
   server::EngineServiceOptions so;
   so.engine.random_weights = args.flag("random-weights");
