@@ -7,12 +7,16 @@
 #include <deque>
 #include <filesystem>
 #include <future>
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
 
 #include "runtime/chat_template.h"
+#include "runtime/engine_batch.h"
+#include "runtime/errors.h"
 #include "runtime/prompt.h"
+#include "runtime/request_plan.h"
 
 namespace starattn::server {
 namespace {
@@ -47,6 +51,14 @@ void fail(const StreamCallbacks& cb, ErrorKind kind, std::string message) {
   cb.on_error(Error(kind, std::move(message)));
 }
 
+// A job an engine's batch runs.
+struct Active {
+  std::shared_ptr<Job> job;
+  Clock::time_point started;      // it left the queue
+  int64_t kv = 0;                 // tokens of K/V it holds: context, query, generated
+  bool client_cancelled = false;  // the client hung up or cancelled: it ends "cancelled"
+};
+
 }  // namespace
 
 struct EngineService::Impl : std::enable_shared_from_this<Impl> {
@@ -57,11 +69,15 @@ struct EngineService::Impl : std::enable_shared_from_this<Impl> {
   ServiceInfo info;
 
   mutable std::mutex mutex;
-  std::condition_variable wake;
+  std::condition_variable wake;  // idle engines wait on it for the queue
   std::deque<std::shared_ptr<Job>> queue;
   bool stopping = false;
-  std::vector<std::shared_ptr<Job>> running;  // per engine; null when idle
+  // Per engine, under `mutex`: jobs it runs or is admitting, and whether a job waits for room
+  // on it (then it takes no other job until one of its requests ends).
+  std::vector<int> slots_used;
+  std::vector<char> waits_for_room;
   std::vector<std::unique_ptr<std::atomic<int64_t>>> kv_tokens;  // per engine
+  BatchCounters counters;  // under `mutex`
   std::vector<std::thread> threads;
 
   bool remove_queued(Job* job) {
@@ -73,94 +89,256 @@ struct EngineService::Impl : std::enable_shared_from_this<Impl> {
     return true;
   }
 
-  void worker_loop(size_t index) {
+  // Under `mutex`. Queued jobs go to the least busy engine that has a slot, so that two
+  // engines share a burst instead of one batching it all while the other idles.
+  bool may_take(size_t index) const {
+    if (waits_for_room[index] || slots_used[index] >= options.max_batch) return false;
+    for (size_t j = 0; j < slots_used.size(); ++j)
+      if (!waits_for_room[j] && slots_used[j] < slots_used[index]) return false;
+    return true;
+  }
+  // Under `mutex`: requests the engines would start now without queueing.
+  int64_t free_slots() const {
+    int64_t free = 0;
+    for (size_t i = 0; i < slots_used.size(); ++i)
+      if (!waits_for_room[i]) free += std::max(options.max_batch - slots_used[i], 0);
+    return free;
+  }
+
+  // The same layouts as the head's scheduler and `starattn run` (runtime/prompt.h), so a
+  // request gets the same tokens whichever front end serves it; laid out here to check the
+  // server's context limit and the request's own limits (which no waiting would change), then
+  // handed to the engine as ids.
+  RequestSpec lay_out(const Engine& engine, const RequestSpec& request) const {
+    RequestSpec g = request;
+    PromptIds p = resolve_prompt(g.prompt, engine.tokenizer(), engine.chat_template(), chat_template,
+                                 engine.config().bos_token_id);
+    const int64_t limit = options.max_context_tokens;
+    if (limit > 0 && static_cast<int64_t>(p.context.size()) > limit)
+      throw Error(ErrorKind::capacity,
+                  "context of " + std::to_string(p.context.size()) +
+                      " tokens is larger than this server's limit of " + std::to_string(limit) +
+                      " context tokens");
+    validate_request(p.context, p.query, g.max_tokens, engine.config(), g.beyond_positions);
+    g.prompt = PromptSpec();
+    g.prompt.context = std::move(p.context);
+    g.prompt.query = std::move(p.query);
+    return g;
+  }
+
+  class EngineLoop;
+  void worker_loop(size_t index);
+};
+
+// One engine's thread: admits queued jobs between steps, steps its batch, ends what ended.
+class EngineService::Impl::EngineLoop {
+ public:
+  EngineLoop(Impl& service, size_t index)
+      : s_(service), index_(index), engine_(*service.engines[index]),
+        kv_(*service.kv_tokens[index]), batch_(std::make_unique<EngineBatch>(engine_)) {}
+
+  void run() {
+    while (admit_queued()) {
+      cancel_hung_up();
+      if (batch_->running() > 0) step();
+    }
+  }
+
+ private:
+  // Takes queued jobs while this engine may (slots, room); waits for one while it runs none.
+  // False once the service stops and nothing runs here any more.
+  bool admit_queued() {
     for (;;) {
       std::shared_ptr<Job> job;
       {
-        std::unique_lock<std::mutex> lock(mutex);
-        wake.wait(lock, [&] { return stopping || !queue.empty(); });
-        if (stopping) return;
-        job = std::move(queue.front());
-        queue.pop_front();
-        running[index] = job;
+        std::unique_lock<std::mutex> lock(s_.mutex);
+        if (active_.empty()) s_.wake.wait(lock, [&] { return s_.stopping || !s_.queue.empty(); });
+        if (s_.stopping) {
+          // Running requests end "cancelled" at the next step, as a hung-up client's do.
+          for (auto& entry : active_) entry.second->job->cancelled = true;
+          return !active_.empty();
+        }
+        if (s_.queue.empty() || !s_.may_take(index_)) return true;
+        job = std::move(s_.queue.front());
+        s_.queue.pop_front();
+        ++s_.slots_used[index_];
       }
-      run(index, *job);
-      std::lock_guard<std::mutex> lock(mutex);
-      running[index].reset();
+      admit(std::move(job));
     }
   }
 
-  void run(size_t index, Job& job) {
-    Engine& engine = *engines[index];
-    const auto started = Clock::now();
-    std::atomic<int64_t>& kv = *kv_tokens[index];
-    if (job.cancelled) {  // cancelled between leaving the queue and starting
+  void admit(std::shared_ptr<Job> job) {
+    auto a = std::make_shared<Active>();
+    a->started = Clock::now();
+    a->job = std::move(job);
+    Job& j = *a->job;
+    if (j.cancelled) {  // cancelled between leaving the queue and starting
+      release_slot();
       RequestStats c;
       c.finish_reason = "cancelled";
-      c.queue_ms = ms_between(job.submitted, started);
-      job.callbacks.on_done(c);
+      c.queue_ms = ms_between(j.submitted, a->started);
+      j.callbacks.on_done(c);
+      return;
+    }
+    RequestSpec g;
+    try {
+      g = s_.lay_out(engine_, j.request);
+    } catch (const std::exception& e) {
+      release_slot();
+      fail_with(j, e);
       return;
     }
     try {
-      // The same layouts as the head's scheduler and `starattn run` (runtime/prompt.h), so a
-      // request gets the same tokens whichever front end serves it; laid out here to check
-      // the server's context limit, then handed to the engine as ids.
-      RequestSpec g = job.request;
-      PromptIds p = resolve_prompt(g.prompt, engine.tokenizer(), engine.chat_template(),
-                                   chat_template, engine.config().bos_token_id);
-      const int64_t limit = options.max_context_tokens;
-      if (limit > 0 && static_cast<int64_t>(p.context.size()) > limit)
-        throw Error(ErrorKind::capacity,
-                    "context of " + std::to_string(p.context.size()) +
-                        " tokens is larger than this server's limit of " + std::to_string(limit) +
-                        " context tokens");
-      g.prompt = PromptSpec();
-      g.prompt.context = std::move(p.context);
-      g.prompt.query = std::move(p.query);
-
-      kv = static_cast<int64_t>(g.prompt.context.size() + g.prompt.query.size());
-      bool client_cancelled = false;
-      // Stop strings, stop ids and max_tokens are applied by the Engine's Generation.
-      RequestStats s = engine.generate(g, [&](const GeneratedToken& t) {
-        ++kv;
-        if (job.cancelled) {
-          client_cancelled = true;
-          return false;
-        }
-        TokenEvent ev;
-        ev.text = t.text;
-        ev.tokens.push_back(t.token);
-        if (t.logprob) ev.logprobs.push_back(*t.logprob);
-        if (t.logits) ev.logits.assign(t.logits, t.logits + engine.config().vocab_size);
-        if (!job.callbacks.on_token(ev)) {
-          job.cancelled = true;
-          client_cancelled = true;
-          return false;
-        }
-        return true;
-      });
-      kv = 0;
-      if (!client_cancelled && !s.text_tail.empty()) {
-        TokenEvent tail;
-        tail.text = s.text_tail;
-        job.callbacks.on_token(tail);
-      }
-      if (client_cancelled) s.finish_reason = "cancelled";
-      s.text_tail.clear();  // streamed above
-      s.queue_ms = ms_between(job.submitted, started);
-      job.callbacks.on_done(s);
+      const uint64_t id = batch_->admit(g, [this, a](const GeneratedToken& t) { return stream(*a, t); });
+      a->kv = static_cast<int64_t>(g.prompt.context.size() + g.prompt.query.size());
+      kv_ += a->kv;
+      active_.emplace(id, std::move(a));
     } catch (const std::exception& e) {
-      kv = 0;
-      const ErrorKind kind = kind_of(e);
-      fail(job.callbacks, kind,
-           kind == ErrorKind::internal ? std::string("generation failed: ") + e.what() : e.what());
+      // The engine plans a request against the memory free now: beside running requests a
+      // capacity refusal may only mean "not yet". The job goes back to the queue's front and
+      // this engine takes none until one of its requests ends; alone, it never fits here.
+      if (kind_of(e) == ErrorKind::capacity && !active_.empty()) {
+        requeue(a->job);
+        return;
+      }
+      release_slot();
+      fail_with(j, e);
     }
   }
+
+  // Back to the queue's front; when the service stops meanwhile (the destructor has taken the
+  // queue already) it fails as the queued jobs do.
+  void requeue(const std::shared_ptr<Job>& job) {
+    {
+      std::lock_guard<std::mutex> lock(s_.mutex);
+      --s_.slots_used[index_];
+      if (!s_.stopping) {
+        s_.queue.push_front(job);
+        s_.waits_for_room[index_] = 1;
+        return;
+      }
+    }
+    fail(job->callbacks, ErrorKind::shutting_down, "the server is shutting down");
+  }
+
+  void release_slot() {
+    std::lock_guard<std::mutex> lock(s_.mutex);
+    --s_.slots_used[index_];
+  }
+
+  // The batch's token callback (on this thread, inside step()).
+  bool stream(Active& a, const GeneratedToken& t) {
+    ++a.kv;
+    ++kv_;
+    Job& job = *a.job;
+    if (job.cancelled) {
+      a.client_cancelled = true;
+      return false;
+    }
+    TokenEvent ev;
+    ev.text = t.text;
+    ev.tokens.push_back(t.token);
+    if (t.logprob) ev.logprobs.push_back(*t.logprob);
+    if (t.logits) ev.logits.assign(t.logits, t.logits + engine_.config().vocab_size);
+    if (!job.callbacks.on_token(ev)) {
+      job.cancelled = true;
+      a.client_cancelled = true;
+      return false;
+    }
+    return true;
+  }
+
+  // Cancels (handle.cancel(), shutdown) take effect between steps: the request ends at the next.
+  void cancel_hung_up() {
+    for (auto& [id, a] : active_) {
+      if (!a->job->cancelled || a->client_cancelled) continue;
+      a->client_cancelled = true;
+      batch_->cancel(id);
+    }
+  }
+
+  void step() {
+    const int n = static_cast<int>(batch_->running());
+    {
+      std::lock_guard<std::mutex> lock(s_.mutex);
+      BatchCounters& c = s_.counters;
+      ++c.steps;
+      if (n > 1) ++c.batched_steps;
+      c.largest_batch = std::max(c.largest_batch, n);
+    }
+    std::vector<EngineBatch::Ended> ended;
+    try {
+      ended = batch_->step();
+    } catch (const std::exception& e) {
+      // The shared forward failed outside every request (a backend error): every running
+      // request ends with it, and a fresh batch frees their memory.
+      std::map<uint64_t, std::shared_ptr<Active>> failed;
+      failed.swap(active_);
+      batch_ = std::make_unique<EngineBatch>(engine_);
+      for (auto& entry : failed) {
+        end_slot(*entry.second);
+        fail_with(*entry.second->job, e);
+      }
+      return;
+    }
+    for (EngineBatch::Ended& e : ended) {
+      const auto it = active_.find(e.id);
+      if (it == active_.end()) continue;
+      const std::shared_ptr<Active> a = it->second;
+      active_.erase(it);
+      end_slot(*a);
+      finish(*a, e.end);
+    }
+  }
+
+  // A request left the batch: its K/V and slot are free, so a job waiting for room may retry.
+  void end_slot(const Active& a) {
+    kv_ -= a.kv;
+    std::lock_guard<std::mutex> lock(s_.mutex);
+    --s_.slots_used[index_];
+    s_.waits_for_room[index_] = 0;
+  }
+
+  static void finish(Active& a, const RequestEnd& end) {
+    Job& job = *a.job;
+    if (!end.ok) {
+      fail(job.callbacks, end.error_kind,
+           end.error_kind == ErrorKind::internal ? "generation failed: " + end.error : end.error);
+      return;
+    }
+    RequestStats st = end.stats;
+    if (!a.client_cancelled && !st.text_tail.empty()) {
+      TokenEvent tail;
+      tail.text = st.text_tail;
+      job.callbacks.on_token(tail);
+    }
+    if (a.client_cancelled) st.finish_reason = "cancelled";
+    st.text_tail.clear();  // streamed above
+    st.queue_ms = ms_between(job.submitted, a.started);
+    job.callbacks.on_done(st);
+  }
+
+  static void fail_with(Job& job, const std::exception& e) {
+    const ErrorKind kind = kind_of(e);
+    fail(job.callbacks, kind,
+         kind == ErrorKind::internal ? std::string("generation failed: ") + e.what() : e.what());
+  }
+
+  Impl& s_;
+  const size_t index_;
+  Engine& engine_;
+  std::atomic<int64_t>& kv_;
+  std::unique_ptr<EngineBatch> batch_;
+  std::map<uint64_t, std::shared_ptr<Active>> active_;  // by batch id
 };
+
+void EngineService::Impl::worker_loop(size_t index) { EngineLoop(*this, index).run(); }
 
 EngineService::EngineService(const EngineServiceOptions& options) : impl_(std::make_shared<Impl>()) {
   if (options.engines < 1)
     throw std::invalid_argument("engines must be at least 1, got " + std::to_string(options.engines));
+  if (options.max_batch < 1)
+    throw std::invalid_argument("max_batch must be at least 1, got " + std::to_string(options.max_batch));
   if (options.max_queue < 0)
     throw std::invalid_argument("max_queue must not be negative");
   Impl& s = *impl_;
@@ -169,7 +347,8 @@ EngineService::EngineService(const EngineServiceOptions& options) : impl_(std::m
   // thread that creates it, and every later call must come from that thread.
   const size_t n = static_cast<size_t>(options.engines);
   s.engines.resize(n);
-  s.running.resize(n);
+  s.slots_used.assign(n, 0);
+  s.waits_for_room.assign(n, 0);
   for (size_t i = 0; i < n; ++i) s.kv_tokens.push_back(std::make_unique<std::atomic<int64_t>>(0));
   std::vector<std::future<int64_t>> ready;
   for (size_t i = 0; i < n; ++i) {
@@ -235,9 +414,7 @@ EngineService::~EngineService() {
   {
     std::lock_guard<std::mutex> lock(impl_->mutex);
     impl_->stopping = true;
-    dropped.swap(impl_->queue);
-    for (auto& job : impl_->running)
-      if (job) job->cancelled = true;
+    dropped.swap(impl_->queue);  // running requests: their engine threads cancel them
   }
   impl_->wake.notify_all();
   for (auto& t : impl_->threads) t.join();
@@ -260,9 +437,9 @@ std::shared_ptr<RequestHandle> EngineService::submit(RequestSpec request, Stream
       fail(job->callbacks, ErrorKind::shutting_down, "the server is shutting down");
       return job;
     }
-    // Idle engines take queued requests at once, so they do not count against the limit.
-    const auto idle = std::count(impl_->running.begin(), impl_->running.end(), nullptr);
-    if (static_cast<int64_t>(impl_->queue.size()) >= impl_->options.max_queue + idle) {
+    // Engines with free slots take queued requests at their next step, so those do not count
+    // against the limit.
+    if (static_cast<int64_t>(impl_->queue.size()) >= impl_->options.max_queue + impl_->free_slots()) {
       fail(job->callbacks, ErrorKind::overloaded,
            "the server is busy: " + std::to_string(impl_->queue.size()) +
                " requests are already waiting (limit " + std::to_string(impl_->options.max_queue) + ")");
@@ -283,7 +460,7 @@ std::vector<WorkerLoad> EngineService::load() const {
     WorkerLoad w;
     w.worker = "engine" + std::to_string(i);
     w.kv_tokens = impl_->kv_tokens[i]->load();
-    w.active_requests = impl_->running[i] ? 1 : 0;
+    w.active_requests = impl_->slots_used[i];
     if (impl_->engines[i]) w.context_cache = impl_->engines[i]->context_cache_metrics();
     out.push_back(w);
   }
@@ -294,6 +471,11 @@ void EngineService::release_context(const std::string& context_id) {
   std::lock_guard<std::mutex> lock(impl_->mutex);
   for (const auto& e : impl_->engines)
     if (e) e->release_context(context_id);
+}
+
+BatchCounters EngineService::batching() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->counters;
 }
 
 int EngineService::queued() const {

@@ -1,8 +1,12 @@
 // GenerationService over in-process Engines: a pool of engines (usually one), each with its own
-// thread, fed from one FIFO queue. An Engine runs one request at a time, so requests beyond the
-// pool's size wait in the queue (bounded: beyond max_queue they are refused as overloaded).
+// thread, fed from one FIFO queue. Each engine decodes its running requests together
+// (continuous batching, runtime/engine_batch.h): between two steps it admits queued requests
+// (up to max_batch, and only while its KV memory takes them) and ends the finished or cancelled
+// ones; a step advances every running request by one token in one forward. Requests beyond
+// the pool's slots wait in the queue (bounded: beyond max_queue they are refused as overloaded).
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -14,11 +18,19 @@ namespace starattn::server {
 struct EngineServiceOptions {
   EngineOptions engine;   // model, device, context workers per engine, threads
   int engines = 1;        // engine replicas (each loads the weights once)
+  int max_batch = 64;     // requests one engine decodes together
   int max_queue = 256;    // queued requests beyond the running ones
   // Largest context one request may have, in tokens; 0: what the engine's KV memory allows
   // (the engine checks that itself when it plans the request).
   int64_t max_context_tokens = 0;
   std::string model_name;  // "model" in responses; default: the model path's last component
+};
+
+// How the engines' decode steps were batched, since the service started (all engines).
+struct BatchCounters {
+  int64_t steps = 0;          // decode steps run
+  int64_t batched_steps = 0;  // of them, steps that advanced more than one request
+  int largest_batch = 0;      // most requests one step advanced
 };
 
 class EngineService : public GenerationService {
@@ -34,6 +46,7 @@ class EngineService : public GenerationService {
   std::vector<WorkerLoad> load() const override;
   int queued() const override;
   void release_context(const std::string& context_id) override;
+  BatchCounters batching() const;
 
  private:
   struct Impl;

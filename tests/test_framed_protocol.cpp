@@ -287,6 +287,7 @@ TEST(EngineServiceQueue, RefusesBeyondTheQueueLimitAndCancelsQueuedRequests) {
   EngineServiceOptions so;
   so.engine.model = dir.path();
   so.engine.threads = 1;
+  so.max_batch = 1;  // one running request: the next one queues
   so.max_queue = 1;
   EngineService service(so);
   RequestSpec long_one;

@@ -32,6 +32,8 @@ const char* kServeLocalHelp =
     "                         sharing whole blocks (context reuse; default 2 GiB, evicted\n"
     "                         first when a request needs the memory; 0: off)\n"
     "  --io-threads N         network threads (default 2)\n"
+    "  --max-batch N          requests one engine decodes together, one token each per\n"
+    "                         step; more wait in the queue (default 64)\n"
     "  --max-queue N          requests waiting beyond the running ones (default 256)\n"
     "  --max-context-tokens N refuse larger contexts (default: what KV memory allows)\n"
     "  --max-body-bytes N     HTTP body limit (default 8 MiB)\n"
@@ -55,9 +57,9 @@ int cmd_serve_local(int argc, char** argv) {
     return 0;
   }
   const Args args(argc, argv, 2,
-                  {"model", "http", "tcp", "workers", "engines", "context-cache-bytes", "io-threads", "max-queue",
-                   "max-context-tokens", "max-body-bytes", "header-timeout-ms", "body-timeout-ms",
-                   "api-key-env", "model-name", "device", "gpu", "threads"},
+                  {"model", "http", "tcp", "workers", "engines", "context-cache-bytes", "io-threads",
+                   "max-batch", "max-queue", "max-context-tokens", "max-body-bytes",
+                   "header-timeout-ms", "body-timeout-ms", "api-key-env", "model-name", "device", "gpu", "threads"},
                   {"random-weights"}, {&connection_limit_options()});
   server::EngineServiceOptions so;
   so.engine.random_weights = args.flag("random-weights");
@@ -68,6 +70,7 @@ int cmd_serve_local(int argc, char** argv) {
   so.engine.threads = static_cast<int>(args.get_int("threads", 0));
   so.engines = static_cast<int>(args.get_int("engines", 1));
   so.engine.context_cache_bytes = args.get_int("context-cache-bytes", int64_t{2} << 30);
+  so.max_batch = static_cast<int>(args.get_int("max-batch", 64));
   so.max_queue = static_cast<int>(args.get_int("max-queue", 256));
   so.max_context_tokens = args.get_int("max-context-tokens", 0);
   so.model_name = args.get("model-name", "");
