@@ -19,6 +19,7 @@
 #include "runtime/engine_batch.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
+#include "tools/starattn/model_options.h"
 
 namespace starattn::cli {
 
@@ -70,13 +71,7 @@ int bench_interleave(const Args& args) {
     throw std::invalid_argument("--streams, --context, --long-context, --query must be positive, "
                                 "--unloaded-steps at least 2");
 
-  EngineOptions o;
-  o.model = config;
-  o.random_weights = true;
-  o.weight_seed = static_cast<uint64_t>(args.get_int("weight-seed", 0));
-  o.device = args.get("device", "cuda");
-  o.gpu = static_cast<int>(args.get_int("gpu", 0));
-  o.workers = workers;
+  EngineOptions o = random_weights_engine_options(args, workers);
   Engine engine(o);
   engine.backend().synchronize();
   const ModelConfig& cfg = engine.config();

@@ -16,6 +16,7 @@
 #include "runtime/engine.h"
 #include "tools/starattn/args.h"
 #include "tools/starattn/commands.h"
+#include "tools/starattn/model_options.h"
 
 namespace starattn::cli {
 
@@ -52,13 +53,7 @@ int bench_reuse(const Args& args) {
     const ModelConfig shape = ModelConfig::from_json(text.str(), config);
     cache_gib = 1.1 * static_cast<double>(context * shape.kv_bytes_per_token(4)) / (1 << 30);
   }
-  EngineOptions o;
-  o.model = config;
-  o.random_weights = true;
-  o.weight_seed = static_cast<uint64_t>(args.get_int("weight-seed", 0));
-  o.device = args.get("device", "cuda");
-  o.gpu = static_cast<int>(args.get_int("gpu", 0));
-  o.workers = workers;
+  EngineOptions o = random_weights_engine_options(args, workers);
   o.context_cache_bytes = static_cast<int64_t>(cache_gib * (1 << 30));
   const auto t0 = std::chrono::steady_clock::now();
   Engine engine(o);

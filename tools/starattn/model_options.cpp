@@ -36,4 +36,15 @@ ModelLoadOptions model_load_options(const Args& args, const std::string& device,
   return o;
 }
 
+EngineOptions random_weights_engine_options(const Args& args, int workers) {
+  EngineOptions o;
+  o.model = args.require("random-weights");
+  o.random_weights = true;
+  o.weight_seed = static_cast<uint64_t>(args.get_int("weight-seed", 0));
+  o.device = args.get("device", "cuda");
+  o.gpu = static_cast<int>(args.get_int("gpu", 0));
+  o.workers = workers;
+  return o;
+}
+
 }  // namespace starattn::cli
