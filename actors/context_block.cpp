@@ -11,6 +11,7 @@
 #include "actors/data_plane.h"
 #include "actors/messages.h"
 #include "runtime/context_cache.h"
+#include "runtime/phase1_pacer.h"
 #include "runtime/request_plan.h"
 #include "runtime/star_attention.h"
 #include "transport/wire.h"
@@ -45,6 +46,7 @@ struct PendingEncode {
   caf::response_promise reply_to;
   std::chrono::steady_clock::time_point t0;
   int64_t tokens = 0;
+  Phase1Pacer pacer;  // slices of a chunk's layers within options.phase1_slice_ms
 };
 
 struct ContextState {
@@ -136,6 +138,7 @@ bool begin_encode(Self* self, const std::string& bytes, caf::response_promise re
     make_room(self, need);
     PendingEncode p;
     p.t0 = t0;
+    p.pacer.set_budget_ms(st.options.phase1_slice_ms);
     p.tokens = n;
     p.reply_to = std::move(reply_to);
     {
@@ -168,10 +171,12 @@ void run_chunk(Self* self, uint64_t id) {
   bool more = false;
   try {
     auto compute = host.lock_compute();
-    more = p.shard->encoding() && p.shard->encode_chunk();
+    const auto t_slice = std::chrono::steady_clock::now();
+    more = p.shard->encoding() && p.shard->encode_chunk(p.pacer.next_layers(host.config().num_layers));
     // The chunk's kernels run before the lock goes: otherwise the next chunks would queue up on
     // the device stream ahead of the phase-2 work this pause is for.
     host.backend().synchronize();
+    p.pacer.measured(p.shard->layers_last_call(), ms_since(t_slice));
   } catch (const std::exception& e) {
     p.reply_to.deliver(failed_reply(self, e.what(), p.t0));
     st.held.erase(id);

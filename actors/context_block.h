@@ -35,6 +35,10 @@ struct ContextBlockOptions {
   // lock released and this actor's mailbox served between them, so the phase-2 answers and
   // encodes of other requests do not wait for all of a long encode.
   int64_t phase1_chunk_tokens = 512;
+  // > 0: a chunk's forward runs in slices of the layers that fit this many milliseconds
+  // (runtime/phase1_pacer.h), the mailbox served between slices too: a phase-2 answer then
+  // waits for at most about this long behind a long encode. 0: whole chunks.
+  double phase1_slice_ms = 0;
   bool verbose = true;
   // How often the worker process tells the scheduler it is alive.
   std::chrono::milliseconds heartbeat_interval{500};

@@ -41,6 +41,9 @@ Engine::Engine(const EngineOptions& options) : impl_(std::make_unique<Impl>()) {
   if (options.phase1_chunk_tokens < 0)
     throw std::invalid_argument("phase1_chunk_tokens must be 0 (whole blocks) or more, got " +
                                 std::to_string(options.phase1_chunk_tokens));
+  if (!(options.phase1_step_share >= 0) || options.phase1_step_share > 100)
+    throw std::invalid_argument("phase1_step_share must be 0 (whole chunks) or a positive fraction of a "
+                                "decode step, got " + std::to_string(options.phase1_step_share));
   if (options.workers < 1)
     throw std::invalid_argument("workers must be at least 1, got " +
                                 std::to_string(options.workers));
@@ -71,6 +74,7 @@ PromptIds Engine::document_prompt(const std::string& document, const std::string
 Backend& Engine::backend() { return *impl_->rt.backend; }
 const Transformer& Engine::model() const { return *impl_->rt.model; }
 int64_t Engine::phase1_chunk_tokens() const { return impl_->options.phase1_chunk_tokens; }
+double Engine::phase1_step_share() const { return impl_->options.phase1_step_share; }
 
 int64_t Engine::kv_capacity_tokens() const {
   const Backend& be = *impl_->rt.backend;
@@ -204,12 +208,15 @@ std::unique_ptr<AdmittedRequest> Engine::start_request(const RequestSpec& req, i
   return admitted;
 }
 
-bool AdmittedRequest::encode_chunk(Backend& be) {
+bool AdmittedRequest::encode_chunk(Backend& be, int max_layers) {
   if (generation) throw std::logic_error("AdmittedRequest::encode_chunk: phase 1 is done");
+  last_layers = 0;
   while (next_shard < shards.size() && !shards[next_shard]->encoding()) ++next_shard;
   if (next_shard < shards.size()) {
     ++chunks;
-    if (shards[next_shard]->encode_chunk()) return true;
+    const bool more = shards[next_shard]->encode_chunk(max_layers);
+    last_layers = shards[next_shard]->layers_last_call();
+    if (more) return true;
     ++next_shard;
     while (next_shard < shards.size() && !shards[next_shard]->encoding()) ++next_shard;
     if (next_shard < shards.size()) return true;

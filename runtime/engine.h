@@ -45,6 +45,11 @@ struct EngineOptions {
   // admission). Engine::generate, with nothing to interleave, encodes whole blocks.
   // 512: a chunk costs about a decode step of a mid-size model on a GPU (bench interleave).
   int64_t phase1_chunk_tokens = 512;
+  // EngineBatch: how long a step's share of phase 1 may take, as a fraction of the last decode
+  // step's time; a chunk's forward is then split by layers over several steps
+  // (runtime/phase1_pacer.h). 0.5 keeps each token's wait at about 1.5x its unloaded value; the
+  // long request's encode then takes about 3x as long while others decode. 0: whole chunks.
+  double phase1_step_share = 0.5;
 };
 
 // The stop ids a request runs with: its own, else the model's EOS ids; none with ignore_eos.
@@ -98,6 +103,7 @@ class Engine {
   std::unique_ptr<AdmittedRequest> start_request(const RequestSpec& request, int64_t chunk_tokens);
   const Transformer& model() const;
   int64_t phase1_chunk_tokens() const;
+  double phase1_step_share() const;
 
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -1,15 +1,17 @@
 #include "runtime/engine_batch.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "runtime/engine_request.h"
 #include "runtime/errors.h"
 
 namespace starattn {
 
-EngineBatch::EngineBatch(Engine& engine, int64_t phase1_chunk_tokens)
+EngineBatch::EngineBatch(Engine& engine, int64_t phase1_chunk_tokens, double phase1_step_share)
     : engine_(engine),
       chunk_tokens_(phase1_chunk_tokens >= 0 ? phase1_chunk_tokens : engine.phase1_chunk_tokens()),
+      step_share_(phase1_step_share >= 0 ? phase1_step_share : engine.phase1_step_share()),
       batch_(engine.model()) {}
 
 EngineBatch::~EngineBatch() = default;
@@ -69,11 +71,27 @@ void EngineBatch::end_encoding(uint64_t id, Ended e, std::vector<Ended>& ended) 
   ended.push_back(std::move(e));
 }
 
-void EngineBatch::advance_encode(std::vector<Ended>& ended) {
+void EngineBatch::advance_encode(std::vector<Ended>& ended, bool paced) {
   const uint64_t id = encoding_.front();
   AdmittedRequest& r = *requests_.at(id).request;
+  paced = paced && step_share_ > 0;
+  Backend& be = engine_.backend();
   try {
-    if (r.encode_chunk(engine_.backend())) return;
+    int layers = 0;
+    if (paced) {
+      // Before the first decode step has been timed there is no budget: one layer, timed.
+      pacer_.set_budget_ms(step_share_ * decode_ms_);
+      layers = decode_ms_ > 0 ? pacer_.next_layers(engine_.config().num_layers) : 1;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const bool more = r.encode_chunk(be, layers);
+    if (paced) {
+      // Timing waits for the slice's kernels; the decode step after it would wait for them anyway.
+      be.synchronize();
+      pacer_.measured(r.layers_last_call(),
+                      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    if (more) return;
   } catch (...) {
     const ErrorReport why = report_of(std::current_exception());
     Ended e;
@@ -107,15 +125,18 @@ std::vector<EngineBatch::Ended> EngineBatch::step() {
   }
   if (!encoding_.empty()) {
     if (!batch_.empty()) {
-      advance_encode(ended);  // one chunk, then the decoding requests' step
+      advance_encode(ended, true);  // one chunk (or a slice of it), then the decoding requests' step
     } else {
       // Nobody waits for a token: the first pending encode runs to its end.
       const uint64_t first = encoding_.front();
-      while (!encoding_.empty() && encoding_.front() == first) advance_encode(ended);
+      while (!encoding_.empty() && encoding_.front() == first) advance_encode(ended, false);
     }
   }
   if (batch_.empty()) return ended;
-  for (DecodeBatch::Result& res : batch_.step()) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<DecodeBatch::Result> results = batch_.step();
+  decode_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  for (DecodeBatch::Result& res : results) {
     const auto it = requests_.find(res.id);
     Running& r = it->second;
     if (res.produced && !r.on_token(res.token)) r.request->generation->cancel();

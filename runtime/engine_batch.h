@@ -9,6 +9,8 @@
 // Chunked, each of their tokens waits for one chunk at most. Encodes run one at a time, in
 // admission order; with nobody decoding, a step runs the first one to its end (nothing to wait).
 // A phase 1 of at most one chunk's rows, and with chunk 0 any phase 1, runs in admit(), as before.
+// With a step share (EngineOptions::phase1_step_share), a step runs only as many layers of the
+// chunk as fit that fraction of the last decode step's time (runtime/phase1_pacer.h).
 #pragma once
 
 #include <cstdint>
@@ -20,6 +22,7 @@
 
 #include "runtime/decode_batch.h"
 #include "runtime/engine.h"
+#include "runtime/phase1_pacer.h"
 
 namespace starattn {
 
@@ -27,7 +30,8 @@ class EngineBatch {
  public:
   // The engine must outlive the batch. One thread drives a batch. phase1_chunk_tokens: negative
   // takes the engine's option.
-  explicit EngineBatch(Engine& engine, int64_t phase1_chunk_tokens = -1);
+  // phase1_step_share: negative takes the engine's option, 0 runs whole chunks.
+  explicit EngineBatch(Engine& engine, int64_t phase1_chunk_tokens = -1, double phase1_step_share = -1);
   ~EngineBatch();
   EngineBatch(const EngineBatch&) = delete;
   EngineBatch& operator=(const EngineBatch&) = delete;
@@ -69,11 +73,15 @@ class EngineBatch {
     GeneratedCallback on_token;
     bool cancelled = false;  // while encoding: ends at the next step
   };
-  // Runs the next chunk of the first pending encode; a failed chunk ends its request in `ended`.
-  void advance_encode(std::vector<Ended>& ended);
+  // Runs the next chunk of the first pending encode (paced: the layers of it that fit this
+  // step's share); a failed chunk ends its request in `ended`.
+  void advance_encode(std::vector<Ended>& ended, bool paced);
   void end_encoding(uint64_t id, Ended e, std::vector<Ended>& ended);
   Engine& engine_;
   int64_t chunk_tokens_;
+  double step_share_;
+  Phase1Pacer pacer_;
+  double decode_ms_ = 0;  // the last decode step's wall time (0: none yet)
   DecodeBatch batch_;
   std::map<uint64_t, Running> requests_;
   std::deque<uint64_t> encoding_;  // ids whose phase 1 is pending, in admission order

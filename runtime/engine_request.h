@@ -20,15 +20,18 @@ struct AdmittedRequest {
   std::unique_ptr<LocalShards> local;
   std::unique_ptr<Generation> generation;  // last: it reads `local`; null until phase 1 is done
 
-  // Runs the next chunk of phase 1; when it was the last, starts the Generation. Returns true
+  // Runs the next chunk of phase 1 (with max_layers > 0, at most that many layers of it:
+  // ContextShard::encode_chunk); when it was the last, starts the Generation. Returns true
   // while chunks remain. A throw (a failed forward) leaves the request failed: destroy it, which
   // frees its shards' K/V, partial or not.
-  bool encode_chunk(Backend& backend);
+  bool encode_chunk(Backend& backend, int max_layers = 0);
+  // Layers of a forward the last encode_chunk() ran.
+  int layers_last_call() const { return last_layers; }
   bool encoding() const { return generation == nullptr; }
   // Context rows (anchors included) phase 1 has left to compute, and its total.
   int64_t encode_rows_left() const;
   int64_t encode_rows_total() const { return rows_total; }
-  // Chunks run so far.
+  // encode_chunk() calls so far (chunks, or slices of chunks).
   int chunks_done() const { return chunks; }
   // Tokens of K/V its shards hold room for (what it frees when it ends).
   int64_t kv_tokens() const;
@@ -41,6 +44,7 @@ struct AdmittedRequest {
   size_t next_shard = 0;  // the shard encoding now
   int64_t rows_total = 0;
   int chunks = 0;
+  int last_layers = 0;
 
   // The request has ended (its generation finished): its stats, decode included.
   RequestStats end(Backend& backend);

@@ -85,6 +85,11 @@ struct ContextShard::Encoding {
   int64_t done = 0;            // its rows encoded so far
   int64_t first_row = 0;       // where its K/V goes in the shard's cache
   int64_t rows_total = 0, rows_left = 0;
+  // The chunk whose forward runs in slices (encode_chunk's max_layers): its rows (0: none in
+  // flight), positions and the next layer to run.
+  int64_t flight_rows = 0;
+  std::vector<int32_t> flight_pos;
+  int flight_layer = 0;
   // Progress of long encodes (seconds at 128K) at info level, of every encode at debug level.
   // Timing a block waits for the backend, so it is done only when the line is printed.
   logging::Level progress = logging::Level::debug;
@@ -152,8 +157,9 @@ void ContextShard::begin_encode(std::vector<int32_t> anchor, std::vector<BlockSp
   pending_ = std::move(e);
 }
 
-bool ContextShard::encode_chunk() {
+bool ContextShard::encode_chunk(int max_layers) {
   if (!pending_) throw std::logic_error("ContextShard::encode_chunk: no encode in progress");
+  layers_last_call_ = 0;
   try {
     Encoding& e = *pending_;
     Backend& be = model_.backend();
@@ -166,11 +172,21 @@ bool ContextShard::encode_chunk() {
     const bool anchor_in_block = blk.start == 0 && a > 0 && a <= blk.length &&
                                  std::equal(e.anchor.begin(), e.anchor.end(), toks.begin());
     // Rows [begin, begin + n) of `ids` at positions first_pos.., into the scratch after what it
-    // holds (causal over it).
+    // holds (causal over it). Returns n once the chunk's last layer has run, 0 before.
     auto forward_rows = [&](const std::vector<int32_t>& ids, int64_t begin, int64_t left, int64_t first_pos) {
-      const int64_t n = e.chunk > 0 ? std::min(e.chunk, left) : left;
-      const auto pos = iota_positions(first_pos, n);
-      model_.forward(ids.data() + begin, pos.data(), n, e.hook, ws_, kv_only);
+      if (e.flight_rows == 0) {
+        e.flight_rows = e.chunk > 0 ? std::min(e.chunk, left) : left;
+        e.flight_pos = iota_positions(first_pos, e.flight_rows);
+        e.flight_layer = 0;
+      }
+      const int end = max_layers > 0 ? std::min(c.num_layers, e.flight_layer + max_layers) : c.num_layers;
+      model_.forward_layers(ids.data() + begin, e.flight_pos.data(), e.flight_rows, e.flight_layer, end,
+                            e.hook, ws_, kv_only);
+      layers_last_call_ = end - e.flight_layer;
+      e.flight_layer = end;
+      if (end < c.num_layers) return int64_t{0};
+      const int64_t n = e.flight_rows;
+      e.flight_rows = 0;
       e.scratch.commit(n);
       e.rows_left -= n;
       return n;

@@ -44,8 +44,13 @@ class ContextShard {
   void begin_encode(std::vector<int32_t> anchor, std::vector<BlockSpec> blocks,
                     std::vector<std::vector<int32_t>> block_tokens, int64_t chunk_tokens);
   // Runs the next chunk (or takes the next block from the cache); returns true while more
-  // remain. Throws when no encode is in progress.
-  bool encode_chunk();
+  // remain. Throws when no encode is in progress. max_layers > 0 runs at most that many layers
+  // of the chunk's forward: the chunk then takes several calls (a slice each), and its K/V
+  // counts once its last layer has run. Slices leave the K/V bit for bit as whole chunks do.
+  bool encode_chunk(int max_layers = 0);
+  // Layers of a forward the last encode_chunk() ran (0: it took a block from the cache or only
+  // moved on), for pacing slices by their measured time (runtime/phase1_pacer.h).
+  int layers_last_call() const { return layers_last_call_; }
   bool encoding() const { return pending_ != nullptr; }
   // Rows the encode in progress has left to compute (anchor rows included) and its total.
   int64_t encode_rows_left() const;
@@ -93,6 +98,7 @@ class ContextShard {
   std::string pin_;
   ContextCache::Lease lease_;  // after blocks_: released before the cache can go
   int reused_ = 0, encoded_ = 0;
+  int layers_last_call_ = 0;
   struct Encoding;                    // the encode in progress, with its scratch K/V
   std::unique_ptr<Encoding> pending_;
   bool next_block();                   // moves the encode in progress past its current block

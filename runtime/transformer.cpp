@@ -104,8 +104,21 @@ Transformer::Transformer(const ModelConfig& config, const WeightSource& w, Backe
 void Transformer::forward(const int32_t* ids, const int32_t* positions, int64_t n,
                           AttentionHook& hook, Workspace& ws,
                           const ForwardOptions& options) const {
+  forward_layers(ids, positions, n, 0, config_.num_layers, hook, ws, options);
+}
+
+void Transformer::forward_layers(const int32_t* ids, const int32_t* positions, int64_t n, int first,
+                                 int end, AttentionHook& hook, Workspace& ws,
+                                 const ForwardOptions& options) const {
   if (n <= 0) throw std::invalid_argument("Transformer::forward: no tokens");
   const ModelConfig& c = config_;
+  if (first < 0 || first >= end || end > c.num_layers)
+    throw std::invalid_argument("Transformer::forward: layers [" + std::to_string(first) + ", " +
+                                std::to_string(end) + ") of " + std::to_string(c.num_layers));
+  // A later piece continues in the rows the first one left; growing the workspace would lose them.
+  if (first > 0 && ws.capacity() < n)
+    throw std::logic_error("Transformer::forward: layers from " + std::to_string(first) +
+                           " on a workspace that holds fewer than " + std::to_string(n) + " rows");
   // The rows whose logits are computed: the last one unless the caller named rows.
   const std::vector<int64_t> last_row{n - 1};
   const std::vector<int64_t>& out_rows = options.logits_rows.empty() ? last_row : options.logits_rows;
@@ -125,9 +138,11 @@ void Transformer::forward(const int32_t* ids, const int32_t* positions, int64_t 
   const Tensor gate = gate_up.slice_cols(0, I), up = gate_up.slice_cols(I, I);
   auto bias = [](const Buffer& b) { return b.allocated() ? &b.view() : nullptr; };
 
-  be.embedding(ids, embed_.view(), x);
-  be.rmsnorm(x, layers_[0].attn_norm.view(), c.rms_norm_eps, xn);
-  for (int li = 0; li < c.num_layers; ++li) {
+  if (first == 0) {
+    be.embedding(ids, embed_.view(), x);
+    be.rmsnorm(x, layers_[0].attn_norm.view(), c.rms_norm_eps, xn);
+  }
+  for (int li = first; li < end; ++li) {
     const Layer& L = layers_[static_cast<size_t>(li)];
     const bool last = li + 1 == c.num_layers;
     if (last && options.kv_only) {
@@ -165,7 +180,7 @@ void Transformer::forward(const int32_t* ids, const int32_t* positions, int64_t 
       be.add(x, proj);
     }
   }
-  if (!options.logits || options.kv_only) return;
+  if (end < c.num_layers || !options.logits || options.kv_only) return;
   be.matmul(xn.slice_rows(0, k_out), c.tie_word_embeddings ? embed_.view() : lm_head_.view(), nullptr,
             ws.logits.rows(0, k_out));
 }

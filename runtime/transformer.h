@@ -66,6 +66,13 @@ class Transformer {
   // Runs the model over n tokens with explicit position ids.
   void forward(const int32_t* ids, const int32_t* positions, int64_t n, AttentionHook& hook,
                Workspace& ws, const ForwardOptions& options) const;
+  // The same forward in pieces: layers [first, end) only. first == 0 embeds the ids; the state
+  // between pieces is the workspace's residual and normed rows (x, xn), so the calls of one
+  // forward take the same ids, positions, n, hook, workspace and options, and nothing else may
+  // use that workspace until end == num_layers (then the logits, as forward() computes them).
+  // Why: a phase-1 chunk split over several decode steps adds only some layers' time to each.
+  void forward_layers(const int32_t* ids, const int32_t* positions, int64_t n, int first, int end,
+                      AttentionHook& hook, Workspace& ws, const ForwardOptions& options) const;
 
   // Total bytes of weights held on the backend.
   int64_t weight_bytes() const { return weight_bytes_; }

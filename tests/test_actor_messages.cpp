@@ -2,7 +2,8 @@
 // actors and client all share this process streams a request without encoding or decoding a
 // single request message (the counters of transport/wire.h), and gives the Engine's tokens and
 // logits. The same request submitted as bytes (what a remote `run --head` sends) is answered in
-// bytes, token by token: the counters see it, so the check can fail.
+// bytes, token by token: the counters see it, so the check can fail. Context workers that
+// encode in slices of layers give the same tokens and logits.
 #include <gtest/gtest.h>
 
 #include <caf/all.hpp>
@@ -159,6 +160,74 @@ TEST(ActorMessages, InProcessHeadStreamsWithoutProtobufAndMatchesTheEngine) {
   }
   EXPECT_EQ(wire::WireCounts<wire::TokenEvent>::encoded.load() - tokens_encoded, 6u);
   EXPECT_EQ(wire::WireCounts<wire::Finished>::encoded.load() - finished_encoded, 1u);
+  actors::stop_actors(system, all);
+}
+
+// Context workers that run each block's forward one layer per message (phase1_slice_ms far
+// below a layer's time: the pacer's floor of one layer), their mailboxes served between the
+// slices, give the Engine's tokens and logits bit for bit: slices are the same forward.
+TEST(ActorMessages, WorkersEncodingInSlicesOfLayersMatchTheEngine) {
+  testing::TempDir dir;
+  const std::string model = dir.path() + "/tiny";
+  write_random_model(preset_config("tiny"), 6, model);
+  constexpr int kWorkers = 2;
+  std::mt19937_64 rng(29);
+  RequestSpec spec;
+  spec.prompt.context = testing::random_tokens(rng, 260, 256);
+  spec.prompt.query = testing::random_tokens(rng, 4, 256);
+  spec.max_tokens = 5;
+  spec.ignore_eos = true;
+  spec.want_logits = true;
+
+  EngineOptions eo;
+  eo.model = model;
+  eo.workers = kWorkers;
+  eo.threads = 2;
+  Engine engine(eo);
+  const auto vocab = static_cast<size_t>(engine.config().vocab_size);
+  Streamed reference;
+  engine.generate(spec, [&](int32_t id, const float* logits) {
+    reference.tokens.push_back(id);
+    reference.logits.insert(reference.logits.end(), logits, logits + vocab);
+    return true;
+  });
+
+  transport::restrict_ucx_net_devices("lo");
+  caf::actor_system_config config;
+  actors::configure_caf(config);
+  caf::actor_system system{config};
+  auto host = std::make_shared<actors::ModelHost>(model, "cpu", 0, 2);
+  actors::Head head = actors::spawn_head(system, host, false);
+  std::vector<caf::actor> all{head.scheduler, head.query};
+  for (int i = 0; i < kWorkers; ++i) {
+    actors::ContextBlockOptions o;
+    o.model = host;
+    o.scheduler = head.scheduler;
+    o.name = "sliced/" + std::to_string(i);
+    o.kv_fraction = 0.8 / kWorkers;
+    o.phase1_chunk_tokens = 0;  // whole blocks, as the Engine encodes them
+    o.phase1_slice_ms = 1e-9;
+    o.verbose = false;
+    all.push_back(actors::spawn_context_block(system, o));
+  }
+  actors::wait_for_workers(system, head.scheduler, kWorkers, 60s);
+  Streamed sliced;
+  const RequestEnd end = actors::submit(
+      system, head.scheduler, spec,
+      [&](const TokenEvent& ev) {
+        sliced.tokens.insert(sliced.tokens.end(), ev.tokens.begin(), ev.tokens.end());
+        sliced.logits.insert(sliced.logits.end(), ev.logits.begin(), ev.logits.end());
+      },
+      60s);
+  // EXPECTs only: a failed ASSERT would return with the actors running, and the actor system's
+  // destructor would wait for them forever.
+  EXPECT_TRUE(end.ok) << end.error;
+  EXPECT_EQ(end.stats.workers_used, kWorkers);
+  EXPECT_EQ(sliced.tokens, reference.tokens);
+  EXPECT_EQ(sliced.logits.size(), reference.logits.size());
+  if (sliced.logits.size() == reference.logits.size()) {
+    EXPECT_EQ(testing::max_abs_diff(sliced.logits, reference.logits), 0.0);
+  }
   actors::stop_actors(system, all);
 }
 

@@ -2,7 +2,9 @@
 // the cpu backend: a shard encoded chunk by chunk holds the one-shot encode's K/V and the query
 // decodes the same tokens over it, for chunk sizes that divide the blocks and that do not, with
 // and without an anchor; in an EngineBatch a decoding request gets tokens between the chunks of
-// a newly admitted long one; a request cancelled (or failing) mid-encode frees its K/V.
+// a newly admitted long one; a request cancelled (or failing) mid-encode frees its K/V. A chunk
+// whose forward runs in slices of layers (encode_chunk's max_layers, EngineBatch's step share)
+// leaves the K/V of the same chunk run whole, bit for bit; the pacer's arithmetic is checked alone.
 //
 // Tolerance: a chunk's forward multiplies fewer rows than the one-shot forward, and the cpu
 // matmul's rounding depends on the row count (its kernel and blocking are picked by it), so K/V
@@ -21,6 +23,7 @@
 #include "runtime/block_plan.h"
 #include "runtime/engine_batch.h"
 #include "runtime/errors.h"
+#include "runtime/phase1_pacer.h"
 #include "runtime/random_model.h"
 #include "runtime/star_attention.h"
 #include "tests/support/test_models.h"
@@ -49,13 +52,14 @@ struct Model {
 };
 
 // The shards of one request (star mode over `workers`), encoded one-shot (chunk < 0) or in
-// chunks of `chunk` rows (0: a whole anchor or block per call).
+// chunks of `chunk` rows (0: a whole anchor or block per call), each chunk's forward in slices of
+// `max_layers` layers (0: whole).
 struct Encoded {
   std::vector<std::unique_ptr<ContextShard>> shards;
   int calls = 0;
 };
 Encoded encode(const Model& m, const std::vector<int32_t>& ctx, int64_t block, int64_t anchor_len,
-               int workers, int64_t chunk) {
+               int workers, int64_t chunk, int max_layers = 0) {
   const int64_t C = static_cast<int64_t>(ctx.size());
   const auto runs = assign_blocks(split_blocks(C, block), std::vector<int64_t>(workers, C));
   const std::vector<int32_t> anchor(ctx.begin(), ctx.begin() + anchor_len);
@@ -76,17 +80,22 @@ Encoded encode(const Model& m, const std::vector<int32_t>& ctx, int64_t block, i
       const int64_t total = shard->encode_rows_total();
       int64_t left = total;
       bool more = true;
+      const int L = m.config.num_layers;
       while (more) {
-        more = shard->encode_chunk();
+        more = shard->encode_chunk(max_layers);
         ++out.calls;
-        // Each call computes at most `chunk` rows, and never none (a cached block aside).
+        const int ran = shard->layers_last_call();
+        EXPECT_EQ(ran, max_layers > 0 ? std::min(max_layers, L) : L);
+        // Each call computes at most `chunk` rows, and never none (a cached block aside); a
+        // slice that does not end its chunk leaves the rows as they were.
         const int64_t now = shard->encode_rows_left();
-        if (more) {
+        if (more && max_layers == 0) {
           EXPECT_LT(now, left);
-          if (chunk > 0) {
-            EXPECT_LE(left - now, chunk);
-          }
         }
+        if (more && chunk > 0) {
+          EXPECT_LE(left - now, chunk);
+        }
+        EXPECT_LE(now, left);
         left = now;
       }
       EXPECT_FALSE(shard->encoding());
@@ -157,6 +166,33 @@ TEST_P(Phase1Chunks, ChunkedEncodeEqualsOneShot) {
   }
 }
 
+// Slices of layers run the chunk's forward exactly as one call does: same rows, same kernels,
+// the state carried in the workspace. So the K/V equal the whole chunks' bit for bit.
+TEST_P(Phase1Chunks, SlicedChunksEqualWholeChunksBitForBit) {
+  const ChunkCase c = GetParam();
+  const Model m(c.variant, 29 + c.block);
+  std::mt19937_64 rng(c.context * 5 + c.anchor);
+  const auto ctx = testing::random_tokens(rng, c.context, m.config.vocab_size);
+  const int L = m.config.num_layers;
+  ASSERT_GE(L, 2) << "slices need a model of several layers";
+  for (int64_t chunk : {int64_t{3}, int64_t{0}}) {
+    Encoded whole = encode(m, ctx, c.block, c.anchor, c.workers, chunk);
+    for (int layers = 1; layers < L; ++layers) {
+      Encoded sliced = encode(m, ctx, c.block, c.anchor, c.workers, chunk, layers);
+      EXPECT_GE(sliced.calls, whole.calls * ((L + layers - 1) / layers)) << "chunk " << chunk << ", " << layers << " layers";
+      ASSERT_EQ(sliced.shards.size(), whole.shards.size());
+      for (size_t s = 0; s < whole.shards.size(); ++s)
+        for (int l = 0; l < L; ++l) {
+          const KvCache& a = whole.shards[s]->cache();
+          const KvCache& b = sliced.shards[s]->cache();
+          ASSERT_EQ(a.size(), b.size());
+          EXPECT_EQ(m.download(a.keys(l)), m.download(b.keys(l))) << "chunk " << chunk << " shard " << s << " layer " << l;
+          EXPECT_EQ(m.download(a.values(l)), m.download(b.values(l))) << "chunk " << chunk << " shard " << s << " layer " << l;
+        }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, Phase1Chunks,
     ::testing::Values(ChunkCase{45, 12, 12, 2, false},  // anchor = block, last block short
@@ -174,6 +210,26 @@ TEST(Phase1ChunksApi, MisuseIsRefused) {
   EXPECT_TRUE(shard.encode_chunk());
   EXPECT_FALSE(shard.encode_chunk());
   EXPECT_EQ(shard.tokens(), 4);
+}
+
+TEST(Phase1Pacer, PicksTheLayersThatFitTheBudget) {
+  Phase1Pacer off;
+  EXPECT_EQ(off.next_layers(32), 0) << "no budget: whole chunks";
+  off.measured(4, 8.0);
+  EXPECT_EQ(off.next_layers(32), 0);
+  Phase1Pacer p(7.5);
+  EXPECT_EQ(p.next_layers(32), 1) << "nothing measured yet: one layer, to take the time";
+  p.measured(1, 2.4);
+  EXPECT_EQ(p.next_layers(32), 3);  // floor(7.5 / 2.4)
+  p.measured(0, 50.0);              // a block from the cache: no forward, no news
+  EXPECT_EQ(p.next_layers(32), 3);
+  p.measured(3, 30.0);              // later chunks attend over more keys: 10 ms a layer
+  EXPECT_EQ(p.next_layers(32), 1) << "at least one layer, or the encode never ends";
+  p.measured(2, 0.2);
+  EXPECT_EQ(p.next_layers(32), 0) << "all 32 layers fit: the whole chunk";
+  EXPECT_EQ(p.next_layers(100), 75);
+  p.set_budget_ms(0);
+  EXPECT_EQ(p.next_layers(100), 0);
 }
 
 class EngineBatchChunks : public ::testing::Test {
@@ -286,6 +342,47 @@ TEST_F(EngineBatchChunks, CancelMidEncodeFreesItsKv) {
   while (batch.running() > 0) batch.step();
   EXPECT_EQ(outcomes_[a].tokens.size(), 20u) << "the running request went on to its end";
   EXPECT_EQ(batch.kv_tokens_held(), 0);
+}
+
+// With a step share far below a layer's time, the pacer runs one layer of the chunk per step:
+// the long request's phase 1 takes num_layers times the steps of whole chunks, the running
+// stream gets a token at each, and both requests' tokens and logits equal those of whole chunks
+// bit for bit (the same forwards, sliced).
+TEST_F(EngineBatchChunks, PacedSlicesGiveTheWholeChunksResults) {
+  const RequestSpec running = request(40, 60, 7);
+  const RequestSpec long_one = request(150, 3, 8);
+  std::map<double, std::pair<uint64_t, uint64_t>> ids;
+  std::map<double, int> encode_steps;
+  for (double share : {0.0, 1e-9}) {
+    EngineBatch batch(*engine_, 16, share);
+    const uint64_t a = admit(batch, running);
+    batch.step();
+    const uint64_t b = admit(batch, long_one);
+    ASSERT_TRUE(batch.phase1_progress(b));
+    int steps = 0;
+    for (int guard = 0; batch.running() > 0 && guard < 2000; ++guard) {
+      const bool encoding = batch.phase1_progress(b).has_value();
+      const size_t a_tokens = outcomes_[a].tokens.size();
+      for (EngineBatch::Ended& e : batch.step()) EXPECT_TRUE(e.end.ok) << e.end.error;
+      if (!encoding) continue;
+      ++steps;
+      if (outcomes_[a].tokens.size() < static_cast<size_t>(running.max_tokens)) {
+        EXPECT_EQ(outcomes_[a].tokens.size(), a_tokens + 1) << "a token each step of the encode";
+      }
+    }
+    EXPECT_EQ(batch.running(), 0u);
+    ids[share] = {a, b};
+    encode_steps[share] = steps;
+  }
+  const int L = config_.num_layers;
+  EXPECT_GE(encode_steps[1e-9], L * (encode_steps[0.0] - 1)) << "one layer a step";
+  for (int r = 0; r < 2; ++r) {
+    const testing::Outcome& whole = outcomes_[r == 0 ? ids[0.0].first : ids[0.0].second];
+    const testing::Outcome& sliced = outcomes_[r == 0 ? ids[1e-9].first : ids[1e-9].second];
+    EXPECT_EQ(sliced.tokens, whole.tokens) << "request " << r;
+    ASSERT_EQ(sliced.logits.size(), whole.logits.size());
+    for (size_t i = 0; i < whole.logits.size(); ++i) EXPECT_EQ(sliced.logits[i], whole.logits[i]) << "request " << r << " step " << i;
+  }
 }
 
 TEST_F(EngineBatchChunks, ChunkZeroEncodesAtAdmission) {

@@ -436,7 +436,7 @@ int cmd_bench(int argc, char** argv) {
     }
     return bench_interleave(Args(argc, argv, 3,
                                  {"random-weights", "weight-seed", "device", "gpu", "streams", "context",
-                                  "long-context", "chunk", "workers", "unloaded-steps", "query"},
+                                  "long-context", "chunk", "share", "workers", "unloaded-steps", "query"},
                                  {}));
   }
   if (what != "kernels" && what != "e2e")

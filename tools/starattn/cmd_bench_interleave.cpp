@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -26,11 +27,13 @@ namespace starattn::cli {
 const char* kBenchInterleaveHelp =
     "usage: starattn bench interleave --random-weights CONFIG [--device cuda] [--gpu N] [--streams 4]\n"
     "                                 [--context 8192] [--long-context 131072] [--chunk 512,2048]\n"
-    "                                 [--workers 4] [--unloaded-steps 32] [--query 16]\n"
+    "                                 [--share 0,0.5] [--workers 4] [--unloaded-steps 32] [--query 16]\n"
     "S streams (--context tokens each) decode together in one EngineBatch; after --unloaded-steps\n"
     "steps one request with --long-context tokens is admitted. Prints p50/p99 inter-token latency\n"
     "of the streams unloaded and while the long request's phase 1 runs, and their ratio (goal <= 2),\n"
-    "for each --chunk size (rows of phase 1 per decode step) and for 0 (all of phase 1 at admission).\n";
+    "for each --chunk size (rows of phase 1 per decode step) with each --share (a step runs the\n"
+    "layers of a chunk that fit that fraction of a decode step's time; 0: whole chunks), and for\n"
+    "chunk 0 (all of phase 1 at admission).\n";
 
 namespace {
 
@@ -47,6 +50,7 @@ double percentile(std::vector<double> v, double p) {
 
 struct Run {
   int64_t chunk = 0;
+  double share = 0;
   std::vector<double> unloaded, during;  // inter-token gaps, ms
   double encode_ms = 0;                   // admission to the long request's first token
   int encode_steps = 0;                   // steps that ran a chunk of its phase 1
@@ -63,10 +67,23 @@ int bench_interleave(const Args& args) {
   const int64_t query = args.get_int("query", 16);
   const int workers = static_cast<int>(args.get_int("workers", 4));
   const int unloaded_steps = static_cast<int>(args.get_int("unloaded-steps", 32));
-  std::vector<int64_t> chunks;
+  // (chunk rows, step share) of each run; the last is the whole encode at admission.
+  std::vector<std::pair<int64_t, double>> settings;
+  std::vector<double> shares;
+  {
+    std::stringstream list(args.get("share", "0,0.5"));
+    for (std::string item; std::getline(list, item, ',');) {
+      char* end = nullptr;
+      const double v = std::strtod(item.c_str(), &end);
+      if (item.empty() || *end != '\0' || !(v >= 0))
+        throw std::invalid_argument("--share: a comma-separated list of fractions >= 0, got '" + item + "'");
+      shares.push_back(v);
+    }
+  }
   for (int32_t c : parse_id_list(args.get("chunk", "512,2048"), "--chunk"))
-    if (c > 0) chunks.push_back(c);
-  chunks.push_back(0);
+    if (c > 0)
+      for (double share : shares) settings.emplace_back(c, share);
+  settings.emplace_back(0, 0.0);
   if (streams < 1 || context < 1 || long_context < 1 || query < 1 || unloaded_steps < 2)
     throw std::invalid_argument("--streams, --context, --long-context, --query must be positive, "
                                 "--unloaded-steps at least 2");
@@ -96,13 +113,16 @@ int bench_interleave(const Args& args) {
   engine.generate(request(std::min<int64_t>(context, 64 * workers), 2), [](int32_t, const float*) { return true; });
 
   std::vector<Run> runs;
-  for (int64_t chunk : chunks) {
+  for (const auto& [chunk, share] : settings) {
     Run run;
     run.chunk = chunk;
-    EngineBatch batch(engine, chunk);
+    run.share = share;
+    EngineBatch batch(engine, chunk, share);
     // Enough tokens for the streams to outlast the long encode: its rows (context and anchors,
-    // about twice the context in star mode) one chunk a step, and a margin.
-    const int64_t encode_steps = chunk > 0 ? (2 * long_context + chunk - 1) / chunk : 1;
+    // about twice the context in star mode) one chunk a step (a layer a step at worst when
+    // paced), and a margin.
+    const int64_t encode_steps =
+        chunk > 0 ? (2 * long_context + chunk - 1) / chunk * (share > 0 ? cfg.num_layers : 1) : 1;
     const int max_tokens = static_cast<int>(unloaded_steps + encode_steps + 64);
     std::vector<Clock::time_point> last(static_cast<size_t>(streams));
     std::vector<bool> seen(static_cast<size_t>(streams), false);
@@ -140,8 +160,8 @@ int bench_interleave(const Args& args) {
       for (uint64_t s = 1; s <= static_cast<uint64_t>(streams); ++s) batch.cancel(s);
       batch.step();
     }
-    std::fprintf(stderr, "chunk %lld: %zu unloaded gaps, %zu during the long encode (%.0f ms, %d steps)\n",
-                 static_cast<long long>(chunk), run.unloaded.size(), run.during.size(), run.encode_ms,
+    std::fprintf(stderr, "chunk %lld share %.2f: %zu unloaded gaps, %zu during the long encode (%.0f ms, %d steps)\n",
+                 static_cast<long long>(chunk), share, run.unloaded.size(), run.during.size(), run.encode_ms,
                  run.encode_steps);
     runs.push_back(std::move(run));
   }
@@ -150,12 +170,12 @@ int bench_interleave(const Args& args) {
               "admitted mid-way (star mode, %d workers). Inter-token gaps of the streams, ms.\n",
               config.c_str(), o.device.c_str(), streams, static_cast<long long>(context),
               static_cast<long long>(long_context), workers);
-  std::printf("%-8s %11s %11s %11s %11s %10s %13s %12s\n", "chunk", "unl. p50", "unl. p99", "during p50",
-              "during p99", "p99 ratio", "long TTFT ms", "gaps during");
+  std::printf("%-9s %6s %11s %11s %11s %11s %10s %13s %12s\n", "chunk", "share", "unl. p50", "unl. p99",
+              "during p50", "during p99", "p99 ratio", "long TTFT ms", "gaps during");
   for (const Run& r : runs) {
     const double up99 = percentile(r.unloaded, 99), dp99 = percentile(r.during, 99);
-    std::printf("%-8s %11.2f %11.2f %11.2f %11.2f %9.2fx %13.0f %12zu%s\n",
-                r.chunk == 0 ? "0 (whole)" : std::to_string(r.chunk).c_str(), percentile(r.unloaded, 50), up99,
+    std::printf("%-9s %6.2f %11.2f %11.2f %11.2f %11.2f %9.2fx %13.0f %12zu%s\n",
+                r.chunk == 0 ? "0 (whole)" : std::to_string(r.chunk).c_str(), r.share, percentile(r.unloaded, 50), up99,
                 percentile(r.during, 50), dp99, dp99 / up99, r.encode_ms, r.during.size(),
                 r.streams_lasted ? "" : "  (a stream ended early)");
   }

@@ -35,6 +35,10 @@ const char* kServeLocalHelp =
     "  --max-batch N          requests one engine decodes together, one token each per\n"
     "                         step; more wait in the queue (default 64)\n"
     "  --max-queue N          requests waiting beyond the running ones (default 256)\n"
+    "  --phase1-chunk N       a request admitted while others decode encodes its context in\n"
+    "                         chunks of N rows between their steps (default 512; 0: at once)\n"
+    "  --phase1-share F       each step runs only the layers of a chunk that fit F times the\n"
+    "                         last decode step's time (default 0.5; 0: whole chunks)\n"
     "  --max-context-tokens N refuse larger contexts (default: what KV memory allows)\n"
     "  --max-body-bytes N     HTTP body limit (default 8 MiB)\n"
     "  --header-timeout-ms N  time for a request's headers (default 10000)\n"
@@ -58,7 +62,7 @@ int cmd_serve_local(int argc, char** argv) {
   }
   const Args args(argc, argv, 2,
                   {"model", "http", "tcp", "workers", "engines", "context-cache-bytes", "io-threads",
-                   "max-batch", "max-queue", "max-context-tokens", "max-body-bytes",
+                   "max-batch", "max-queue", "phase1-chunk", "phase1-share", "max-context-tokens", "max-body-bytes",
                    "header-timeout-ms", "body-timeout-ms", "api-key-env", "model-name", "device", "gpu", "threads"},
                   {"random-weights"}, {&connection_limit_options()});
   server::EngineServiceOptions so;
@@ -70,6 +74,8 @@ int cmd_serve_local(int argc, char** argv) {
   so.engine.threads = static_cast<int>(args.get_int("threads", 0));
   so.engines = static_cast<int>(args.get_int("engines", 1));
   so.engine.context_cache_bytes = args.get_int("context-cache-bytes", int64_t{2} << 30);
+  so.engine.phase1_chunk_tokens = args.get_int("phase1-chunk", so.engine.phase1_chunk_tokens);
+  so.engine.phase1_step_share = args.get_double("phase1-share", so.engine.phase1_step_share);
   so.max_batch = static_cast<int>(args.get_int("max-batch", 64));
   so.max_queue = static_cast<int>(args.get_int("max-queue", 256));
   so.max_context_tokens = args.get_int("max-context-tokens", 0);

@@ -47,6 +47,8 @@ const char* kWorkerHelp =
     "                         request needs it; default: half the room; 0: off)\n"
     "  --phase1-chunk N       encode context in chunks of N rows, serving phase-2 attention of\n"
     "                         running requests between them (default 512; 0: whole blocks)\n"
+    "  --phase1-slice-ms MS   run each chunk's forward in slices of the layers that fit MS\n"
+    "                         milliseconds, serving phase 2 between them too (default 0: whole)\n"
     "  --connect-timeout S    how long to keep trying to reach the head (default 60)\n"
     "  --name NAME            name in logs and errors (default HOST:PID)\n";
 
@@ -60,7 +62,7 @@ int cmd_worker(int argc, char** argv) {
   }
   const Args args(argc, argv, 2,
                   {"head", "model", "random-weights", "weight-seed", "data-plane-devices", "gpus", "cpu-threads", "listen", "port-file", "kv-fraction", "context-cache-bytes",
-                   "phase1-chunk", "connect-timeout", "name", "tls-cert", "tls-key", "tls-ca"},
+                   "phase1-chunk", "phase1-slice-ms", "connect-timeout", "name", "tls-cert", "tls-key", "tls-ca"},
                   {"insecure"}, {&worker_port_limit_options()});
   const auto [head_host, head_port] = transport::parse_host_port(args.require("head"), "--head");
   // The data plane listens where this worker is reachable: its --listen address, else the
@@ -111,6 +113,8 @@ int cmd_worker(int argc, char** argv) {
     o.context_cache_bytes = args.get_int("context-cache-bytes", -1);
     o.phase1_chunk_tokens = args.get_int("phase1-chunk", o.phase1_chunk_tokens);
     if (o.phase1_chunk_tokens < 0) throw std::invalid_argument("--phase1-chunk: 0 (whole blocks) or more");
+    o.phase1_slice_ms = args.get_double("phase1-slice-ms", 0);
+    if (!(o.phase1_slice_ms >= 0)) throw std::invalid_argument("--phase1-slice-ms: 0 (whole chunks) or more");
     blocks.push_back(actors::spawn_context_block(system, o));
   };
   if (gpus.empty()) {
