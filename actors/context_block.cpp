@@ -210,6 +210,8 @@ std::string status(Self* self, const std::string& bytes) {
     w->set_worker_id(self->state.worker_id);
     w->set_name(self->state.options.name);
     w->set_device(self->state.options.device);
+    w->set_capacity_tokens(self->state.options.model->kv_tokens_in(self->state.room_bytes));
+    w->set_capacity_bytes(self->state.room_bytes);
     w->set_ucx_address(self->state.server->address());
     w->set_active_requests(self->state.server->active());
     int64_t held = 0;
@@ -230,7 +232,7 @@ caf::behavior context_block(Self* self, ContextBlockOptions options) {
   auto& st = self->state;
   const ModelHost& host = *st.options.model;
   adopt_compute_threads(host.threads());
-  st.room_bytes = host.room_bytes(st.options.kv_fraction);
+  st.room_bytes = st.options.kv_bytes > 0 ? st.options.kv_bytes : host.room_bytes(st.options.kv_fraction);
   st.blocks = std::make_shared<ContextCache>(
       st.options.context_cache_bytes < 0 ? st.room_bytes / 2 : st.options.context_cache_bytes,
       host.digest() + "/" + dtype_name(host.backend().activation_dtype()));
@@ -240,7 +242,7 @@ caf::behavior context_block(Self* self, ContextBlockOptions options) {
   reg.set_protocol_version(wire::kProtocolVersion);
   reg.set_name(st.options.name);
   reg.set_device(st.options.device);
-  reg.set_capacity_tokens(host.kv_capacity_tokens(st.options.kv_fraction));
+  reg.set_capacity_tokens(host.kv_tokens_in(st.room_bytes));
   reg.set_ucx_address(st.server->address());
   reg.set_model_digest(host.digest());
   reg.set_capacity_bytes(st.room_bytes);

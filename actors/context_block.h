@@ -28,6 +28,9 @@ struct ContextBlockOptions {
   std::string device = "cpu";
   // Fraction of the backend's free memory this actor offers for KV.
   double kv_fraction = 0.8;
+  // When positive, the room offered instead, in bytes: a fixed figure that does not move with
+  // the machine's free memory (a worker sharing its device, tests of the capacity refusals).
+  int64_t kv_bytes = 0;
   // Context reuse: bytes of encoded blocks' K/V kept after their requests end (within the KV
   // room above; a request that needs the room evicts them). Negative: half of the room; 0: off.
   int64_t context_cache_bytes = -1;

@@ -28,9 +28,8 @@ ModelHost::ModelHost(const std::string& model_dir, const std::string& device, in
 ModelHost::ModelHost(const ModelLoadOptions& options)
     : rt_(load_model_runtime(options)), threads_(options.threads) {}
 
-int64_t ModelHost::kv_capacity_tokens(double fraction) const {
-  const int64_t per_token = config().kv_bytes_per_token(dtype_size(rt_.backend->activation_dtype()));
-  return static_cast<int64_t>(static_cast<double>(rt_.backend->free_bytes()) * fraction) / per_token;
+int64_t ModelHost::kv_tokens_in(int64_t bytes) const {
+  return bytes / config().kv_bytes_per_token(dtype_size(rt_.backend->activation_dtype()));
 }
 
 int64_t ModelHost::room_bytes(double fraction) const {

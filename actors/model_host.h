@@ -40,8 +40,8 @@ class ModelHost {
   }
   // A fingerprint of the model's shape: head and workers must serve the same model.
   const std::string& digest() const { return rt_.digest; }
-  // Tokens of KV that fit in `fraction` of the backend's free memory.
-  int64_t kv_capacity_tokens(double fraction) const;
+  // Tokens of KV alone that `bytes` hold (what a worker registers as its room in tokens).
+  int64_t kv_tokens_in(int64_t bytes) const;
   // Bytes `fraction` of the backend's free memory amounts to (the planner's worker room).
   int64_t room_bytes(double fraction) const;
 

@@ -267,6 +267,7 @@ std::string do_status(Self* self, const std::string& bytes) {
       ws->set_name(w.name);
       ws->set_device(w.device);
       ws->set_capacity_tokens(w.capacity_tokens);
+      ws->set_capacity_bytes(w.capacity_bytes);
       ws->set_ucx_address(w.ucx_address);
       ws->set_active_requests(static_cast<int32_t>(w.requests.size()));
       ws->set_kv_tokens_held(w.kv_tokens);

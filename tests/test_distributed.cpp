@@ -23,6 +23,8 @@
 
 #include "actors/cluster.h"
 #include "actors/messages.h"
+#include "runtime/model_config.h"
+#include "runtime/request_plan.h"
 #include "tests/support/test_models.h"
 #include "transport/ucx_endpoint.h"
 #include "transport/wire.h"
@@ -106,11 +108,44 @@ class Proc {
   std::string out_, err_;
 };
 
-std::string ids(int n, unsigned seed) {
+// `n` random byte tokens; ids() is the same list as --context-ids wants it.
+std::vector<int32_t> token_ids(int64_t n, unsigned seed) {
   std::mt19937 rng(seed);
+  std::vector<int32_t> t;
+  for (int64_t i = 0; i < n; ++i) t.push_back(static_cast<int32_t>(rng() % 256));
+  return t;
+}
+
+std::string ids(int64_t n, unsigned seed) {
   std::string s;
-  for (int i = 0; i < n; ++i) s += (i ? "," : "") + std::to_string(rng() % 256);
+  for (int32_t t : token_ids(n, seed)) s += (s.empty() ? "" : ",") + std::to_string(t);
   return s;
+}
+
+// Submits `context` with the query 7,8,9 to the head and waits for its Finished.
+wire::Finished submit_and_wait(caf::actor_system& system, const caf::actor& sched,
+                               const std::vector<int32_t>& context, int max_tokens) {
+  wire::SubmitRequest req;
+  req.set_protocol_version(wire::kProtocolVersion);
+  for (int32_t t : context) req.add_context(t);
+  for (int32_t t : {7, 8, 9}) req.add_query(t);
+  req.set_max_tokens(max_tokens);
+  req.set_ignore_eos(true);
+  caf::scoped_actor client{system};
+  client->send(sched, actors::submit_atom::value, wire::encode(req));
+  wire::Finished finished;
+  for (bool done = false; !done;)
+    client->receive([](actors::accepted_atom, const std::string&) {},
+                    [](actors::token_atom, const std::string&) {},
+                    [&](actors::finished_atom, const std::string& b) {
+                      finished = wire::decode<wire::Finished>(b, "head");
+                      done = true;
+                    },
+                    caf::after(30s) >> [&] {
+                      finished.set_error("(no Finished from the head within 30 s)");
+                      done = true;
+                    });
+  return finished;
 }
 
 class Distributed : public ::testing::Test {
@@ -136,8 +171,10 @@ class Distributed : public ::testing::Test {
     return rc;
   }
 
-  // Starts a head and `n` workers on loopback; waits until all have registered.
-  void start_cluster(int n, const std::vector<std::string>& head_extra = {}) {
+  // Starts a head and `n` workers (each with `worker_extra` options) on loopback; waits until
+  // all have registered.
+  void start_cluster(int n, const std::vector<std::string>& head_extra = {},
+                     const std::vector<std::string>& worker_extra = {}) {
     const std::string pf = path("head.port");
     std::remove(pf.c_str());
     std::vector<std::string> head_args{"serve", "--listen", "127.0.0.1:0", "--port-file", pf,
@@ -147,19 +184,20 @@ class Distributed : public ::testing::Test {
     for (int i = 0; i < 300 && slurp(pf).empty(); ++i) std::this_thread::sleep_for(20ms);
     port_ = std::atoi(slurp(pf).c_str());
     ASSERT_GT(port_, 0) << "the head did not start: " << head_->err();
-    for (int i = 0; i < n; ++i) add_worker();
+    for (int i = 0; i < n; ++i) add_worker(worker_extra);
     wait_workers(n);
   }
-  void add_worker() {
+  void add_worker(const std::vector<std::string>& extra = {}) {
     const int i = static_cast<int>(workers_.size());
     const std::string pf = path("worker" + std::to_string(i) + ".port");
     std::remove(pf.c_str());
     worker_ports_.push_back(pf);
+    std::vector<std::string> args{"worker", "--head", head(), "--model", model_, "--cpu-threads",
+                                  "2", "--listen", "127.0.0.1:0", "--port-file", pf, "--name",
+                                  "w" + std::to_string(i)};
+    args.insert(args.end(), extra.begin(), extra.end());
     workers_.push_back(std::make_unique<Proc>(
-        std::vector<std::string>{"worker", "--head", head(), "--model", model_, "--cpu-threads",
-                                 "2", "--listen", "127.0.0.1:0", "--port-file", pf, "--name",
-                                 "w" + std::to_string(i)},
-        path("w" + std::to_string(i) + ".out"), path("w" + std::to_string(i) + ".err")));
+        args, path("w" + std::to_string(i) + ".out"), path("w" + std::to_string(i) + ".err")));
   }
   void wait_workers(int n) {
     ASSERT_EQ(run({"run", "--head", head(), "--min-workers", std::to_string(n), "--context-ids",
@@ -359,6 +397,77 @@ TEST_F(Distributed, NoRequestOutlivesItsDeadline) {
   EXPECT_FALSE(long_req.out().empty()) << "it should have streamed tokens before its deadline";
   // The workers' KV was freed and the head serves on (a short request, same tokens as locally).
   expect_same_as_local(2, ids(200, 6), 4, "after_deadline");
+  EXPECT_TRUE(head_->alive()) << head_->err();
+}
+
+// Issue 13: a context beyond the live workers' room is refused as a capacity error saying how
+// many context tokens do fit on them, from the room each worker registered (an 8 MiB prompt was
+// once refused with "at most 0 tokens" beside workers with room for 383,730); a context of
+// exactly that size then runs on the same head; once a worker dies, the refusal gives the
+// smaller room of the workers left.
+TEST_F(Distributed, ContextBeyondTheLiveWorkersRoomIsRefusedNamingWhatFits) {
+  const ModelConfig config = ModelConfig::from_file(model_ + "/config.json");
+  const MemoryModel memory = MemoryModel::of(config, DType::f32);  // the cpu backend's activations
+  // Star mode with the default sizes: C tokens on W workers are W blocks of b = ceil(C / W), each
+  // worker holding one while it encodes it behind an anchor of b, which takes
+  // fixed + b * per_token + 2b * per_scratch_row bytes. So a worker of R bytes takes blocks of
+  // up to floor((R - fixed) / per_block_token) and W of them take W times that.
+  const int64_t per_block_token = memory.per_token + 2 * memory.per_scratch_row;
+  // A fixed room (--kv-bytes; a share of free memory would move between runs): a few hundred
+  // tokens beyond the fixed slack and half a token more, which must not count.
+  const int64_t room = memory.fixed + 300 * per_block_token + per_block_token / 2;
+  start_cluster(3, {}, {"--kv-bytes", std::to_string(room)});
+  caf::actor_system_config caf_config;
+  actors::configure_caf(caf_config);
+  caf::actor_system system{caf_config};
+  {
+    const caf::actor sched =
+        actors::connect_remote(system, "127.0.0.1", static_cast<uint16_t>(port_), 10s);
+    // What fits on the workers the head lists, from the room each registered with it.
+    const auto fits_on_registered = [&](int expect_workers) -> int64_t {
+      const wire::StatusReply st = actors::query_status(system, sched, 10s);
+      EXPECT_EQ(st.workers_size(), expect_workers);
+      int64_t total = 0;
+      for (const auto& w : st.workers()) {
+        EXPECT_EQ(w.capacity_bytes(), room) << w.name();
+        EXPECT_EQ(w.capacity_tokens(), room / config.kv_bytes_per_token(4)) << w.name();
+        total += (w.capacity_bytes() - memory.fixed) / per_block_token;
+      }
+      return total;
+    };
+    const auto expect_refused = [&](int64_t context, int64_t fits, int workers) {
+      const wire::Finished f = submit_and_wait(system, sched, token_ids(context, 21), 4);
+      EXPECT_FALSE(f.ok());
+      EXPECT_EQ(f.error_kind(), wire::ERROR_CAPACITY) << f.error();
+      EXPECT_NE(f.error().find("context of " + std::to_string(context) + " tokens does not fit"),
+                std::string::npos)
+          << f.error();
+      EXPECT_NE(f.error().find("at most " + std::to_string(fits) + " context tokens fit on the " +
+                               std::to_string(workers) + " live worker(s)"),
+                std::string::npos)
+          << f.error();
+    };
+    const int64_t fits3 = fits_on_registered(3);
+    ASSERT_EQ(fits3, 3 * 300) << "the room given is not the room registered";
+    expect_refused(fits3 + 1, fits3, 3);
+    // The bound is exact: a context of that many tokens runs, as it does in one process.
+    expect_same_as_local(3, ids(fits3, 22), 4, "fits3");
+
+    workers_[1]->kill9();
+    wire::StatusReply st;
+    for (int i = 0; i < 500; ++i) {
+      st = actors::query_status(system, sched, 10s);
+      if (st.workers_size() == 2) break;
+      std::this_thread::sleep_for(20ms);
+    }
+    ASSERT_EQ(st.workers_size(), 2) << "the head still lists the killed worker";
+    const int64_t fits2 = fits_on_registered(2);
+    EXPECT_EQ(fits2, 2 * 300);
+    expect_refused(fits3 + 1, fits2, 2);
+    expect_refused(fits3, fits2, 2);  // what ran on three workers is too much for two
+    expect_same_as_local(2, ids(fits2, 23), 4, "fits2");
+    actors::stop_actors(system, {});
+  }
   EXPECT_TRUE(head_->alive()) << head_->err();
 }
 

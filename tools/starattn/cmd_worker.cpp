@@ -42,6 +42,8 @@ const char* kWorkerHelp =
     "  --insecure             allow a non-loopback --listen without TLS (trusted networks only)\n"
     "  --port-file F          write the published port(s) to F, one per line\n"
     "  --kv-fraction F        share of free memory offered for KV (default 0.8)\n"
+    "  --kv-bytes N           each context actor offers exactly N bytes instead (K/V, activations\n"
+    "                         and scratch of the planner's memory model): a fixed room\n"
     "  --context-cache-bytes N  K/V of encoded blocks kept after their requests for reuse by\n"
     "                         later ones sharing whole blocks (within the KV room, evicted when a\n"
     "                         request needs it; default: half the room; 0: off)\n"
@@ -61,7 +63,7 @@ int cmd_worker(int argc, char** argv) {
     return 0;
   }
   const Args args(argc, argv, 2,
-                  {"head", "model", "random-weights", "weight-seed", "data-plane-devices", "gpus", "cpu-threads", "listen", "port-file", "kv-fraction", "context-cache-bytes",
+                  {"head", "model", "random-weights", "weight-seed", "data-plane-devices", "gpus", "cpu-threads", "listen", "port-file", "kv-fraction", "kv-bytes", "context-cache-bytes",
                    "phase1-chunk", "phase1-slice-ms", "connect-timeout", "name", "tls-cert", "tls-key", "tls-ca"},
                   {"insecure"}, {&worker_port_limit_options()});
   const auto [head_host, head_port] = transport::parse_host_port(args.require("head"), "--head");
@@ -80,6 +82,11 @@ int cmd_worker(int argc, char** argv) {
   std::vector<int32_t> gpus;
   if (args.has("gpus")) gpus = parse_id_list(args.get("gpus", ""), "gpus");
   const double fraction = args.get_double("kv-fraction", 0.8);
+  if (args.has("kv-fraction") && args.has("kv-bytes"))
+    throw std::invalid_argument("give --kv-fraction or --kv-bytes, not both");
+  const int64_t kv_bytes = args.get_int("kv-bytes", 0);
+  if (args.has("kv-bytes") && kv_bytes <= 0)
+    throw std::invalid_argument("--kv-bytes: a positive number of bytes");
   std::string name = args.get("name", "");
   if (name.empty()) {
     char host[256] = {0};
@@ -110,6 +117,7 @@ int cmd_worker(int argc, char** argv) {
     o.device = device == "cpu" ? "cpu" : device + ":" + std::to_string(gpu);
     o.name = name + "/" + o.device;
     o.kv_fraction = fraction;
+    o.kv_bytes = kv_bytes;
     o.context_cache_bytes = args.get_int("context-cache-bytes", -1);
     o.phase1_chunk_tokens = args.get_int("phase1-chunk", o.phase1_chunk_tokens);
     if (o.phase1_chunk_tokens < 0) throw std::invalid_argument("--phase1-chunk: 0 (whole blocks) or more");
