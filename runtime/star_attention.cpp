@@ -179,10 +179,14 @@ bool ContextShard::encode_chunk(int max_layers) {
         e.flight_pos = iota_positions(first_pos, e.flight_rows);
         e.flight_layer = 0;
       }
-      const int end = max_layers > 0 ? std::min(c.num_layers, e.flight_layer + max_layers) : c.num_layers;
+      int end = max_layers > 0 ? std::min(c.num_layers, e.flight_layer + max_layers) : c.num_layers;
+      // The last layer of a phase-1 forward only projects K/V (kv_only), a few percent of a
+      // layer: it rides with the slice before it and is not counted, or a slice of it alone
+      // would tell the pacer that layers cost next to nothing.
+      if (end == c.num_layers - 1) end = c.num_layers;
       model_.forward_layers(ids.data() + begin, e.flight_pos.data(), e.flight_rows, e.flight_layer, end,
                             e.hook, ws_, kv_only);
-      layers_last_call_ = end - e.flight_layer;
+      layers_last_call_ = std::min(end, c.num_layers - 1) - e.flight_layer;
       e.flight_layer = end;
       if (end < c.num_layers) return int64_t{0};
       const int64_t n = e.flight_rows;

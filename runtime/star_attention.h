@@ -49,7 +49,8 @@ class ContextShard {
   // counts once its last layer has run. Slices leave the K/V bit for bit as whole chunks do.
   bool encode_chunk(int max_layers = 0);
   // Layers of a forward the last encode_chunk() ran (0: it took a block from the cache or only
-  // moved on), for pacing slices by their measured time (runtime/phase1_pacer.h).
+  // moved on), for pacing slices by their measured time (runtime/phase1_pacer.h). The cheap last
+  // layer (K/V only) is not counted; it runs with the layer before it, never alone.
   int layers_last_call() const { return layers_last_call_; }
   bool encoding() const { return pending_ != nullptr; }
   // Rows the encode in progress has left to compute (anchor rows included) and its total.

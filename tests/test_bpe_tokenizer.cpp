@@ -33,7 +33,7 @@ const json& fixture() {
     // (tests/tokenizer_live.sh); otherwise the recorded copy.
     const char* env = std::getenv("STARATTN_TOKENIZER_REFERENCE");
     const auto path = env && *env ? std::filesystem::path(env)
-                                  : std::filesystem::path(__FILE__).parent_path() / "data" /
+                                  : std::filesystem::path(STARATTN_SOURCE_DIR) / "tests" / "data" /
                                         "smollm2_tokenizer_reference.json";
     std::ifstream in(path);
     if (!in) throw std::runtime_error("cannot open " + path.string());

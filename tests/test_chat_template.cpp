@@ -29,8 +29,8 @@ namespace {
 using ::testing::HasSubstr;
 namespace fs = std::filesystem;
 
-const fs::path kData = fs::path(__FILE__).parent_path() / "data" / "chat_templates";
-const fs::path kRepo = fs::path(__FILE__).parent_path().parent_path();
+const fs::path kRepo = fs::path(STARATTN_SOURCE_DIR);
+const fs::path kData = kRepo / "tests" / "data" / "chat_templates";
 
 std::string read_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);

@@ -18,7 +18,7 @@ namespace {
 using ::testing::HasSubstr;
 
 nlohmann::ordered_json load_expected() {
-  const auto path = std::filesystem::path(__FILE__).parent_path() / "data" / "chat_templates" / "expected.json";
+  const auto path = std::filesystem::path(STARATTN_SOURCE_DIR) / "tests" / "data" / "chat_templates" / "expected.json";
   std::ifstream in(path);
   if (!in) throw std::runtime_error("cannot read " + path.string());
   return nlohmann::ordered_json::parse(in);

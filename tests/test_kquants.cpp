@@ -32,17 +32,7 @@ using namespace starattn::testing;
 constexpr uint32_t kKTypes[] = {ggml_type::q2_k, ggml_type::q3_k, ggml_type::q4_k, ggml_type::q5_k,
                                 ggml_type::q6_k};
 
-// The source tree this test was built from: CMakeCache.txt of the build tree above the test
-// binary names it (__FILE__ may be relative when ccache rewrites paths).
-fs::path source_dir() {
-  std::error_code ec;
-  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-  std::ifstream cache(exe.parent_path().parent_path() / "CMakeCache.txt");
-  const std::string key = "CMAKE_HOME_DIRECTORY:INTERNAL=";
-  for (std::string line; std::getline(cache, line);)
-    if (line.compare(0, key.size(), key) == 0) return line.substr(key.size());
-  return fs::path(__FILE__).parent_path().parent_path();
-}
+fs::path source_dir() { return fs::path(STARATTN_SOURCE_DIR); }
 
 // The Python with gguf and numpy: the active venv (deploy/test.sh exports VIRTUAL_ENV), the
 // source tree's .venv, else python3.

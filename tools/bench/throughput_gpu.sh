@@ -18,6 +18,10 @@
 # head's query actor batches the decode of all running requests) or local (serve-local).
 # THROUGHPUT_STREAMS (default 1,4,16,64), THROUGHPUT_TOKENS (new tokens per stream, default 256: the steady window starts
 # once the last stream has its first token, and earlier streams decode while later ones prefill),
+# THROUGHPUT_PHASE1_CHUNK (default 0: each request's phase 1 runs whole at admission, so every
+# stream of a level decodes together after the level's prefills; with chunks interleaved into the
+# running decodes, the default of a server, the last stream of 16 starts decoding after the first
+# has long finished its tokens, and no window has all streams decoding).
 # THROUGHPUT_HF=0 skips step 2. Every step is bounded by timeout; everything started is killed.
 set -u
 B=$1
@@ -65,7 +69,7 @@ say "=== starattn over HTTP ($SERVER), $(python3 -c "import json;c=json.load(ope
 # setsid: the tool and the servers it starts form one process group that cleanup() can end.
 setsid timeout "${THROUGHPUT_HTTP_TIMEOUT:-300}" python3 tools/bench/throughput_http.py --cli "$S" --config "$CFG" \
   --device cuda --server "$SERVER" --streams "$STREAMS" --context "$CONTEXT" --max-tokens "$TOKENS" \
-  --token-chunks "$CHUNKS" --start-timeout 180 --server-log "$OUT/server.log" \
+  --token-chunks "$CHUNKS" --phase1-chunk "${THROUGHPUT_PHASE1_CHUNK:-0}" --start-timeout 180 --server-log "$OUT/server.log" \
   --json "$OUT/throughput_http.json" --title "starattn $SERVER on $(sed -n 2p "$OUT/gpu.txt" | cut -d, -f1)" \
   > "$OUT/throughput_http.md" 2> "$OUT/throughput_http.err" &
 TP_PID=$!

@@ -273,6 +273,8 @@ def start_server(args, tmp, log):
         model_cluster = ["--model", model]
     dev = ["--device", args.device]
     cache = ["--context-cache-bytes", str(args.context_cache_bytes)]
+    if args.phase1_chunk is not None:
+        cache += ["--phase1-chunk", str(args.phase1_chunk)]
     procs = []
     if args.server == "local":
         cmd = [args.cli, "serve-local", "--model", *model_local, "--http", "127.0.0.1:0", *dev, *cache,
@@ -335,6 +337,10 @@ def main():
     ap.add_argument("--context-step", type=int, default=1024, help="a reduced context is a multiple of this")
     ap.add_argument("--query-tokens", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--phase1-chunk", type=int, default=None,
+                    help="the server's --phase1-chunk (serve-local, or the worker); 0 encodes each "
+                         "request at admission, so all streams of a level decode together sooner "
+                         "(default: the server's, chunks interleaved with the running decodes)")
     ap.add_argument("--shared-context", action="store_true", help="one document for all streams of a level")
     ap.add_argument("--token-chunks", choices=("logprobs", "text"), default="logprobs")
     ap.add_argument("--vocab", type=int, help="ids are drawn below this (default: the config's, else 256)")
