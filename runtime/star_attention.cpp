@@ -61,12 +61,13 @@ std::vector<int32_t> iota_positions(int64_t first, int64_t n) {
 // The encode in progress: its own copy of the input (the caller's may go away between chunks),
 // the scratch cache [anchor ; block being encoded] and where the next chunk starts.
 struct ContextShard::Encoding {
+  // scratch_rows: the anchor's and the longest block's rows (the block's alone when every block
+  // is block 0, which needs no anchor in front of it).
   Encoding(const Transformer& model, std::vector<int32_t> anchor_in, std::vector<BlockSpec> blocks_in,
-           std::vector<std::vector<int32_t>> tokens_in, int64_t longest)
+           std::vector<std::vector<int32_t>> tokens_in, int64_t scratch_rows)
       : anchor(std::move(anchor_in)), blocks(std::move(blocks_in)), tokens(std::move(tokens_in)),
-        scratch(model.backend(), model.config(), static_cast<int64_t>(anchor.size()) + longest),
-        lse(model.backend().alloc(static_cast<int64_t>(anchor.size()) + longest, model.config().num_heads,
-                                  DType::f32)),
+        scratch(model.backend(), model.config(), scratch_rows),
+        lse(model.backend().alloc(scratch_rows, model.config().num_heads, DType::f32)),
         hook(model, scratch, lse.view()) {}
 
   std::vector<int32_t> anchor;
@@ -135,8 +136,10 @@ void ContextShard::begin_encode(std::vector<int32_t> anchor, std::vector<BlockSp
     longest = std::max(longest, blocks[i].length);
     total += blocks[i].length;
   }
+  bool later_blocks = false;
+  for (const BlockSpec& blk : blocks) later_blocks |= blk.start != 0;
   auto e = std::make_unique<Encoding>(model_, std::move(anchor), std::move(blocks),
-                                      std::move(block_tokens), longest);
+                                      std::move(block_tokens), (later_blocks ? a : 0) + longest);
   e->chunk = chunk_tokens;
   // Why a hit is copied into this shard's K/V instead of referenced: phase 2 attends over one
   // contiguous K/V per shard, one kernel whose summation order is the cold run's, so a warm
@@ -148,8 +151,6 @@ void ContextShard::begin_encode(std::vector<int32_t> anchor, std::vector<BlockSp
   const BlockSpec& b0 = e->blocks.front();
   const bool anchor_from_block0 = b0.start == 0 && a <= b0.length &&
                                   std::equal(e->anchor.begin(), e->anchor.end(), e->tokens.front().begin());
-  bool later_blocks = false;
-  for (const BlockSpec& blk : e->blocks) later_blocks |= blk.start != 0;
   e->rows_total = e->rows_left = total + (a > 0 && later_blocks && !anchor_from_block0 ? a : 0);
   e->progress = total >= 16384 ? logging::Level::info : logging::Level::debug;
   e->report = logging::enabled(e->progress);

@@ -236,10 +236,14 @@ def gpu_free_bytes():
 
 
 def fitting_context(args, n, per_token, budget):
-    """The largest context (a multiple of --context-step) whose KV, for n streams, fits the budget."""
+    """The largest context (a multiple of --context-step) whose KV, for n streams, fits the budget
+    with the encoding scratch of one more context beside them (the last stream's phase 1 holds
+    scratch rows for its block while the others' K/V is in place: without that room the server
+    refuses it for now and runs it only after a stream ends, and the level never runs n at once)."""
     if not budget:
         return args.context
-    room = int(budget * args.kv_fraction) // (n * per_token) - args.query_tokens - args.max_tokens
+    tokens = int(budget * args.kv_fraction) // per_token
+    room = (tokens - n * (args.query_tokens + args.max_tokens)) // (n + 1)
     return max(0, min(args.context, room // args.context_step * args.context_step))
 
 
