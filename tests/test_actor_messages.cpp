@@ -10,6 +10,7 @@
 #include <caf/io/all.hpp>
 
 #include <chrono>
+#include <functional>
 #include <future>
 #include <random>
 
@@ -46,51 +47,73 @@ struct Streamed {
   std::vector<float> logits;  // rows of vocab, one per token
 };
 
+// A random request: `context` ids, a short query, `max_tokens` with their logits.
+RequestSpec random_request(uint64_t seed, int64_t context, int64_t query, int max_tokens) {
+  std::mt19937_64 rng(seed);
+  RequestSpec spec;
+  spec.prompt.context = testing::random_tokens(rng, context, 256);
+  spec.prompt.query = testing::random_tokens(rng, query, 256);
+  spec.max_tokens = max_tokens;
+  spec.ignore_eos = true;
+  spec.want_logits = true;
+  return spec;
+}
+
+// The in-process Engine's tokens and logits for `spec` on `workers` workers.
+Streamed engine_run(const std::string& model, int workers, const RequestSpec& spec) {
+  EngineOptions eo;
+  eo.model = model;
+  eo.workers = workers;
+  eo.threads = 2;
+  Engine engine(eo);
+  const auto vocab = static_cast<size_t>(engine.config().vocab_size);
+  Streamed out;
+  engine.generate(spec, [&](int32_t id, const float* logits) {
+    out.tokens.push_back(id);
+    out.logits.insert(out.logits.end(), logits, logits + vocab);
+    return true;
+  });
+  return out;
+}
+
+// A head and `workers` context actors in this process, on the cpu backend; `tune` adjusts each
+// context actor's options. Returns every actor (for stop_actors) with the head's first.
+std::vector<caf::actor> spawn_local_cluster(caf::actor_system& system, const std::string& model, int workers,
+                                            actors::Head& head,
+                                            const std::function<void(actors::ContextBlockOptions&)>& tune = {}) {
+  auto host = std::make_shared<actors::ModelHost>(model, "cpu", 0, 2);
+  head = actors::spawn_head(system, host, false);
+  std::vector<caf::actor> all{head.scheduler, head.query};
+  for (int i = 0; i < workers; ++i) {
+    actors::ContextBlockOptions o;
+    o.model = host;
+    o.scheduler = head.scheduler;
+    o.name = "local/" + std::to_string(i);
+    o.kv_fraction = 0.8 / workers;
+    o.verbose = false;
+    if (tune) tune(o);
+    all.push_back(actors::spawn_context_block(system, o));
+  }
+  actors::wait_for_workers(system, head.scheduler, workers, 60s);
+  return all;
+}
+
 TEST(ActorMessages, InProcessHeadStreamsWithoutProtobufAndMatchesTheEngine) {
   testing::TempDir dir;
   const std::string model = dir.path() + "/tiny";
   write_random_model(preset_config("tiny"), 4, model);
   constexpr int kWorkers = 2;
 
-  std::mt19937_64 rng(23);
-  RequestSpec spec;
-  spec.prompt.context = testing::random_tokens(rng, 300, 256);
-  spec.prompt.query = testing::random_tokens(rng, 3, 256);
-  spec.max_tokens = 6;
-  spec.ignore_eos = true;
-  spec.want_logits = true;
-
-  EngineOptions eo;
-  eo.model = model;
-  eo.workers = kWorkers;
-  eo.threads = 2;
-  Engine engine(eo);
-  const auto vocab = static_cast<size_t>(engine.config().vocab_size);
-  Streamed reference;
-  engine.generate(spec, [&](int32_t id, const float* logits) {
-    reference.tokens.push_back(id);
-    reference.logits.insert(reference.logits.end(), logits, logits + vocab);
-    return true;
-  });
+  const RequestSpec spec = random_request(23, 300, 3, 6);
+  const Streamed reference = engine_run(model, kWorkers, spec);
   ASSERT_EQ(reference.tokens.size(), 6u);
 
   transport::restrict_ucx_net_devices("lo");
   caf::actor_system_config config;
   actors::configure_caf(config);
   caf::actor_system system{config};
-  auto host = std::make_shared<actors::ModelHost>(model, "cpu", 0, 2);
-  actors::Head head = actors::spawn_head(system, host, false);
-  std::vector<caf::actor> all{head.scheduler, head.query};
-  for (int i = 0; i < kWorkers; ++i) {
-    actors::ContextBlockOptions o;
-    o.model = host;
-    o.scheduler = head.scheduler;
-    o.name = "local/" + std::to_string(i);
-    o.kv_fraction = 0.8 / kWorkers;
-    o.verbose = false;
-    all.push_back(actors::spawn_context_block(system, o));
-  }
-  actors::wait_for_workers(system, head.scheduler, kWorkers, 60s);
+  actors::Head head;
+  const std::vector<caf::actor> all = spawn_local_cluster(system, model, kWorkers, head);
 
   const uint64_t before = request_messages_on_the_wire();
   // The in-process client of `starattn run`.
@@ -173,46 +196,19 @@ TEST(ActorMessages, WorkersEncodingInSlicesOfLayersMatchTheEngine) {
   four_layers.num_layers = 4;  // slices of one layer: 3 per block (the last layer rides along)
   write_random_model(four_layers, 6, model);
   constexpr int kWorkers = 2;
-  std::mt19937_64 rng(29);
-  RequestSpec spec;
-  spec.prompt.context = testing::random_tokens(rng, 260, 256);
-  spec.prompt.query = testing::random_tokens(rng, 4, 256);
-  spec.max_tokens = 5;
-  spec.ignore_eos = true;
-  spec.want_logits = true;
-
-  EngineOptions eo;
-  eo.model = model;
-  eo.workers = kWorkers;
-  eo.threads = 2;
-  Engine engine(eo);
-  const auto vocab = static_cast<size_t>(engine.config().vocab_size);
-  Streamed reference;
-  engine.generate(spec, [&](int32_t id, const float* logits) {
-    reference.tokens.push_back(id);
-    reference.logits.insert(reference.logits.end(), logits, logits + vocab);
-    return true;
-  });
+  const RequestSpec spec = random_request(29, 260, 4, 5);
+  const Streamed reference = engine_run(model, kWorkers, spec);
 
   transport::restrict_ucx_net_devices("lo");
   caf::actor_system_config config;
   actors::configure_caf(config);
   caf::actor_system system{config};
-  auto host = std::make_shared<actors::ModelHost>(model, "cpu", 0, 2);
-  actors::Head head = actors::spawn_head(system, host, false);
-  std::vector<caf::actor> all{head.scheduler, head.query};
-  for (int i = 0; i < kWorkers; ++i) {
-    actors::ContextBlockOptions o;
-    o.model = host;
-    o.scheduler = head.scheduler;
-    o.name = "sliced/" + std::to_string(i);
-    o.kv_fraction = 0.8 / kWorkers;
-    o.phase1_chunk_tokens = 0;  // whole blocks, as the Engine encodes them
-    o.phase1_slice_ms = 1e-9;
-    o.verbose = false;
-    all.push_back(actors::spawn_context_block(system, o));
-  }
-  actors::wait_for_workers(system, head.scheduler, kWorkers, 60s);
+  actors::Head head;
+  const std::vector<caf::actor> all =
+      spawn_local_cluster(system, model, kWorkers, head, [](actors::ContextBlockOptions& o) {
+        o.phase1_chunk_tokens = 0;  // whole blocks, as the Engine encodes them
+        o.phase1_slice_ms = 1e-9;
+      });
   Streamed sliced;
   const RequestEnd end = actors::submit(
       system, head.scheduler, spec,
