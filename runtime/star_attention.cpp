@@ -267,6 +267,7 @@ bool ContextShard::encode_chunk(int max_layers) {
     return next_block();
   } catch (...) {
     pending_.reset();  // frees the scratch; the caller destroys the shard
+    ws_.release();
     throw;
   }
 }
@@ -277,6 +278,9 @@ bool ContextShard::next_block() {
   e.started = false;
   if (++e.next < e.blocks.size()) return true;
   pending_.reset();
+  // Phase 2 needs no activations: the forward's rows (a whole block's with chunk 0) go back now,
+  // not when the request ends.
+  ws_.release();
   return false;
 }
 

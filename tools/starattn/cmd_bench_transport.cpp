@@ -251,6 +251,11 @@ int cmd_bench_transport(int argc, char** argv) {
   }
   close(fds[0]);
 
+  // Declared before the UCX worker, so they outlive it: its reply sink holds the device pool,
+  // whose buffers go back to the backend when the worker's handlers are destroyed.
+  std::unique_ptr<Backend> be;
+  DeviceIpc* ipc = nullptr;
+  std::shared_ptr<actors::DevicePayloadPool> pool;
   transport::UcxWorker ucx;
   ucx.listen(actors::kAmAttendReply);
   ucx.listen(actors::kAmIpcOpenReply);
@@ -273,9 +278,6 @@ int cmd_bench_transport(int argc, char** argv) {
       if (std::chrono::steady_clock::now() > deadline) throw std::runtime_error("no reply within 10 s");
     }
   };
-  std::unique_ptr<Backend> be;
-  DeviceIpc* ipc = nullptr;
-  std::shared_ptr<actors::DevicePayloadPool> pool;
   if (cuda_any) {
     be = make_backend("cuda", 0, 0);
     ipc = be->ipc();
