@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,14 @@ struct ServiceInfo {
   std::function<std::string(int32_t)> token_bytes;
 };
 
+// How a service's decode steps were batched since it started (all its engines); /metrics
+// reports it where the service counts it.
+struct BatchCounters {
+  int64_t steps = 0;          // decode steps run
+  int64_t batched_steps = 0;  // of them, steps that advanced more than one request
+  int largest_batch = 0;      // most requests one step advanced
+};
+
 class GenerationService {
  public:
   virtual ~GenerationService() = default;
@@ -69,6 +78,8 @@ class GenerationService {
   // Context reuse: every worker unpins the blocks pinned under `context_id`
   // (RequestSpec::pin_context); they stay cached, evictable. Thread-safe.
   virtual void release_context(const std::string& context_id) = 0;
+  // Decode batching counters; none where the service does not count them.
+  virtual std::optional<BatchCounters> batching() const { return std::nullopt; }
 };
 
 

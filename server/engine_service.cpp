@@ -473,7 +473,7 @@ void EngineService::release_context(const std::string& context_id) {
     if (e) e->release_context(context_id);
 }
 
-BatchCounters EngineService::batching() const {
+std::optional<BatchCounters> EngineService::batching() const {
   std::lock_guard<std::mutex> lock(impl_->mutex);
   return impl_->counters;
 }

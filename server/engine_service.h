@@ -26,13 +26,6 @@ struct EngineServiceOptions {
   std::string model_name;  // "model" in responses; default: the model path's last component
 };
 
-// How the engines' decode steps were batched, since the service started (all engines).
-struct BatchCounters {
-  int64_t steps = 0;          // decode steps run
-  int64_t batched_steps = 0;  // of them, steps that advanced more than one request
-  int largest_batch = 0;      // most requests one step advanced
-};
-
 class EngineService : public GenerationService {
  public:
   explicit EngineService(const EngineServiceOptions& options);
@@ -46,7 +39,7 @@ class EngineService : public GenerationService {
   std::vector<WorkerLoad> load() const override;
   int queued() const override;
   void release_context(const std::string& context_id) override;
-  BatchCounters batching() const;
+  std::optional<BatchCounters> batching() const override;
 
  private:
   struct Impl;

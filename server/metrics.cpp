@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 
 namespace starattn::server {
 namespace {
@@ -127,6 +128,7 @@ std::string Metrics::render(const GenerationService& service) const {
   // Ask the service first: it takes its own lock, and we never hold both.
   const std::vector<WorkerLoad> load = service.load();
   const int queued = service.queued();
+  const std::optional<BatchCounters> batching = service.batching();
   std::string out;
   std::lock_guard<std::mutex> lock(mutex_);
 
@@ -196,6 +198,14 @@ std::string Metrics::render(const GenerationService& service) const {
   for (const auto& [key, n] : refused_)
     out += "starattn_connections_refused_total{port=\"" + label(key.first) + "\",reason=\"" + label(key.second) +
            "\"} " + std::to_string(n) + "\n";
+  if (const std::optional<BatchCounters> b = batching) {
+    header(out, "starattn_decode_steps_total", "counter", "Decode steps run (each advances every running request).");
+    out += "starattn_decode_steps_total " + std::to_string(b->steps) + "\n";
+    header(out, "starattn_decode_batched_steps_total", "counter", "Decode steps that advanced more than one request.");
+    out += "starattn_decode_batched_steps_total " + std::to_string(b->batched_steps) + "\n";
+    header(out, "starattn_decode_largest_batch", "gauge", "Most requests one decode step advanced so far.");
+    out += "starattn_decode_largest_batch " + std::to_string(b->largest_batch) + "\n";
+  }
   header(out, "starattn_active_streams", "gauge", "Requests being answered now.");
   out += "starattn_active_streams " + std::to_string(active_streams_) + "\n";
   return out;

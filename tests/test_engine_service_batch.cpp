@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -24,6 +25,7 @@
 #include "runtime/errors.h"
 #include "runtime/random_model.h"
 #include "server/engine_service.h"
+#include "server/metrics.h"
 #include "tests/support/test_models.h"
 
 namespace starattn::server {
@@ -143,7 +145,7 @@ class EngineServiceBatchTest : public ::testing::Test {
       EXPECT_EQ(out.back()->error, "");
       EXPECT_EQ(static_cast<int>(out.back()->tokens.size()), r.max_tokens);
     }
-    EXPECT_EQ(solo->batching().largest_batch, 1);
+    EXPECT_EQ(solo->batching().value().largest_batch, 1);
     return out;
   }
   static void expect_same(const Stream& solo, const Stream& batched, const std::string& what) {
@@ -185,12 +187,19 @@ TEST_F(EngineServiceBatchTest, ConcurrentRequestsDecodeInOneBatchAndMatchOneByOn
   for (auto& s : got) ASSERT_TRUE(s->wait_end());
   for (size_t i = 0; i < reqs.size(); ++i) expect_same(*solo[i], *got[i], "request " + std::to_string(i));
 
-  const BatchCounters c = svc->batching();
+  const std::optional<BatchCounters> counted = svc->batching();
+  ASSERT_TRUE(counted);
+  const BatchCounters c = *counted;
   EXPECT_EQ(c.largest_batch, 3);
   // Request 0's first step ran alone; the other two joined at its second. The batch of 3 ran
   // until request 1 (7 tokens) ended, then 2 until request 2 (10) did.
   EXPECT_EQ(c.batched_steps, 10);
   EXPECT_EQ(c.steps, 12);  // request 0's 12 tokens, one step each: the others rode along
+  // The same counters on /metrics.
+  const std::string page = Metrics().render(*svc);
+  EXPECT_NE(page.find("\nstarattn_decode_steps_total 12\n"), std::string::npos) << page;
+  EXPECT_NE(page.find("\nstarattn_decode_batched_steps_total 10\n"), std::string::npos) << page;
+  EXPECT_NE(page.find("\nstarattn_decode_largest_batch 3\n"), std::string::npos) << page;
   EXPECT_EQ(svc->load().at(0).kv_tokens, 0);
   EXPECT_EQ(svc->load().at(0).active_requests, 0);
   for (auto& s : got) EXPECT_GE(s->stats.queue_ms, 0.0);
@@ -230,7 +239,7 @@ TEST_F(EngineServiceBatchTest, CancellingOneMidBatchLeavesTheOthersUnchanged) {
   EXPECT_EQ(cancelled.stats.finish_reason, "cancelled");
   ASSERT_EQ(cancelled.tokens.size(), 3u);
   EXPECT_TRUE(std::equal(cancelled.tokens.begin(), cancelled.tokens.end(), solo[1]->tokens.begin()));
-  EXPECT_EQ(svc->batching().largest_batch, 3);
+  EXPECT_EQ(svc->batching().value().largest_batch, 3);
   EXPECT_EQ(svc->load().at(0).kv_tokens, 0);
 }
 
@@ -261,10 +270,10 @@ TEST_F(EngineServiceBatchTest, RequestBeyondMaxBatchWaitsAndStartsWhenASlotFrees
   EXPECT_EQ(queued_at_third, 1);
   EXPECT_EQ(running_at_third, 2);
   for (size_t i = 0; i < reqs.size(); ++i) expect_same(*solo[i], *got[i], "request " + std::to_string(i));
-  EXPECT_EQ(svc->batching().largest_batch, 2);
+  EXPECT_EQ(svc->batching().value().largest_batch, 2);
   // Request 2 waited for request 1's end (its 4 tokens took steps 2..5 of request 0).
   EXPECT_GT(got[2]->stats.queue_ms, got[1]->stats.queue_ms);
-  EXPECT_EQ(svc->batching().steps, 12);  // request 2 (6 tokens) ended before request 0 (12)
+  EXPECT_EQ(svc->batching().value().steps, 12);  // request 2 (6 tokens) ended before request 0 (12)
 }
 
 TEST_F(EngineServiceBatchTest, RefusesAMaxBatchBelowOne) {
