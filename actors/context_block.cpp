@@ -131,14 +131,9 @@ bool begin_encode(Self* self, const std::string& bytes, caf::response_promise re
     }
     // The shard's K/V and encoding scratch, as the planner counts them.
     const MemoryModel memory = MemoryModel::of(host.config(), host.backend().activation_dtype());
-    int64_t longest = 0;
-    bool later_blocks = false;  // behind the anchor (block 0 needs only its own rows)
-    for (const BlockSpec& b : blocks) {
-      longest = std::max(longest, b.length);
-      later_blocks |= b.start != 0;
-    }
-    const int64_t anchor_rows = later_blocks ? static_cast<int64_t>(anchor.size()) : 0;
-    const int64_t need = n * memory.per_token + (anchor_rows + longest) * memory.per_scratch_row + memory.fixed;
+    const int64_t need = n * memory.per_token +
+                         encode_scratch_rows(blocks, static_cast<int64_t>(anchor.size())) * memory.per_scratch_row +
+                         memory.fixed;
     make_room(self, need);
     PendingEncode p;
     p.t0 = t0;

@@ -16,6 +16,16 @@ std::vector<BlockSpec> split_blocks(int64_t context_len, int64_t block_size) {
   return blocks;
 }
 
+int64_t encode_scratch_rows(const std::vector<BlockSpec>& blocks, int64_t anchor_rows) {
+  int64_t longest = 0;
+  bool later_blocks = false;
+  for (const BlockSpec& b : blocks) {
+    longest = std::max(longest, b.length);
+    later_blocks |= b.start != 0;
+  }
+  return (later_blocks ? anchor_rows : 0) + longest;
+}
+
 void check_block_sizes(int64_t block_size, int64_t anchor_size) {
   if (block_size < 1)
     throw std::invalid_argument("block size must be at least 1, got " +

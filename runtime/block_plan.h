@@ -20,6 +20,10 @@ std::vector<BlockSpec> split_blocks(int64_t context_len, int64_t block_size);
 // Checks 1 <= a <= b and b >= 1; throws std::invalid_argument with a message saying why.
 void check_block_sizes(int64_t block_size, int64_t anchor_size);
 
+// Rows of encoding scratch phase 1 of `blocks` needs: [anchor ; longest block], or the longest
+// block alone when every block is block 0 (encoded alone, no anchor in front of it).
+int64_t encode_scratch_rows(const std::vector<BlockSpec>& blocks, int64_t anchor_rows);
+
 // Assigns blocks to workers as contiguous runs (worker r gets a run after worker r-1's),
 // balanced by tokens weighted by capacity: minimises the largest load/capacity ratio. A worker
 // may get no block. Throws std::length_error saying how many tokens fit when the blocks cannot

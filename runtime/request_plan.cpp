@@ -82,9 +82,9 @@ RequestPlan cut_blocks(const BlockRequest& req, int workers) {
     if (!req.use_anchor) p.anchor_size = 0;
   }
   p.blocks = split_blocks(C, p.block_size);
-  // While encoding, a worker holds [anchor ; block] rows of scratch; a context of one block has
-  // no later block to put behind the anchor, and its block 0 needs only its own rows.
-  p.scratch_rows = (C > p.block_size ? std::min(p.anchor_size, C) : 0) + std::min(p.block_size, C);
+  // Per worker, as if it held every block (the longest is a whole block; a context of one block
+  // needs no anchor rows).
+  p.scratch_rows = encode_scratch_rows(p.blocks, std::min(p.anchor_size, C));
   return p;
 }
 

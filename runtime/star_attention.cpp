@@ -61,8 +61,7 @@ std::vector<int32_t> iota_positions(int64_t first, int64_t n) {
 // The encode in progress: its own copy of the input (the caller's may go away between chunks),
 // the scratch cache [anchor ; block being encoded] and where the next chunk starts.
 struct ContextShard::Encoding {
-  // scratch_rows: the anchor's and the longest block's rows (the block's alone when every block
-  // is block 0, which needs no anchor in front of it).
+  // scratch_rows: encode_scratch_rows (runtime/block_plan.h).
   Encoding(const Transformer& model, std::vector<int32_t> anchor_in, std::vector<BlockSpec> blocks_in,
            std::vector<std::vector<int32_t>> tokens_in, int64_t scratch_rows)
       : anchor(std::move(anchor_in)), blocks(std::move(blocks_in)), tokens(std::move(tokens_in)),
@@ -126,20 +125,18 @@ void ContextShard::begin_encode(std::vector<int32_t> anchor, std::vector<BlockSp
   reused_ = encoded_ = 0;
   if (blocks.empty()) return;
   const int64_t a = static_cast<int64_t>(anchor.size());
-  int64_t longest = 0, total = 0;
+  int64_t total = 0;
   for (size_t i = 0; i < blocks.size(); ++i) {
     if (static_cast<int64_t>(block_tokens[i].size()) != blocks[i].length)
       throw std::invalid_argument("block " + std::to_string(blocks[i].index) + " has " +
                                   std::to_string(block_tokens[i].size()) +
                                   " tokens, its span says " + std::to_string(blocks[i].length));
     if (blocks[i].length < 1) throw std::invalid_argument("empty block");
-    longest = std::max(longest, blocks[i].length);
     total += blocks[i].length;
   }
-  bool later_blocks = false;
-  for (const BlockSpec& blk : blocks) later_blocks |= blk.start != 0;
+  const int64_t scratch_rows = encode_scratch_rows(blocks, a);
   auto e = std::make_unique<Encoding>(model_, std::move(anchor), std::move(blocks),
-                                      std::move(block_tokens), (later_blocks ? a : 0) + longest);
+                                      std::move(block_tokens), scratch_rows);
   e->chunk = chunk_tokens;
   // Why a hit is copied into this shard's K/V instead of referenced: phase 2 attends over one
   // contiguous K/V per shard, one kernel whose summation order is the cold run's, so a warm
@@ -151,6 +148,8 @@ void ContextShard::begin_encode(std::vector<int32_t> anchor, std::vector<BlockSp
   const BlockSpec& b0 = e->blocks.front();
   const bool anchor_from_block0 = b0.start == 0 && a <= b0.length &&
                                   std::equal(e->anchor.begin(), e->anchor.end(), e->tokens.front().begin());
+  bool later_blocks = false;
+  for (const BlockSpec& blk : e->blocks) later_blocks |= blk.start != 0;
   e->rows_total = e->rows_left = total + (a > 0 && later_blocks && !anchor_from_block0 ? a : 0);
   e->progress = total >= 16384 ? logging::Level::info : logging::Level::debug;
   e->report = logging::enabled(e->progress);

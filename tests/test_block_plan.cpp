@@ -86,5 +86,15 @@ TEST(AssignBlocks, TooLargeContextSaysHowMuchFits) {
   }
 }
 
+// Scratch of phase 1: the anchor in front of the longest block, except where every block is
+// block 0 (it is encoded alone, and its first rows become the anchor).
+TEST(EncodeScratchRows, AnchorRowsOnlyWhenALaterBlockFollows) {
+  const std::vector<BlockSpec> blocks = split_blocks(1000, 300);  // 300, 300, 300, 100
+  EXPECT_EQ(encode_scratch_rows(blocks, 120), 120 + 300);
+  EXPECT_EQ(encode_scratch_rows({blocks[0]}, 120), 300) << "block 0 alone";
+  EXPECT_EQ(encode_scratch_rows({blocks[3]}, 120), 120 + 100);
+  EXPECT_EQ(encode_scratch_rows(split_blocks(250, 300), 250), 250) << "one block holds the context";
+}
+
 }  // namespace
 }  // namespace starattn
