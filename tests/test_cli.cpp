@@ -146,6 +146,11 @@ TEST_F(Cli, VersionAndLogLevel) {
                                                    "[0-6][0-9]\\.[0-9][0-9][0-9]Z error "));
   const Result ok = run_cli(run_args("--log-level error"), tmp_);
   EXPECT_EQ(ok.status, 0) << ok.err;
+  // Phase 1 reports each block with its time (at info level from 16K tokens, always at debug).
+  const Result debug = run_cli(run_args("--mode star --workers 2 --block-size 60 --log-level debug"), tmp_);
+  EXPECT_EQ(debug.status, 0) << debug.err;
+  EXPECT_THAT(debug.err, ::testing::ContainsRegex("debug phase 1: block 1 \\(positions 60\\.\\.119, anchor 60\\) "
+                                                  "encoded in [0-9]+\\.[0-9] ms"));
 }
 
 TEST_F(Cli, ServeLocalBindsItsPortBeforeLoadingTheModel) {

@@ -83,6 +83,19 @@ class ClusterHttpTest(unittest.TestCase):
         if any(p.poll() is not None for p in self.cluster.procs):
             self.fail("a cluster process died:\n" + self.cluster.logs_text())
 
+    def test_processes_log_the_model_load_with_its_time(self):
+        # Operators see what loads and how long it took (issue 14): the head and each worker.
+        head = self.cluster.head_log()
+        self.assertRegex(head, r"Z info  serve: loading ")
+        self.assertRegex(head, r"Z info  serve: .* loaded in \d+\.\d\d s")
+        workers = 0
+        for tag, name in self.cluster.logs:
+            if tag.startswith("w"):
+                with open(name, errors="replace") as f:
+                    self.assertRegex(f.read(), r" loaded in \d+\.\d\d s", tag)
+                workers += 1
+        self.assertEqual(workers, 2, [t for t, _ in self.cluster.logs])
+
     @unittest.skipIf(openai is None, "the openai package is not installed")
     def test_openai_streams_equal_the_in_process_run(self):
         c = self.cluster
