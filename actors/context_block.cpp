@@ -131,9 +131,11 @@ bool begin_encode(Self* self, const std::string& bytes, caf::response_promise re
     }
     // The shard's K/V and encoding scratch, as the planner counts them.
     const MemoryModel memory = MemoryModel::of(host.config(), host.backend().activation_dtype());
-    const int64_t need = n * memory.per_token +
-                         encode_scratch_rows(blocks, static_cast<int64_t>(anchor.size())) * memory.per_scratch_row +
-                         memory.fixed;
+    const auto a = static_cast<int64_t>(anchor.size());
+    const int64_t need =
+        n * memory.per_token + memory.fixed +
+        memory.encode_bytes(encode_scratch_rows(blocks, a),
+                            encode_forward_rows(blocks, a, st.options.phase1_chunk_tokens));
     make_room(self, need);
     PendingEncode p;
     p.t0 = t0;
@@ -245,6 +247,7 @@ caf::behavior context_block(Self* self, ContextBlockOptions options) {
   reg.set_ucx_address(st.server->address());
   reg.set_model_digest(host.digest());
   reg.set_capacity_bytes(st.room_bytes);
+  reg.set_phase1_chunk_tokens(st.options.phase1_chunk_tokens);
   DeviceIpc* ipc = host.backend().ipc();
   const transport::PeerPlace place =
       transport::this_process(ipc ? ipc->device_id() : "", ucx_carries_device_memory(host.backend()));

@@ -30,6 +30,7 @@ struct Worker {
   std::string name, device, ucx_address;
   int64_t capacity_tokens = 0;
   int64_t capacity_bytes = 0;
+  int64_t phase1_chunk_tokens = 0;  // rows per phase-1 forward it runs (0: a whole block)
   int64_t kv_tokens = 0;  // placed here by requests not yet released
   std::set<uint64_t> requests;
   std::string host_id, ipc_device;
@@ -235,6 +236,7 @@ std::string do_register(Self* self, const std::string& bytes) {
     w.capacity_tokens = reg.capacity_tokens();
     w.ucx_address = reg.ucx_address();
     w.capacity_bytes = reg.capacity_bytes();
+    w.phase1_chunk_tokens = reg.phase1_chunk_tokens();
     w.host_id = reg.host_id();
     w.process_id = reg.process_id();
     w.ipc_device = reg.ipc_device();
@@ -351,7 +353,8 @@ void place_on_holders(Self* self, const Request& r, const RequestPlan& plan,
   const auto fits = [&](size_t run, size_t worker) {
     int64_t n = 0;
     for (const BlockSpec& b : runs[run]) n += b.length;
-    return n <= st.memory.tokens_that_fit(room[worker], plan.scratch_rows);
+    return n <= st.memory.tokens_that_fit(room[worker],
+                                          st.memory.encode_bytes(plan.scratch_rows, plan.forward_rows));
   };
   for (size_t w : st.holders->place(digests, ids, default_order, fits))
     run_workers.push_back(ids[w]);
@@ -385,13 +388,19 @@ void start_request(Self* self, uint64_t id) {
     // The workers that can take work now: registered and answering heartbeats.
     std::vector<const Worker*> live;
     std::vector<int64_t> room;
+    // The largest forward any of them runs: a whole block where one encodes unchunked.
+    int64_t chunk = 0;
+    bool whole_blocks = false;
     for (const auto& [wid, w] : st.workers) {
       if (w.unresponsive) continue;
       live.push_back(&w);
       room.push_back(w.capacity_bytes > 0 ? w.capacity_bytes
                                           : w.capacity_tokens * st.memory.per_token);
+      whole_blocks |= w.phase1_chunk_tokens <= 0;
+      chunk = std::max(chunk, w.phase1_chunk_tokens);
     }
     BlockRequest br;
+    br.phase1_chunk = whole_blocks ? 0 : chunk;
     br.context_len = C;
     br.mode = q.mode;
     br.block_size = q.block_size;

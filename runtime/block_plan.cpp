@@ -26,6 +26,18 @@ int64_t encode_scratch_rows(const std::vector<BlockSpec>& blocks, int64_t anchor
   return (later_blocks ? anchor_rows : 0) + longest;
 }
 
+int64_t encode_forward_rows(const std::vector<BlockSpec>& blocks, int64_t anchor_rows,
+                            int64_t chunk_rows) {
+  int64_t longest = 0;
+  bool later_blocks = false;
+  for (const BlockSpec& b : blocks) {
+    longest = std::max(longest, b.length);
+    later_blocks |= b.start != 0;
+  }
+  const int64_t rows = std::max(later_blocks ? anchor_rows : 0, longest);
+  return chunk_rows > 0 ? std::min(rows, chunk_rows) : rows;
+}
+
 void check_block_sizes(int64_t block_size, int64_t anchor_size) {
   if (block_size < 1)
     throw std::invalid_argument("block size must be at least 1, got " +

@@ -24,6 +24,12 @@ void check_block_sizes(int64_t block_size, int64_t anchor_size);
 // block alone when every block is block 0 (encoded alone, no anchor in front of it).
 int64_t encode_scratch_rows(const std::vector<BlockSpec>& blocks, int64_t anchor_rows);
 
+// Rows of the largest forward phase 1 of `blocks` runs: the anchor (when encoded alone, i.e. a
+// later block follows) or the longest block, at most `chunk_rows` when chunked (0: whole).
+// The activation workspace holds this many rows; the K/V scratch holds encode_scratch_rows.
+int64_t encode_forward_rows(const std::vector<BlockSpec>& blocks, int64_t anchor_rows,
+                            int64_t chunk_rows);
+
 // Assigns blocks to workers as contiguous runs (worker r gets a run after worker r-1's),
 // balanced by tokens weighted by capacity: minimises the largest load/capacity ratio. A worker
 // may get no block. Throws std::length_error saying how many tokens fit when the blocks cannot

@@ -143,33 +143,32 @@ std::unique_ptr<AdmittedRequest> Engine::start_request(const RequestSpec& req, i
   const int64_t free_bytes = be.free_bytes() + evictable;
   const auto budget = static_cast<int64_t>(static_cast<double>(free_bytes) *
                                            impl_->options.kv_memory_fraction);
-  const int64_t query_bytes = (stats.query_tokens + req.max_tokens) * memory.per_token;
-  const int64_t shared = std::max<int64_t>(budget - query_bytes - memory.fixed, 0);
-  const std::vector<int64_t> worker_bytes(static_cast<size_t>(W), shared / W + memory.fixed);
+  const int64_t query_bytes = (stats.query_tokens + req.max_tokens) * memory.per_token +
+                              stats.query_tokens * memory.per_forward_row;
+  // The in-process workers encode one after another in one area (ContextShard's EncodeArea):
+  // their K/V and one encode's scratch share what the query side leaves.
+  const std::vector<int64_t> pool{std::max<int64_t>(budget - query_bytes, 0)};
   BlockRequest br;
   br.context_len = C;
   br.mode = req.mode;
   br.block_size = req.block_size;
   br.anchor_size = req.anchor_size;
   br.use_anchor = req.use_anchor;
+  br.phase1_chunk = chunk_tokens;
   const RequestPlan plan = plan_request(
-      br, worker_bytes, memory,
+      br, pool, memory,
       "the engine's " + std::to_string(W) + " in-process worker(s) (" +
           std::to_string(impl_->options.kv_memory_fraction) + " of the " +
-          std::to_string(free_bytes >> 20) + " MiB free on " + be.name() + ")");
+          std::to_string(free_bytes >> 20) + " MiB free on " + be.name() + ")",
+      WorkerMemory::shared_pool, W);
   stats.block_size = plan.block_size;
   stats.anchor_size = plan.anchor_size;
   stats.blocks = static_cast<int>(plan.blocks.size());
   if (blocks.enabled()) {
     // What this request allocates; the cache keeps (and adds this request's blocks to) only
     // what is left of the room, evicting unused blocks down to it first.
-    int64_t need = query_bytes;
-    for (const auto& run : plan.runs) {
-      if (run.empty()) continue;
-      int64_t n = 0;
-      for (const BlockSpec& blk : run) n += blk.length;
-      need += n * memory.per_token + plan.scratch_rows * memory.per_scratch_row + memory.fixed;
-    }
+    int64_t need = query_bytes + memory.fixed;
+    if (C > 0) need += C * memory.per_token + memory.encode_bytes(plan.scratch_rows, plan.forward_rows);
     // `budget` counted the evictable blocks as free; pinned ones are already spent.
     const int64_t held = blocks.metrics().bytes - evictable;
     blocks.set_room(std::max<int64_t>(budget - need, 0) + held);
@@ -180,6 +179,9 @@ std::unique_ptr<AdmittedRequest> Engine::start_request(const RequestSpec& req, i
   const std::vector<int32_t> anchor(context.begin(),
                                     context.begin() + std::min<int64_t>(plan.anchor_size, C));
   std::vector<std::unique_ptr<ContextShard>>& shards = admitted->shards;
+  // One area for all shards: they encode in turn (encode_chunk goes shard by shard), and the
+  // area goes when the last of them is done.
+  const auto area = C > 0 ? std::make_shared<EncodeArea>(model, plan.scratch_rows) : nullptr;
   for (const auto& run : plan.runs) {
     if (run.empty()) continue;
     int64_t n = 0;
@@ -190,7 +192,7 @@ std::unique_ptr<AdmittedRequest> Engine::start_request(const RequestSpec& req, i
     }
     shards.push_back(std::make_unique<ContextShard>(model, n));
     if (blocks.enabled()) shards.back()->use_cache(impl_->blocks, req.pin_context);
-    shards.back()->begin_encode(anchor, run, std::move(toks), chunk_tokens);
+    shards.back()->begin_encode(anchor, run, std::move(toks), chunk_tokens, area);
     admitted->rows_total += shards.back()->encode_rows_total();
   }
   stats.workers_used = static_cast<int>(shards.size());

@@ -45,14 +45,15 @@ MemoryModel MemoryModel::of(const ModelConfig& c, DType activation_dtype) {
   const int64_t act = es * (3 * int64_t{c.hidden_size} + 2 * int64_t{c.q_dim()} +
                             2 * int64_t{c.kv_dim()} + 3 * int64_t{c.intermediate_size});
   MemoryModel m;
-  m.per_token = kv + act;
+  m.per_token = kv;
+  m.per_forward_row = act;
   m.per_scratch_row = kv + 4 * int64_t{c.num_heads};
   m.fixed += 8 * int64_t{c.vocab_size};
   return m;
 }
 
-int64_t MemoryModel::tokens_that_fit(int64_t bytes, int64_t scratch_rows) const {
-  const int64_t room = bytes - fixed - scratch_rows * per_scratch_row;
+int64_t MemoryModel::tokens_that_fit(int64_t bytes, int64_t encode) const {
+  const int64_t room = bytes - fixed - encode;
   return room <= 0 ? 0 : room / per_token;
 }
 
@@ -85,17 +86,24 @@ RequestPlan cut_blocks(const BlockRequest& req, int workers) {
   // Per worker, as if it held every block (the longest is a whole block; a context of one block
   // needs no anchor rows).
   p.scratch_rows = encode_scratch_rows(p.blocks, std::min(p.anchor_size, C));
+  p.forward_rows = encode_forward_rows(p.blocks, std::min(p.anchor_size, C), req.phase1_chunk);
   return p;
 }
 
 namespace {
 
-// The runs of `p`'s blocks on workers with these bytes, or false when they do not fit.
-bool place(RequestPlan& p, const std::vector<int64_t>& worker_bytes, int use,
+// The runs of `p`'s blocks on these workers, or false when they do not fit.
+bool place(RequestPlan& p, const std::vector<int64_t>& worker_bytes, WorkerMemory layout, int use,
            const MemoryModel& memory) {
+  const int64_t encode = memory.encode_bytes(p.scratch_rows, p.forward_rows);
   std::vector<int64_t> caps;
-  for (int i = 0; i < use; ++i)
-    caps.push_back(memory.tokens_that_fit(worker_bytes[static_cast<size_t>(i)], p.scratch_rows));
+  if (layout == WorkerMemory::shared_pool) {
+    // One encode at a time: the pool less one encode's scratch holds every worker's K/V.
+    caps.assign(static_cast<size_t>(use), memory.tokens_that_fit(worker_bytes.at(0), encode) / use);
+  } else {
+    for (int i = 0; i < use; ++i)
+      caps.push_back(memory.tokens_that_fit(worker_bytes[static_cast<size_t>(i)], encode));
+  }
   const int64_t uniform = *std::min_element(caps.begin(), caps.end());
   try {
     p.runs = assign_blocks(p.blocks, std::vector<int64_t>(caps.size(), uniform));
@@ -113,8 +121,11 @@ bool place(RequestPlan& p, const std::vector<int64_t>& worker_bytes, int use,
 }  // namespace
 
 RequestPlan plan_request(const BlockRequest& req, const std::vector<int64_t>& worker_bytes,
-                         const MemoryModel& memory, const std::string& where) {
-  const int live = static_cast<int>(worker_bytes.size());
+                         const MemoryModel& memory, const std::string& where, WorkerMemory layout,
+                         int workers) {
+  if (layout == WorkerMemory::shared_pool && worker_bytes.size() != 1)
+    throw std::logic_error("plan_request: a shared pool is one entry of worker_bytes");
+  const int live = layout == WorkerMemory::shared_pool ? workers : static_cast<int>(worker_bytes.size());
   if (live == 0 && req.context_len > 0)
     throw Error(ErrorKind::overloaded, "no context workers are available (" + where + ")");
   const int use = req.mode == AttentionMode::full ? std::min(live, 1) : live;
@@ -123,7 +134,7 @@ RequestPlan plan_request(const BlockRequest& req, const std::vector<int64_t>& wo
     p.runs.assign(static_cast<size_t>(use), {});
     return p;
   }
-  if (place(p, worker_bytes, use, memory)) return p;
+  if (place(p, worker_bytes, layout, use, memory)) return p;
   // The largest context these workers take with the same rules (block sizes and the encoding
   // scratch shrink with the context when they default to it): what the message promises.
   int64_t lo = 0, hi = req.context_len;
@@ -132,7 +143,7 @@ RequestPlan plan_request(const BlockRequest& req, const std::vector<int64_t>& wo
     BlockRequest smaller = req;
     smaller.context_len = mid;
     RequestPlan q = cut_blocks(smaller, use);
-    (place(q, worker_bytes, use, memory) ? lo : hi) = mid;
+    (place(q, worker_bytes, layout, use, memory) ? lo : hi) = mid;
   }
   throw Error(ErrorKind::capacity,
               "context of " + std::to_string(req.context_len) + " tokens does not fit: at most " +

@@ -28,19 +28,32 @@ struct BlockRequest {
   int64_t block_size = 0;   // 0: ceil(context / workers)
   int64_t anchor_size = 0;  // 0: the block size
   bool use_anchor = true;   // false: blocks encoded alone (the no-anchor ablation)
+  int64_t phase1_chunk = 0; // rows per phase-1 forward on the workers (0: a whole block)
 };
 
-// Bytes a context worker needs per context token (K/V and one row of activations while a block
-// is encoded) and per row of its encoding scratch (the anchor prefix and the block being
-// encoded, with their lse); the query side's per-token bytes are the same as a context token's.
+// What a context worker's memory holds: K/V per context token it keeps, and while it encodes,
+// the scratch K/V [anchor ; block] (per_scratch_row, with its lse) and the activations of one
+// forward's rows (per_forward_row; a whole block's rows, or a chunk's). The query side needs
+// per_token for each query and generated token and per_forward_row for each query row.
 struct MemoryModel {
   int64_t per_token = 0;
+  int64_t per_forward_row = 0;
   int64_t per_scratch_row = 0;
   int64_t fixed = int64_t{64} << 20;  // workspace slack, logits
   static MemoryModel of(const ModelConfig& config, DType activation_dtype);
-  // Context tokens a worker with `bytes` can hold while encoding with `scratch_rows` rows.
-  int64_t tokens_that_fit(int64_t bytes, int64_t scratch_rows) const;
+  // Bytes one encode works in beside the K/V it keeps (the `fixed` slack not included).
+  int64_t encode_bytes(int64_t scratch_rows, int64_t forward_rows) const {
+    return scratch_rows * per_scratch_row + forward_rows * per_forward_row;
+  }
+  // Context tokens a worker with `bytes` can hold while encoding in `encode` bytes.
+  int64_t tokens_that_fit(int64_t bytes, int64_t encode) const;
 };
+
+// Where the context workers' memory is. separate: each worker its own (a process per device),
+// and each holds its own encode's scratch. shared_pool: the in-process workers of one Engine share
+// one device and encode one after another, so one encode's scratch serves them all
+// (ContextShard's EncodeArea); worker_bytes then holds one entry, the pool.
+enum class WorkerMemory { separate, shared_pool };
 
 struct RequestPlan {
   AttentionMode mode = AttentionMode::star;
@@ -48,7 +61,8 @@ struct RequestPlan {
   std::vector<BlockSpec> blocks;
   // One run per worker given (possibly empty), in worker order: the merge order.
   std::vector<std::vector<BlockSpec>> runs;
-  int64_t scratch_rows = 0;  // per worker, while encoding
+  int64_t scratch_rows = 0;  // per encode: [anchor ; longest block]
+  int64_t forward_rows = 0;  // per encode: the largest forward's rows
   int workers_used() const;
 };
 
@@ -57,11 +71,14 @@ struct RequestPlan {
 // Throws Error(invalid_request) for impossible sizes.
 RequestPlan cut_blocks(const BlockRequest& request, int workers);
 
-// cut_blocks, then places the runs on workers with `worker_bytes[i]` bytes of room each. Balances by tokens alone when every worker can take
-// an equal share, so the placement is a function of the block count only (the same in-process
-// and in a cluster); otherwise by capacity. Throws Error(capacity) saying how many context
-// tokens fit on these workers (`where` names them, e.g. "the 3 live workers").
+// cut_blocks, then places the runs on the workers. separate: worker_bytes[i] bytes of room for
+// worker i; shared_pool: worker_bytes = {pool} for `workers` in-process workers. Balances by
+// tokens alone when every worker can take an equal share, so the placement is a function of the
+// block count only (the same in-process and in a cluster); otherwise by capacity. Throws
+// Error(capacity) saying how many context tokens fit on these workers (`where` names them, e.g.
+// "the 3 live workers").
 RequestPlan plan_request(const BlockRequest& request, const std::vector<int64_t>& worker_bytes,
-                         const MemoryModel& memory, const std::string& where);
+                         const MemoryModel& memory, const std::string& where,
+                         WorkerMemory layout = WorkerMemory::separate, int workers = 0);
 
 }  // namespace starattn

@@ -58,24 +58,29 @@ std::vector<int32_t> iota_positions(int64_t first, int64_t n) {
 
 }  // namespace
 
+EncodeArea::EncodeArea(const Transformer& model, int64_t scratch_rows)
+    : scratch(model.backend(), model.config(), scratch_rows),
+      lse(model.backend().alloc(scratch_rows, model.config().num_heads, DType::f32)),
+      ws(model.backend()) {}
+
 // The encode in progress: its own copy of the input (the caller's may go away between chunks),
-// the scratch cache [anchor ; block being encoded] and where the next chunk starts.
+// the area it encodes in ([anchor ; block being encoded] and the forward's rows) and where the
+// next chunk starts.
 struct ContextShard::Encoding {
-  // scratch_rows: encode_scratch_rows (runtime/block_plan.h).
   Encoding(const Transformer& model, std::vector<int32_t> anchor_in, std::vector<BlockSpec> blocks_in,
-           std::vector<std::vector<int32_t>> tokens_in, int64_t scratch_rows)
+           std::vector<std::vector<int32_t>> tokens_in, std::shared_ptr<EncodeArea> area_in)
       : anchor(std::move(anchor_in)), blocks(std::move(blocks_in)), tokens(std::move(tokens_in)),
-        scratch(model.backend(), model.config(), scratch_rows),
-        lse(model.backend().alloc(scratch_rows, model.config().num_heads, DType::f32)),
-        hook(model, scratch, lse.view()) {}
+        area(std::move(area_in)), scratch(area->scratch), ws(area->ws),
+        hook(model, scratch, area->lse.view()) {}
 
   std::vector<int32_t> anchor;
   std::vector<BlockSpec> blocks;
   std::vector<std::vector<int32_t>> tokens;
   std::vector<BlockKey> keys;  // with a block cache
   int64_t chunk = 0;           // rows per forward; 0: a whole anchor or block
-  KvCache scratch;
-  Buffer lse;
+  std::shared_ptr<EncodeArea> area;
+  KvCache& scratch;
+  Workspace& ws;
   EncodeHook hook;
   bool have_anchor = false;    // scratch rows [0, a) hold the anchor's K/V
   bool in_anchor = false;      // the anchor is being encoded (before block `next`)
@@ -98,10 +103,9 @@ struct ContextShard::Encoding {
 };
 
 ContextShard::ContextShard(const Transformer& model, int64_t capacity_tokens)
-    : model_(model), cache_(model.backend(), model.config(), capacity_tokens),
-      ws_(model.backend()) {}
+    : model_(model), cache_(model.backend(), model.config(), capacity_tokens) {}
 
-ContextShard::~ContextShard() = default;
+ContextShard::~ContextShard() { end_encode(); }
 
 void ContextShard::encode(const std::vector<int32_t>& anchor, const std::vector<BlockSpec>& blocks,
                           const std::vector<std::vector<int32_t>>& block_tokens) {
@@ -114,7 +118,8 @@ int64_t ContextShard::encode_rows_left() const { return pending_ ? pending_->row
 int64_t ContextShard::encode_rows_total() const { return pending_ ? pending_->rows_total : 0; }
 
 void ContextShard::begin_encode(std::vector<int32_t> anchor, std::vector<BlockSpec> blocks,
-                                std::vector<std::vector<int32_t>> block_tokens, int64_t chunk_tokens) {
+                                std::vector<std::vector<int32_t>> block_tokens, int64_t chunk_tokens,
+                                std::shared_ptr<EncodeArea> area) {
   if (pending_) throw std::logic_error("ContextShard::begin_encode: an encode is already in progress");
   if (chunk_tokens < 0)
     throw std::invalid_argument("ContextShard: chunk of " + std::to_string(chunk_tokens) + " tokens");
@@ -135,8 +140,14 @@ void ContextShard::begin_encode(std::vector<int32_t> anchor, std::vector<BlockSp
     total += blocks[i].length;
   }
   const int64_t scratch_rows = encode_scratch_rows(blocks, a);
+  if (!area)
+    area = std::make_shared<EncodeArea>(model_, scratch_rows);
+  else if (area->scratch.capacity() < scratch_rows)
+    throw std::invalid_argument("ContextShard: an encode area of " +
+                                std::to_string(area->scratch.capacity()) + " rows for " +
+                                std::to_string(scratch_rows) + " rows of scratch");
   auto e = std::make_unique<Encoding>(model_, std::move(anchor), std::move(blocks),
-                                      std::move(block_tokens), scratch_rows);
+                                      std::move(block_tokens), std::move(area));
   e->chunk = chunk_tokens;
   // Why a hit is copied into this shard's K/V instead of referenced: phase 2 attends over one
   // contiguous K/V per shard, one kernel whose summation order is the cold run's, so a warm
@@ -162,6 +173,10 @@ bool ContextShard::encode_chunk(int max_layers) {
   layers_last_call_ = 0;
   try {
     Encoding& e = *pending_;
+    // A shared area holds one encode at a time: what another shard left in it is its own.
+    if (e.area->user != nullptr && e.area->user != this)
+      throw std::logic_error("ContextShard::encode_chunk: its encode area is in use by another shard");
+    e.area->user = this;
     Backend& be = model_.backend();
     const ModelConfig& c = model_.config();
     ForwardOptions kv_only;
@@ -185,7 +200,7 @@ bool ContextShard::encode_chunk(int max_layers) {
       // would tell the pacer that layers cost next to nothing.
       if (end == c.num_layers - 1) end = c.num_layers;
       model_.forward_layers(ids.data() + begin, e.flight_pos.data(), e.flight_rows, e.flight_layer, end,
-                            e.hook, ws_, kv_only);
+                            e.hook, e.ws, kv_only);
       layers_last_call_ = std::min(end, c.num_layers - 1) - e.flight_layer;
       e.flight_layer = end;
       if (end < c.num_layers) return int64_t{0};
@@ -265,8 +280,7 @@ bool ContextShard::encode_chunk(int max_layers) {
     }
     return next_block();
   } catch (...) {
-    pending_.reset();  // frees the scratch; the caller destroys the shard
-    ws_.release();
+    end_encode();  // frees the scratch; the caller destroys the shard
     throw;
   }
 }
@@ -276,11 +290,20 @@ bool ContextShard::next_block() {
   e.done = 0;
   e.started = false;
   if (++e.next < e.blocks.size()) return true;
-  pending_.reset();
-  // Phase 2 needs no activations: the forward's rows (a whole block's with chunk 0) go back now,
-  // not when the request ends.
-  ws_.release();
+  end_encode();
   return false;
+}
+
+void ContextShard::end_encode() {
+  if (!pending_) return;
+  EncodeArea& area = *pending_->area;
+  if (area.user == this) {
+    area.user = nullptr;
+    // Phase 2 needs no activations: the forward's rows (a whole block's with chunk 0) go back
+    // now, not when the request ends (and not when the last shard sharing the area is done).
+    area.ws.release();
+  }
+  pending_.reset();  // the area itself goes with its last user
 }
 
 void ContextShard::use_cache(std::shared_ptr<ContextCache> blocks, std::string pin) {

@@ -20,6 +20,19 @@
 
 namespace starattn {
 
+// The memory one phase-1 encode works in besides the K/V it keeps: the scratch K/V
+// [anchor ; block] with the lse of its rows, and the activations of the forward's rows. Shards
+// that encode one after another on one backend (the Engine's in-process workers of a request)
+// share one, so a request holds one encode's scratch, not one per worker; a shard given none
+// makes its own. Two shards sharing an area must not encode at the same time (checked).
+struct EncodeArea {
+  EncodeArea(const Transformer& model, int64_t scratch_rows);
+  KvCache scratch;
+  Buffer lse;     // [scratch_rows, Hq] f32
+  Workspace ws;   // grows to the forward's rows; released when an encode ends
+  const void* user = nullptr;  // the shard encoding in it now
+};
+
 class ContextShard {
  public:
   // capacity_tokens: K/V rows this shard may keep (the tokens of its blocks).
@@ -41,8 +54,11 @@ class ContextShard {
   // already in the scratch cache. The caller decodes other streams between calls. encode() is
   // begin_encode() with chunk 0 and encode_chunk() until done. A throw leaves the shard failed:
   // destroy it (that frees its partial K/V), as for a request cancelled mid-encode.
+  // `area`: the scratch to encode in (at least encode_scratch_rows of these blocks); null: the
+  // shard allocates its own.
   void begin_encode(std::vector<int32_t> anchor, std::vector<BlockSpec> blocks,
-                    std::vector<std::vector<int32_t>> block_tokens, int64_t chunk_tokens);
+                    std::vector<std::vector<int32_t>> block_tokens, int64_t chunk_tokens,
+                    std::shared_ptr<EncodeArea> area = nullptr);
   // Runs the next chunk (or takes the next block from the cache); returns true while more
   // remain. Throws when no encode is in progress. max_layers > 0 runs at most that many layers
   // of the chunk's forward: the chunk then takes several calls (a slice each), and its K/V
@@ -103,7 +119,7 @@ class ContextShard {
   struct Encoding;                    // the encode in progress, with its scratch K/V
   std::unique_ptr<Encoding> pending_;
   bool next_block();                   // moves the encode in progress past its current block
-  Workspace ws_;
+  void end_encode();                   // drops the encode in progress and gives its area back
   Buffer out_o_, out_lse_;
 };
 

@@ -1,9 +1,13 @@
-// Splitting a context into blocks and placing contiguous runs of blocks on workers.
+// Splitting a context into blocks, placing contiguous runs of blocks on workers, and the memory
+// plan that decides what fits (runtime/request_plan.h).
 #include <gtest/gtest.h>
 
 #include <random>
 
 #include "runtime/block_plan.h"
+#include "runtime/errors.h"
+#include "runtime/request_plan.h"
+#include "tests/support/test_models.h"
 
 namespace starattn {
 namespace {
@@ -94,6 +98,64 @@ TEST(EncodeScratchRows, AnchorRowsOnlyWhenALaterBlockFollows) {
   EXPECT_EQ(encode_scratch_rows({blocks[0]}, 120), 300) << "block 0 alone";
   EXPECT_EQ(encode_scratch_rows({blocks[3]}, 120), 120 + 100);
   EXPECT_EQ(encode_scratch_rows(split_blocks(250, 300), 250), 250) << "one block holds the context";
+}
+
+TEST(EncodeForwardRows, TheLongestForwardCappedByTheChunk) {
+  const auto blocks = split_blocks(1000, 300);  // 300, 300, 300, 100
+  EXPECT_EQ(encode_forward_rows(blocks, 120, 0), 300);
+  EXPECT_EQ(encode_forward_rows(blocks, 120, 64), 64);
+  EXPECT_EQ(encode_forward_rows(blocks, 120, 5000), 300);
+  EXPECT_EQ(encode_forward_rows({blocks[3]}, 120, 0), 120) << "the anchor is forwarded alone first";
+  EXPECT_EQ(encode_forward_rows({blocks[0]}, 120, 0), 300) << "block 0 carries the anchor in it";
+}
+
+// The bytes plan_request charges: K/V per context token, and one encode's scratch and forward
+// rows per worker that encodes (separate), or once for the in-process workers that take turns
+// in one area (shared_pool). Random sizes; the boundary is exact.
+TEST(PlanRequest, AWorkerPaysForOneEncodeAndAPoolForOneInAll) {
+  const ModelConfig config = testing::test_config();
+  const MemoryModel m = MemoryModel::of(config, DType::f32);
+  EXPECT_EQ(m.per_token, config.kv_bytes_per_token(4));
+  EXPECT_GT(m.per_forward_row, 0);
+  std::mt19937_64 rng(11);
+  for (int trial = 0; trial < 20; ++trial) {
+    const int W = 2 + static_cast<int>(rng() % 4);
+    const int64_t b = 50 + static_cast<int64_t>(rng() % 200);
+    const int64_t C = W * b;  // W equal blocks of b, anchor b
+    const int64_t chunk = trial % 2 ? 0 : 1 + static_cast<int64_t>(rng() % b);
+    const int64_t fwd = chunk > 0 ? chunk : b;
+    BlockRequest req;
+    req.context_len = C;
+    req.phase1_chunk = chunk;
+    const int64_t encode = m.encode_bytes(2 * b, fwd);
+    // separate: each worker holds its block and its own encode.
+    const int64_t each = m.fixed + b * m.per_token + encode;
+    const RequestPlan p = plan_request(req, std::vector<int64_t>(W, each), m, "w");
+    EXPECT_EQ(p.scratch_rows, 2 * b);
+    EXPECT_EQ(p.forward_rows, fwd);
+    EXPECT_EQ(p.workers_used(), W);
+    try {
+      plan_request(req, std::vector<int64_t>(W, each - 1), m, "w");
+      ADD_FAILURE() << "a byte short on every worker must not fit";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::capacity);
+    }
+    // shared_pool: every block's K/V and one encode.
+    const int64_t pool = m.fixed + C * m.per_token + encode;
+    const RequestPlan q = plan_request(req, {pool}, m, "pool", WorkerMemory::shared_pool, W);
+    const auto starts = [](const RequestPlan& r) {
+      std::vector<std::vector<int64_t>> out;
+      for (const auto& run : r.runs) {
+        out.emplace_back();
+        for (const BlockSpec& blk : run) out.back().push_back(blk.start);
+      }
+      return out;
+    };
+    EXPECT_EQ(starts(q), starts(p)) << "the same placement in one process and in a cluster";
+    EXPECT_LT(pool, W * each) << "sharing saves W - 1 encodes";
+    EXPECT_THROW(plan_request(req, {pool - W * m.per_token}, m, "pool", WorkerMemory::shared_pool, W),
+                 Error);
+  }
 }
 
 }  // namespace

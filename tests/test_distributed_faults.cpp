@@ -89,10 +89,11 @@ TEST_F(Distributed, ContextBeyondTheLiveWorkersRoomIsRefusedNamingWhatFits) {
   const ModelConfig config = ModelConfig::from_file(model_ + "/config.json");
   const MemoryModel memory = MemoryModel::of(config, DType::f32);  // the cpu backend's activations
   // Star mode with the default sizes: C tokens on W workers are W blocks of b = ceil(C / W), each
-  // worker holding one while it encodes it behind an anchor of b, which takes
-  // fixed + b * per_token + 2b * per_scratch_row bytes. So a worker of R bytes takes blocks of
-  // up to floor((R - fixed) / per_block_token) and W of them take W times that.
-  const int64_t per_block_token = memory.per_token + 2 * memory.per_scratch_row;
+  // worker holding one while it encodes it behind an anchor of b (in one forward: b is below the
+  // workers' 512-row chunk), which takes fixed + b * (per_token + per_forward_row) +
+  // 2b * per_scratch_row bytes. So a worker of R bytes takes blocks of up to
+  // floor((R - fixed) / per_block_token) and W of them take W times that.
+  const int64_t per_block_token = memory.per_token + memory.per_forward_row + 2 * memory.per_scratch_row;
   // A fixed room (--kv-bytes; a share of free memory would move between runs): a few hundred
   // tokens beyond the fixed slack and half a token more, which must not count.
   const int64_t room = memory.fixed + 300 * per_block_token + per_block_token / 2;

@@ -66,7 +66,8 @@ struct Encoded {
   int calls = 0;
 };
 Encoded encode(const Model& m, const std::vector<int32_t>& ctx, int64_t block, int64_t anchor_len,
-               int workers, int64_t chunk, int max_layers = 0) {
+               int workers, int64_t chunk, int max_layers = 0,
+               const std::shared_ptr<EncodeArea>& area = nullptr) {
   const int64_t C = static_cast<int64_t>(ctx.size());
   const auto runs = assign_blocks(split_blocks(C, block), std::vector<int64_t>(workers, C));
   const std::vector<int32_t> anchor(ctx.begin(), ctx.begin() + anchor_len);
@@ -83,7 +84,7 @@ Encoded encode(const Model& m, const std::vector<int32_t>& ctx, int64_t block, i
     if (chunk < 0) {
       shard->encode(anchor, run, toks);
     } else {
-      shard->begin_encode(anchor, run, toks, chunk);
+      shard->begin_encode(anchor, run, toks, chunk, area);
       const int64_t total = shard->encode_rows_total();
       int64_t left = total;
       bool more = true;
@@ -203,6 +204,34 @@ TEST_P(Phase1Chunks, SlicedChunksEqualWholeChunksBitForBit) {
   }
 }
 
+// The Engine's shards encode in turn in one EncodeArea (one request holds one encode's scratch):
+// each starts over what the one before left in it, and must leave the K/V of shards with areas
+// of their own, bit for bit.
+TEST_P(Phase1Chunks, ShardsTakingTurnsInOneAreaEqualShardsWithTheirOwn) {
+  const ChunkCase c = GetParam();
+  const Model m(c.variant, 41 + c.block, 3);
+  std::mt19937_64 rng(c.context * 3 + c.anchor);
+  const auto ctx = testing::random_tokens(rng, c.context, m.config.vocab_size);
+  const auto blocks = split_blocks(c.context, c.block);
+  for (int64_t chunk : {int64_t{3}, int64_t{0}}) {
+    Encoded own = encode(m, ctx, c.block, c.anchor, c.workers, chunk);
+    auto area = std::make_shared<EncodeArea>(*m.transformer, encode_scratch_rows(blocks, c.anchor));
+    Encoded shared = encode(m, ctx, c.block, c.anchor, c.workers, chunk, 2, area);
+    ASSERT_EQ(shared.shards.size(), own.shards.size());
+    ASSERT_GE(own.shards.size(), 2u);
+    for (size_t s = 0; s < own.shards.size(); ++s)
+      for (int l = 0; l < m.config.num_layers; ++l) {
+        const KvCache& a = own.shards[s]->cache();
+        const KvCache& b = shared.shards[s]->cache();
+        ASSERT_EQ(a.size(), b.size());
+        EXPECT_EQ(m.download(a.keys(l)), m.download(b.keys(l))) << "chunk " << chunk << " shard " << s << " layer " << l;
+        EXPECT_EQ(m.download(a.values(l)), m.download(b.values(l))) << "chunk " << chunk << " shard " << s << " layer " << l;
+      }
+    EXPECT_EQ(area.use_count(), 1) << "the shards let go of the area when their encodes ended";
+    EXPECT_EQ(area->ws.capacity(), 0) << "the activations go back when an encode ends";
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, Phase1Chunks,
     ::testing::Values(ChunkCase{45, 12, 12, 2, false},  // anchor = block, last block short
@@ -220,6 +249,20 @@ TEST(Phase1ChunksApi, MisuseIsRefused) {
   EXPECT_TRUE(shard.encode_chunk());
   EXPECT_FALSE(shard.encode_chunk());
   EXPECT_EQ(shard.tokens(), 4);
+
+  // An area smaller than the encode's scratch, and two shards in one area at the same time.
+  auto small = std::make_shared<EncodeArea>(*m.transformer, 3);
+  ContextShard a(*m.transformer, 8), b(*m.transformer, 8);
+  EXPECT_THROW(a.begin_encode({}, {{0, 0, 4}}, {{1, 2, 3, 4}}, 2, small), std::invalid_argument);
+  auto area = std::make_shared<EncodeArea>(*m.transformer, 4);
+  a.begin_encode({}, {{0, 0, 4}}, {{1, 2, 3, 4}}, 2, area);
+  b.begin_encode({}, {{0, 0, 4}}, {{5, 6, 7, 8}}, 2, area);
+  EXPECT_TRUE(a.encode_chunk());
+  EXPECT_THROW(b.encode_chunk(), std::logic_error) << "a's encode is half way in the area";
+  EXPECT_FALSE(a.encode_chunk());
+  ContextShard c(*m.transformer, 8);
+  c.begin_encode({}, {{0, 0, 4}}, {{5, 6, 7, 8}}, 2, area);
+  EXPECT_TRUE(c.encode_chunk()) << "free again once a's encode ended";
 }
 
 TEST(Phase1Pacer, PicksTheLayersThatFitTheBudget) {
