@@ -85,6 +85,11 @@ TEST_F(Cli, StarWithBlockCoveringContextPrintsTheSameIdsAsFull) {
   const Result star = run_cli(run_args("--mode star --workers 3 --block-size 150"), tmp_);
   ASSERT_EQ(star.status, 0) << star.err;
   EXPECT_EQ(star.out, full.out);
+  // The in-process actors encode in chunks when asked (a serving worker's default), with the
+  // same greedy tokens (chunks round in the last bits only: test_phase1_chunks).
+  const Result chunked = run_cli(run_args("--mode star --workers 3 --block-size 150 --phase1-chunk 7"), tmp_);
+  ASSERT_EQ(chunked.status, 0) << chunked.err;
+  EXPECT_EQ(chunked.out, full.out);
   // Ten ids separated by spaces, then a newline.
   std::istringstream ids(full.out);
   int count = 0, id;
@@ -120,6 +125,8 @@ TEST_F(Cli, BadArgumentsFailWithAMessage) {
       {run_args("--mode sideways"), "unknown attention mode"},
       {run_args("--block-size 8 --anchor-size 9"), "anchor size"},
       {run_args("--workers 0"), "workers must be at least 1"},
+      {run_args("--phase1-chunk -1"), "--phase1-chunk must be >= 0"},
+      {run_args("--engine --phase1-chunk 8"), "not with --engine"},
       {run_args("--bogus 1"), "unknown option --bogus"},
       {"run --model " + tmp_.file("nowhere") + " --context-ids 1 --query-ids 2", "nowhere"},
       {"run --model " + model_ + " --context-ids 1,x --query-ids 2", "not a token id"},

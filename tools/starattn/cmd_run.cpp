@@ -41,6 +41,8 @@ const char* kRunHelp =
     "  --mode star|full       Star Attention (default) or the full-attention baseline\n"
     "  --workers W            in-process context workers (default 1)\n"
     "  --engine               run on the in-process Engine library instead of the actors\n"
+    "  --phase1-chunk N       in-process actors: rows per phase-1 forward (default 0: whole\n"
+    "                         blocks, as the Engine; one request has nothing to interleave with)\n"
     "  --block-size B         context block size (default ceil(context / workers))\n"
     "  --anchor-size A        anchor size, 1 <= A <= B (default B)\n"
     "  --no-anchor            encode blocks without the anchor (ablation)\n"
@@ -216,13 +218,16 @@ int cmd_run(int argc, char** argv) {
   }
   const Args args(argc, argv, 2,
                   {"model", "context-file", "context-ids", "query", "query-ids", "max-tokens",
-                   "mode", "workers", "block-size", "anchor-size", "seed", "output", "device",
+                   "mode", "workers", "phase1-chunk", "block-size", "anchor-size", "seed", "output", "device",
                    "gpu", "threads", "temperature", "top-k", "top-p", "dump-logits", "head",
                    "min-workers", "timeout", "random-weights", "weight-seed", "connect-timeout", "messages-file", "tls-cert",
                    "tls-key", "tls-ca"},
                   {"ignore-eos", "no-anchor", "engine"});
   Printer out(args);
   // Random weights exist only in the Engine library path (benchmarks).
+  if (args.has("phase1-chunk") && (args.flag("engine") || args.has("head")))
+    throw std::invalid_argument("--phase1-chunk sets the in-process actors' phase 1: not with "
+                                "--engine (whole blocks) or --head (the workers' own option)");
   if (args.flag("engine")) return run_engine(args, out);
   const RequestSpec req = build_request(args, out.want_logits());
 
@@ -254,6 +259,12 @@ int cmd_run(int argc, char** argv) {
   const int workers = static_cast<int>(args.get_int("workers", 1));
   if (workers < 1)
     throw std::invalid_argument("workers must be at least 1, got " + std::to_string(workers));
+  // A worker of a server encodes in chunks so that other requests' exchanges are answered in
+  // between; this process serves one request, so by default its workers encode whole blocks,
+  // as the Engine does.
+  const int64_t phase1_chunk = args.get_int("phase1-chunk", 0);
+  if (phase1_chunk < 0)
+    throw std::invalid_argument("--phase1-chunk must be >= 0, got " + std::to_string(phase1_chunk));
   auto model = std::make_shared<actors::ModelHost>(model_load_options(
       args, args.get("device", "cpu"), static_cast<int>(args.get_int("gpu", 0)),
       static_cast<int>(args.get_int("threads", 0)),
@@ -273,6 +284,7 @@ int cmd_run(int argc, char** argv) {
       o.name = "local/" + std::to_string(i);
       // The workers share one backend's memory, as the Engine's in-process workers do.
       o.kv_fraction = 0.8 / workers;
+      o.phase1_chunk_tokens = phase1_chunk;
       o.verbose = false;
       all.push_back(actors::spawn_context_block(system, o));
     }
