@@ -132,10 +132,15 @@ bool begin_encode(Self* self, const std::string& bytes, caf::response_promise re
     // The shard's K/V and encoding scratch, as the planner counts them.
     const MemoryModel memory = MemoryModel::of(host.config(), host.backend().activation_dtype());
     const auto a = static_cast<int64_t>(anchor.size());
+    int64_t chunk = st.options.phase1_chunk_tokens;
+    if (st.options.phase1_whole_blocks_if_room && chunk > 0) {
+      int64_t active = 0;
+      for (const auto& [other, b] : st.held_bytes) active += b;
+      chunk = whole_blocks_if_room(memory, blocks, a, st.room_bytes - active, chunk);
+    }
     const int64_t need =
         n * memory.per_token + memory.fixed +
-        memory.encode_bytes(encode_scratch_rows(blocks, a),
-                            encode_forward_rows(blocks, a, st.options.phase1_chunk_tokens));
+        memory.encode_bytes(encode_scratch_rows(blocks, a), encode_forward_rows(blocks, a, chunk));
     make_room(self, need);
     PendingEncode p;
     p.t0 = t0;
@@ -146,8 +151,7 @@ bool begin_encode(Self* self, const std::string& bytes, caf::response_promise re
       auto compute = host.lock_compute();
       p.shard = std::make_shared<ContextShard>(host.model(), n);
       if (st.blocks->enabled()) p.shard->use_cache(st.blocks, req.pin_context());
-      p.shard->begin_encode(std::move(anchor), std::move(blocks), std::move(tokens),
-                            st.options.phase1_chunk_tokens);
+      p.shard->begin_encode(std::move(anchor), std::move(blocks), std::move(tokens), chunk);
     }
     // Counted from now: the K/V is allocated, and a concurrent request's room must leave it.
     st.held[id] = n;

@@ -38,6 +38,9 @@ struct ContextBlockOptions {
   // lock released and this actor's mailbox served between them, so the phase-2 answers and
   // encodes of other requests do not wait for all of a long encode.
   int64_t phase1_chunk_tokens = 512;
+  // Encode whole blocks instead where the room holds their activations (whole_blocks_if_room):
+  // for a process that serves one request (`starattn run`), where nothing waits between chunks.
+  bool phase1_whole_blocks_if_room = false;
   // > 0: a chunk's forward runs in slices of the layers that fit this many milliseconds
   // (runtime/phase1_pacer.h), the mailbox served between slices too: a phase-2 answer then
   // waits for at most about this long behind a long encode. 0: whole chunks.

@@ -57,6 +57,16 @@ int64_t MemoryModel::tokens_that_fit(int64_t bytes, int64_t encode) const {
   return room <= 0 ? 0 : room / per_token;
 }
 
+int64_t whole_blocks_if_room(const MemoryModel& memory, const std::vector<BlockSpec>& blocks,
+                             int64_t anchor_rows, int64_t room, int64_t chunk) {
+  int64_t n = 0;
+  for (const BlockSpec& b : blocks) n += b.length;
+  const int64_t whole = n * memory.per_token + memory.fixed +
+                        memory.encode_bytes(encode_scratch_rows(blocks, anchor_rows),
+                                            encode_forward_rows(blocks, anchor_rows, 0));
+  return whole <= room ? 0 : chunk;
+}
+
 int RequestPlan::workers_used() const {
   int n = 0;
   for (const auto& r : runs) n += r.empty() ? 0 : 1;

@@ -49,6 +49,14 @@ struct MemoryModel {
   int64_t tokens_that_fit(int64_t bytes, int64_t encode) const;
 };
 
+// Rows per phase-1 forward for an encode of `blocks` behind `anchor_rows` in `room` bytes:
+// whole blocks (0) when their activation rows fit beside the blocks' K/V and the scratch, else
+// `chunk`. For a process that serves one request: chunks there only cost (each is one more pass
+// over the weights at a smaller GEMM, and a worker synchronises after each), nothing waits
+// between them.
+int64_t whole_blocks_if_room(const MemoryModel& memory, const std::vector<BlockSpec>& blocks,
+                             int64_t anchor_rows, int64_t room, int64_t chunk);
+
 // Where the context workers' memory is. separate: each worker its own (a process per device),
 // and each holds its own encode's scratch. shared_pool: the in-process workers of one Engine share
 // one device and encode one after another, so one encode's scratch serves them all

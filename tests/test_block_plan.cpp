@@ -158,5 +158,18 @@ TEST(PlanRequest, AWorkerPaysForOneEncodeAndAPoolForOneInAll) {
   }
 }
 
+// `starattn run`'s workers: whole blocks exactly when their activation rows fit the room.
+TEST(PlanRequest, WholeBlocksOnlyWhereTheirActivationsFit) {
+  const MemoryModel m = MemoryModel::of(testing::test_config(), DType::f32);
+  const auto blocks = split_blocks(1000, 300);  // one worker holding all four, anchor 120
+  const std::vector<BlockSpec> run(blocks.begin() + 1, blocks.end());
+  const int64_t n = 700;
+  const int64_t whole = n * m.per_token + m.fixed + m.encode_bytes(120 + 300, 300);
+  EXPECT_EQ(whole_blocks_if_room(m, run, 120, whole, 256), 0);
+  EXPECT_EQ(whole_blocks_if_room(m, run, 120, whole - 1, 256), 256);
+  // What the chunked encode needs is less: the fallback fits where whole blocks do not.
+  EXPECT_LT(n * m.per_token + m.fixed + m.encode_bytes(120 + 300, 256), whole);
+}
+
 }  // namespace
 }  // namespace starattn

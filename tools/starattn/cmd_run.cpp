@@ -41,8 +41,8 @@ const char* kRunHelp =
     "  --mode star|full       Star Attention (default) or the full-attention baseline\n"
     "  --workers W            in-process context workers (default 1)\n"
     "  --engine               run on the in-process Engine library instead of the actors\n"
-    "  --phase1-chunk N       in-process actors: rows per phase-1 forward (default 2048; 0:\n"
-    "                         whole blocks, as the Engine, where their scratch fits)\n"
+    "  --phase1-chunk N       in-process actors: rows per phase-1 forward (default: whole\n"
+    "                         blocks, as the Engine, where they fit the workers' room, else 2048)\n"
     "  --block-size B         context block size (default ceil(context / workers))\n"
     "  --anchor-size A        anchor size, 1 <= A <= B (default B)\n"
     "  --no-anchor            encode blocks without the anchor (ablation)\n"
@@ -260,11 +260,12 @@ int cmd_run(int argc, char** argv) {
   if (workers < 1)
     throw std::invalid_argument("workers must be at least 1, got " + std::to_string(workers));
   // A worker of a server encodes in chunks of 512 rows so that other requests' exchanges are
-  // answered in between. This process serves one request: larger chunks, since each chunk ends
-  // in a synchronisation and a hand-over of the compute lock between the workers (8B, 130K, 4
-  // workers on an H100: phase 1 +7% over the Engine's at 512 rows, +2% at 2048). Whole blocks
-  // (0) would match the Engine, but each in-process worker then holds a whole block's activation
-  // rows beside its scratch, and 130K on 4 workers no longer fits an 80 GB card.
+  // answered in between. This process serves one request, and chunks only cost: each is another
+  // pass over the weights at a smaller GEMM, and ends in a synchronisation and a hand-over of the
+  // compute lock (8B, 4 workers, H100: phase 1 +7% over the Engine's at 512 rows, +2-7% at 2048,
+  // +0-2% whole). So whole blocks where the worker's room holds their activation rows, else
+  // 2048-row chunks (130K on 4 workers of an 80 GB card).
+  const bool chunk_given = args.has("phase1-chunk");
   const int64_t phase1_chunk = args.get_int("phase1-chunk", 2048);
   if (phase1_chunk < 0)
     throw std::invalid_argument("--phase1-chunk must be >= 0, got " + std::to_string(phase1_chunk));
@@ -288,6 +289,7 @@ int cmd_run(int argc, char** argv) {
       // The workers share one backend's memory, as the Engine's in-process workers do.
       o.kv_fraction = 0.8 / workers;
       o.phase1_chunk_tokens = phase1_chunk;
+      o.phase1_whole_blocks_if_room = !chunk_given;
       o.verbose = false;
       all.push_back(actors::spawn_context_block(system, o));
     }
