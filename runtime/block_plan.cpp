@@ -17,13 +17,10 @@ std::vector<BlockSpec> split_blocks(int64_t context_len, int64_t block_size) {
 }
 
 int64_t encode_scratch_rows(const std::vector<BlockSpec>& blocks, int64_t anchor_rows) {
-  int64_t longest = 0;
-  bool later_blocks = false;
-  for (const BlockSpec& b : blocks) {
-    longest = std::max(longest, b.length);
-    later_blocks |= b.start != 0;
-  }
-  return (later_blocks ? anchor_rows : 0) + longest;
+  int64_t longest_later = 0;
+  for (const BlockSpec& b : blocks)
+    if (b.start != 0) longest_later = std::max(longest_later, b.length);
+  return longest_later > 0 ? anchor_rows + longest_later : 0;
 }
 
 int64_t encode_forward_rows(const std::vector<BlockSpec>& blocks, int64_t anchor_rows,

@@ -20,8 +20,8 @@ std::vector<BlockSpec> split_blocks(int64_t context_len, int64_t block_size);
 // Checks 1 <= a <= b and b >= 1; throws std::invalid_argument with a message saying why.
 void check_block_sizes(int64_t block_size, int64_t anchor_size);
 
-// Rows of encoding scratch phase 1 of `blocks` needs: [anchor ; longest block], or the longest
-// block alone when every block is block 0 (encoded alone, no anchor in front of it).
+// Rows of encoding scratch phase 1 of `blocks` needs: [anchor ; longest block after block 0];
+// none when block 0 is the only one (it is encoded straight into the shard's K/V).
 int64_t encode_scratch_rows(const std::vector<BlockSpec>& blocks, int64_t anchor_rows);
 
 // Rows of the largest forward phase 1 of `blocks` runs: the anchor (when encoded alone, i.e. a

@@ -42,12 +42,14 @@ void validate_request(const std::vector<int32_t>& context, const std::vector<int
 MemoryModel MemoryModel::of(const ModelConfig& c, DType activation_dtype) {
   const int64_t es = static_cast<int64_t>(dtype_size(activation_dtype));
   const int64_t kv = c.kv_bytes_per_token(static_cast<size_t>(es));
+  // A forward's row: the workspace's buffers (runtime/transformer.h) and the attention's lse.
   const int64_t act = es * (3 * int64_t{c.hidden_size} + 2 * int64_t{c.q_dim()} +
-                            2 * int64_t{c.kv_dim()} + 3 * int64_t{c.intermediate_size});
+                            2 * int64_t{c.kv_dim()} + 3 * int64_t{c.intermediate_size}) +
+                      4 * int64_t{c.num_heads};
   MemoryModel m;
   m.per_token = kv;
   m.per_forward_row = act;
-  m.per_scratch_row = kv + 4 * int64_t{c.num_heads};
+  m.per_scratch_row = kv;
   m.fixed += 8 * int64_t{c.vocab_size};
   return m;
 }

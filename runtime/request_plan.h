@@ -32,7 +32,7 @@ struct BlockRequest {
 };
 
 // What a context worker's memory holds: K/V per context token it keeps, and while it encodes,
-// the scratch K/V [anchor ; block] (per_scratch_row, with its lse) and the activations of one
+// the scratch K/V [anchor ; block] (per_scratch_row) and the activations and lse of one
 // forward's rows (per_forward_row; a whole block's rows, or a chunk's). The query side needs
 // per_token for each query and generated token and per_forward_row for each query row.
 struct MemoryModel {
@@ -69,7 +69,7 @@ struct RequestPlan {
   std::vector<BlockSpec> blocks;
   // One run per worker given (possibly empty), in worker order: the merge order.
   std::vector<std::vector<BlockSpec>> runs;
-  int64_t scratch_rows = 0;  // per encode: [anchor ; longest block]
+  int64_t scratch_rows = 0;  // per encode: [anchor ; longest block after block 0]
   int64_t forward_rows = 0;  // per encode: the largest forward's rows
   int workers_used() const;
 };

@@ -34,20 +34,37 @@ void causal_over_cache(Backend& be, const ModelConfig& c, KvCache& cache, int la
   be.attention(a);
 }
 
-// Phase 1 hook: [prefix ; new tokens], causal.
+}  // namespace
+
+EncodeArea::EncodeArea(const Transformer& m, int64_t scratch_rows)
+    : model(m), scratch(m.backend(), m.config(), scratch_rows), ws(m.backend()) {}
+
+Tensor EncodeArea::lse_rows(int64_t rows) {
+  if (!lse_.allocated() || lse_.view().rows < rows)
+    lse_ = model.backend().alloc(rows, model.config().num_heads, DType::f32);
+  return lse_.rows(0, rows);
+}
+
+void EncodeArea::release_rows() {
+  ws.release();
+  lse_ = Buffer();
+}
+
+namespace {
+
+// Phase 1 hook: [prefix ; new tokens], causal, into `cache` (the scratch, or for block 0 the
+// shard's own K/V).
 class EncodeHook : public AttentionHook {
  public:
-  EncodeHook(const Transformer& model, KvCache& cache, Tensor lse)
-      : model_(model), cache_(cache), lse_(lse) {}
+  EncodeHook(EncodeArea& area, KvCache& cache) : area_(area), cache_(cache) {}
   void attend(int layer, const Tensor& q, const Tensor& k, const Tensor& v, Tensor out) override {
-    causal_over_cache(model_.backend(), model_.config(), cache_, layer, q, k, v, out,
-                      q.empty() ? Tensor{} : lse_.slice_rows(0, q.rows));
+    causal_over_cache(area_.model.backend(), area_.model.config(), cache_, layer, q, k, v, out,
+                      q.empty() ? Tensor{} : area_.lse_rows(q.rows));
   }
 
  private:
-  const Transformer& model_;
+  EncodeArea& area_;
   KvCache& cache_;
-  Tensor lse_;
 };
 
 std::vector<int32_t> iota_positions(int64_t first, int64_t n) {
@@ -58,20 +75,15 @@ std::vector<int32_t> iota_positions(int64_t first, int64_t n) {
 
 }  // namespace
 
-EncodeArea::EncodeArea(const Transformer& model, int64_t scratch_rows)
-    : scratch(model.backend(), model.config(), scratch_rows),
-      lse(model.backend().alloc(scratch_rows, model.config().num_heads, DType::f32)),
-      ws(model.backend()) {}
-
 // The encode in progress: its own copy of the input (the caller's may go away between chunks),
 // the area it encodes in ([anchor ; block being encoded] and the forward's rows) and where the
 // next chunk starts.
 struct ContextShard::Encoding {
-  Encoding(const Transformer& model, std::vector<int32_t> anchor_in, std::vector<BlockSpec> blocks_in,
+  Encoding(KvCache& own, std::vector<int32_t> anchor_in, std::vector<BlockSpec> blocks_in,
            std::vector<std::vector<int32_t>> tokens_in, std::shared_ptr<EncodeArea> area_in)
       : anchor(std::move(anchor_in)), blocks(std::move(blocks_in)), tokens(std::move(tokens_in)),
         area(std::move(area_in)), scratch(area->scratch), ws(area->ws),
-        hook(model, scratch, area->lse.view()) {}
+        scratch_hook(*area, scratch), own_hook(*area, own) {}
 
   std::vector<int32_t> anchor;
   std::vector<BlockSpec> blocks;
@@ -81,7 +93,10 @@ struct ContextShard::Encoding {
   std::shared_ptr<EncodeArea> area;
   KvCache& scratch;
   Workspace& ws;
-  EncodeHook hook;
+  EncodeHook scratch_hook;     // [anchor ; block] in the scratch
+  EncodeHook own_hook;         // block 0, straight into the shard's K/V
+  bool into_own = false;       // the block being encoded is block 0
+  int64_t forward_rows = 0;    // the largest forward's rows (encode_forward_rows)
   bool have_anchor = false;    // scratch rows [0, a) hold the anchor's K/V
   bool in_anchor = false;      // the anchor is being encoded (before block `next`)
   int64_t anchor_done = 0;     // anchor rows encoded so far
@@ -146,9 +161,10 @@ void ContextShard::begin_encode(std::vector<int32_t> anchor, std::vector<BlockSp
     throw std::invalid_argument("ContextShard: an encode area of " +
                                 std::to_string(area->scratch.capacity()) + " rows for " +
                                 std::to_string(scratch_rows) + " rows of scratch");
-  auto e = std::make_unique<Encoding>(model_, std::move(anchor), std::move(blocks),
+  auto e = std::make_unique<Encoding>(cache_, std::move(anchor), std::move(blocks),
                                       std::move(block_tokens), std::move(area));
   e->chunk = chunk_tokens;
+  e->forward_rows = encode_forward_rows(e->blocks, a, chunk_tokens);
   // Why a hit is copied into this shard's K/V instead of referenced: phase 2 attends over one
   // contiguous K/V per shard, one kernel whose summation order is the cold run's, so a warm
   // request is bit-identical to a cold one. Referencing the cached blocks where they lie would
@@ -184,12 +200,19 @@ bool ContextShard::encode_chunk(int max_layers) {
     const int64_t a = static_cast<int64_t>(e.anchor.size());
     const BlockSpec& blk = e.blocks[e.next];
     const std::vector<int32_t>& toks = e.tokens[e.next];
+    // Block 0 starts with the anchor: its first a rows, under the causal mask, are the anchor's
+    // K/V, the prefix of the blocks after it in this shard (none after it: nothing to keep).
     const bool anchor_in_block = blk.start == 0 && a > 0 && a <= blk.length &&
+                                 e.next + 1 < e.blocks.size() &&
                                  std::equal(e.anchor.begin(), e.anchor.end(), toks.begin());
     // Rows [begin, begin + n) of `ids` at positions first_pos.., into the scratch after what it
     // holds (causal over it). Returns n once the chunk's last layer has run, 0 before.
     auto forward_rows = [&](const std::vector<int32_t>& ids, int64_t begin, int64_t left, int64_t first_pos) {
       if (e.flight_rows == 0) {
+        // The workspace at the largest forward's rows from the start: grown on demand it would
+        // double past them (Workspace::reserve grows geometrically, for decode loops), beyond
+        // what the memory plan charged.
+        if (e.ws.capacity() < e.forward_rows) e.ws.reserve(c, e.forward_rows);
         e.flight_rows = e.chunk > 0 ? std::min(e.chunk, left) : left;
         e.flight_pos = iota_positions(first_pos, e.flight_rows);
         e.flight_layer = 0;
@@ -200,13 +223,13 @@ bool ContextShard::encode_chunk(int max_layers) {
       // would tell the pacer that layers cost next to nothing.
       if (end == c.num_layers - 1) end = c.num_layers;
       model_.forward_layers(ids.data() + begin, e.flight_pos.data(), e.flight_rows, e.flight_layer, end,
-                            e.hook, e.ws, kv_only);
+                            e.into_own ? e.own_hook : e.scratch_hook, e.ws, kv_only);
       layers_last_call_ = std::min(end, c.num_layers - 1) - e.flight_layer;
       e.flight_layer = end;
       if (end < c.num_layers) return int64_t{0};
       const int64_t n = e.flight_rows;
       e.flight_rows = 0;
-      e.scratch.commit(n);
+      (e.into_own ? cache_ : e.scratch).commit(n);
       e.rows_left -= n;
       return n;
     };
@@ -230,9 +253,12 @@ bool ContextShard::encode_chunk(int max_layers) {
       e.started = true;
       e.first_row = cache_.size();
       if (blk.start == 0) {
-        // Block 0: alone, plain causal at its global positions. Under a causal mask its first a
-        // rows are exactly the anchor's K/V, so they become the prefix for later blocks.
-        e.scratch.truncate(0);
+        // Block 0: alone, plain causal at its global positions, straight into the shard's K/V
+        // (it is the first block of a run, so that K/V holds nothing before it): no scratch copy
+        // of it, which for a context of one block (full mode) was as large as the context's K/V.
+        if (cache_.size() != 0)
+          throw std::logic_error("ContextShard: block 0 after " + std::to_string(cache_.size()) + " rows");
+        e.into_own = true;
       } else if (a > 0 && !e.have_anchor) {
         e.scratch.truncate(0);
         e.in_anchor = true;
@@ -254,9 +280,10 @@ bool ContextShard::encode_chunk(int max_layers) {
 
     // The block is complete: keep its own rows (not the anchor's) in the shard's K/V.
     if (blk.start == 0) {
-      cache_.append_from(e.scratch, 0, blk.length);
+      e.into_own = false;
       if (anchor_in_block) {
-        e.scratch.truncate(a);
+        e.scratch.truncate(0);
+        e.scratch.append_from(cache_, e.first_row, a);
         e.have_anchor = true;
       }
     } else {
@@ -301,7 +328,7 @@ void ContextShard::end_encode() {
     area.user = nullptr;
     // Phase 2 needs no activations: the forward's rows (a whole block's with chunk 0) go back
     // now, not when the request ends (and not when the last shard sharing the area is done).
-    area.ws.release();
+    area.release_rows();
   }
   pending_.reset();  // the area itself goes with its last user
 }

@@ -21,16 +21,24 @@
 namespace starattn {
 
 // The memory one phase-1 encode works in besides the K/V it keeps: the scratch K/V
-// [anchor ; block] with the lse of its rows, and the activations of the forward's rows. Shards
-// that encode one after another on one backend (the Engine's in-process workers of a request)
-// share one, so a request holds one encode's scratch, not one per worker; a shard given none
-// makes its own. Two shards sharing an area must not encode at the same time (checked).
+// [anchor ; block] for blocks after block 0 (block 0 is encoded straight into the shard's own
+// K/V: it has nothing in front of it), and the forward's rows: activations and the attention's
+// lse, grown to the largest forward and given back when an encode ends. Shards that encode one
+// after another on one backend (the Engine's in-process workers of a request) share one, so a
+// request holds one encode's scratch, not one per worker; a shard given none makes its own. Two
+// shards sharing an area must not encode at the same time (checked).
 struct EncodeArea {
   EncodeArea(const Transformer& model, int64_t scratch_rows);
+  // lse rows [0, rows) for a forward of `rows` query rows (grows the buffer on demand).
+  Tensor lse_rows(int64_t rows);
+  // Gives the forward's rows back (activations, lse); the scratch stays.
+  void release_rows();
+  const Transformer& model;
   KvCache scratch;
-  Buffer lse;     // [scratch_rows, Hq] f32
-  Workspace ws;   // grows to the forward's rows; released when an encode ends
+  Workspace ws;
   const void* user = nullptr;  // the shard encoding in it now
+ private:
+  Buffer lse_;  // [rows, Hq] f32
 };
 
 class ContextShard {

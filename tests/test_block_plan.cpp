@@ -95,9 +95,10 @@ TEST(AssignBlocks, TooLargeContextSaysHowMuchFits) {
 TEST(EncodeScratchRows, AnchorRowsOnlyWhenALaterBlockFollows) {
   const std::vector<BlockSpec> blocks = split_blocks(1000, 300);  // 300, 300, 300, 100
   EXPECT_EQ(encode_scratch_rows(blocks, 120), 120 + 300);
-  EXPECT_EQ(encode_scratch_rows({blocks[0]}, 120), 300) << "block 0 alone";
+  EXPECT_EQ(encode_scratch_rows({blocks[0]}, 120), 0) << "block 0 alone goes straight into the shard's K/V";
+  EXPECT_EQ(encode_scratch_rows({blocks[0], blocks[1]}, 120), 120 + 300);
   EXPECT_EQ(encode_scratch_rows({blocks[3]}, 120), 120 + 100);
-  EXPECT_EQ(encode_scratch_rows(split_blocks(250, 300), 250), 250) << "one block holds the context";
+  EXPECT_EQ(encode_scratch_rows(split_blocks(250, 300), 250), 0) << "one block holds the context";
 }
 
 TEST(EncodeForwardRows, TheLongestForwardCappedByTheChunk) {

@@ -251,9 +251,10 @@ TEST(Phase1ChunksApi, MisuseIsRefused) {
   EXPECT_EQ(shard.tokens(), 4);
 
   // An area smaller than the encode's scratch, and two shards in one area at the same time.
-  auto small = std::make_shared<EncodeArea>(*m.transformer, 3);
+  auto small = std::make_shared<EncodeArea>(*m.transformer, 5);
   ContextShard a(*m.transformer, 8), b(*m.transformer, 8);
-  EXPECT_THROW(a.begin_encode({}, {{0, 0, 4}}, {{1, 2, 3, 4}}, 2, small), std::invalid_argument);
+  EXPECT_THROW(a.begin_encode({7, 8}, {{1, 4, 4}}, {{1, 2, 3, 4}}, 2, small), std::invalid_argument)
+      << "[anchor ; block] is 6 rows";
   auto area = std::make_shared<EncodeArea>(*m.transformer, 4);
   a.begin_encode({}, {{0, 0, 4}}, {{1, 2, 3, 4}}, 2, area);
   b.begin_encode({}, {{0, 0, 4}}, {{5, 6, 7, 8}}, 2, area);
