@@ -46,7 +46,7 @@ struct PendingEncode {
   caf::response_promise reply_to;
   std::chrono::steady_clock::time_point t0;
   int64_t tokens = 0;
-  Phase1Pacer pacer;  // slices of a chunk's layers within options.phase1_slice_ms
+  Phase1Pacer pacer;  // slices of a chunk's layers within the budget run_chunk sets
 };
 
 struct ContextState {
@@ -58,6 +58,7 @@ struct ContextState {
   int64_t room_bytes = 0;            // what this worker offered the planner
   std::map<uint64_t, int64_t> held;  // request id -> tokens of KV held
   std::map<uint64_t, int64_t> held_bytes;  // request id -> bytes its shard may use
+  uint64_t phase1_step = ~uint64_t{0};     // the decode step the last paced slice ran in
   std::map<uint64_t, PendingEncode> encoding;  // request id -> its phase 1 in progress
   // Last member: stops the data-plane thread before anything it uses goes away.
   ~ContextState() { server.reset(); }
@@ -144,7 +145,6 @@ bool begin_encode(Self* self, const std::string& bytes, caf::response_promise re
     make_room(self, need);
     PendingEncode p;
     p.t0 = t0;
-    p.pacer.set_budget_ms(st.options.phase1_slice_ms);
     p.tokens = n;
     p.reply_to = std::move(reply_to);
     {
@@ -173,6 +173,19 @@ void run_chunk(Self* self, uint64_t id) {
   if (it == st.encoding.end()) return;  // released mid-encode: its K/V went with it
   PendingEncode& p = it->second;
   const ModelHost& host = *st.options.model;
+  // While streams decode over this worker, one slice per decode step, of a share of the step
+  // (of all this worker's encodes together); otherwise whole chunks, or the fixed slice budget.
+  double budget = st.options.phase1_slice_ms;
+  const DecodeCadence::Reading cadence = st.server->cadence().read(DecodeCadence::clock::now());
+  if (st.options.phase1_step_share > 0 && cadence.decoding && cadence.step_ms > 0) {
+    if (cadence.steps == st.phase1_step) {  // this step had its slice: look again shortly
+      self->delayed_send(self, std::chrono::milliseconds(1), encode_chunk_atom::value, id);
+      return;
+    }
+    st.phase1_step = cadence.steps;
+    budget = st.options.phase1_step_share * cadence.step_ms;
+  }
+  p.pacer.set_budget_ms(budget);
   bool more = false;
   try {
     auto compute = host.lock_compute();

@@ -45,6 +45,10 @@ struct ContextBlockOptions {
   // (runtime/phase1_pacer.h), the mailbox served between slices too: a phase-2 answer then
   // waits for at most about this long behind a long encode. 0: whole chunks.
   double phase1_slice_ms = 0;
+  // While streams decode over this worker (its data plane sees their steps, DecodeCadence),
+  // phase 1 runs one slice of a chunk's layers per decode step, of this share of the step's
+  // time: a long encode then lengthens their steps by about this share. 0: no such pacing.
+  double phase1_step_share = 0.5;
   bool verbose = true;
   // How often the worker process tells the scheduler it is alive.
   std::chrono::milliseconds heartbeat_interval{500};

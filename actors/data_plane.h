@@ -31,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "actors/decode_cadence.h"
 #include "actors/model_host.h"
 #include "runtime/star_attention.h"
 #include "transport/peer_path.h"
@@ -95,6 +96,8 @@ class ShardServer {
   // answered: each batch is one attention call over all its items.
   uint64_t served_batches() const { return served_batches_.load(); }
   uint64_t served_batch_items() const { return served_batch_items_.load(); }
+  // The decode steps this server's exchanges arrive in (its worker paces phase 1 by them).
+  const DecodeCadence& cadence() const { return cadence_; }
 
   // The shard of `request_id` held by the server at `address` when that server lives in this
   // process and computes on `backend`; null otherwise (the caller then uses another path).
@@ -132,6 +135,7 @@ class ShardServer {
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> served_{0}, refused_{0};
   std::atomic<uint64_t> served_batches_{0}, served_batch_items_{0};
+  DecodeCadence cadence_;
   std::thread thread_;
 };
 

@@ -230,6 +230,7 @@ void ShardServer::answer(AmMessage& msg) {
   if (req.cols() != c.q_dim() || req.rows() < 1 || req.rows() > (int64_t{1} << 24))
     return fail("q of [" + std::to_string(req.rows()) + " x " + std::to_string(req.cols()) +
                 "] does not fit the model (q width " + std::to_string(c.q_dim()) + ")");
+  cadence_.on_exchange(req.layer(), DecodeCadence::clock::now());
   const int64_t T = req.rows();
   wire::AttendReply r;
   r.set_protocol_version(wire::kProtocolVersion);
@@ -311,6 +312,7 @@ void ShardServer::answer_batch(AmMessage& msg) {
   if (req.cols() != c.q_dim())
     return refuse_all("q width " + std::to_string(req.cols()) + " does not fit the model (" +
                       std::to_string(c.q_dim()) + ")");
+  cadence_.on_exchange(req.layer(), DecodeCadence::clock::now());
   reply.set_o_cols(c.q_dim());
   reply.set_lse_cols(c.num_heads);
   // Every item's rows, and where its q starts in the payload (refused items' q is skipped).

@@ -51,6 +51,8 @@ const char* kWorkerHelp =
     "                         running requests between them (default 512; 0: whole blocks)\n"
     "  --phase1-slice-ms MS   run each chunk's forward in slices of the layers that fit MS\n"
     "                         milliseconds, serving phase 2 between them too (default 0: whole)\n"
+    "  --phase1-share F       while streams decode over this worker, one slice per decode step\n"
+    "                         of F of the step's time (default 0.5; 0: off)\n"
     "  --connect-timeout S    how long to keep trying to reach the head (default 60)\n"
     "  --name NAME            name in logs and errors (default HOST:PID)\n";
 
@@ -64,7 +66,7 @@ int cmd_worker(int argc, char** argv) {
   }
   const Args args(argc, argv, 2,
                   {"head", "model", "random-weights", "weight-seed", "data-plane-devices", "gpus", "cpu-threads", "listen", "port-file", "kv-fraction", "kv-bytes", "context-cache-bytes",
-                   "phase1-chunk", "phase1-slice-ms", "connect-timeout", "name", "tls-cert", "tls-key", "tls-ca"},
+                   "phase1-chunk", "phase1-slice-ms", "phase1-share", "connect-timeout", "name", "tls-cert", "tls-key", "tls-ca"},
                   {"insecure"}, {&worker_port_limit_options()});
   const auto [head_host, head_port] = transport::parse_host_port(args.require("head"), "--head");
   // The data plane listens where this worker is reachable: its --listen address, else the
@@ -123,6 +125,9 @@ int cmd_worker(int argc, char** argv) {
     if (o.phase1_chunk_tokens < 0) throw std::invalid_argument("--phase1-chunk: 0 (whole blocks) or more");
     o.phase1_slice_ms = args.get_double("phase1-slice-ms", 0);
     if (!(o.phase1_slice_ms >= 0)) throw std::invalid_argument("--phase1-slice-ms: 0 (whole chunks) or more");
+    o.phase1_step_share = args.get_double("phase1-share", o.phase1_step_share);
+    if (!(o.phase1_step_share >= 0 && o.phase1_step_share <= 1))
+      throw std::invalid_argument("--phase1-share: a fraction of a decode step, 0 (off) to 1");
     blocks.push_back(actors::spawn_context_block(system, o));
   };
   if (gpus.empty()) {
