@@ -139,9 +139,7 @@ bool begin_encode(Self* self, const std::string& bytes, caf::response_promise re
       for (const auto& [other, b] : st.held_bytes) active += b;
       chunk = whole_blocks_if_room(memory, blocks, a, st.room_bytes - active, chunk);
     }
-    const int64_t need =
-        n * memory.per_token + memory.fixed +
-        memory.encode_bytes(encode_scratch_rows(blocks, a), encode_forward_rows(blocks, a, chunk));
+    const int64_t need = memory.run_bytes(blocks, a, chunk);
     make_room(self, need);
     PendingEncode p;
     p.t0 = t0;

@@ -350,11 +350,9 @@ void place_on_holders(Self* self, const Request& r, const RequestPlan& plan,
     default_order.push_back(i);
     digests.push_back(st.holders->run_digests(r.prompt.context, plan.anchor_size, plan.runs[i]));
   }
+  const int64_t anchor = std::min<int64_t>(plan.anchor_size, static_cast<int64_t>(r.prompt.context.size()));
   const auto fits = [&](size_t run, size_t worker) {
-    int64_t n = 0;
-    for (const BlockSpec& b : runs[run]) n += b.length;
-    return n <= st.memory.tokens_that_fit(room[worker],
-                                          st.memory.encode_bytes(plan.scratch_rows, plan.forward_rows));
+    return st.memory.run_bytes(runs[run], anchor, plan.phase1_chunk) <= room[worker];
   };
   for (size_t w : st.holders->place(digests, ids, default_order, fits))
     run_workers.push_back(ids[w]);

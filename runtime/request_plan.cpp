@@ -59,14 +59,17 @@ int64_t MemoryModel::tokens_that_fit(int64_t bytes, int64_t encode) const {
   return room <= 0 ? 0 : room / per_token;
 }
 
+int64_t MemoryModel::run_bytes(const std::vector<BlockSpec>& run, int64_t anchor_rows,
+                               int64_t chunk) const {
+  int64_t n = 0;
+  for (const BlockSpec& b : run) n += b.length;
+  return n * per_token + fixed +
+         encode_bytes(encode_scratch_rows(run, anchor_rows), encode_forward_rows(run, anchor_rows, chunk));
+}
+
 int64_t whole_blocks_if_room(const MemoryModel& memory, const std::vector<BlockSpec>& blocks,
                              int64_t anchor_rows, int64_t room, int64_t chunk) {
-  int64_t n = 0;
-  for (const BlockSpec& b : blocks) n += b.length;
-  const int64_t whole = n * memory.per_token + memory.fixed +
-                        memory.encode_bytes(encode_scratch_rows(blocks, anchor_rows),
-                                            encode_forward_rows(blocks, anchor_rows, 0));
-  return whole <= room ? 0 : chunk;
+  return memory.run_bytes(blocks, anchor_rows, 0) <= room ? 0 : chunk;
 }
 
 int RequestPlan::workers_used() const {
@@ -99,6 +102,7 @@ RequestPlan cut_blocks(const BlockRequest& req, int workers) {
   // needs no anchor rows).
   p.scratch_rows = encode_scratch_rows(p.blocks, std::min(p.anchor_size, C));
   p.forward_rows = encode_forward_rows(p.blocks, std::min(p.anchor_size, C), req.phase1_chunk);
+  p.phase1_chunk = req.phase1_chunk;
   return p;
 }
 
@@ -108,20 +112,35 @@ namespace {
 bool place(RequestPlan& p, const std::vector<int64_t>& worker_bytes, WorkerMemory layout, int use,
            const MemoryModel& memory) {
   const int64_t encode = memory.encode_bytes(p.scratch_rows, p.forward_rows);
-  std::vector<int64_t> caps;
   if (layout == WorkerMemory::shared_pool) {
     // One encode at a time: the pool less one encode's scratch holds every worker's K/V.
-    caps.assign(static_cast<size_t>(use), memory.tokens_that_fit(worker_bytes.at(0), encode) / use);
-  } else {
-    for (int i = 0; i < use; ++i)
-      caps.push_back(memory.tokens_that_fit(worker_bytes[static_cast<size_t>(i)], encode));
+    const int64_t cap = memory.tokens_that_fit(worker_bytes.at(0), encode) / use;
+    try {
+      p.runs = assign_blocks(p.blocks, std::vector<int64_t>(static_cast<size_t>(use), cap));
+      return true;
+    } catch (const std::length_error&) {
+      return false;
+    }
   }
-  const int64_t uniform = *std::min_element(caps.begin(), caps.end());
-  try {
-    p.runs = assign_blocks(p.blocks, std::vector<int64_t>(caps.size(), uniform));
+  // First the runs balanced by tokens alone (the same wherever the request runs), each worker's
+  // bytes counted exactly for its own run: block 0 needs no scratch, so the worker holding it
+  // (on the head's GPU, with less room) can take a block as long as the others'.
+  int64_t context = 0;
+  for (const BlockSpec& b : p.blocks) context += b.length;
+  const int64_t anchor = std::min(p.anchor_size, context);
+  std::vector<std::vector<BlockSpec>> even =
+      assign_blocks(p.blocks, std::vector<int64_t>(static_cast<size_t>(use), context));
+  bool fits = true;
+  for (size_t i = 0; i < even.size() && fits; ++i)
+    fits = even[i].empty() || memory.run_bytes(even[i], anchor, p.phase1_chunk) <= worker_bytes[i];
+  if (fits) {
+    p.runs = std::move(even);
     return true;
-  } catch (const std::length_error&) {
   }
+  // Then by capacity, every worker charged the largest encode's scratch.
+  std::vector<int64_t> caps;
+  for (int i = 0; i < use; ++i)
+    caps.push_back(memory.tokens_that_fit(worker_bytes[static_cast<size_t>(i)], encode));
   try {
     p.runs = assign_blocks(p.blocks, caps);
     return true;

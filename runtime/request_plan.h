@@ -47,6 +47,9 @@ struct MemoryModel {
   }
   // Context tokens a worker with `bytes` can hold while encoding in `encode` bytes.
   int64_t tokens_that_fit(int64_t bytes, int64_t encode) const;
+  // Bytes a worker needs for `run` (its K/V, and its encode behind `anchor_rows` in chunks of
+  // `chunk` rows, 0: whole blocks), the slack included.
+  int64_t run_bytes(const std::vector<BlockSpec>& run, int64_t anchor_rows, int64_t chunk) const;
 };
 
 // Rows per phase-1 forward for an encode of `blocks` behind `anchor_rows` in `room` bytes:
@@ -71,6 +74,7 @@ struct RequestPlan {
   std::vector<std::vector<BlockSpec>> runs;
   int64_t scratch_rows = 0;  // per encode: [anchor ; longest block after block 0]
   int64_t forward_rows = 0;  // per encode: the largest forward's rows
+  int64_t phase1_chunk = 0;  // the request's (BlockRequest::phase1_chunk)
   int workers_used() const;
 };
 

@@ -156,6 +156,14 @@ TEST(PlanRequest, AWorkerPaysForOneEncodeAndAPoolForOneInAll) {
     EXPECT_LT(pool, W * each) << "sharing saves W - 1 encodes";
     EXPECT_THROW(plan_request(req, {pool - W * m.per_token}, m, "pool", WorkerMemory::shared_pool, W),
                  Error);
+    // Block 0 needs no scratch: its worker (the head's GPU, say) may have that much less room.
+    std::vector<int64_t> rooms(W, each);
+    rooms[0] = m.fixed + b * m.per_token + m.encode_bytes(0, fwd);
+    const RequestPlan r = plan_request(req, rooms, m, "w");
+    EXPECT_EQ(starts(r), starts(p)) << "the same even placement";
+    EXPECT_EQ(m.run_bytes(r.runs[0], b, chunk), rooms[0]);
+    rooms[0] -= 1;
+    EXPECT_THROW(plan_request(req, rooms, m, "w"), Error) << "a byte short on block 0's worker";
   }
 }
 
