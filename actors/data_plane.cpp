@@ -346,9 +346,11 @@ void ShardLinks::attend(int layer, const Tensor& q, std::vector<Partial>& out) {
   stats_.us.push_back(std::chrono::duration<float, std::micro>(clock::now() - t0).count());
 }
 
-// Whether a link's exchange goes through the batcher (the others stay per request: their Q and
-// (O, lse) live in this request's device buffers).
-static bool batched_path(DataPath p) { return p == DataPath::in_process || p == DataPath::ucx; }
+// Whether a link's exchange goes through the batcher (ucx_device stays per request: UCX moves
+// each request's device payload itself).
+static bool batched_path(DataPath p) {
+  return p == DataPath::in_process || p == DataPath::ucx || p == DataPath::cuda_ipc;
+}
 
 void ShardLinks::start(int layer, const Tensor& q, std::vector<Partial>& out) {
   if (!batcher_) return attend(layer, q, out);
@@ -370,12 +372,27 @@ void ShardLinks::start(int layer, const Tensor& q, std::vector<Partial>& out) {
   p.x.q = q;
   p.x.error = nullptr;
   p.x.targets.clear();
+  bool q_shared_ready = false;
   for (size_t i = 0; i < links_.size(); ++i) {
     if (direct[i]) continue;
     ExchangeBatcher::Exchange::Target t;
     t.link = &links_[i];
     t.shard = static_cast<int>(i);
-    if (links_[i].path == DataPath::ucx) {
+    if (links_[i].path == DataPath::cuda_ipc) {
+      // q goes into this request's mapped buffer once for all its cuda_ipc links; the worker
+      // waits on the q event before it reads it.
+      if (T > rows_capacity_)
+        throw std::runtime_error("an exchange of " + std::to_string(T) +
+                                 " query rows exceeds the cuda_ipc capacity of " +
+                                 std::to_string(rows_capacity_));
+      if (!q_shared_ready) {
+        be.copy(q, q_shared_.rows(0, T));
+        be.ipc()->record(*q_event_);
+        q_shared_ready = true;
+      }
+      t.out = {o_bufs_[i].rows(0, T), lse_bufs_[i].rows(0, T)};
+      t.done = done_events_[i].get();
+    } else if (links_[i].path == DataPath::ucx) {
       if (!o_bufs_[i].allocated() || o_bufs_[i].view().rows < T) {
         o_bufs_[i] = be.alloc(T, c.q_dim(), be.activation_dtype());
         lse_bufs_[i] = be.alloc(T, c.num_heads, DType::f32);

@@ -40,6 +40,8 @@
 namespace starattn::wire {
 class AttendRequest;
 class AttendReply;
+class AttendBatchRequest;
+class AttendBatchReply;
 }  // namespace starattn::wire
 
 namespace starattn::actors {
@@ -111,6 +113,9 @@ class ShardServer {
   void open_ipc(transport::AmMessage& msg);
   // An AttendBatchRequest: every item's shard in one ContextShard::attend_many call, one reply.
   void answer_batch(transport::AmMessage& msg);
+  // The same for a cuda_ipc batch: every item's q and (O, lse) in its mapped buffers.
+  void answer_batch_ipc(transport::AmMessage& msg, const wire::AttendBatchRequest& req,
+                        wire::AttendBatchReply& reply);
   void refuse(const transport::AmMessage& msg, uint64_t request_id, uint64_t seq, int shard,
               const std::string& why);
   // The DataPath::ucx_device answer: q from device memory (or an eager host copy), (O, lse)
@@ -180,7 +185,7 @@ class ShardLinks : public ContextShards {
   // `payloads`: the query side's device payload pool (sink_device_replies installed with it);
   // needed by ucx_device links, which fall back to ucx without it.
   // `batcher` (may be null; must outlive this): the query actor's coalescer, which start()
-  // queues the in-process and staged (ucx) links' exchange with, so that one message per
+  // queues the in-process, cuda_ipc and staged (ucx) links' exchange with, so that one message per
   // worker (one call for the in-process shards) answers every request of a batched step.
   ShardLinks(transport::UcxWorker& ucx, const Transformer& model, uint64_t request_id,
              std::vector<Link> links, std::shared_ptr<const WorkerHealth> health,
@@ -192,8 +197,8 @@ class ShardLinks : public ContextShards {
   // Throws std::runtime_error naming the worker when one fails, refuses or does not answer.
   // One request alone: every link exchanged now, one message per shard.
   void attend(int layer, const Tensor& q, std::vector<Partial>& out) override;
-  // With a batcher: start() exchanges the cuda_ipc and ucx_device links now (per request, as
-  // attend()) and queues the others with the batcher; finish() flushes the batcher when this
+  // With a batcher: start() exchanges the ucx_device links now (per request, as attend()) and
+  // queues the others with the batcher (cuda_ipc: after copying q into the mapped buffer); finish() flushes the batcher when this
   // request's part is still queued, then appends every partial in link order. Without one,
   // attend() in start().
   void start(int layer, const Tensor& q, std::vector<Partial>& out) override;

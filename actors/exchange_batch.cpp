@@ -5,6 +5,7 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 
 #include "actors/messages.h"
 #include "runtime/errors.h"
@@ -68,14 +69,16 @@ void ExchangeBatcher::flush() {
   if (xs.empty()) return;
   const auto deadline = std::chrono::steady_clock::now() + timeout_;
 
-  // Remote shards by (layer, endpoint): one message each, sent before the local work starts.
+  // Remote shards by (layer, endpoint, path): one message each, sent before the local work
+  // starts. (One worker may be reached by cuda_ipc for one request and staged for another,
+  // whose IPC set-up it refused.)
   std::vector<Group> groups;
-  std::map<std::pair<int, transport::UcxWorker::EpId>, size_t> group_of;
+  std::map<std::tuple<int, transport::UcxWorker::EpId, DataPath>, size_t> group_of;
   for (Exchange* x : xs)
     for (size_t t = 0; t < x->targets.size(); ++t) {
       const ShardLinks::Link& l = *x->targets[t].link;
-      if (l.path != DataPath::ucx) continue;
-      auto [it, fresh] = group_of.emplace(std::make_pair(x->layer, l.ep), groups.size());
+      if (l.path != DataPath::ucx && l.path != DataPath::cuda_ipc) continue;
+      auto [it, fresh] = group_of.emplace(std::make_tuple(x->layer, l.ep, l.path), groups.size());
       if (fresh) {
         groups.emplace_back();
         groups.back().link = &l;
@@ -127,6 +130,17 @@ void ExchangeBatcher::send(Group& g) {
     it->set_rows(x->q.rows);
     rows += x->q.rows;
   }
+  if (l.path == DataPath::cuda_ipc) {  // each q is in its request's mapped buffer already
+    h.set_ipc(true);
+    try {
+      ucx_.send(l.ep, kAmAttendBatch, wire::encode(h), nullptr, true);
+      ++messages_;
+      message_items_ += g.items.size();
+    } catch (const transport::UcxError& e) {
+      g.fail_all(error_of(std::runtime_error("context worker " + l.name + ": " + e.what())));
+    }
+    return;
+  }
   auto payload = std::make_shared<std::vector<char>>(static_cast<size_t>(rows * c.q_dim()) * sizeof(float));
   float* f = reinterpret_cast<float*>(payload->data());
   for (auto& [x, t] : g.items) {
@@ -161,13 +175,15 @@ void ExchangeBatcher::take_reply(Group& g, const AmMessage& msg) {
     return malformed(std::to_string(r.items_size()) + " items for " + std::to_string(g.items.size()));
   if (r.o_cols() != c.q_dim() || r.lse_cols() != c.num_heads)
     return malformed("O/lse widths " + std::to_string(r.o_cols()) + "/" + std::to_string(r.lse_cols()));
+  const bool ipc = l.path == DataPath::cuda_ipc;
   size_t want = 0;
   for (size_t i = 0; i < g.items.size(); ++i) {
     const auto& [x, t] = g.items[i];
     const auto& it = r.items(static_cast<int>(i));
     if (it.request_id() != x->request_id || it.shard() != x->targets[t].shard || it.rows() != x->q.rows)
       return malformed("item " + std::to_string(i) + " does not echo its request");
-    if (it.error().empty()) want += static_cast<size_t>(x->q.rows * (c.q_dim() + c.num_heads)) * sizeof(float);
+    if (it.error().empty() && !ipc)
+      want += static_cast<size_t>(x->q.rows * (c.q_dim() + c.num_heads)) * sizeof(float);
   }
   if (msg.payload.size() != want)
     return malformed(std::to_string(msg.payload.size()) + " bytes, expected " + std::to_string(want));
@@ -181,6 +197,10 @@ void ExchangeBatcher::take_reply(Group& g, const AmMessage& msg) {
       continue;
     }
     const Exchange::Target& target = x->targets[t];
+    if (ipc) {  // the answer is in the mapped buffers once the worker's kernel is done
+      be.ipc()->wait(*target.done);
+      continue;
+    }
     be.upload(f, target.out.o);
     f += x->q.rows * c.q_dim();
     be.upload(f, target.out.lse);

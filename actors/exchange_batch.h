@@ -5,14 +5,17 @@
 //   - the shards on one worker endpoint (DataPath::ucx, staged) get ONE AttendBatchRequest
 //     carrying every queued request's Q rows, which the worker answers with one attention call
 //     (ShardServer::answer_batch) and one reply;
+//   - the cuda_ipc shards on one worker endpoint get ONE AttendBatchRequest too, without
+//     payload: each request's Q and (O, lse) stay in its own mapped device buffers, ordered by
+//     its IPC events; the worker answers with one attention call and one header-only reply;
 //   - the in-process shards (DataPath::in_process, on the query's own backend) are answered by
 //     ONE ContextShard::attend_many call.
 // Every request gets its own partials back in its own merge order, so the result equals its
 // one-by-one exchange bit for bit. A worker that fails, refuses or times out fails the requests
 // that have a shard on it, and only those: each request carries its own error to its finish().
 //
-// The cuda_ipc and ucx_device paths are not coalesced (ShardLinks exchanges them per request in
-// start(), as before): their Q and (O, lse) live in per-request device buffers.
+// The ucx_device path is not coalesced (ShardLinks exchanges it per request in start()): UCX
+// moves each request's device payload itself.
 //
 // One per query actor, used from the actor's thread only (with the compute lock held, as the
 // forward that calls it is).
@@ -40,7 +43,9 @@ class ExchangeBatcher {
     struct Target {
       const ShardLinks::Link* link = nullptr;
       int shard = 0;     // the link's index: its place in the request's merge order
-      Partial out;       // ucx: where the answer is uploaded; in_process: set by flush()
+      Partial out;       // ucx: where the answer is uploaded; cuda_ipc: the mapped buffers
+                         // the worker writes; in_process: set by flush()
+      DeviceEvent* done = nullptr;  // cuda_ipc: the worker's done event, waited on once answered
     };
     uint64_t request_id = 0;
     int layer = 0;

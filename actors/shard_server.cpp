@@ -323,6 +323,7 @@ void ShardServer::answer_batch(AmMessage& msg) {
     total_rows += it.rows();
     if (total_rows > (int64_t{1} << 24)) return refuse_all("more than 2^24 query rows in one batch");
   }
+  if (req.ipc()) return answer_batch_ipc(msg, req, reply);
   if (msg.payload.size() != static_cast<size_t>(total_rows * c.q_dim()) * sizeof(float))
     return refuse_all("q payload of " + std::to_string(msg.payload.size()) + " bytes, the items say " +
                       std::to_string(total_rows * c.q_dim() * 4));
@@ -382,6 +383,77 @@ void ShardServer::answer_batch(AmMessage& msg) {
   } catch (const std::exception& e) {
     reply.clear_items();
     refuse_all(std::string("attention failed: ") + e.what());
+  }
+}
+
+void ShardServer::answer_batch_ipc(AmMessage& msg, const wire::AttendBatchRequest& req,
+                                   wire::AttendBatchReply& reply) {
+  if (!msg.payload.empty()) {
+    ++refused_;
+    reply.set_error(name_ + ": a cuda_ipc batch with a payload of " + std::to_string(msg.payload.size()) +
+                    " bytes");
+    ucx_->send_reply(msg, kAmAttendBatchReply, wire::encode(reply), nullptr);
+    return;
+  }
+  // Each item's shard and mapped buffers; an item without them is refused alone.
+  std::vector<std::pair<std::shared_ptr<ContextShard>, std::shared_ptr<IpcSession>>> items;
+  for (int i = 0; i < req.items_size(); ++i) {
+    const auto& it = req.items(i);
+    auto* out = reply.add_items();
+    out->set_request_id(it.request_id());
+    out->set_shard(it.shard());
+    out->set_rows(it.rows());
+    std::shared_ptr<ContextShard> shard = shard_of(it.request_id());
+    std::shared_ptr<IpcSession> s;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto found = ipc_.find({it.request_id(), it.shard()});
+      if (found != ipc_.end()) s = found->second;
+    }
+    for (int j = 0; j < i; ++j)
+      if (req.items(j).request_id() == it.request_id() && req.items(j).shard() == it.shard())
+        out->set_error(name_ + ": request " + std::to_string(it.request_id()) + " is listed twice");
+    if (!out->error().empty()) {
+    } else if (!shard) {
+      out->set_error(name_ + ": request " + std::to_string(it.request_id()) +
+                     " holds no context here (never encoded or already released)");
+    } else if (!s) {
+      out->set_error(name_ + ": no cuda_ipc buffers were opened for request " +
+                     std::to_string(it.request_id()) + " shard " + std::to_string(it.shard()));
+    } else if (it.rows() > s->q.rows) {
+      out->set_error(name_ + ": q of " + std::to_string(it.rows()) + " rows exceeds the opened capacity of " +
+                     std::to_string(s->q.rows));
+    }
+    if (out->error().empty()) items.emplace_back(std::move(shard), std::move(s));
+    else items.emplace_back(nullptr, nullptr);
+  }
+  try {
+    Backend& be = model_.backend();
+    // Ordering lives on the GPU: wait for every query's q, compute into their buffers in one
+    // call, record each one's done event. The reply leaves before the kernel finishes.
+    const auto compute = host_.lock_compute();
+    std::vector<ContextShard::Query> queries;
+    for (int i = 0; i < req.items_size(); ++i) {
+      const auto& [shard, s] = items[static_cast<size_t>(i)];
+      if (!shard) continue;
+      const int64_t T = req.items(i).rows();
+      s->ipc->wait(*s->q_event);
+      queries.push_back({shard.get(), req.layer(), s->q.slice_rows(0, T),
+                         {s->o.slice_rows(0, T), s->lse.slice_rows(0, T)}});
+    }
+    ContextShard::attend_many(be, queries);
+    for (const auto& [shard, s] : items)
+      if (shard) s->ipc->record(*s->done);
+    served_ += queries.size();
+    served_batch_items_ += queries.size();
+    ++served_batches_;
+    refused_ += static_cast<uint64_t>(req.items_size()) - queries.size();
+    ucx_->send_reply(msg, kAmAttendBatchReply, wire::encode(reply), nullptr);
+  } catch (const std::exception& e) {
+    reply.clear_items();
+    ++refused_;
+    reply.set_error(name_ + ": attention failed: " + std::string(e.what()));
+    ucx_->send_reply(msg, kAmAttendBatchReply, wire::encode(reply), nullptr);
   }
 }
 

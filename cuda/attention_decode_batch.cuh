@@ -65,13 +65,7 @@ template <class OutT>
 __global__ void __launch_bounds__(kMergeThreads)
     merge_partials_batch_kernel(const MergeBatchItem<OutT>* items, int n_items, int H, int D) {
   const int64_t b = blockIdx.x;
-  int lo = 0, hi = n_items - 1;  // the last item starting at or before block b
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (items[mid].first_block <= b) lo = mid;
-    else hi = mid - 1;
-  }
-  const MergeBatchItem<OutT>& it = items[lo];  // read field by field (a copy spills)
+  const MergeBatchItem<OutT>& it = items[item_of_block(items, n_items, b)];  // read field by field (a copy spills)
   const int64_t local = b - it.first_block;
   merge_row_head<OutT, UniformShards>(it.shards, it.n, it.o, it.o_stride, it.lse, it.lse_stride,
                                       local / H, static_cast<int>(local % H), D);

@@ -106,6 +106,8 @@ class CudaBackend final : public Backend {
   void upload(const float* host, Tensor dst) override;
   void download(const Tensor& src, float* host) override;
   void copy(const Tensor& src, Tensor dst) override;
+  // Small same-dtype copies in one launch per element size (cuda/elementwise.cuh).
+  void copy_batch(const std::vector<CopyItem>& items) override;
 
   void embedding(const int32_t* ids, const Tensor& table, Tensor out) override;
   void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor out) override;
@@ -116,6 +118,12 @@ class CudaBackend final : public Backend {
   // attention() of each.
   void attention_batch(const std::vector<AttentionArgs>& items) override;
   void merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) override;
+  // Every item in one launch when they share head count, head dim and dtypes (cuda/merge.cuh).
+  void merge_partials_batch(const std::vector<MergeItem>& items) override;
+  // merge_partials' checks; appends the partials' descriptors; false when there is nothing to
+  // merge (no rows or no heads).
+  bool merge_descriptors(const char* op, const std::vector<Partial>& parts, const Tensor& o, const Tensor& lse,
+                         std::vector<cuda::ShardDesc>& descs);
   void swiglu(const Tensor& gate, const Tensor& up, Tensor out) override;
   void add(Tensor x, const Tensor& y) override;
   void add_rmsnorm(Tensor x, const Tensor& y, const Tensor& weight, float eps, Tensor out) override;

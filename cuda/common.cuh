@@ -41,6 +41,20 @@ void allow_dynamic_smem(int bytes, const char* name) {
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Batched launches lay their items' blocks out one after another: item i owns blocks
+// [items[i].first_block, items[i + 1].first_block). Returns the item owning block b (a binary
+// search over n >= 1 items in ascending first_block).
+template <class Item>
+__device__ __forceinline__ int item_of_block(const Item* items, int n, int64_t b) {
+  int lo = 0, hi = n - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (items[mid].first_block <= b) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
 __device__ __forceinline__ int64_t ceil_div_dev(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---- element conversions (device) ----

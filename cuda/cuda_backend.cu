@@ -372,6 +372,40 @@ void CudaBackend::copy(const Tensor& src, Tensor dst) {
   });
 }
 
+void CudaBackend::copy_batch(const std::vector<CopyItem>& items) {
+  const char* op = "copy_batch";
+  // Small same-dtype copies of one element size go into one launch each; the rest (conversions,
+  // large copies the copy engine does better) as copy() calls.
+  std::vector<cuda::CopyBatchItem> by_size[2];  // 2-byte, 4-byte elements
+  int64_t blocks[2] = {0, 0};
+  for (const CopyItem& c : items) {
+    check_view(op, "src", c.src);
+    check_view(op, "dst", c.dst);
+    if (c.dst.rows != c.src.rows || c.dst.cols != c.src.cols)
+      fail(op, "dst " + shape(c.dst) + " does not match src " + shape(c.src));
+    if (c.src.empty()) continue;
+    const size_t es = dtype_size(c.src.dtype);
+    const bool small = c.src.rows * c.src.cols <= (int64_t{1} << 16);
+    if (c.src.dtype != c.dst.dtype || !small || (es != 2 && es != 4)) {
+      copy(c.src, c.dst);
+      continue;
+    }
+    const int g = es == 2 ? 0 : 1;
+    const int64_t col_blocks = cuda::ceil_div(c.src.cols, cuda::kEwThreads);
+    by_size[g].push_back({c.src.data, c.dst.data, c.src.stride, c.dst.stride, c.src.cols, col_blocks, blocks[g]});
+    blocks[g] += c.src.rows * col_blocks;
+  }
+  for (int g = 0; g < 2; ++g) {
+    if (by_size[g].empty()) continue;
+    if (by_size[g].size() > INT32_MAX) fail(op, "too many items");
+    bind();
+    ProfileScope prof(profiler_.get(), "copy batch");
+    const auto dev = stage({{by_size[g].data(), by_size[g].size() * sizeof(cuda::CopyBatchItem)}}, op);
+    cuda::launch_copy_batch(static_cast<const cuda::CopyBatchItem*>(dev[0]), static_cast<int>(by_size[g].size()),
+                            blocks[g], g == 0 ? 2 : 4, stream_);
+  }
+}
+
 DeviceIpc* CudaBackend::ipc() {
   if (!ipc_) ipc_ = make_cuda_ipc(device_, stream_);
   return ipc_.get();

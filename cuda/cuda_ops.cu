@@ -276,35 +276,12 @@ void CudaBackend::attention_batch(const std::vector<AttentionArgs>& items) {
 }
 
 void CudaBackend::merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) {
-  const char* op = "merge_partials";
-  check_view(op, "o", o);
-  check_shape(op, "lse", lse, o.rows, lse.cols);
-  if (lse.dtype != DType::f32) fail(op, "lse " + shape(lse) + " must be f32");
-  const int64_t T = o.rows, hq = lse.cols;
-  if (hq == 0 ? o.cols != 0 : o.cols % hq != 0)
-    fail(op, "o " + shape(o) + " is not [T x heads * D] for lse " + shape(lse));
-  const int64_t d = hq == 0 ? 0 : o.cols / hq;
   std::vector<cuda::ShardDesc> descs;
-  descs.reserve(parts.size());
-  for (size_t r = 0; r < parts.size(); ++r) {
-    const std::string which = " of partial " + std::to_string(r) + " of " + std::to_string(parts.size());
-    const Tensor& po = parts[r].o;
-    const Tensor& pl = parts[r].lse;
-    check_view(op, "o", po);
-    check_view(op, "lse", pl);
-    if (po.rows != T || po.cols != o.cols || pl.rows != T || pl.cols != hq)
-      fail(op, "o " + shape(po) + " / lse " + shape(pl) + which + " do not match out o " + shape(o) +
-                   " / lse " + shape(lse));
-    if (pl.dtype != DType::f32) fail(op, "lse " + shape(pl) + which + " must be f32");
-    if (po.dtype != parts[0].o.dtype)
-      fail(op, "o " + shape(po) + which + " differs in dtype from partial 0 " + shape(parts[0].o));
-    descs.push_back({po.data, ptr<const float>(pl), po.stride, pl.stride});
-  }
-  if (T == 0 || hq == 0) return;
-  if (hq > INT32_MAX || d > INT32_MAX || parts.size() > INT32_MAX) fail(op, "too many heads or partials");
+  if (!merge_descriptors("merge_partials", parts, o, lse, descs)) return;
   bind();
   ProfileScope prof(profiler_.get(), "merge_partials");
   const int n = static_cast<int>(parts.size());
+  const int64_t T = o.rows, hq = lse.cols, d = o.cols / hq;
   const DType in = n > 0 ? parts[0].o.dtype : DType::f32;
   if (n <= cuda::kInlineShards) {
     // The descriptors travel in the kernel's parameters: no host->device copy per layer.
@@ -320,7 +297,7 @@ void CudaBackend::merge_partials(const std::vector<Partial>& parts, Tensor o, Te
     });
     return;
   }
-  const auto dev = stage({{descs.data(), descs.size() * sizeof(cuda::ShardDesc)}}, op);
+  const auto dev = stage({{descs.data(), descs.size() * sizeof(cuda::ShardDesc)}}, "merge_partials");
   const auto* d_descs = static_cast<const cuda::ShardDesc*>(dev[0]);
   dispatch(in, [&](auto it) {
     dispatch(o.dtype, [&](auto ot) {
@@ -330,6 +307,91 @@ void CudaBackend::merge_partials(const std::vector<Partial>& parts, Tensor o, Te
                                       lse.stride, T, static_cast<int>(hq), static_cast<int>(d), stream_);
     });
   });
+}
+
+void CudaBackend::merge_partials_batch(const std::vector<MergeItem>& items) {
+  const char* op = "merge_partials_batch";
+  // Items of the first item's shape (heads, head dim, dtypes) share one launch; any other item
+  // (none in a decode step, where every request is one model's) is merged on its own.
+  std::vector<cuda::ShardDesc> descs, one;
+  std::vector<cuda::MergeListItem<void>> list;
+  std::vector<const MergeItem*> alone;
+  int64_t blocks = 0, H = 0, D = 0;
+  DType in = DType::f32, out = DType::f32;
+  for (const MergeItem& m : items) {
+    if (m.parts == nullptr) fail(op, "an item without partials");
+    one.clear();
+    if (!merge_descriptors(op, *m.parts, m.o, m.lse, one)) continue;
+    if (m.parts->empty()) {  // o = 0, lse = -inf: merge_partials' own case
+      alone.push_back(&m);
+      continue;
+    }
+    const int64_t h = m.lse.cols, d = m.o.cols / h;
+    const DType item_in = (*m.parts)[0].o.dtype;
+    if (list.empty()) {
+      H = h;
+      D = d;
+      in = item_in;
+      out = m.o.dtype;
+    } else if (h != H || d != D || item_in != in || m.o.dtype != out) {
+      alone.push_back(&m);
+      continue;
+    }
+    list.push_back({static_cast<int64_t>(descs.size()), static_cast<int>(one.size()), m.o.data, m.o.stride,
+                    ptr<float>(m.lse), m.lse.stride, blocks});
+    descs.insert(descs.end(), one.begin(), one.end());
+    blocks += m.o.rows * h;
+  }
+  for (const MergeItem* m : alone) merge_partials(*m->parts, m->o, m->lse);
+  if (list.empty()) return;
+  if (list.size() > INT32_MAX || H > INT32_MAX || D > INT32_MAX) fail(op, "too many items, heads or columns");
+  bind();
+  ProfileScope prof(profiler_.get(), "merge_partials batch");
+  if (prof.active()) prof.append(" items=" + std::to_string(list.size()));
+  // MergeListItem<OutT> has the same layout for every OutT (a pointer), so one table serves.
+  static_assert(sizeof(cuda::MergeListItem<void>) == sizeof(cuda::MergeListItem<float>));
+  const auto dev = stage({{descs.data(), descs.size() * sizeof(cuda::ShardDesc)},
+                          {list.data(), list.size() * sizeof(list[0])}},
+                         op);
+  dispatch(in, [&](auto it) {
+    dispatch(out, [&](auto ot) {
+      using InT = decltype(it);
+      using OT = decltype(ot);
+      cuda::launch_merge_list_batch<InT, OT>(static_cast<const cuda::ShardDesc*>(dev[0]),
+                                             static_cast<const cuda::MergeListItem<OT>*>(dev[1]),
+                                             static_cast<int>(list.size()), blocks, static_cast<int>(H),
+                                             static_cast<int>(D), stream_);
+    });
+  });
+}
+
+bool CudaBackend::merge_descriptors(const char* op, const std::vector<Partial>& parts, const Tensor& o,
+                                    const Tensor& lse, std::vector<cuda::ShardDesc>& descs) {
+  check_view(op, "o", o);
+  check_shape(op, "lse", lse, o.rows, lse.cols);
+  if (lse.dtype != DType::f32) fail(op, "lse " + shape(lse) + " must be f32");
+  const int64_t T = o.rows, hq = lse.cols;
+  if (hq == 0 ? o.cols != 0 : o.cols % hq != 0)
+    fail(op, "o " + shape(o) + " is not [T x heads * D] for lse " + shape(lse));
+  const int64_t d = hq == 0 ? 0 : o.cols / hq;
+  descs.reserve(descs.size() + parts.size());
+  for (size_t r = 0; r < parts.size(); ++r) {
+    const std::string which = " of partial " + std::to_string(r) + " of " + std::to_string(parts.size());
+    const Tensor& po = parts[r].o;
+    const Tensor& pl = parts[r].lse;
+    check_view(op, "o", po);
+    check_view(op, "lse", pl);
+    if (po.rows != T || po.cols != o.cols || pl.rows != T || pl.cols != hq)
+      fail(op, "o " + shape(po) + " / lse " + shape(pl) + which + " do not match out o " + shape(o) +
+                   " / lse " + shape(lse));
+    if (pl.dtype != DType::f32) fail(op, "lse " + shape(pl) + which + " must be f32");
+    if (po.dtype != parts[0].o.dtype)
+      fail(op, "o " + shape(po) + which + " differs in dtype from partial 0 " + shape(parts[0].o));
+    descs.push_back({po.data, ptr<const float>(pl), po.stride, pl.stride});
+  }
+  if (T == 0 || hq == 0) return false;
+  if (hq > INT32_MAX || d > INT32_MAX || parts.size() > INT32_MAX) fail(op, "too many heads or partials");
+  return true;
 }
 
 void CudaBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor out) {

@@ -69,6 +69,42 @@ __global__ void embedding_kernel(const int32_t* ids, const TT* table, int64_t t_
     out[r * o_stride + c] = from_f32<OT>(to_f32(table[static_cast<int64_t>(ids[r]) * t_stride + c]));
 }
 
+// Several same-dtype copies in one launch (Backend::copy_batch: a batched decode step's K/V
+// appends, one row per request and layer). Item i copies src_i [rows_i, cols_i] to dst_i (strides
+// in elements) with blocks [first_block_i, ...), one per (row, 256-column slab): rows_i *
+// col_blocks_i of them. Elements are moved as raw bits of their size (T: 2 or 4 bytes), so the
+// copy is exact whatever the dtype.
+struct CopyBatchItem {
+  const void* src;
+  void* dst;
+  int64_t src_stride, dst_stride;
+  int64_t cols;
+  int64_t col_blocks;
+  int64_t first_block;
+};
+
+template <class T>
+__global__ void copy_batch_kernel(const CopyBatchItem* items, int n_items) {
+  const int64_t b = blockIdx.x;
+  const CopyBatchItem& it = items[item_of_block(items, n_items, b)];
+  const int64_t local = b - it.first_block;
+  const int64_t r = local / it.col_blocks;
+  const int64_t c = (local % it.col_blocks) * kEwThreads + threadIdx.x;
+  if (c >= it.cols) return;
+  static_cast<T*>(it.dst)[r * it.dst_stride + c] = static_cast<const T*>(it.src)[r * it.src_stride + c];
+}
+
+// items: a device copy; blocks: the sum of the items' rows_i * col_blocks_i; elem_bytes 2 or 4.
+inline void launch_copy_batch(const CopyBatchItem* items, int n_items, int64_t blocks, int elem_bytes,
+                              cudaStream_t stream) {
+  if (n_items == 0 || blocks == 0) return;
+  if (blocks > 0x7fffffff) throw std::invalid_argument("copy_batch: more than 2^31 blocks");
+  if (elem_bytes == 2) copy_batch_kernel<uint16_t><<<static_cast<unsigned>(blocks), kEwThreads, 0, stream>>>(items, n_items);
+  else if (elem_bytes == 4) copy_batch_kernel<uint32_t><<<static_cast<unsigned>(blocks), kEwThreads, 0, stream>>>(items, n_items);
+  else throw std::invalid_argument("copy_batch: elements of " + std::to_string(elem_bytes) + " bytes");
+  check_launch("copy_batch_kernel");
+}
+
 template <class In, class Out>
 void launch_convert(const In* src, int64_t src_stride, Out* dst, int64_t dst_stride, int64_t rows,
                     int64_t cols, cudaStream_t stream) {

@@ -167,6 +167,44 @@ __global__ void __launch_bounds__(kMergeThreads)
                                static_cast<int>(item % H), D);
 }
 
+// Several merges in one launch (Backend::merge_partials_batch): item i merges its n_i shards,
+// descs[first_desc_i, first_desc_i + n_i), into o_i [T_i, H * D] and lse_i [T_i, H]; its blocks
+// are [first_block_i, first_block_i + T_i * H), one per (row, head) as merge_partials_kernel,
+// through the same merge_row_head, so each item equals its own merge_partials call bit for bit.
+// Every item's shards are InT and its output OutT.
+template <class OutT>
+struct MergeListItem {
+  int64_t first_desc;
+  int n;
+  OutT* o;
+  int64_t o_stride;
+  float* lse;
+  int64_t lse_stride;
+  int64_t first_block;
+};
+
+template <class InT, class OutT>
+__global__ void __launch_bounds__(kMergeThreads)
+    merge_list_batch_kernel(const ShardDesc* descs, const MergeListItem<OutT>* items, int n_items, int H,
+                            int D) {
+  const int64_t b = blockIdx.x;
+  const MergeListItem<OutT>& it = items[item_of_block(items, n_items, b)];
+  const int64_t local = b - it.first_block;
+  merge_row_head<OutT, ShardList<InT>>(ShardList<InT>{descs + it.first_desc}, it.n, it.o, it.o_stride, it.lse,
+                                       it.lse_stride, local / H, static_cast<int>(local % H), D);
+}
+
+// descs / items: device copies; blocks: the sum of the items' T_i * H.
+template <class InT, class OutT>
+void launch_merge_list_batch(const ShardDesc* descs, const MergeListItem<OutT>* items, int n_items, int64_t blocks,
+                             int H, int D, cudaStream_t stream) {
+  if (n_items == 0 || blocks == 0) return;
+  if (blocks > 0x7fffffff) throw std::invalid_argument("merge_partials_batch: more than 2^31 (row, head) pairs");
+  merge_list_batch_kernel<InT, OutT><<<static_cast<unsigned>(blocks), kMergeThreads, 0, stream>>>(descs, items,
+                                                                                                   n_items, H, D);
+  check_launch("merge_list_batch_kernel");
+}
+
 template <class OutT, class Shards>
 void launch_merge_partials(const Shards& shards, int n, OutT* o, int64_t o_stride, float* lse,
                            int64_t lse_stride, int64_t T, int H, int D, cudaStream_t stream) {

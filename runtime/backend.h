@@ -150,6 +150,15 @@ class Backend {
   virtual void download(const Tensor& src, float* host) = 0;
   // dst rows = src rows (same shape, any strides).
   virtual void copy(const Tensor& src, Tensor dst) = 0;
+  // Several copy() calls at once: a batched decode step appends one K and one V row per request
+  // and layer, and one launch for all of them beats one each. Each item as copy(); no item may
+  // write what another reads. The default copies one by one.
+  struct CopyItem {
+    Tensor src, dst;
+  };
+  virtual void copy_batch(const std::vector<CopyItem>& items) {
+    for (const CopyItem& c : items) copy(c.src, c.dst);
+  }
 
   // ---- ops ----
   // out[i] = table[ids[i]]; ids is a host array of out.rows entries.
@@ -172,6 +181,16 @@ class Backend {
   // Exact merge of shard partials (DESIGN.md 1): m = max l_r, w_r = exp(l_r - m),
   // o = sum w_r o_r / sum w_r, l = m + ln sum w_r. Shards with l_r = -inf weigh 0.
   virtual void merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) = 0;
+  // Several merges in one call (a batched decode step: every request merges its own partials,
+  // their number and rows its own). Each item gives what merge_partials(*parts, o, lse) gives,
+  // bit for bit; `parts` must stay valid for the call. The default merges one by one.
+  struct MergeItem {
+    const std::vector<Partial>* parts = nullptr;
+    Tensor o, lse;
+  };
+  virtual void merge_partials_batch(const std::vector<MergeItem>& items) {
+    for (const MergeItem& m : items) merge_partials(*m.parts, m.o, m.lse);
+  }
   // out = silu(gate) * up
   virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor out) = 0;
   // x += y

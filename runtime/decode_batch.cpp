@@ -6,12 +6,12 @@
 
 namespace starattn {
 
-// Routes each request's row range of a layer to that request's QuerySession, in two passes:
-// first every session starts its layer (own causal attention; its context shards get their Q),
-// then every session finishes it (the shards' partials, the merge). So a transport sees the Q
-// of all requests before it must answer any, and can carry those going to one worker in one
-// message (ContextShards::start). A range whose session threw is failed: its error is kept,
-// its output rows are zeros from then on.
+// Routes each request's row range of a layer to that request's QuerySession, all of them in
+// one QuerySession::attend_layer: the launches of every request grouped (one K/V append, one
+// causal attention, one shard attention for the in-process shards, one merge), and a
+// transport's shards started for every request before any is finished, so it can carry those
+// going to one worker in one message (ContextShards::start). A range whose session threw is
+// failed: its error is kept, its output rows are zeros from then on.
 class DecodeBatch::Hook : public AttentionHook {
  public:
   struct Range {
@@ -22,27 +22,18 @@ class DecodeBatch::Hook : public AttentionHook {
   Hook(Backend& backend, std::vector<Range>& ranges) : backend_(backend), ranges_(ranges) {}
 
   void attend(int layer, const Tensor& q, const Tensor& k, const Tensor& v, Tensor out) override {
-    for (Range& r : ranges_) {
-      if (r.error) continue;
-      try {
-        r.session->start_layer(layer, q.slice_rows(r.begin, r.rows), k.slice_rows(r.begin, r.rows),
-                               v.slice_rows(r.begin, r.rows));
-      } catch (...) {
-        r.error = std::current_exception();
-      }
-    }
-    for (Range& r : ranges_) {
-      const Tensor o = out.slice_rows(r.begin, r.rows);
-      if (!r.error) {
-        try {
-          r.session->finish_layer(layer, o);
-          continue;
-        } catch (...) {
-          r.error = std::current_exception();
-        }
-      }
+    rows_.clear();
+    for (const Range& r : ranges_)
+      rows_.push_back({r.session, q.slice_rows(r.begin, r.rows), k.slice_rows(r.begin, r.rows),
+                       v.slice_rows(r.begin, r.rows), out.slice_rows(r.begin, r.rows), r.error});
+    QuerySession::attend_layer(backend_, layer, rows_);
+    for (size_t i = 0; i < ranges_.size(); ++i) {
+      Range& r = ranges_[i];
+      r.error = rows_[i].error;
+      if (!r.error) continue;
       // Whatever the failed session left (or stale rows) could be NaN; zeros keep the rest of
       // this forward finite for every row.
+      const Tensor o = rows_[i].out;
       zeros_.assign(static_cast<size_t>(o.rows * o.cols), 0.0f);
       backend_.upload(zeros_.data(), o);
     }
@@ -51,6 +42,7 @@ class DecodeBatch::Hook : public AttentionHook {
  private:
   Backend& backend_;
   std::vector<Range>& ranges_;
+  std::vector<QuerySession::LayerRows> rows_;
   std::vector<float> zeros_;
 };
 

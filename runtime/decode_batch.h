@@ -2,7 +2,9 @@
 // The GEMMs take every member's rows together (one row per request, or its whole query on its
 // first step), each row at its own position; the attention of each request's rows goes to that
 // request's QuerySession (its own query/generated K/V, its own ContextShards, its own merge);
-// the logits come out for each request's last row only. Per layer every request's context
+// the logits come out for each request's last row only. Per layer the requests' launches are
+// grouped (QuerySession::attend_layer: one K/V append, one causal attention, one attention over
+// the in-process shards, one merge, whatever the batch size), and every request's context
 // attention is started before any is finished (ContextShards::start/finish), so the shards'
 // transport can answer all requests of a layer with one message and one attention call per
 // worker (actors/exchange_batch.h). The token choice and stop rules stay

@@ -26,6 +26,8 @@ class KvCache {
   // Writes the K/V of n new tokens of one layer at rows [size, size + n); commit() then makes
   // them part of the cache once every layer has written them.
   void write(int layer, const Tensor& k, const Tensor& v);
+  // write() as copies for the caller to run (Backend::copy_batch): appends the two to `copies`.
+  void write_items(int layer, const Tensor& k, const Tensor& v, std::vector<Backend::CopyItem>& copies) const;
   void commit(int64_t n);
   // Forgets rows past n (keeps the first n).
   void truncate(int64_t n);

@@ -14,10 +14,9 @@ namespace {
 // Causal attention of new tokens over a cache that already holds `cache.size()` earlier tokens
 // (a cached prefix: the anchor in phase 1, earlier query tokens in phase 2). Writes the new K/V
 // into the cache at rows [size, size + T); the caller commits them after the forward.
-void causal_over_cache(Backend& be, const ModelConfig& c, KvCache& cache, int layer,
-                       const Tensor& q, const Tensor& k, const Tensor& v, Tensor o, Tensor lse) {
-  cache.write(layer, k, v);
-  if (q.empty()) return;
+// The attention call of causal_over_cache once the new K/V are in the cache.
+AttentionArgs causal_args(const ModelConfig& c, const KvCache& cache, int layer, const Tensor& q,
+                          const Tensor& k, Tensor o, Tensor lse) {
   const int64_t base = cache.size();
   AttentionArgs a;
   a.q = q;
@@ -31,7 +30,14 @@ void causal_over_cache(Backend& be, const ModelConfig& c, KvCache& cache, int la
   a.scale = c.attention_scale();
   a.mask = MaskKind::causal;
   a.causal_offset = base;
-  be.attention(a);
+  return a;
+}
+
+void causal_over_cache(Backend& be, const ModelConfig& c, KvCache& cache, int layer,
+                       const Tensor& q, const Tensor& k, const Tensor& v, Tensor o, Tensor lse) {
+  cache.write(layer, k, v);
+  if (q.empty()) return;
+  be.attention(causal_args(c, cache, layer, q, k, o, lse));
 }
 
 }  // namespace
@@ -390,6 +396,15 @@ void LocalShards::attend(int layer, const Tensor& q, std::vector<Partial>& out) 
     if (s->tokens() > 0) out.push_back(s->attend(layer, q));
 }
 
+void LocalShards::start_direct(int layer, const Tensor& q, std::vector<Partial>& out,
+                               std::vector<ContextShard::Query>& direct) {
+  for (ContextShard* s : shards_) {
+    if (s->tokens() == 0) continue;
+    out.push_back(s->out_views(q.rows));
+    direct.push_back({s, layer, q, out.back()});
+  }
+}
+
 // Phase 2 hook: own causal (O, lse) over query/generated K/V, merged with every shard's.
 class QuerySession::Hook : public AttentionHook {
  public:
@@ -399,6 +414,23 @@ class QuerySession::Hook : public AttentionHook {
     finish(layer, out);
   }
   void start(int layer, const Tensor& q, const Tensor& k, const Tensor& v) {
+    std::vector<Backend::CopyItem> copies;
+    const AttentionArgs own = prepare(layer, q, k, v, copies);
+    Backend& be = s_.model_.backend();
+    for (const Backend::CopyItem& c : copies) be.copy(c.src, c.dst);
+    if (!q.empty()) be.attention(own);
+    s_.shards_.start(layer, q, parts_);
+  }
+  void finish(int layer, Tensor out) {
+    s_.shards_.finish(layer, parts_);
+    s_.model_.backend().merge_partials(parts_, out, merged_lse_.rows(0, rows_));
+  }
+
+  // start() and finish() in pieces, for QuerySession::attend_layer to group with other
+  // sessions'. prepare: the own rows' buffers; the K/V appends as copies to run; the own causal
+  // attention's call (to run after the copies; none for empty q).
+  AttentionArgs prepare(int layer, const Tensor& q, const Tensor& k, const Tensor& v,
+                        std::vector<Backend::CopyItem>& copies) {
     Backend& be = s_.model_.backend();
     const ModelConfig& c = s_.model_.config();
     const int64_t T = q.rows;
@@ -410,13 +442,15 @@ class QuerySession::Hook : public AttentionHook {
     rows_ = T;
     parts_.clear();
     parts_.push_back({own_o_.rows(0, T), own_lse_.rows(0, T)});
-    causal_over_cache(be, c, s_.cache_, layer, q, k, v, parts_[0].o, parts_[0].lse);
-    s_.shards_.start(layer, q, parts_);
+    s_.cache_.write_items(layer, k, v, copies);
+    return causal_args(c, s_.cache_, layer, q, k, parts_[0].o, parts_[0].lse);
   }
-  void finish(int layer, Tensor out) {
-    s_.shards_.finish(layer, parts_);
-    s_.model_.backend().merge_partials(parts_, out, merged_lse_.rows(0, rows_));
+  void start_direct(int layer, const Tensor& q, std::vector<ContextShard::Query>& direct) {
+    s_.shards_.start_direct(layer, q, parts_, direct);
   }
+  // After finish_shards: the merge to run.
+  void finish_shards(int layer) { s_.shards_.finish(layer, parts_); }
+  Backend::MergeItem merge(Tensor out) { return {&parts_, out, merged_lse_.rows(0, rows_)}; }
 
  private:
   QuerySession& s_;
@@ -450,6 +484,48 @@ void QuerySession::start_layer(int layer, const Tensor& q, const Tensor& k, cons
 }
 
 void QuerySession::finish_layer(int layer, Tensor out) { hook_->finish(layer, out); }
+
+void QuerySession::attend_layer(Backend& backend, int layer, std::vector<LayerRows>& rows) {
+  // Each session's own part first (K/V appends, then its causal attention over them), ...
+  std::vector<Backend::CopyItem> copies;
+  std::vector<AttentionArgs> own;
+  for (LayerRows& r : rows) {
+    if (r.error) continue;
+    try {
+      const AttentionArgs a = r.session->hook_->prepare(layer, r.q, r.k, r.v, copies);
+      if (!r.q.empty()) own.push_back(a);
+    } catch (...) {
+      r.error = std::current_exception();
+    }
+  }
+  backend.copy_batch(copies);
+  backend.attention_batch(own);
+  // ... then every session's shards started (the in-process ones gathered into one call) ...
+  std::vector<ContextShard::Query> direct;
+  for (LayerRows& r : rows) {
+    if (r.error) continue;
+    const size_t before = direct.size();
+    try {
+      r.session->hook_->start_direct(layer, r.q, direct);
+    } catch (...) {
+      r.error = std::current_exception();
+      direct.resize(before);  // a session that failed starts nothing
+    }
+  }
+  ContextShard::attend_many(backend, direct);
+  // ... and finished, each merged with its own part.
+  std::vector<Backend::MergeItem> merges;
+  for (LayerRows& r : rows) {
+    if (r.error) continue;
+    try {
+      r.session->hook_->finish_shards(layer);
+      merges.push_back(r.session->hook_->merge(r.out));
+    } catch (...) {
+      r.error = std::current_exception();
+    }
+  }
+  backend.merge_partials_batch(merges);
+}
 
 void QuerySession::commit(int64_t n) { cache_.commit(n); }
 

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <vector>
 
@@ -149,6 +150,15 @@ class ContextShards {
     (void)layer;
     (void)out;
   }
+  // start() in a batched step (QuerySession::attend_layer): the shards that live in this
+  // process are not attended here but appended to `direct`, their output views already in
+  // `out` in merge order, so that one ContextShard::attend_many answers every request's. The
+  // default is start().
+  virtual void start_direct(int layer, const Tensor& q, std::vector<Partial>& out,
+                            std::vector<ContextShard::Query>& direct) {
+    (void)direct;
+    start(layer, q, out);
+  }
 };
 
 // Shards living in this process, called directly.
@@ -156,6 +166,8 @@ class LocalShards : public ContextShards {
  public:
   explicit LocalShards(std::vector<ContextShard*> shards) : shards_(std::move(shards)) {}
   void attend(int layer, const Tensor& q, std::vector<Partial>& out) override;
+  void start_direct(int layer, const Tensor& q, std::vector<Partial>& out,
+                    std::vector<ContextShard::Query>& direct) override;
 
  private:
   std::vector<ContextShard*> shards_;
@@ -187,6 +199,21 @@ class QuerySession {
   // finish_layer); finish_layer() collects the shards' partials and merges them into `out`.
   void start_layer(int layer, const Tensor& q, const Tensor& k, const Tensor& v);
   void finish_layer(int layer, Tensor out);
+
+  // One layer of several sessions' rows (a batched decode step, runtime/decode_batch.h) with
+  // their launches grouped: every K/V append in one Backend::copy_batch, every own causal
+  // attention in one attention_batch, the in-process shards of all of them in one
+  // ContextShard::attend_many, every merge in one merge_partials_batch; a transport's shards
+  // are started for all before any is finished. Each session's out equals its own
+  // hook().attend() bit for bit. A session that throws (its cache is full, a shard failed)
+  // gets the error in `error` and its out rows are not written; a backend failure throws.
+  // Rows with `error` already set are skipped.
+  struct LayerRows {
+    QuerySession* session = nullptr;
+    Tensor q, k, v, out;
+    std::exception_ptr error;
+  };
+  static void attend_layer(Backend& backend, int layer, std::vector<LayerRows>& rows);
 
  private:
   class Hook;

@@ -115,5 +115,96 @@ TEST_F(CudaAttentionBatch, EveryTileVariantEqualsItsOwnCalls) {
     }
 }
 
+// Backend::merge_partials_batch: requests with their own number of partials (1, 2, 3, 20: past
+// the inline descriptors) and rows, bf16 partials as a decode step has them (f32 lse, one with a
+// -inf row), in one launch against each item's own merge_partials call (bit for bit) and the
+// cpu backend's merge of the same values (the reference; 2e-2 relative for the bf16 output).
+TEST_F(CudaAttentionBatch, MergeBatchEqualsEachItemsOwnMergeAndTheCpuReference) {
+  const int H = 8, D = 64;
+  const std::vector<std::pair<int, int64_t>> shape = {{2, 1}, {1, 1}, {3, 4}, {20, 1}, {2, 3}};
+  std::vector<std::vector<Dev>> po, pl;
+  std::vector<std::vector<Partial>> gparts, cparts;
+  std::vector<Dev> ob, lb, oo, lo, co, cl;
+  std::vector<std::vector<Dev>> cpo, cpl;
+  for (const auto& [n, T] : shape) {
+    po.emplace_back();
+    pl.emplace_back();
+    cpo.emplace_back();
+    cpl.emplace_back();
+    gparts.emplace_back();
+    cparts.emplace_back();
+    for (int r = 0; r < n; ++r) {
+      const std::vector<float> o = random(T * H * D, -3.0f, 3.0f);
+      std::vector<float> l = random(T * H, -5.0f, 5.0f);
+      if (r == 0 && n > 1) l[0] = -INFINITY;  // a shard with nothing for row 0, head 0
+      po.back().push_back(gpu(o, T, H * D));
+      pl.back().push_back(gpu(l, T, H, DType::f32));
+      cpo.back().push_back(cpu(o, T, H * D));
+      cpl.back().push_back(cpu(l, T, H));
+    }
+    for (int r = 0; r < n; ++r) {
+      gparts.back().push_back({po.back()[static_cast<size_t>(r)].t, pl.back()[static_cast<size_t>(r)].t});
+      cparts.back().push_back({cpo.back()[static_cast<size_t>(r)].t, cpl.back()[static_cast<size_t>(r)].t});
+    }
+    ob.push_back(gpu_out(T, H * D, DType::bf16));
+    lb.push_back(gpu_out(T, H, DType::f32));
+    oo.push_back(gpu_out(T, H * D, DType::bf16));
+    lo.push_back(gpu_out(T, H, DType::f32));
+    co.push_back(cpu({}, T, H * D));
+    cl.push_back(cpu({}, T, H));
+  }
+  std::vector<Backend::MergeItem> batch;
+  for (size_t i = 0; i < shape.size(); ++i) batch.push_back({&gparts[i], ob[i].t, lb[i].t});
+  gpu_->merge_partials_batch(batch);
+  for (size_t i = 0; i < shape.size(); ++i) {
+    gpu_->merge_partials(gparts[i], oo[i].t, lo[i].t);
+    cpu_->merge_partials(cparts[i], co[i].t, cl[i].t);
+  }
+  gpu_->synchronize();
+  for (size_t i = 0; i < shape.size(); ++i) {
+    const std::string what = "item " + std::to_string(i) + " (" + std::to_string(shape[i].first) + " partials)";
+    const auto o_b = get(*gpu_, ob[i].t), o_o = get(*gpu_, oo[i].t), l_b = get(*gpu_, lb[i].t),
+               l_o = get(*gpu_, lo[i].t);
+    size_t bad = 0;
+    for (size_t j = 0; j < o_o.size(); ++j) bad += !(o_b[j] == o_o[j]);  // NaN: not written
+    for (size_t j = 0; j < l_o.size(); ++j) bad += !(l_b[j] == l_o[j]);
+    EXPECT_EQ(bad, 0u) << what << ": differs from its own merge_partials call";
+    testing::expect_close(get(*cpu_, co[i].t), o_b, what + " O against the cpu merge");
+    testing::expect_close(get(*cpu_, cl[i].t), l_b, what + " lse against the cpu merge", 1e-5f, 1e-5f);
+  }
+}
+
+// Backend::copy_batch: a decode step's K/V appends (one row each, bf16, strided destinations
+// inside a cache), f32 rows, and one large copy and one converting copy that take copy() alone;
+// each destination must hold exactly its source (random values; the destinations were NaN).
+TEST_F(CudaAttentionBatch, CopyBatchMovesEveryItemExactly) {
+  struct Shape {
+    int64_t rows, cols;
+    DType src, dst;
+  };
+  const std::vector<Shape> shape = {{1, 1024, DType::bf16, DType::bf16}, {1, 1024, DType::bf16, DType::bf16},
+                                    {3, 300, DType::bf16, DType::bf16},  {2, 513, DType::f32, DType::f32},
+                                    {400, 1024, DType::bf16, DType::bf16}, {5, 64, DType::f32, DType::bf16}};
+  std::vector<Dev> src, cache;
+  std::vector<std::vector<float>> values;
+  std::vector<Backend::CopyItem> items;
+  for (const Shape& sh : shape) {
+    values.push_back(random(sh.rows * sh.cols, -4.0f, 4.0f));
+    src.push_back(gpu(values.back(), sh.rows, sh.cols, sh.src));
+    cache.push_back(gpu_out(sh.rows + 7, sh.cols, sh.dst, 24));  // rows land in the middle
+    items.push_back({src.back().t, cache.back().t.slice_rows(5, sh.rows)});
+  }
+  gpu_->copy_batch(items);
+  gpu_->synchronize();
+  for (size_t i = 0; i < shape.size(); ++i) {
+    const std::vector<float> got = get(*gpu_, items[i].dst);
+    size_t bad = 0;
+    for (size_t j = 0; j < got.size(); ++j) bad += !(got[j] == values[i][j]);  // bf16-exact values
+    EXPECT_EQ(bad, 0u) << "item " << i << ": " << bad << " elements differ";
+    const std::vector<float> before = get(*gpu_, cache[i].t.slice_rows(4, 1));
+    EXPECT_TRUE(std::isnan(before[0])) << "item " << i << ": the row before the destination was written";
+  }
+}
+
 }  // namespace
 }  // namespace starattn
