@@ -379,17 +379,7 @@ void ShardLinks::start(int layer, const Tensor& q, std::vector<Partial>& out) {
     t.link = &links_[i];
     t.shard = static_cast<int>(i);
     if (links_[i].path == DataPath::cuda_ipc) {
-      // q goes into this request's mapped buffer once for all its cuda_ipc links; the worker
-      // waits on the q event before it reads it.
-      if (T > rows_capacity_)
-        throw std::runtime_error("an exchange of " + std::to_string(T) +
-                                 " query rows exceeds the cuda_ipc capacity of " +
-                                 std::to_string(rows_capacity_));
-      if (!q_shared_ready) {
-        be.copy(q, q_shared_.rows(0, T));
-        be.ipc()->record(*q_event_);
-        q_shared_ready = true;
-      }
+      share_q(q, q_shared_ready);
       t.out = {o_bufs_[i].rows(0, T), lse_bufs_[i].rows(0, T)};
       t.done = done_events_[i].get();
     } else if (links_[i].path == DataPath::ucx) {
@@ -418,6 +408,19 @@ void ShardLinks::finish(int layer, std::vector<Partial>& out) {
       std::chrono::duration<float, std::micro>(std::chrono::steady_clock::now() - p.t0).count());
 }
 
+void ShardLinks::share_q(const Tensor& q, bool& ready) {
+  // Once per exchange for all the request's cuda_ipc links; the worker waits on the q event
+  // before it reads the mapped buffer.
+  if (ready) return;
+  if (q.rows > rows_capacity_)
+    throw std::runtime_error("an exchange of " + std::to_string(q.rows) +
+                             " query rows exceeds the cuda_ipc capacity of " + std::to_string(rows_capacity_));
+  Backend& be = model_.backend();
+  be.copy(q, q_shared_.rows(0, q.rows));
+  be.ipc()->record(*q_event_);
+  ready = true;
+}
+
 void ShardLinks::exchange(int layer, const Tensor& q, std::vector<Partial>& parts,
                           const std::vector<bool>& selected) {
   const uint64_t seq = g_next_seq++;
@@ -444,15 +447,7 @@ void ShardLinks::exchange(int layer, const Tensor& q, std::vector<Partial>& part
     h.set_shard(static_cast<int>(i));
     transport::Payload payload;
     if (l.path == DataPath::cuda_ipc) {
-      if (T > rows_capacity_)
-        throw std::runtime_error("an exchange of " + std::to_string(T) +
-                                 " query rows exceeds the cuda_ipc capacity of " +
-                                 std::to_string(rows_capacity_));
-      if (!q_shared_ready) {
-        be.copy(q, q_shared_.rows(0, T));
-        be.ipc()->record(*q_event_);
-        q_shared_ready = true;
-      }
+      share_q(q, q_shared_ready);
       h.set_ipc(true);
     } else if (l.path == DataPath::ucx_device) {
       const size_t bytes = static_cast<size_t>(T * q.cols) * dtype_size(q.dtype);

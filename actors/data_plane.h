@@ -214,6 +214,8 @@ class ShardLinks : public ContextShards {
     transport::SinkBuffer sunk;  // a device path's reply that landed in device memory
   };
   void open_ipc();
+  // cuda_ipc: q into the request's mapped buffer and the q event recorded, unless `ready`.
+  void share_q(const Tensor& q, bool& ready);
   // The per-request exchange of the links whose `selected` entry is true, into parts[i].
   void exchange(int layer, const Tensor& q, std::vector<Partial>& parts,
                 const std::vector<bool>& selected);

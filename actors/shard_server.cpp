@@ -287,6 +287,15 @@ void ShardServer::answer(AmMessage& msg) {
   }
 }
 
+// A batched reply's item for request item `it`: what it asked, echoed (errors added after).
+static wire::AttendBatchItem* echo_item(wire::AttendBatchReply& reply, const wire::AttendBatchItem& it) {
+  wire::AttendBatchItem* out = reply.add_items();
+  out->set_request_id(it.request_id());
+  out->set_shard(it.shard());
+  out->set_rows(it.rows());
+  return out;
+}
+
 void ShardServer::answer_batch(AmMessage& msg) {
   wire::AttendBatchReply reply;
   reply.set_protocol_version(wire::kProtocolVersion);
@@ -330,10 +339,7 @@ void ShardServer::answer_batch(AmMessage& msg) {
   std::vector<std::shared_ptr<ContextShard>> shards(static_cast<size_t>(req.items_size()));
   for (int i = 0; i < req.items_size(); ++i) {
     const auto& it = req.items(i);
-    auto* out = reply.add_items();
-    out->set_request_id(it.request_id());
-    out->set_shard(it.shard());
-    out->set_rows(it.rows());
+    auto* out = echo_item(reply, it);
     for (int j = 0; j < i; ++j)
       if (req.items(j).request_id() == it.request_id()) {
         out->set_error(name_ + ": request " + std::to_string(it.request_id()) + " is listed twice");
@@ -399,10 +405,7 @@ void ShardServer::answer_batch_ipc(AmMessage& msg, const wire::AttendBatchReques
   std::vector<std::pair<std::shared_ptr<ContextShard>, std::shared_ptr<IpcSession>>> items;
   for (int i = 0; i < req.items_size(); ++i) {
     const auto& it = req.items(i);
-    auto* out = reply.add_items();
-    out->set_request_id(it.request_id());
-    out->set_shard(it.shard());
-    out->set_rows(it.rows());
+    auto* out = echo_item(reply, it);
     std::shared_ptr<ContextShard> shard = shard_of(it.request_id());
     std::shared_ptr<IpcSession> s;
     {
