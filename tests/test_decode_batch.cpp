@@ -117,6 +117,90 @@ TEST_F(DecodeBatchTest, StarBatchEqualsOneByOne) { expect_batch_equals_solo(Atte
 
 TEST_F(DecodeBatchTest, FullBatchEqualsOneByOne) { expect_batch_equals_solo(AttentionMode::full); }
 
+// The cpu backend with a count of the calls a decode step makes (registered as "counting-cpu").
+class CountingBackend : public Backend {
+ public:
+  explicit CountingBackend(int threads) : be_(make_backend("cpu", 0, threads)) {}
+  static inline std::map<std::string, int> calls;  // op -> calls since the last clear()
+
+  std::string name() const override { return "counting-cpu"; }
+  DType activation_dtype() const override { return be_->activation_dtype(); }
+  DType weight_dtype() const override { return be_->weight_dtype(); }
+  Buffer alloc(int64_t rows, int64_t cols, DType dtype) override { return be_->alloc(rows, cols, dtype); }
+  void free_memory(Tensor t) override { be_->free_memory(t); }
+  int64_t free_bytes() const override { return be_->free_bytes(); }
+  void upload(const float* host, Tensor dst) override { be_->upload(host, dst); }
+  void download(const Tensor& src, float* host) override { be_->download(src, host); }
+  void copy(const Tensor& src, Tensor dst) override { ++calls["copy"]; be_->copy(src, dst); }
+  void copy_batch(const std::vector<CopyItem>& items) override { ++calls["copy_batch"]; be_->copy_batch(items); }
+  void embedding(const int32_t* ids, const Tensor& table, Tensor out) override { be_->embedding(ids, table, out); }
+  void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor out) override { be_->rmsnorm(x, w, eps, out); }
+  void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor out) override {
+    be_->matmul(x, w, bias, out);
+  }
+  void rope(const RopeArgs& args) override { be_->rope(args); }
+  void attention(const AttentionArgs& a) override { ++calls["attention"]; be_->attention(a); }
+  void attention_batch(const std::vector<AttentionArgs>& items) override {
+    ++calls["attention_batch"];
+    be_->attention_batch(items);
+  }
+  void merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) override {
+    ++calls["merge_partials"];
+    be_->merge_partials(parts, o, lse);
+  }
+  void merge_partials_batch(const std::vector<MergeItem>& items) override {
+    ++calls["merge_partials_batch"];
+    be_->merge_partials_batch(items);
+  }
+  void swiglu(const Tensor& g, const Tensor& u, Tensor out) override { be_->swiglu(g, u, out); }
+  void add(Tensor x, const Tensor& y) override { be_->add(x, y); }
+  void add_rmsnorm(Tensor x, const Tensor& y, const Tensor& w, float eps, Tensor out) override {
+    be_->add_rmsnorm(x, y, w, eps, out);
+  }
+  int32_t sample(const Tensor& row, const SamplingParams& p, uint64_t step) override { return be_->sample(row, p, step); }
+  void synchronize() override { be_->synchronize(); }
+
+ private:
+  std::unique_ptr<Backend> be_;
+};
+
+// A batched decode step costs the same handful of attention-side calls per layer whatever the
+// number of requests (QuerySession::attend_layer): one copy_batch (every K/V append), two
+// attention_batch (the own causal parts; the in-process shards of all requests), one
+// merge_partials_batch; no per-request attention, merge or copy. Phase 1 runs at admission
+// (chunk 0), so the counted steps are pure decode.
+TEST_F(DecodeBatchTest, ADecodeStepGroupsEveryRequestsAttentionIntoOneCallPerKindAndLayer) {
+  static const bool registered = register_backend(
+      "counting-cpu", [](int, int threads) { return std::make_unique<CountingBackend>(threads); });
+  (void)registered;  // false when an earlier run in this process registered it
+  EngineOptions o;
+  o.model = dir_.path();
+  o.workers = 2;
+  o.device = "counting-cpu";
+  Engine engine(o);
+  const int layers = config_.num_layers;
+  EngineBatch batch(engine, 0);
+  std::vector<uint64_t> ids;
+  for (uint64_t seed : {31, 32, 33, 34}) {
+    const RequestSpec r = request({40 + static_cast<int64_t>(seed), 3, 8}, seed);
+    ids.push_back(batch.admit(r, [](const GeneratedToken&) { return true; }));
+  }
+  for (int step = 0; step < 6 && batch.running() > 0; ++step) {
+    CountingBackend::calls.clear();
+    for (EngineBatch::Ended& e : batch.step()) EXPECT_TRUE(e.end.ok) << e.end.error;
+    if (step < 2) continue;  // the queries' prefill steps are counted the same way, but skip them
+    auto& c = CountingBackend::calls;
+    SCOPED_TRACE("step " + std::to_string(step) + ", 4 requests decoding");
+    EXPECT_EQ(c["copy_batch"], layers);
+    EXPECT_EQ(c["attention_batch"], 2 * layers);
+    EXPECT_EQ(c["merge_partials_batch"], layers);
+    EXPECT_EQ(c["attention"], 0);
+    EXPECT_EQ(c["merge_partials"], 0);
+    EXPECT_EQ(c["copy"], 0);
+  }
+  EXPECT_EQ(batch.running(), 4u);
+}
+
 TEST_F(DecodeBatchTest, JoinAndCancelInTheMiddle) {
   const std::vector<RequestSpec> first = {request({50, 4, 10}, 1), request({30, 2, 10}, 2),
                                           request({77, 6, 10}, 3)};
