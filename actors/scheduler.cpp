@@ -1,5 +1,7 @@
 #include "actors/scheduler.h"
 
+#include "actors/scheduler_state.h"
+
 #include <caf/all.hpp>
 
 #include <algorithm>
@@ -20,60 +22,8 @@
 #include "transport/wire_convert.h"
 
 namespace starattn::actors {
-namespace {
 
-using clock = std::chrono::steady_clock;
-
-struct Worker {
-  uint64_t id = 0;
-  caf::actor actor;
-  std::string name, device, ucx_address;
-  int64_t capacity_tokens = 0;
-  int64_t capacity_bytes = 0;
-  int64_t phase1_chunk_tokens = 0;  // rows per phase-1 forward it runs (0: a whole block)
-  int64_t kv_tokens = 0;  // placed here by requests not yet released
-  std::set<uint64_t> requests;
-  std::string host_id, ipc_device;
-  bool ucx_device_memory = false;
-  uint64_t process_id = 0;
-  clock::time_point last_heartbeat = clock::now();
-  bool unresponsive = false;
-  wire::ContextCacheStatus context_cache;  // as of its last heartbeat
-};
-
-struct Request {
-  uint64_t id = 0;
-  caf::actor client;
-  bool wire_client = false;  // submitted bytes (a remote client): answered in bytes
-  SubmitPtr spec;
-  PromptIds prompt;                     // the spec's prompt laid out as ids
-  std::vector<uint64_t> shard_workers;  // merge order
-  std::map<uint64_t, int64_t> kv;       // worker id -> tokens of KV placed there
-  std::vector<int32_t> stop;
-  int pending_encodes = 0;
-  bool running = false;                 // placed on the workers (not waiting in the queue)
-  bool decoding = false;
-  int32_t generated = 0;                // tokens forwarded to the client
-  clock::time_point t0;
-  clock::time_point admitted = clock::now();
-  RequestStats stats;                   // the planning part, completed by the query actor
-};
-
-struct SchedulerState {
-  SchedulerOptions options;
-  std::map<uint64_t, Worker> workers;  // live workers, in registration order
-  std::map<uint64_t, Request> requests;
-  std::deque<uint64_t> waiting;  // admitted, not yet placed (max_running reached)
-  int running = 0;
-  bool pumping = false;
-  ChatTemplate chat;  // the model's, or the fallback for template-less models
-  MemoryModel memory;  // of the served model on the workers' backend
-  uint64_t next_worker = 1, next_request = 1;
-  uint64_t done = 0, failed = 0;
-  std::unique_ptr<BlockHolders> holders;  // context reuse: block digest -> worker holding it
-};
-
-using Self = caf::stateful_actor<SchedulerState>;
+namespace scheduler_detail {
 
 void log(Self* self, const std::string& text) {
   if (self->state.options.verbose) std::fprintf(stderr, "head: %s\n", text.c_str());
@@ -133,7 +83,7 @@ void end_request(Self* self, std::map<uint64_t, Request>::iterator it) {
 }
 
 // Ends a request with an error: the client hears why, every worker frees its KV.
-void fail(Self* self, uint64_t id, const std::string& why, ErrorKind kind = ErrorKind::internal) {
+void fail(Self* self, uint64_t id, const std::string& why, ErrorKind kind) {
   auto it = self->state.requests.find(id);
   if (it == self->state.requests.end()) return;
   Request& r = it->second;
@@ -212,81 +162,6 @@ void refuse_bytes(Self* self, const caf::actor& client, const std::string& why) 
   f.set_finish_reason("error");
   if (client) self->send(client, finished_atom::value, wire::encode(f));
   ++self->state.failed;
-}
-
-std::string do_register(Self* self, const std::string& bytes) {
-  auto& st = self->state;
-  wire::RegisterReply reply;
-  try {
-    const auto reg = wire::decode<wire::RegisterWorker>(bytes, "a registering worker");
-    wire::check_version(reg.protocol_version(), "worker '" + reg.name() + "'");
-    if (reg.model_digest() != st.options.model->digest())
-      throw wire::ProtocolError("worker '" + reg.name() + "' serves another model (digest " +
-                                reg.model_digest() + ", the head's is " +
-                                st.options.model->digest() + ")");
-    if (reg.ucx_address().empty())
-      throw wire::ProtocolError("worker '" + reg.name() + "' sent no UCX address");
-    auto actor = caf::actor_cast<caf::actor>(self->current_sender());
-    if (!actor) throw wire::ProtocolError("registration without a sender");
-    Worker w;
-    w.id = st.next_worker++;
-    w.actor = actor;
-    w.name = reg.name();
-    w.device = reg.device();
-    w.capacity_tokens = reg.capacity_tokens();
-    w.ucx_address = reg.ucx_address();
-    w.capacity_bytes = reg.capacity_bytes();
-    w.phase1_chunk_tokens = reg.phase1_chunk_tokens();
-    w.host_id = reg.host_id();
-    w.process_id = reg.process_id();
-    w.ipc_device = reg.ipc_device();
-    w.ucx_device_memory = reg.ucx_device_memory();
-    self->monitor(actor);
-    log(self, "worker " + std::to_string(w.id) + " registered: " + w.name + " (" + w.device +
-                  ", room for " + std::to_string(w.capacity_tokens) + " tokens of KV)");
-    reply.set_ok(true);
-    reply.set_worker_id(w.id);
-    st.workers.emplace(w.id, std::move(w));
-  } catch (const std::exception& e) {
-    log(self, std::string("refused a registration: ") + e.what());
-    reply.set_ok(false);
-    reply.set_error(e.what());
-  }
-  return wire::encode(reply);
-}
-
-
-std::string do_status(Self* self, const std::string& bytes) {
-  auto& st = self->state;
-  wire::StatusReply reply;
-  reply.set_protocol_version(wire::kProtocolVersion);
-  try {
-    const auto req = wire::decode<wire::StatusRequest>(bytes, "a status client");
-    wire::check_version(req.protocol_version(), "the status request");
-    for (const auto& [id, w] : st.workers) {
-      auto* ws = reply.add_workers();
-      ws->set_worker_id(id);
-      ws->set_name(w.name);
-      ws->set_device(w.device);
-      ws->set_capacity_tokens(w.capacity_tokens);
-      ws->set_capacity_bytes(w.capacity_bytes);
-      ws->set_ucx_address(w.ucx_address);
-      ws->set_active_requests(static_cast<int32_t>(w.requests.size()));
-      ws->set_kv_tokens_held(w.kv_tokens);
-      *ws->mutable_context_cache() = w.context_cache;
-      if (w.unresponsive)
-        ws->set_unhealthy(st.options.health->dead(id));
-    }
-    reply.set_active_requests(static_cast<int32_t>(st.requests.size()));
-    reply.set_queued_requests(static_cast<int32_t>(st.waiting.size()));
-    reply.set_requests_done(st.done);
-    reply.set_requests_failed(st.failed);
-    reply.set_ok(true);
-  } catch (const std::exception& e) {
-    reply.set_ok(false);
-    reply.set_error(e.what());
-  }
-  return wire::encode(reply);
 }
 
 void start_phase2(Self* self, Request& r) {
@@ -544,44 +419,11 @@ void admit_bytes(Self* self, const caf::actor& client, const std::string& bytes)
   admit(self, client, true, std::move(spec));
 }
 
-// A heartbeat from a worker process: it is alive; one that had gone quiet is admitted again.
-void on_heartbeat(Self* self, const std::string& bytes) {
-  wire::Heartbeat h;
-  try {
-    h = wire::decode<wire::Heartbeat>(bytes, "a worker");
-  } catch (const std::exception&) {
-    return;
-  }
-  auto it = self->state.workers.find(h.worker_id());
-  if (it == self->state.workers.end()) return;
-  Worker& w = it->second;
-  w.last_heartbeat = clock::now();
-  if (h.has_context_cache()) w.context_cache = h.context_cache();
-  if (w.unresponsive) {
-    w.unresponsive = false;
-    self->state.options.health->mark_alive(w.id);
-    log(self, "context worker " + w.name + " (worker " + std::to_string(w.id) +
-                  ") answers again: admitted");
-  }
-}
-
 // The scheduler's timer: workers whose heartbeats stopped, and requests past their deadline.
 void on_tick(Self* self) {
   auto& st = self->state;
   const auto now = clock::now();
-  for (auto& [id, w] : st.workers) {
-    if (w.unresponsive || now - w.last_heartbeat < st.options.heartbeat_timeout) continue;
-    w.unresponsive = true;
-    const auto quiet = std::chrono::duration_cast<std::chrono::milliseconds>(now - w.last_heartbeat);
-    const std::string why = "context worker " + w.name + " (worker " + std::to_string(w.id) +
-                            ") stopped answering: no heartbeat for " +
-                            std::to_string(quiet.count()) + " ms";
-    log(self, why + "; marked unresponsive");
-    st.options.health->mark_unresponsive(w.id, why);
-    const std::set<uint64_t> held = w.requests;
-    for (uint64_t rid : held)
-      fail(self, rid, why + ", during request " + std::to_string(rid), ErrorKind::worker_failed);
-  }
+  check_heartbeats(self, now);
   if (st.options.request_deadline.count() > 0) {
     std::vector<uint64_t> late;
     for (const auto& [rid, r] : st.requests)
@@ -599,21 +441,7 @@ void on_tick(Self* self) {
 
 void on_down(Self* self, const caf::down_msg& dm) {
   auto& st = self->state;
-  for (auto it = st.workers.begin(); it != st.workers.end(); ++it) {
-    if (it->second.actor.address() != dm.source) continue;
-    const Worker w = it->second;
-    st.holders->forget(it->first);
-    st.workers.erase(it);
-    const std::string why = "context worker " + w.name + " (worker " + std::to_string(w.id) +
-                            ") went away (its process died or its connection to the head broke; CAF says: " +
-                            caf::to_string(dm.reason) + ")";
-    log(self, why);
-    st.options.health->mark_dead(w.id, why);
-    self->send(st.options.query, forget_atom::value, w.id);
-    for (uint64_t rid : w.requests)
-      fail(self, rid, why + ", during request " + std::to_string(rid), ErrorKind::worker_failed);
-    return;
-  }
+  if (forget_worker(self, dm)) return;
   // A client that went away: its requests have nobody to stream to.
   std::vector<uint64_t> orphaned;
   for (const auto& [id, r] : st.requests)
@@ -694,10 +522,10 @@ caf::behavior scheduler(Self* self, SchedulerOptions options) {
   };
 }
 
-}  // namespace
+}  // namespace scheduler_detail
 
 caf::actor spawn_scheduler(caf::actor_system& system, SchedulerOptions options) {
-  return system.spawn(scheduler, std::move(options));
+  return system.spawn(scheduler_detail::scheduler, std::move(options));
 }
 
 }  // namespace starattn::actors
