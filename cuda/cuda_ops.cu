@@ -367,23 +367,14 @@ void CudaBackend::merge_partials_batch(const std::vector<MergeItem>& items) {
 
 bool CudaBackend::merge_descriptors(const char* op, const std::vector<Partial>& parts, const Tensor& o,
                                     const Tensor& lse, std::vector<cuda::ShardDesc>& descs) {
-  check_view(op, "o", o);
-  check_shape(op, "lse", lse, o.rows, lse.cols);
+  const int64_t d = op_checks::check_merge_shapes(op, parts, o, lse, shape_checker(op));
   if (lse.dtype != DType::f32) fail(op, "lse " + shape(lse) + " must be f32");
   const int64_t T = o.rows, hq = lse.cols;
-  if (hq == 0 ? o.cols != 0 : o.cols % hq != 0)
-    fail(op, "o " + shape(o) + " is not [T x heads * D] for lse " + shape(lse));
-  const int64_t d = hq == 0 ? 0 : o.cols / hq;
   descs.reserve(descs.size() + parts.size());
   for (size_t r = 0; r < parts.size(); ++r) {
     const std::string which = " of partial " + std::to_string(r) + " of " + std::to_string(parts.size());
     const Tensor& po = parts[r].o;
     const Tensor& pl = parts[r].lse;
-    check_view(op, "o", po);
-    check_view(op, "lse", pl);
-    if (po.rows != T || po.cols != o.cols || pl.rows != T || pl.cols != hq)
-      fail(op, "o " + shape(po) + " / lse " + shape(pl) + which + " do not match out o " + shape(o) +
-                   " / lse " + shape(lse));
     if (pl.dtype != DType::f32) fail(op, "lse " + shape(pl) + which + " must be f32");
     if (po.dtype != parts[0].o.dtype)
       fail(op, "o " + shape(po) + which + " differs in dtype from partial 0 " + shape(parts[0].o));

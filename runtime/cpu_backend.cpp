@@ -449,22 +449,8 @@ void CpuBackend::attention(const AttentionArgs& a) {
 // the very views of one partial (every element is read before it is written).
 void CpuBackend::merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) {
   const char* op = "merge_partials";
-  check_view(op, "o", o);
-  check_shape(op, "lse", lse, o.rows, lse.cols);
+  const int64_t d = op_checks::check_merge_shapes(op, parts, o, lse, shape_checker(op));
   const int64_t T = o.rows, hq = lse.cols;
-  if (hq == 0 ? o.cols != 0 : o.cols % hq != 0)
-    fail(op, "o " + shape(o) + " is not [T x heads * D] for lse " + shape(lse));
-  const int64_t d = hq == 0 ? 0 : o.cols / hq;
-  for (size_t r = 0; r < parts.size(); ++r) {
-    const std::string which = " of partial " + std::to_string(r) + " of " + std::to_string(parts.size());
-    const Tensor& po = parts[r].o;
-    const Tensor& pl = parts[r].lse;
-    check_view(op, "o", po);
-    check_view(op, "lse", pl);
-    if (po.rows != T || po.cols != o.cols || pl.rows != T || pl.cols != hq)
-      fail(op, "o " + shape(po) + " / lse " + shape(pl) + which + " do not match out o " +
-                   shape(o) + " / lse " + shape(lse));
-  }
   if (T == 0 || hq == 0) return;
   const size_t n = parts.size();
   const int threads = std::max(1, omp_get_max_threads());

@@ -16,17 +16,20 @@ KvCache::KvCache(Backend& backend, const ModelConfig& config, int64_t capacity)
   }
 }
 
+void KvCache::check_room(int64_t rows) const {
+  if (size_ + rows > capacity_)
+    throw std::length_error("KV cache full: " + std::to_string(size_) + " + " + std::to_string(rows) +
+                            " tokens exceed its capacity of " + std::to_string(capacity_));
+}
+
 void KvCache::write(int layer, const Tensor& k, const Tensor& v) {
-  std::vector<Backend::CopyItem> copies;
-  write_items(layer, k, v, copies);
-  for (const Backend::CopyItem& c : copies) backend_.copy(c.src, c.dst);
+  check_room(k.rows);
+  backend_.copy(k, keys(layer, size_, k.rows));
+  backend_.copy(v, values(layer, size_, v.rows));
 }
 
 void KvCache::write_items(int layer, const Tensor& k, const Tensor& v, std::vector<Backend::CopyItem>& copies) const {
-  if (size_ + k.rows > capacity_)
-    throw std::length_error("KV cache full: " + std::to_string(size_) + " + " +
-                            std::to_string(k.rows) + " tokens exceed its capacity of " +
-                            std::to_string(capacity_));
+  check_room(k.rows);
   copies.push_back({k, keys(layer, size_, k.rows)});
   copies.push_back({v, values(layer, size_, v.rows)});
 }

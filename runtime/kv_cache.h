@@ -40,6 +40,7 @@ class KvCache {
   int64_t capacity_ = 0;
   int64_t size_ = 0;
   std::vector<Buffer> k_, v_;
+  void check_room(int64_t rows) const;  // throws when `rows` more tokens do not fit
 };
 
 }  // namespace starattn

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "runtime/backend.h"
 
@@ -90,6 +91,29 @@ void check_norm_args(const char* op, const Tensor& x, const Tensor* y, const Ten
   if (!(eps >= 0.0f)) fail(op, "eps must be >= 0, got " + std::to_string(eps));
   if (y && (overlaps(out, x) || overlaps(out, *y)))
     fail(op, "out " + shape(out) + " overlaps x " + shape(x) + " or y " + shape(*y));
+}
+
+// merge_partials' shapes: o [T x H*D] and lse [T x H] (H = lse.cols), and every partial's o and
+// lse the same (an error names the partial). `check_shape` as above: called with a view's own
+// extents it checks only the view and the backend's element types. Returns D (0 when H is 0).
+template <class CheckShape>
+int64_t check_merge_shapes(const char* op, const std::vector<Partial>& parts, const Tensor& o, const Tensor& lse,
+                           CheckShape check_shape) {
+  check_shape("o", o, o.rows, o.cols);
+  check_shape("lse", lse, o.rows, lse.cols);
+  const int64_t T = o.rows, hq = lse.cols;
+  if (hq == 0 ? o.cols != 0 : o.cols % hq != 0)
+    fail(op, "o " + shape(o) + " is not [T x heads * D] for lse " + shape(lse));
+  for (size_t r = 0; r < parts.size(); ++r) {
+    const Tensor& po = parts[r].o;
+    const Tensor& pl = parts[r].lse;
+    check_shape("o", po, po.rows, po.cols);
+    check_shape("lse", pl, pl.rows, pl.cols);
+    if (po.rows != T || po.cols != o.cols || pl.rows != T || pl.cols != hq)
+      fail(op, "o " + shape(po) + " / lse " + shape(pl) + " of partial " + std::to_string(r) + " of " +
+                   std::to_string(parts.size()) + " do not match out o " + shape(o) + " / lse " + shape(lse));
+  }
+  return hq == 0 ? 0 : o.cols / hq;
 }
 
 // Every id before anything is written, so a bad id leaves the output untouched.

@@ -11,9 +11,6 @@
 namespace starattn {
 namespace {
 
-// Causal attention of new tokens over a cache that already holds `cache.size()` earlier tokens
-// (a cached prefix: the anchor in phase 1, earlier query tokens in phase 2). Writes the new K/V
-// into the cache at rows [size, size + T); the caller commits them after the forward.
 // The attention call of causal_over_cache once the new K/V are in the cache.
 AttentionArgs causal_args(const ModelConfig& c, const KvCache& cache, int layer, const Tensor& q,
                           const Tensor& k, Tensor o, Tensor lse) {
@@ -33,6 +30,9 @@ AttentionArgs causal_args(const ModelConfig& c, const KvCache& cache, int layer,
   return a;
 }
 
+// Causal attention of new tokens over a cache that already holds `cache.size()` earlier tokens
+// (a cached prefix: the anchor in phase 1, earlier query tokens in phase 2). Writes the new K/V
+// into the cache at rows [size, size + T); the caller commits them after the forward.
 void causal_over_cache(Backend& be, const ModelConfig& c, KvCache& cache, int layer,
                        const Tensor& q, const Tensor& k, const Tensor& v, Tensor o, Tensor lse) {
   cache.write(layer, k, v);
@@ -414,10 +414,10 @@ class QuerySession::Hook : public AttentionHook {
     finish(layer, out);
   }
   void start(int layer, const Tensor& q, const Tensor& k, const Tensor& v) {
-    std::vector<Backend::CopyItem> copies;
-    const AttentionArgs own = prepare(layer, q, k, v, copies);
+    copies_.clear();
+    const AttentionArgs own = prepare(layer, q, k, v, copies_);
     Backend& be = s_.model_.backend();
-    for (const Backend::CopyItem& c : copies) be.copy(c.src, c.dst);
+    for (const Backend::CopyItem& c : copies_) be.copy(c.src, c.dst);
     if (!q.empty()) be.attention(own);
     s_.shards_.start(layer, q, parts_);
   }
@@ -456,6 +456,7 @@ class QuerySession::Hook : public AttentionHook {
   QuerySession& s_;
   Buffer own_o_, own_lse_, merged_lse_;
   std::vector<Partial> parts_;
+  std::vector<Backend::CopyItem> copies_;  // start()'s K/V appends, kept to reuse its storage
   int64_t rows_ = 0;
 };
 
@@ -478,12 +479,6 @@ void QuerySession::append_positions(int64_t n, std::vector<int32_t>& positions) 
 }
 
 AttentionHook& QuerySession::hook() { return *hook_; }
-
-void QuerySession::start_layer(int layer, const Tensor& q, const Tensor& k, const Tensor& v) {
-  hook_->start(layer, q, k, v);
-}
-
-void QuerySession::finish_layer(int layer, Tensor out) { hook_->finish(layer, out); }
 
 void QuerySession::attend_layer(Backend& backend, int layer, std::vector<LayerRows>& rows) {
   // Each session's own part first (K/V appends, then its causal attention over them), ...

@@ -194,12 +194,6 @@ class QuerySession {
   void append_positions(int64_t n, std::vector<int32_t>& positions) const;
   AttentionHook& hook();
   void commit(int64_t n);
-  // hook().attend() in two halves (see ContextShards::start): start_layer() runs this
-  // session's own causal attention and starts its shards' (q, k, v stay valid until
-  // finish_layer); finish_layer() collects the shards' partials and merges them into `out`.
-  void start_layer(int layer, const Tensor& q, const Tensor& k, const Tensor& v);
-  void finish_layer(int layer, Tensor out);
-
   // One layer of several sessions' rows (a batched decode step, runtime/decode_batch.h) with
   // their launches grouped: every K/V append in one Backend::copy_batch, every own causal
   // attention in one attention_batch, the in-process shards of all of them in one
