@@ -371,17 +371,18 @@ void ShardLinks::start(int layer, const Tensor& q, std::vector<Partial>& out) {
   p.x.layer = layer;
   p.x.q = q;
   p.x.error = nullptr;
+  p.x.q_ipc = Tensor{};
   p.x.targets.clear();
-  bool q_shared_ready = false;
   for (size_t i = 0; i < links_.size(); ++i) {
     if (direct[i]) continue;
     ExchangeBatcher::Exchange::Target t;
     t.link = &links_[i];
     t.shard = static_cast<int>(i);
     if (links_[i].path == DataPath::cuda_ipc) {
-      share_q(q, q_shared_ready);
+      // The batcher copies q into the mapped buffer with every other request's, under one event.
+      check_ipc_rows(T);
+      p.x.q_ipc = q_shared_.rows(0, T);
       t.out = {o_bufs_[i].rows(0, T), lse_bufs_[i].rows(0, T)};
-      t.done = done_events_[i].get();
     } else if (links_[i].path == DataPath::ucx) {
       if (!o_bufs_[i].allocated() || o_bufs_[i].view().rows < T) {
         o_bufs_[i] = be.alloc(T, c.q_dim(), be.activation_dtype());
@@ -408,13 +409,17 @@ void ShardLinks::finish(int layer, std::vector<Partial>& out) {
       std::chrono::duration<float, std::micro>(std::chrono::steady_clock::now() - p.t0).count());
 }
 
+void ShardLinks::check_ipc_rows(int64_t rows) const {
+  if (rows > rows_capacity_)
+    throw std::runtime_error("an exchange of " + std::to_string(rows) +
+                             " query rows exceeds the cuda_ipc capacity of " + std::to_string(rows_capacity_));
+}
+
 void ShardLinks::share_q(const Tensor& q, bool& ready) {
   // Once per exchange for all the request's cuda_ipc links; the worker waits on the q event
   // before it reads the mapped buffer.
   if (ready) return;
-  if (q.rows > rows_capacity_)
-    throw std::runtime_error("an exchange of " + std::to_string(q.rows) +
-                             " query rows exceeds the cuda_ipc capacity of " + std::to_string(rows_capacity_));
+  check_ipc_rows(q.rows);
   Backend& be = model_.backend();
   be.copy(q, q_shared_.rows(0, q.rows));
   be.ipc()->record(*q_event_);

@@ -123,6 +123,13 @@ class ShardServer {
   void answer_device(transport::AmMessage& msg, const wire::AttendRequest& req,
                      ContextShard& shard, wire::AttendReply& reply);
   std::shared_ptr<ContextShard> shard_of(uint64_t request_id) const;
+  // A cuda_ipc batch's ordering with one query-side batcher: its q event (imported) and our done
+  // event, found by the q event's handle (data-plane thread only).
+  struct IpcChannel {
+    std::unique_ptr<DeviceEvent> q_ready, done;
+    std::string done_handle;
+  };
+  IpcChannel& ipc_channel(const std::string& q_event);
 
   const ModelHost& host_;
   const Transformer& model_;
@@ -134,6 +141,7 @@ class ShardServer {
   std::map<uint64_t, std::shared_ptr<ContextShard>> shards_;
   // (request id, shard index) -> the mapped buffers of a cuda_ipc path.
   std::map<std::pair<uint64_t, int>, std::shared_ptr<IpcSession>> ipc_;
+  std::map<std::string, std::unique_ptr<IpcChannel>> channels_;
   Buffer q_buf_;  // the arriving staged Q on the backend (data-plane thread only)
   // Device payloads in flight (ucx_device path); null when UCX cannot carry device memory.
   std::unique_ptr<DevicePayloadPool> payloads_;
@@ -198,9 +206,9 @@ class ShardLinks : public ContextShards {
   // One request alone: every link exchanged now, one message per shard.
   void attend(int layer, const Tensor& q, std::vector<Partial>& out) override;
   // With a batcher: start() exchanges the ucx_device links now (per request, as attend()) and
-  // queues the others with the batcher (cuda_ipc: after copying q into the mapped buffer); finish() flushes the batcher when this
-  // request's part is still queued, then appends every partial in link order. Without one,
-  // attend() in start().
+  // queues the others with the batcher (cuda_ipc: naming the mapped q buffer, which the batcher
+  // fills); finish() flushes the batcher when this request's part is still queued, then appends
+  // every partial in link order. Without one, attend() in start().
   void start(int layer, const Tensor& q, std::vector<Partial>& out) override;
   void finish(int layer, std::vector<Partial>& out) override;
   const ExchangeStats& stats() const { return stats_; }
@@ -214,8 +222,10 @@ class ShardLinks : public ContextShards {
     transport::SinkBuffer sunk;  // a device path's reply that landed in device memory
   };
   void open_ipc();
-  // cuda_ipc: q into the request's mapped buffer and the q event recorded, unless `ready`.
+  // cuda_ipc: q into the request's mapped buffer and the q event recorded, unless `ready`
+  // (the per-request exchange; a batched one leaves both to the batcher).
   void share_q(const Tensor& q, bool& ready);
+  void check_ipc_rows(int64_t rows) const;
   // The per-request exchange of the links whose `selected` entry is true, into parts[i].
   void exchange(int layer, const Tensor& q, std::vector<Partial>& parts,
                 const std::vector<bool>& selected);
@@ -233,7 +243,8 @@ class ShardLinks : public ContextShards {
   std::chrono::milliseconds timeout_;
   int64_t rows_capacity_;
   std::vector<Buffer> o_bufs_, lse_bufs_;
-  // cuda_ipc: the request's shared q, and per link the worker's done event.
+  // cuda_ipc: the request's shared q, its q event and per link the worker's done event (the
+  // per-request exchange's; a batched exchange is ordered by the batcher's events).
   Buffer q_shared_;
   std::unique_ptr<DeviceEvent> q_event_;
   std::vector<std::unique_ptr<DeviceEvent>> done_events_;

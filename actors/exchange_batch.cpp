@@ -86,7 +86,18 @@ void ExchangeBatcher::flush() {
       }
       groups[it->second].items.emplace_back(x, t);
     }
-  for (Group& g : groups) send(g);
+  if (std::any_of(groups.begin(), groups.end(),
+                  [](const Group& g) { return g.link->path == DataPath::cuda_ipc; })) {
+    try {
+      share_ipc_queries(xs);
+    } catch (const std::exception& e) {
+      const auto err = error_of(std::runtime_error(std::string("cuda_ipc query hand-off failed: ") + e.what()));
+      for (Group& g : groups)
+        if (g.link->path == DataPath::cuda_ipc) g.fail_all(err);
+    }
+  }
+  for (Group& g : groups)
+    if (!g.done) send(g);
 
   // In-process shards, layer by layer: one attend_many call each.
   std::map<int, std::vector<std::pair<Exchange*, size_t>>> local;
@@ -113,6 +124,33 @@ void ExchangeBatcher::flush() {
   await(groups, deadline);
 }
 
+void ExchangeBatcher::share_ipc_queries(const std::vector<Exchange*>& xs) {
+  Backend& be = model_.backend();
+  DeviceIpc* ipc = be.ipc();
+  if (!ipc) throw std::logic_error("a cuda_ipc exchange on a backend without IPC");
+  if (!q_ready_) {
+    auto event = ipc->create_event();
+    q_ready_handle_ = ipc->export_event(*event);
+    q_ready_ = std::move(event);
+  }
+  std::vector<Backend::CopyItem> copies;
+  for (const Exchange* x : xs)
+    if (x->q_ipc.data) copies.push_back({x->q, x->q_ipc});
+  be.copy_batch(copies);
+  ipc->record(*q_ready_);
+}
+
+DeviceEvent& ExchangeBatcher::done_event(const std::string& handle) {
+  auto found = done_events_.find(handle);
+  if (found != done_events_.end()) return *found->second;
+  // A worker makes one per batcher it serves and keeps it: a handle per worker, and one more
+  // each time a worker is replaced; bounded all the same (a wait already queued on a dropped
+  // event still holds).
+  if (done_events_.size() >= 256) done_events_.clear();
+  auto event = model_.backend().ipc()->import_event(handle);
+  return *done_events_.emplace(handle, std::move(event)).first->second;
+}
+
 void ExchangeBatcher::send(Group& g) {
   const ShardLinks::Link& l = *g.link;
   const ModelConfig& c = model_.config();
@@ -132,6 +170,7 @@ void ExchangeBatcher::send(Group& g) {
   }
   if (l.path == DataPath::cuda_ipc) {  // each q is in its request's mapped buffer already
     h.set_ipc(true);
+    h.set_q_event(q_ready_handle_);
     try {
       ucx_.send(l.ep, kAmAttendBatch, wire::encode(h), nullptr, true);
       ++messages_;
@@ -189,6 +228,14 @@ void ExchangeBatcher::take_reply(Group& g, const AmMessage& msg) {
     return malformed(std::to_string(msg.payload.size()) + " bytes, expected " + std::to_string(want));
   const float* f = reinterpret_cast<const float*>(msg.payload.data());
   Backend& be = model_.backend();
+  if (ipc) {  // the answers are in the mapped buffers once the worker's done event is
+    if (r.done_event().empty()) return malformed("a cuda_ipc batch without its done event");
+    try {
+      be.ipc()->wait(done_event(r.done_event()));
+    } catch (const std::exception& e) {
+      return g.fail_all(error_of(std::runtime_error(who + ": its done event: " + e.what())));
+    }
+  }
   for (size_t i = 0; i < g.items.size(); ++i) {
     auto& [x, t] = g.items[i];
     const auto& it = r.items(static_cast<int>(i));
@@ -196,11 +243,8 @@ void ExchangeBatcher::take_reply(Group& g, const AmMessage& msg) {
       fail(*x, error_of(std::runtime_error(who + " refused" + at + ": " + it.error())));
       continue;
     }
+    if (ipc) continue;
     const Exchange::Target& target = x->targets[t];
-    if (ipc) {  // the answer is in the mapped buffers once the worker's kernel is done
-      be.ipc()->wait(*target.done);
-      continue;
-    }
     be.upload(f, target.out.o);
     f += x->q.rows * c.q_dim();
     be.upload(f, target.out.lse);

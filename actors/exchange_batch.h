@@ -6,8 +6,11 @@
 //     carrying every queued request's Q rows, which the worker answers with one attention call
 //     (ShardServer::answer_batch) and one reply;
 //   - the cuda_ipc shards on one worker endpoint get ONE AttendBatchRequest too, without
-//     payload: each request's Q and (O, lse) stay in its own mapped device buffers, ordered by
-//     its IPC events; the worker answers with one attention call and one header-only reply;
+//     payload: each request's Q and (O, lse) stay in its own mapped device buffers. The flush
+//     copies every request's Q into its buffer in one launch and records ONE event, which every
+//     worker's stream waits on once; each worker records ONE done event per batch, which our
+//     stream waits on once. So a step costs a few host calls per worker and layer, not several
+//     per request (64 streams x 32 layers made the per-request events thousands a step);
 //   - the in-process shards (DataPath::in_process, on the query's own backend) are answered by
 //     ONE ContextShard::attend_many call.
 // Every request gets its own partials back in its own merge order, so the result equals its
@@ -24,7 +27,9 @@
 #include <chrono>
 #include <cstdint>
 #include <exception>
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "actors/data_plane.h"
@@ -45,11 +50,11 @@ class ExchangeBatcher {
       int shard = 0;     // the link's index: its place in the request's merge order
       Partial out;       // ucx: where the answer is uploaded; cuda_ipc: the mapped buffers
                          // the worker writes; in_process: set by flush()
-      DeviceEvent* done = nullptr;  // cuda_ipc: the worker's done event, waited on once answered
     };
     uint64_t request_id = 0;
     int layer = 0;
-    Tensor q;  // stays valid until flush() returns
+    Tensor q;      // stays valid until flush() returns
+    Tensor q_ipc;  // cuda_ipc targets: the request's mapped q buffer (q's rows), filled by flush()
     std::vector<Target> targets;
     std::exception_ptr error;  // set by flush() when any of its shards failed
     bool queued = false;
@@ -74,12 +79,22 @@ class ExchangeBatcher {
   void send(Group& g);
   void await(std::vector<Group>& groups, std::chrono::steady_clock::time_point deadline);
   void take_reply(Group& g, const transport::AmMessage& msg);
+  // cuda_ipc: every such exchange's q into its mapped buffer (one launch), then the batch's q
+  // event recorded. Throws when the event cannot be made.
+  void share_ipc_queries(const std::vector<Exchange*>& xs);
+  // The worker's done event named by a reply, imported once per handle.
+  DeviceEvent& done_event(const std::string& handle);
 
   transport::UcxWorker& ucx_;
   const Transformer& model_;
   std::shared_ptr<const WorkerHealth> health_;
   std::chrono::milliseconds timeout_;
   std::vector<Exchange*> queue_;
+  // cuda_ipc ordering, one event each way: ours (recorded once per flush) and its handle, and
+  // the workers' done events by handle.
+  std::unique_ptr<DeviceEvent> q_ready_;
+  std::string q_ready_handle_;
+  std::map<std::string, std::unique_ptr<DeviceEvent>> done_events_;
   uint64_t messages_ = 0, message_items_ = 0, local_calls_ = 0, local_items_ = 0;
 };
 

@@ -77,6 +77,7 @@ ShardServer::~ShardServer() {
   ucx_->wake();
   thread_.join();
   const auto compute = host_.lock_compute();
+  channels_.clear();
   ipc_.clear();
   payloads_.reset();
 }
@@ -432,21 +433,24 @@ void ShardServer::answer_batch_ipc(AmMessage& msg, const wire::AttendBatchReques
   }
   try {
     Backend& be = model_.backend();
-    // Ordering lives on the GPU: wait for every query's q, compute into their buffers in one
-    // call, record each one's done event. The reply leaves before the kernel finishes.
+    if (req.q_event().empty()) throw std::runtime_error("a cuda_ipc batch without its q event");
+    // Ordering lives on the GPU: wait once for the batch's queries, compute into their buffers
+    // in one call, record the batch's done event once. The reply leaves before the kernel ends.
     const auto compute = host_.lock_compute();
+    IpcChannel& channel = ipc_channel(req.q_event());
     std::vector<ContextShard::Query> queries;
     for (int i = 0; i < req.items_size(); ++i) {
       const auto& [shard, s] = items[static_cast<size_t>(i)];
       if (!shard) continue;
       const int64_t T = req.items(i).rows();
-      s->ipc->wait(*s->q_event);
       queries.push_back({shard.get(), req.layer(), s->q.slice_rows(0, T),
                          {s->o.slice_rows(0, T), s->lse.slice_rows(0, T)}});
     }
+    DeviceIpc* ipc = be.ipc();
+    ipc->wait(*channel.q_ready);
     ContextShard::attend_many(be, queries);
-    for (const auto& [shard, s] : items)
-      if (shard) s->ipc->record(*s->done);
+    ipc->record(*channel.done);
+    reply.set_done_event(channel.done_handle);
     served_ += queries.size();
     served_batch_items_ += queries.size();
     ++served_batches_;
@@ -458,6 +462,22 @@ void ShardServer::answer_batch_ipc(AmMessage& msg, const wire::AttendBatchReques
     reply.set_error(name_ + ": attention failed: " + std::string(e.what()));
     ucx_->send_reply(msg, kAmAttendBatchReply, wire::encode(reply), nullptr);
   }
+}
+
+ShardServer::IpcChannel& ShardServer::ipc_channel(const std::string& q_event) {
+  auto found = channels_.find(q_event);
+  if (found != channels_.end()) return *found->second;
+  // One per query-side batcher, kept while this server lives; a head that restarts makes a new
+  // one, so the map is bounded by clearing it (a live batcher's channel is then made again, and
+  // its batcher imports the new done event by its new handle).
+  if (channels_.size() >= 64) channels_.clear();
+  DeviceIpc* ipc = model_.backend().ipc();
+  if (!ipc) throw std::runtime_error("this worker's backend has no CUDA IPC");
+  auto c = std::make_unique<IpcChannel>();
+  c->q_ready = ipc->import_event(q_event);
+  c->done = ipc->create_event();
+  c->done_handle = ipc->export_event(*c->done);
+  return *channels_.emplace(q_event, std::move(c)).first->second;
 }
 
 void ShardServer::answer_device(AmMessage& msg, const wire::AttendRequest& req, ContextShard& shard,

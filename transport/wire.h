@@ -14,7 +14,9 @@ namespace starattn::wire {
 
 // Bump on any incompatible change of starattn.proto or of the message flow.
 // 2: the query side sends a layer's Q of several requests in one AttendBatchRequest.
-constexpr uint32_t kProtocolVersion = 2;
+// 3: a cuda_ipc batch is ordered by one event each way (AttendBatchRequest.q_event,
+//    AttendBatchReply.done_event), no longer by each item's own events.
+constexpr uint32_t kProtocolVersion = 3;
 
 // Thrown when bytes from a peer cannot be accepted (garbage, wrong version, bad fields).
 class ProtocolError : public std::runtime_error {
