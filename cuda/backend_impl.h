@@ -117,6 +117,9 @@ class CudaBackend final : public Backend {
   // Every decode-path item in one launch (cuda/attention_decode_batch.cuh), bit-identical to
   // attention() of each.
   void attention_batch(const std::vector<AttentionArgs>& items) override;
+  // The decode kernel's row group: 16 packed (row, query head of a KV group) slots, so
+  // 16 / (Hq / Hkv) rows read the keys once with a single row's split plan.
+  int64_t attention_rows_per_pass(int n_q_heads, int n_kv_heads) const override;
   void merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) override;
   // Every item in one launch when they share head count, head dim and dtypes (cuda/merge.cuh).
   void merge_partials_batch(const std::vector<MergeItem>& items) override;

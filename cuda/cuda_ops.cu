@@ -218,6 +218,13 @@ void CudaBackend::attention(const AttentionArgs& a) {
   cuda::launch_attention_decode(p, static_cast<int>(D), o_f32, plan, ws, stream_);
 }
 
+int64_t CudaBackend::attention_rows_per_pass(int n_q_heads, int n_kv_heads) const {
+  if (n_kv_heads <= 0 || n_q_heads % n_kv_heads != 0 || attention_path_ == AttentionPath::prefill) return 1;
+  // Rows whose packed (row, head) slots fit one row group take the decode path with one row
+  // group, the split plan of a single row (plan_attention_decode counts row groups).
+  return std::max<int64_t>(1, 16 / (n_q_heads / n_kv_heads));
+}
+
 void CudaBackend::attention_batch(const std::vector<AttentionArgs>& items) {
   const char* op = "attention_batch";
   // The decode-path items of one output dtype go into one launch; the rest (long query rows,

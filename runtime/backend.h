@@ -178,6 +178,15 @@ class Backend {
   virtual void attention_batch(const std::vector<AttentionArgs>& items) {
     for (const AttentionArgs& a : items) attention(a);
   }
+  // Query rows of one unmasked attention that the backend computes in one pass over the keys,
+  // each row exactly as it would alone (same key splits, same order of sums): the rows of
+  // several requests over one shared K/V (ContextShard::attend_many) are stacked up to this
+  // many, so the keys are read once for all of them. 1: no stacking.
+  virtual int64_t attention_rows_per_pass(int n_q_heads, int n_kv_heads) const {
+    (void)n_q_heads;
+    (void)n_kv_heads;
+    return 1;
+  }
   // Exact merge of shard partials (DESIGN.md 1): m = max l_r, w_r = exp(l_r - m),
   // o = sum w_r o_r / sum w_r, l = m + ln sum w_r. Shards with l_r = -inf weigh 0.
   virtual void merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) = 0;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <iterator>
 #include <stdexcept>
 
 namespace starattn {
@@ -157,6 +158,51 @@ bool ContextCache::insert(const BlockKey& key, std::shared_ptr<const KvCache> kv
   ++m_.inserts;
   hold(e, lease, pin);
   return true;
+}
+
+namespace {
+
+uint64_t shard_hash(const std::vector<BlockKey>& keys) {
+  uint64_t h = 0x9e3779b97f4a7c15ull ^ keys.size();
+  for (const BlockKey& k : keys) h = (h ^ k.hash()) * 0x100000001b3ull;
+  return h;
+}
+
+}  // namespace
+
+std::shared_ptr<KvCache> ContextCache::find_shard(const std::vector<BlockKey>& keys) {
+  if (keys.empty()) return nullptr;
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto [first, last] = live_shards_.equal_range(shard_hash(keys));
+  for (auto it = first; it != last; ++it) {
+    if (it->second.keys != keys) continue;
+    for (const auto& weak : it->second.kvs)
+      if (auto kv = weak.lock()) {
+        ++m_.shared_shards;
+        return kv;
+      }
+  }
+  return nullptr;
+}
+
+void ContextCache::offer_shard(const std::vector<BlockKey>& keys, const std::shared_ptr<KvCache>& kv) {
+  if (keys.empty() || !kv) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  // Forget the K/V that is gone (its requests ended) while here.
+  for (auto it = live_shards_.begin(); it != live_shards_.end();) {
+    auto& kvs = it->second.kvs;
+    kvs.erase(std::remove_if(kvs.begin(), kvs.end(), [](const auto& w) { return w.expired(); }), kvs.end());
+    it = kvs.empty() ? live_shards_.erase(it) : std::next(it);
+  }
+  const uint64_t h = shard_hash(keys);
+  auto [first, last] = live_shards_.equal_range(h);
+  for (auto it = first; it != last; ++it)
+    if (it->second.keys == keys) {
+      // A twin encoded concurrently, or a pinning request: shared only once the first goes.
+      it->second.kvs.push_back(kv);
+      return;
+    }
+  live_shards_.emplace(h, LiveShard{keys, {kv}});
 }
 
 int64_t ContextCache::unpin(const std::string& name) {

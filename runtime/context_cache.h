@@ -69,6 +69,7 @@ std::vector<BlockKey> block_keys(const std::vector<int32_t>& anchor,
 struct ContextCacheMetrics {
   uint64_t hits = 0, misses = 0, evictions = 0, inserts = 0;
   uint64_t rejected = 0;  // blocks not stored: the budget was held by pinned or in-use entries
+  uint64_t shared_shards = 0;  // shards that attended over a running shard's K/V (find_shard)
   int64_t bytes = 0;      // K/V held now
   int64_t budget_bytes = 0;
   int64_t entries = 0, pinned_entries = 0;
@@ -109,6 +110,13 @@ class ContextCache {
   // Evicts unused entries to make room; false when it cannot fit in the budget.
   bool insert(const BlockKey& key, std::shared_ptr<const KvCache> kv, Lease& lease,
               const std::string& pin = {});
+  // Live shards' K/V (ContextShard::shares_kv): a shard whose encode completed offers its K/V
+  // under its blocks' keys; a later shard with exactly those keys (the same document behind the
+  // same anchor, split alike) attends over it instead of copying the blocks. Only a weak
+  // reference is kept: that K/V is its requests' memory, not the cache's (no budget, no LRU),
+  // and goes with the last shard that uses it. find_shard compares every key in full.
+  std::shared_ptr<KvCache> find_shard(const std::vector<BlockKey>& keys);
+  void offer_shard(const std::vector<BlockKey>& keys, const std::shared_ptr<KvCache>& kv);
   // Drops the pin `name` from every entry (they become evictable once no request holds them).
   // Returns how many entries it was on.
   int64_t unpin(const std::string& name);
@@ -152,6 +160,11 @@ class ContextCache {
   std::unordered_map<BlockKey, uint64_t, BlockKeyHash> index_;
   std::map<uint64_t, Entry> entries_;
   std::list<uint64_t> lru_;  // front: most recently used
+  struct LiveShard {
+    std::vector<BlockKey> keys;
+    std::vector<std::weak_ptr<KvCache>> kvs;  // equal K/V of twins; the first alive is shared
+  };
+  std::unordered_multimap<uint64_t, LiveShard> live_shards_;  // by shard_hash(keys)
   ContextCacheMetrics m_;
 };
 

@@ -381,6 +381,8 @@ void write_output(float m, double l, const float* acc, int d, float* o, float* l
 
 }  // namespace
 
+int64_t cpu_attention_row_tile() { return kRowTile; }
+
 const char* cpu_attention_isa() { return use_avx2() ? "avx2+fma" : "baseline"; }
 
 void cpu_attention(const AttentionArgs& a) {

@@ -11,6 +11,10 @@ namespace starattn {
 // Parallel with OpenMP over (KV head, tile of query rows, key split).
 void cpu_attention(const AttentionArgs& args);
 
+// Query rows one work item takes together over a tile of keys (its row tile): up to this many
+// rows run with the key splits a single row gets, each row's sums in its own order.
+int64_t cpu_attention_row_tile();
+
 // The instruction set the kernel runs with on this machine: "avx2+fma" or "baseline" (SSE2).
 // STARATTN_CPU_ATTENTION=baseline in the environment forces the baseline path (for testing it on
 // machines that have AVX2).

@@ -339,6 +339,11 @@ class CpuBackend final : public Backend {
   }
 
   void attention(const AttentionArgs& a) override;
+  int64_t attention_rows_per_pass(int n_q_heads, int n_kv_heads) const override {
+    (void)n_q_heads;
+    (void)n_kv_heads;
+    return cpu_attention_row_tile();
+  }
   void merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) override;
 
   // silu(g) * u with silu(g) = g / (1 + exp(-g)); for very negative g, exp overflows to inf and

@@ -245,7 +245,7 @@ int64_t AdmittedRequest::encode_rows_left() const {
 
 int64_t AdmittedRequest::kv_tokens() const {
   int64_t n = 0;
-  for (const auto& s : shards) n += s->cache().capacity();
+  for (const auto& s : shards) n += s->capacity_tokens();
   return n;
 }
 

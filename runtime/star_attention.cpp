@@ -124,7 +124,15 @@ struct ContextShard::Encoding {
 };
 
 ContextShard::ContextShard(const Transformer& model, int64_t capacity_tokens)
-    : model_(model), cache_(model.backend(), model.config(), capacity_tokens) {}
+    : model_(model), capacity_(capacity_tokens) {
+  if (capacity_tokens < 0)
+    throw std::invalid_argument("ContextShard: capacity of " + std::to_string(capacity_tokens) + " tokens");
+}
+
+const KvCache& ContextShard::cache() const {
+  if (!kv_) throw std::logic_error("ContextShard::cache: no encode has begun");
+  return *kv_;
+}
 
 ContextShard::~ContextShard() { end_encode(); }
 
@@ -149,7 +157,11 @@ void ContextShard::begin_encode(std::vector<int32_t> anchor, std::vector<BlockSp
                                 " blocks but " + std::to_string(block_tokens.size()) +
                                 " token lists");
   reused_ = encoded_ = 0;
-  if (blocks.empty()) return;
+  if (shares_kv_) throw std::logic_error("ContextShard::begin_encode: the shard already attends over shared K/V");
+  if (blocks.empty()) {
+    if (!kv_) kv_ = std::make_shared<KvCache>(model_.backend(), model_.config(), capacity_);
+    return;
+  }
   const int64_t a = static_cast<int64_t>(anchor.size());
   int64_t total = 0;
   for (size_t i = 0; i < blocks.size(); ++i) {
@@ -160,6 +172,22 @@ void ContextShard::begin_encode(std::vector<int32_t> anchor, std::vector<BlockSp
     if (blocks[i].length < 1) throw std::invalid_argument("empty block");
     total += blocks[i].length;
   }
+  if (total > capacity_)
+    throw std::length_error("ContextShard: " + std::to_string(total) + " tokens of blocks for a capacity of " +
+                                std::to_string(capacity_));
+  std::vector<BlockKey> keys;
+  if (blocks_) keys = block_keys(anchor, blocks, block_tokens);
+  if (blocks_ && pin_.empty()) {
+    // A running request with exactly these blocks: attend over its K/V, encode nothing. (A
+    // pinning request encodes, so that its blocks land in the cache under its pin.)
+    if (auto kv = blocks_->find_shard(keys); kv && kv->size() == total) {
+      kv_ = std::move(kv);
+      shares_kv_ = true;
+      reused_ = static_cast<int>(blocks.size());
+      return;
+    }
+  }
+  if (!kv_) kv_ = std::make_shared<KvCache>(model_.backend(), model_.config(), capacity_);
   const int64_t scratch_rows = encode_scratch_rows(blocks, a);
   if (!area)
     area = std::make_shared<EncodeArea>(model_, scratch_rows);
@@ -167,7 +195,7 @@ void ContextShard::begin_encode(std::vector<int32_t> anchor, std::vector<BlockSp
     throw std::invalid_argument("ContextShard: an encode area of " +
                                 std::to_string(area->scratch.capacity()) + " rows for " +
                                 std::to_string(scratch_rows) + " rows of scratch");
-  auto e = std::make_unique<Encoding>(cache_, std::move(anchor), std::move(blocks),
+  auto e = std::make_unique<Encoding>(*kv_, std::move(anchor), std::move(blocks),
                                       std::move(block_tokens), std::move(area));
   e->chunk = chunk_tokens;
   e->forward_rows = encode_forward_rows(e->blocks, a, chunk_tokens);
@@ -176,7 +204,7 @@ void ContextShard::begin_encode(std::vector<int32_t> anchor, std::vector<BlockSp
   // request is bit-identical to a cold one. Referencing the cached blocks where they lie would
   // split that attention into per-block partials merged by their lse, which rounds differently.
   // The copy is a device-to-device move of the block's K/V, far cheaper than its forward pass.
-  if (blocks_) e->keys = block_keys(e->anchor, e->blocks, e->tokens);
+  e->keys = std::move(keys);
   // The anchor is encoded on its own unless block 0, which starts with it, is in this shard.
   const BlockSpec& b0 = e->blocks.front();
   const bool anchor_from_block0 = b0.start == 0 && a <= b0.length &&
@@ -195,6 +223,7 @@ bool ContextShard::encode_chunk(int max_layers) {
   layers_last_call_ = 0;
   try {
     Encoding& e = *pending_;
+    KvCache& own = *kv_;
     // A shared area holds one encode at a time: what another shard left in it is its own.
     if (e.area->user != nullptr && e.area->user != this)
       throw std::logic_error("ContextShard::encode_chunk: its encode area is in use by another shard");
@@ -235,7 +264,7 @@ bool ContextShard::encode_chunk(int max_layers) {
       if (end < c.num_layers) return int64_t{0};
       const int64_t n = e.flight_rows;
       e.flight_rows = 0;
-      (e.into_own ? cache_ : e.scratch).commit(n);
+      (e.into_own ? own : e.scratch).commit(n);
       e.rows_left -= n;
       return n;
     };
@@ -244,7 +273,7 @@ bool ContextShard::encode_chunk(int max_layers) {
       // A block starts: from the cache, or set up the scratch for its first chunk.
       if (blocks_) {
         if (auto hit = blocks_->find(e.keys[e.next], lease_, pin_)) {
-          cache_.append_from(*hit, 0, blk.length);
+          own.append_from(*hit, 0, blk.length);
           if (anchor_in_block) {
             // The anchor rows of block 0's cached K/V are those its cold encode left in scratch.
             e.scratch.truncate(0);
@@ -257,13 +286,13 @@ bool ContextShard::encode_chunk(int max_layers) {
         }
       }
       e.started = true;
-      e.first_row = cache_.size();
+      e.first_row = own.size();
       if (blk.start == 0) {
         // Block 0: alone, plain causal at its global positions, straight into the shard's K/V
         // (it is the first block of a run, so that K/V holds nothing before it): no scratch copy
         // of it, which for a context of one block (full mode) was as large as the context's K/V.
-        if (cache_.size() != 0)
-          throw std::logic_error("ContextShard: block 0 after " + std::to_string(cache_.size()) + " rows");
+        if (own.size() != 0)
+          throw std::logic_error("ContextShard: block 0 after " + std::to_string(own.size()) + " rows");
         e.into_own = true;
       } else if (a > 0 && !e.have_anchor) {
         e.scratch.truncate(0);
@@ -289,16 +318,16 @@ bool ContextShard::encode_chunk(int max_layers) {
       e.into_own = false;
       if (anchor_in_block) {
         e.scratch.truncate(0);
-        e.scratch.append_from(cache_, e.first_row, a);
+        e.scratch.append_from(own, e.first_row, a);
         e.have_anchor = true;
       }
     } else {
-      cache_.append_from(e.scratch, a, blk.length);
+      own.append_from(e.scratch, a, blk.length);
     }
     ++encoded_;
     if (blocks_ && blocks_->enabled()) {
       auto kv = std::make_shared<KvCache>(be, c, blk.length);
-      kv->append_from(cache_, e.first_row, blk.length);
+      kv->append_from(own, e.first_row, blk.length);
       blocks_->insert(e.keys[e.next], std::move(kv), lease_, pin_);
     }
     if (e.report) {
@@ -323,6 +352,8 @@ bool ContextShard::next_block() {
   e.done = 0;
   e.started = false;
   if (++e.next < e.blocks.size()) return true;
+  // Complete: later requests with exactly these blocks may attend over this K/V.
+  if (blocks_) blocks_->offer_shard(e.keys, kv_);
   end_encode();
   return false;
 }
@@ -364,8 +395,9 @@ AttentionArgs ContextShard::attention_args(int layer, const Tensor& q, const Par
   const ModelConfig& c = model_.config();
   AttentionArgs a;
   a.q = q;
-  a.k = cache_.keys(layer);
-  a.v = cache_.values(layer);
+  const KvCache& kv = cache();
+  a.k = kv.keys(layer);
+  a.v = kv.values(layer);
   a.o = out.o;
   a.lse = out.lse;
   a.n_q_heads = c.num_heads;
@@ -380,15 +412,82 @@ void ContextShard::attend_into(int layer, const Tensor& q, const Partial& out) {
   model_.backend().attention(attention_args(layer, q, out));
 }
 
+namespace {
+
+// q rows of a stack that already lie one after another in one allocation (a batch forward's
+// rows, a worker's arriving batch): one view of all of them, no gather.
+bool adjacent(const Tensor& a, const Tensor& b) {
+  return a.dtype == b.dtype && a.stride == b.stride && a.cols == b.cols &&
+         static_cast<const char*>(a.data) + a.rows * a.stride * static_cast<int64_t>(dtype_size(a.dtype)) ==
+             static_cast<const char*>(b.data);
+}
+
+void ensure_rows(Backend& be, Buffer& buf, int64_t rows, int64_t cols, DType dtype) {
+  if (!buf.allocated() || buf.view().rows < rows || buf.view().cols != cols || buf.view().dtype != dtype)
+    buf = be.alloc(rows, cols, dtype);
+}
+
+}  // namespace
+
 void ContextShard::attend_many(Backend& backend, const std::vector<Query>& queries) {
-  std::vector<AttentionArgs> items;
-  items.reserve(queries.size());
-  for (const Query& x : queries) {
+  for (const Query& x : queries)
     if (&x.shard->model_.backend() != &backend)
       throw std::invalid_argument("ContextShard::attend_many: a shard lives on another backend");
-    items.push_back(x.shard->attention_args(x.layer, x.q, x.out));
+  std::vector<AttentionArgs> items;
+  items.reserve(queries.size());
+  std::vector<Backend::CopyItem> gather, scatter;
+  std::vector<bool> taken(queries.size(), false);
+  std::vector<const ContextShard*> leaders;
+  for (size_t i = 0; i < queries.size(); ++i) {
+    if (taken[i]) continue;
+    taken[i] = true;
+    const Query& x = queries[i];
+    ContextShard& lead = *x.shard;
+    const ModelConfig& c = lead.model_.config();
+    const int64_t cap = backend.attention_rows_per_pass(c.num_heads, c.num_kv_heads);
+    // The queries after this one over the same K/V and layer, while their rows fit one pass.
+    std::vector<size_t> stack{i};
+    int64_t rows = x.q.rows;
+    const bool can_lead = std::find(leaders.begin(), leaders.end(), &lead) == leaders.end();
+    if (can_lead && cap > 1 && rows > 0 && rows < cap && lead.kv_)
+      for (size_t j = i + 1; j < queries.size() && rows < cap; ++j) {
+        const Query& y = queries[j];
+        if (taken[j] || y.layer != x.layer || y.shard->kv_ != lead.kv_ || y.q.rows == 0 ||
+            rows + y.q.rows > cap || y.q.dtype != x.q.dtype || y.out.o.dtype != x.out.o.dtype)
+          continue;
+        stack.push_back(j);
+        taken[j] = true;
+        rows += y.q.rows;
+      }
+    if (stack.size() == 1) {
+      items.push_back(lead.attention_args(x.layer, x.q, x.out));
+      continue;
+    }
+    leaders.push_back(&lead);
+    bool contiguous = true;
+    for (size_t k = 1; k < stack.size(); ++k) contiguous &= adjacent(queries[stack[k - 1]].q, queries[stack[k]].q);
+    Tensor q{x.q.data, x.q.dtype, rows, x.q.cols, x.q.stride};
+    if (!contiguous) {
+      ensure_rows(backend, lead.stack_q_, rows, x.q.cols, x.q.dtype);
+      q = lead.stack_q_.rows(0, rows);
+    }
+    ensure_rows(backend, lead.stack_o_, rows, x.out.o.cols, x.out.o.dtype);
+    ensure_rows(backend, lead.stack_lse_, rows, x.out.lse.cols, DType::f32);
+    const Partial out{lead.stack_o_.rows(0, rows), lead.stack_lse_.rows(0, rows)};
+    items.push_back(lead.attention_args(x.layer, q, out));
+    int64_t r = 0;
+    for (size_t j : stack) {
+      const Query& y = queries[j];
+      const int64_t T = y.q.rows;
+      if (!contiguous) gather.push_back({y.q, q.slice_rows(r, T)});
+      scatter.push_back({out.o.slice_rows(r, T), y.out.o});
+      scatter.push_back({out.lse.slice_rows(r, T), y.out.lse});
+      r += T;
+    }
   }
+  if (!gather.empty()) backend.copy_batch(gather);
   if (!items.empty()) backend.attention_batch(items);
+  if (!scatter.empty()) backend.copy_batch(scatter);
 }
 
 void LocalShards::attend(int layer, const Tensor& q, std::vector<Partial>& out) {

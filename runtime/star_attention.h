@@ -97,6 +97,10 @@ class ContextShard {
   // Phase 2 of several shards (several requests' shards of different lengths on one backend)
   // in ONE Backend::attention_batch call: item i writes (O, lse) of q_i over shard_i's keys
   // into out_i. Equal, bit for bit, to calling attend_into() on each.
+  // Queries of one layer over one shared K/V (shares_kv(): requests on one document) are
+  // stacked into items of at most Backend::attention_rows_per_pass rows, so that K/V is read
+  // once per item rather than once per request: their q rows gathered (no copy where they are
+  // already adjacent), their (O, lse) scattered back, each a single copy_batch.
   struct Query {
     ContextShard* shard = nullptr;
     int layer = 0;
@@ -105,8 +109,15 @@ class ContextShard {
   };
   static void attend_many(Backend& backend, const std::vector<Query>& queries);
 
-  int64_t tokens() const { return cache_.size(); }
-  const KvCache& cache() const { return cache_; }
+  int64_t tokens() const { return kv_ ? kv_->size() : 0; }
+  int64_t capacity_tokens() const { return capacity_; }
+  // The K/V phase 2 reads (allocated by the first begin_encode; throws before).
+  const KvCache& cache() const;
+  // This shard attends over the K/V of another live shard with exactly its blocks (same
+  // tokens, positions and anchor: the same document, split alike), found through the block
+  // cache (ContextCache::find_shard) when begin_encode started: it encoded and copied nothing
+  // and holds no K/V of its own. Bit-identical to its own encode: the K/V is the same.
+  bool shares_kv() const { return shares_kv_; }
 
   // Context reuse (runtime/context_cache.h): encode() then takes the K/V of blocks found in
   // `blocks` instead of encoding them, offers the blocks it encodes to it, and holds both until
@@ -119,7 +130,9 @@ class ContextShard {
 
  private:
   const Transformer& model_;
-  KvCache cache_;
+  int64_t capacity_;
+  std::shared_ptr<KvCache> kv_;  // its own (allocated when an encode begins) or a shared one
+  bool shares_kv_ = false;
   std::shared_ptr<ContextCache> blocks_;
   std::string pin_;
   ContextCache::Lease lease_;  // after blocks_: released before the cache can go
@@ -130,6 +143,8 @@ class ContextShard {
   bool next_block();                   // moves the encode in progress past its current block
   void end_encode();                   // drops the encode in progress and gives its area back
   Buffer out_o_, out_lse_;
+  // attend_many's stacked rows when this shard's query leads a stack (grown on demand).
+  Buffer stack_q_, stack_o_, stack_lse_;
 };
 
 // The query side's view of the context shards of one request.

@@ -177,6 +177,9 @@ std::string Metrics::render(const GenerationService& service) const {
   cache_line("starattn_context_cache_evictions_total", "counter",
              "Cached blocks evicted (least recently used, unpinned, unused).",
              [](const ContextCacheMetrics& m) { return m.evictions; });
+  cache_line("starattn_context_shared_shards_total", "counter",
+             "Shards that attended over a running request's K/V of the same blocks (no encode, no copy).",
+             [](const ContextCacheMetrics& m) { return m.shared_shards; });
   cache_line("starattn_context_cache_bytes", "gauge", "Bytes of block K/V the worker keeps.",
              [](const ContextCacheMetrics& m) { return m.bytes; });
   cache_line("starattn_context_cache_pinned_blocks", "gauge",

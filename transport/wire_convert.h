@@ -32,6 +32,7 @@ inline void to_wire(const ContextCacheMetrics& m, ContextCacheStatus* out) {
   out->set_budget_bytes(m.budget_bytes);
   out->set_entries(m.entries);
   out->set_pinned_entries(m.pinned_entries);
+  out->set_shared_shards(m.shared_shards);
 }
 
 inline ContextCacheMetrics from_wire(const ContextCacheStatus& s) {
@@ -45,6 +46,7 @@ inline ContextCacheMetrics from_wire(const ContextCacheStatus& s) {
   m.budget_bytes = s.budget_bytes();
   m.entries = s.entries();
   m.pinned_entries = s.pinned_entries();
+  m.shared_shards = s.shared_shards();
   return m;
 }
 
