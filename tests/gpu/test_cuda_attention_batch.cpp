@@ -115,6 +115,59 @@ TEST_F(CudaAttentionBatch, EveryTileVariantEqualsItsOwnCalls) {
     }
 }
 
+// ContextShard::attend_many's stacking (requests on one document share a shard's K/V): up to
+// attention_rows_per_pass rows over one K/V in one item give each row what its own single-row
+// call gives, bit for bit (one row group: a single row's split plan). GQA 4:1 (4 rows) and 3:1
+// (5 rows), short and long contexts (one split; many merged), bf16 and f32 outputs.
+TEST_F(CudaAttentionBatch, StackedRowsOverOneKvEqualEachRowsOwnCall) {
+  struct Shape {
+    int hq, hkv, d;
+    DType out;
+  };
+  for (const Shape& sh : {Shape{32, 8, 128, DType::bf16}, Shape{9, 3, 64, DType::f32}, Shape{32, 8, 64, DType::bf16}})
+    for (int64_t S : {int64_t{40}, int64_t{3000}, int64_t{65536}}) {
+      const int64_t rows = gpu_->attention_rows_per_pass(sh.hq, sh.hkv);
+      ASSERT_EQ(rows, 16 / (sh.hq / sh.hkv));
+      const std::string what = "Hq " + std::to_string(sh.hq) + "/" + std::to_string(sh.hkv) + ", D " +
+                               std::to_string(sh.d) + ", S " + std::to_string(S) + ", " + dtype_name(sh.out);
+      Dev q = gpu(random(rows * sh.hq * sh.d, -2.0f, 2.0f), rows, sh.hq * sh.d, DType::bf16, 8);
+      Dev k = gpu(random(S * sh.hkv * sh.d, -2.0f, 2.0f), S, sh.hkv * sh.d, DType::bf16, 16);
+      Dev v = gpu(random(S * sh.hkv * sh.d), S, sh.hkv * sh.d);
+      Dev os = gpu_out(rows, sh.hq * sh.d, sh.out), ls = gpu_out(rows, sh.hq, DType::f32);
+      Dev o1 = gpu_out(rows, sh.hq * sh.d, sh.out), l1 = gpu_out(rows, sh.hq, DType::f32);
+      AttentionArgs a;
+      a.k = k.t;
+      a.v = v.t;
+      a.n_q_heads = sh.hq;
+      a.n_kv_heads = sh.hkv;
+      a.head_dim = sh.d;
+      a.scale = 1.0f / std::sqrt(static_cast<float>(sh.d));
+      std::vector<AttentionArgs> stacked(1, a), single;
+      stacked[0].q = q.t;
+      stacked[0].o = os.t;
+      stacked[0].lse = ls.t;
+      for (int64_t r = 0; r < rows; ++r) {
+        a.q = q.t.slice_rows(r, 1);
+        a.o = o1.t.slice_rows(r, 1);
+        a.lse = l1.t.slice_rows(r, 1);
+        single.push_back(a);
+      }
+      gpu_->attention_batch(stacked);
+      for (const AttentionArgs& one : single) gpu_->attention(one);
+      gpu_->synchronize();
+      const auto ob = get(*gpu_, os.t), oo = get(*gpu_, o1.t), lb = get(*gpu_, ls.t), lo = get(*gpu_, l1.t);
+      size_t bad = 0;
+      float spread = 0;
+      for (size_t j = 0; j < oo.size(); ++j) {
+        bad += !(ob[j] == oo[j]);  // NaN: not written
+        spread = std::max(spread, std::abs(oo[j]));
+      }
+      for (size_t j = 0; j < lo.size(); ++j) bad += !(lb[j] == lo[j]);
+      EXPECT_EQ(bad, 0u) << what << ": stacked rows differ from their own calls";
+      EXPECT_GT(spread, 1e-3f) << what;
+    }
+}
+
 // Backend::merge_partials_batch: requests with their own number of partials (1, 2, 3, 20: past
 // the inline descriptors) and rows, bf16 partials as a decode step has them (f32 lse, one with a
 // -inf row), in one launch against each item's own merge_partials call (bit for bit) and the
