@@ -185,6 +185,17 @@ std::shared_ptr<KvCache> ContextCache::find_shard(const std::vector<BlockKey>& k
   return nullptr;
 }
 
+bool ContextCache::has_shard(const std::vector<BlockKey>& keys) const {
+  if (keys.empty()) return false;
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto [first, last] = live_shards_.equal_range(shard_hash(keys));
+  for (auto it = first; it != last; ++it)
+    if (it->second.keys == keys)
+      for (const auto& weak : it->second.kvs)
+        if (!weak.expired()) return true;
+  return false;
+}
+
 void ContextCache::offer_shard(const std::vector<BlockKey>& keys, const std::shared_ptr<KvCache>& kv) {
   if (keys.empty() || !kv) return;
   std::lock_guard<std::mutex> lock(mutex_);

@@ -117,6 +117,8 @@ class ContextCache {
   // and goes with the last shard that uses it. find_shard compares every key in full.
   std::shared_ptr<KvCache> find_shard(const std::vector<BlockKey>& keys);
   void offer_shard(const std::vector<BlockKey>& keys, const std::shared_ptr<KvCache>& kv);
+  // Whether find_shard would find one now (counts nothing): for memory plans.
+  bool has_shard(const std::vector<BlockKey>& keys) const;
   // Drops the pin `name` from every entry (they become evictable once no request holds them).
   // Returns how many entries it was on.
   int64_t unpin(const std::string& name);

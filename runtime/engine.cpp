@@ -91,6 +91,25 @@ namespace {
 double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
+
+// Tokens of `plan`'s runs whose K/V a running request holds (ContextCache::has_shard): the keys
+// are those ContextShard::begin_encode will look up.
+int64_t shared_run_tokens(const RequestPlan& plan, const std::vector<int32_t>& context, const ContextCache& blocks) {
+  const auto C = static_cast<int64_t>(context.size());
+  const std::vector<int32_t> anchor(context.begin(), context.begin() + std::min<int64_t>(plan.anchor_size, C));
+  int64_t shared = 0;
+  for (const auto& run : plan.runs) {
+    if (run.empty()) continue;
+    int64_t n = 0;
+    std::vector<std::vector<int32_t>> toks;
+    for (const BlockSpec& blk : run) {
+      n += blk.length;
+      toks.emplace_back(context.begin() + blk.start, context.begin() + blk.start + blk.length);
+    }
+    if (blocks.has_shard(block_keys(anchor, run, toks))) shared += n;
+  }
+  return shared;
+}
 }  // namespace
 
 RequestStats Engine::generate(const RequestSpec& req, const TokenCallback& on_token) {
@@ -155,12 +174,30 @@ std::unique_ptr<AdmittedRequest> Engine::start_request(const RequestSpec& req, i
   br.anchor_size = req.anchor_size;
   br.use_anchor = req.use_anchor;
   br.phase1_chunk = chunk_tokens;
-  const RequestPlan plan = plan_request(
-      br, pool, memory,
-      "the engine's " + std::to_string(W) + " in-process worker(s) (" +
-          std::to_string(impl_->options.kv_memory_fraction) + " of the " +
-          std::to_string(free_bytes >> 20) + " MiB free on " + be.name() + ")",
-      WorkerMemory::shared_pool, W);
+  const std::string where = "the engine's " + std::to_string(W) + " in-process worker(s) (" +
+                            std::to_string(impl_->options.kv_memory_fraction) + " of the " +
+                            std::to_string(free_bytes >> 20) + " MiB free on " + be.name() + ")";
+  RequestPlan plan;
+  // Runs whose blocks a running request holds already (the same document, split alike) share
+  // its K/V (ContextShard::shares_kv) and allocate none: that room is given back before the
+  // plan is checked. The runs are cut from an unbounded pool first to find them; the plan made
+  // with the room given back must hold at least those shared tokens, else it is made again
+  // without them (placement can depend on the room).
+  const int64_t shared_tokens = C > 0 && blocks.enabled() && req.pin_context.empty()
+                                    ? shared_run_tokens(plan_request(br, {int64_t{1} << 60}, memory, where,
+                                                                     WorkerMemory::shared_pool, W),
+                                                        context, blocks)
+                                    : 0;
+  if (shared_tokens > 0) {
+    std::vector<int64_t> more{pool[0] + shared_tokens * memory.per_token};
+    try {
+      plan = plan_request(br, more, memory, where, WorkerMemory::shared_pool, W);
+      if (shared_run_tokens(plan, context, blocks) < shared_tokens) plan = RequestPlan{};
+    } catch (const Error&) {
+      plan = RequestPlan{};
+    }
+  }
+  if (plan.blocks.empty()) plan = plan_request(br, pool, memory, where, WorkerMemory::shared_pool, W);
   stats.block_size = plan.block_size;
   stats.anchor_size = plan.anchor_size;
   stats.blocks = static_cast<int>(plan.blocks.size());
