@@ -139,7 +139,11 @@ bool begin_encode(Self* self, const std::string& bytes, caf::response_promise re
       for (const auto& [other, b] : st.held_bytes) active += b;
       chunk = whole_blocks_if_room(memory, blocks, a, st.room_bytes - active, chunk);
     }
-    const int64_t need = memory.run_bytes(blocks, a, chunk);
+    // A running request's shard with exactly these blocks: this one attends over its K/V
+    // (ContextShard::shares_kv) and allocates nothing.
+    const bool shares = st.blocks->enabled() && req.pin_context().empty() &&
+                        st.blocks->has_shard(block_keys(anchor, blocks, tokens));
+    const int64_t need = shares ? 0 : memory.run_bytes(blocks, a, chunk);
     make_room(self, need);
     PendingEncode p;
     p.t0 = t0;
@@ -152,7 +156,7 @@ bool begin_encode(Self* self, const std::string& bytes, caf::response_promise re
       p.shard->begin_encode(std::move(anchor), std::move(blocks), std::move(tokens), chunk);
     }
     // Counted from now: the K/V is allocated, and a concurrent request's room must leave it.
-    st.held[id] = n;
+    st.held[id] = p.shard->shares_kv() ? 0 : n;
     st.held_bytes[id] = need;
     st.encoding.emplace(id, std::move(p));
   } catch (const std::exception& e) {
@@ -210,6 +214,7 @@ void run_chunk(Self* self, uint64_t id) {
   reply.set_ok(true);
   reply.set_tokens(p.tokens);
   reply.set_blocks_reused(p.shard->blocks_reused());
+  reply.set_shared_kv(p.shard->shares_kv());
   reply.set_encode_ms(ms_since(p.t0));
   st.board->set(st.blocks->metrics());
   p.reply_to.deliver(wire::encode(reply));

@@ -346,6 +346,9 @@ void start_request(Self* self, uint64_t id) {
               if (!rep.ok()) return fail(self, id, rep.error());
               self->state.holders->record(*digests, wid);
               it->second.stats.blocks_reused += rep.blocks_reused();
+              if (rep.shared_kv())
+                std::fprintf(stderr, "head: request %llu: worker %s shares a running request's K/V of these blocks\n",
+                             static_cast<unsigned long long>(id), wname.c_str());
               if (--it->second.pending_encodes == 0) start_phase2(self, it->second);
             },
             [self, id, wname](const caf::error& err) {

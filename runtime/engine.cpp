@@ -218,7 +218,10 @@ std::unique_ptr<AdmittedRequest> Engine::start_request(const RequestSpec& req, i
   std::vector<std::unique_ptr<ContextShard>>& shards = admitted->shards;
   // One area for all shards: they encode in turn (encode_chunk goes shard by shard), and the
   // area goes when the last of them is done.
-  const auto area = C > 0 ? std::make_shared<EncodeArea>(model, plan.scratch_rows) : nullptr;
+  // (None when every run shares a running request's K/V: nothing is encoded. A shard that
+  // encodes without one makes its own.)
+  const bool all_shared = shared_tokens > 0 && shared_run_tokens(plan, context, blocks) == C;
+  const auto area = C > 0 && !all_shared ? std::make_shared<EncodeArea>(model, plan.scratch_rows) : nullptr;
   for (const auto& run : plan.runs) {
     if (run.empty()) continue;
     int64_t n = 0;

@@ -79,6 +79,33 @@ TEST_F(Distributed, TwoRequestsInFlightAreBatchedAndEqualTheirSoloRuns) {
   EXPECT_LT(b_admitted, a_done) << "the requests did not overlap:\n" << log;
 }
 
+// Two questions about one document at once (issue 15): the second request's shards attend over
+// the first's K/V on each worker (no encode, no copy; the head logs it) and its staged batch
+// rows are stacked over that K/V; both equal their solo runs.
+TEST_F(Distributed, TwoRequestsOnOneDocumentShareTheWorkersKvAndEqualTheirSoloRuns) {
+  start_cluster(3);
+  const std::string ctx = ids(600, 6);
+  const int a_tokens = 3000;  // still decoding when B comes (as in the test above)
+  ASSERT_EQ(run(local(3, request(ctx, a_tokens, path("a.local.bin"))), "a.local"), 0);
+  ASSERT_EQ(run(local(3, request(ctx, 12, path("b.local.bin"))), "b.local"), 0);
+  Proc a(remote(3, request(ctx, a_tokens, path("a.remote.bin"))), path("a.remote.out"), path("a.remote.err"));
+  for (int i = 0; i < 500 && a.out().empty(); ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_FALSE(a.out().empty()) << a.err();
+  ASSERT_EQ(run(remote(3, request(ctx, 12, path("b.remote.bin"))), "b.remote"), 0) << slurp(path("b.remote.err"));
+  ASSERT_EQ(a.wait(120s), 0) << a.err();
+  constexpr double kBatchedLogitTol = 2e-5;
+  EXPECT_EQ(a.out(), slurp(path("a.local.out")));
+  EXPECT_TRUE(logits_close(slurp(path("a.remote.bin")), slurp(path("a.local.bin")), kBatchedLogitTol));
+  EXPECT_EQ(slurp(path("b.remote.out")), slurp(path("b.local.out")));
+  EXPECT_TRUE(logits_close(slurp(path("b.remote.bin")), slurp(path("b.local.bin")), kBatchedLogitTol));
+  const std::string log = head_->err();
+  size_t shared = 0;
+  for (size_t at = log.find("request 3: worker"); at != std::string::npos; at = log.find("request 3: worker", at + 1))
+    shared += log.compare(log.find(' ', at + 18) + 1, 6, "shares") == 0;
+  EXPECT_EQ(shared, 3u) << "every worker's shard of B should share A's K/V:\n" << log;
+  EXPECT_LT(log.find("request 3: worker"), log.find("request 2 done")) << log;
+}
+
 TEST_F(Distributed, CancelByIdStopsTheRequestAndFreesTheWorkersKv) {
   start_cluster(2);
   caf::actor_system_config config;
