@@ -22,6 +22,8 @@
 # stream of a level decodes together after the level's prefills; with chunks interleaved into the
 # running decodes, the default of a server, the last stream of 16 starts decoding after the first
 # has long finished its tokens, and no window has all streams decoding).
+# THROUGHPUT_SHARED=1: one document for every stream (--shared-context, an 8 GiB context cache):
+# the streams share its K/V and their context attention is stacked.
 # THROUGHPUT_HF=0 skips step 2. Every step is bounded by timeout; everything started is killed.
 set -u
 B=$1
@@ -70,6 +72,7 @@ say "=== starattn over HTTP ($SERVER), $(python3 -c "import json;c=json.load(ope
 setsid timeout "${THROUGHPUT_HTTP_TIMEOUT:-300}" python3 tools/bench/throughput_http.py --cli "$S" --config "$CFG" \
   --device cuda --server "$SERVER" --streams "$STREAMS" --context "$CONTEXT" --max-tokens "$TOKENS" \
   --token-chunks "$CHUNKS" --phase1-chunk "${THROUGHPUT_PHASE1_CHUNK:-0}" --start-timeout 180 --server-log "$OUT/server.log" \
+  ${THROUGHPUT_SHARED:+--shared-context --context-cache-bytes 8589934592} \
   --json "$OUT/throughput_http.json" --title "starattn $SERVER on $(sed -n 2p "$OUT/gpu.txt" | cut -d, -f1)" \
   > "$OUT/throughput_http.md" 2> "$OUT/throughput_http.err" &
 TP_PID=$!

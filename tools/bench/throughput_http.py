@@ -23,8 +23,10 @@ token only where every token prints as a whole character).
 Context per stream: --context, reduced per stream count where the KV of all streams would not
 fit --kv-budget-bytes (auto: the GPU's free memory once the server has loaded, by nvidia-smi);
 the table says what ran. Each stream gets its own random context (no context-cache hits) unless
---shared-context (one document for all: phase 1 once, then cache hits; the cache copies a hit's
-K/V into each request, so the KV room needed is the same).
+--shared-context (one document for all: phase 1 once; the requests after the first attend over
+its K/V while it runs, their context attention stacked into one pass over it per few streams, so
+the K/V is held and read once, not once per stream; give the server a context cache, which the
+sharing goes through: --context-cache-bytes).
 
 Server: --url attaches to a running one; otherwise it starts `serve-local` (--server local) or
 a head plus one worker (--server cluster: the query actor batches the decode steps of all
@@ -243,7 +245,10 @@ def fitting_context(args, n, per_token, budget):
     if not budget:
         return args.context
     tokens = int(budget * args.kv_fraction) // per_token
-    room = (tokens - n * (args.query_tokens + args.max_tokens)) // (n + 1)
+    # --shared-context: the streams after the first share its K/V (ContextShard::shares_kv); the
+    # context cache keeps a copy of its blocks besides.
+    copies = 2 if args.shared_context else n
+    room = (tokens - n * (args.query_tokens + args.max_tokens)) // (copies + 1)
     return max(0, min(args.context, room // args.context_step * args.context_step))
 
 
