@@ -92,6 +92,17 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// The tokens of each block of `run`, cut from the context; returns how many there are.
+int64_t run_tokens(const std::vector<int32_t>& context, const std::vector<BlockSpec>& run,
+                   std::vector<std::vector<int32_t>>& toks) {
+  int64_t n = 0;
+  for (const BlockSpec& blk : run) {
+    n += blk.length;
+    toks.emplace_back(context.begin() + blk.start, context.begin() + blk.start + blk.length);
+  }
+  return n;
+}
+
 // Tokens of `plan`'s runs whose K/V a running request holds (ContextCache::has_shard): the keys
 // are those ContextShard::begin_encode will look up.
 int64_t shared_run_tokens(const RequestPlan& plan, const std::vector<int32_t>& context, const ContextCache& blocks) {
@@ -100,12 +111,8 @@ int64_t shared_run_tokens(const RequestPlan& plan, const std::vector<int32_t>& c
   int64_t shared = 0;
   for (const auto& run : plan.runs) {
     if (run.empty()) continue;
-    int64_t n = 0;
     std::vector<std::vector<int32_t>> toks;
-    for (const BlockSpec& blk : run) {
-      n += blk.length;
-      toks.emplace_back(context.begin() + blk.start, context.begin() + blk.start + blk.length);
-    }
+    const int64_t n = run_tokens(context, run, toks);
     if (blocks.has_shard(block_keys(anchor, run, toks))) shared += n;
   }
   return shared;
@@ -224,12 +231,8 @@ std::unique_ptr<AdmittedRequest> Engine::start_request(const RequestSpec& req, i
   const auto area = C > 0 && !all_shared ? std::make_shared<EncodeArea>(model, plan.scratch_rows) : nullptr;
   for (const auto& run : plan.runs) {
     if (run.empty()) continue;
-    int64_t n = 0;
     std::vector<std::vector<int32_t>> toks;
-    for (const BlockSpec& blk : run) {
-      n += blk.length;
-      toks.emplace_back(context.begin() + blk.start, context.begin() + blk.start + blk.length);
-    }
+    const int64_t n = run_tokens(context, run, toks);
     shards.push_back(std::make_unique<ContextShard>(model, n));
     if (blocks.enabled()) shards.back()->use_cache(impl_->blocks, req.pin_context);
     shards.back()->begin_encode(anchor, run, std::move(toks), chunk_tokens, area);

@@ -51,25 +51,10 @@ TEST_F(Distributed, SecondRequestOverTheSameContextReusesTheWorkersBlocksExactly
 // with B's 3-token query) rounds differently than alone; 2e-6 was seen, as in test_decode_batch.
 TEST_F(Distributed, TwoRequestsInFlightAreBatchedAndEqualTheirSoloRuns) {
   start_cluster(3);
-  const std::string ctx_a = ids(200, 3), ctx_b = ids(1500, 4);
   // A decodes long enough (about a second and a half here) that B's client can start, connect
   // and be admitted before A ends even on a loaded machine; 300 tokens (~150 ms) were not.
-  const int a_tokens = 3000;
-  ASSERT_EQ(run(local(3, request(ctx_a, a_tokens, path("a.local.bin"))), "a.local"), 0);
-  ASSERT_EQ(run(local(3, request(ctx_b, 10, path("b.local.bin"))), "b.local"), 0);
-  // A decodes for a while; B is submitted (and encoded) once A's first tokens are out.
-  Proc a(remote(3, request(ctx_a, a_tokens, path("a.remote.bin"))), path("a.remote.out"),
-         path("a.remote.err"));
-  for (int i = 0; i < 500 && a.out().empty(); ++i) std::this_thread::sleep_for(10ms);
-  ASSERT_FALSE(a.out().empty()) << a.err();
-  ASSERT_EQ(run(remote(3, request(ctx_b, 10, path("b.remote.bin"))), "b.remote"), 0)
-      << slurp(path("b.remote.err"));
-  ASSERT_EQ(a.wait(120s), 0) << a.err();
-  constexpr double kBatchedLogitTol = 2e-5;
-  EXPECT_EQ(a.out(), slurp(path("a.local.out")));
-  EXPECT_TRUE(logits_close(slurp(path("a.remote.bin")), slurp(path("a.local.bin")), kBatchedLogitTol));
-  EXPECT_EQ(slurp(path("b.remote.out")), slurp(path("b.local.out")));
-  EXPECT_TRUE(logits_close(slurp(path("b.remote.bin")), slurp(path("b.local.bin")), kBatchedLogitTol));
+  expect_overlapping_equal_local(3, ids(200, 3), 3000, ids(1500, 4), 10, 2e-5);
+  if (HasFatalFailure()) return;
   // They really overlapped: B was admitted before A finished.
   const std::string log = head_->err();
   const auto b_admitted = log.find("request 3: context");  // request 1 was the warm-up
@@ -85,19 +70,8 @@ TEST_F(Distributed, TwoRequestsInFlightAreBatchedAndEqualTheirSoloRuns) {
 TEST_F(Distributed, TwoRequestsOnOneDocumentShareTheWorkersKvAndEqualTheirSoloRuns) {
   start_cluster(3);
   const std::string ctx = ids(600, 6);
-  const int a_tokens = 3000;  // still decoding when B comes (as in the test above)
-  ASSERT_EQ(run(local(3, request(ctx, a_tokens, path("a.local.bin"))), "a.local"), 0);
-  ASSERT_EQ(run(local(3, request(ctx, 12, path("b.local.bin"))), "b.local"), 0);
-  Proc a(remote(3, request(ctx, a_tokens, path("a.remote.bin"))), path("a.remote.out"), path("a.remote.err"));
-  for (int i = 0; i < 500 && a.out().empty(); ++i) std::this_thread::sleep_for(10ms);
-  ASSERT_FALSE(a.out().empty()) << a.err();
-  ASSERT_EQ(run(remote(3, request(ctx, 12, path("b.remote.bin"))), "b.remote"), 0) << slurp(path("b.remote.err"));
-  ASSERT_EQ(a.wait(120s), 0) << a.err();
-  constexpr double kBatchedLogitTol = 2e-5;
-  EXPECT_EQ(a.out(), slurp(path("a.local.out")));
-  EXPECT_TRUE(logits_close(slurp(path("a.remote.bin")), slurp(path("a.local.bin")), kBatchedLogitTol));
-  EXPECT_EQ(slurp(path("b.remote.out")), slurp(path("b.local.out")));
-  EXPECT_TRUE(logits_close(slurp(path("b.remote.bin")), slurp(path("b.local.bin")), kBatchedLogitTol));
+  expect_overlapping_equal_local(3, ctx, 3000, ctx, 12, 2e-5);
+  if (HasFatalFailure()) return;
   const std::string log = head_->err();
   size_t shared = 0;
   for (size_t at = log.find("request 3: worker"); at != std::string::npos; at = log.find("request 3: worker", at + 1))

@@ -250,6 +250,26 @@ class Distributed : public ::testing::Test {
     EXPECT_TRUE(la == lb) << "logits differ";
   }
 
+  // Request A (a_tokens, long enough to be decoding still) on the cluster, then B once A's first
+  // tokens are out, so that B joins A's batch; each must equal its own run in one process
+  // (tokens exactly, logits within `tol`: a row multiplied in a batch rounds differently).
+  void expect_overlapping_equal_local(int workers, const std::string& ctx_a, int a_tokens,
+                                      const std::string& ctx_b, int b_tokens, double tol) {
+    ASSERT_EQ(run(local(workers, request(ctx_a, a_tokens, path("a.local.bin"))), "a.local"), 0);
+    ASSERT_EQ(run(local(workers, request(ctx_b, b_tokens, path("b.local.bin"))), "b.local"), 0);
+    Proc a(remote(workers, request(ctx_a, a_tokens, path("a.remote.bin"))), path("a.remote.out"),
+           path("a.remote.err"));
+    for (int i = 0; i < 500 && a.out().empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_FALSE(a.out().empty()) << a.err();
+    ASSERT_EQ(run(remote(workers, request(ctx_b, b_tokens, path("b.remote.bin"))), "b.remote"), 0)
+        << slurp(path("b.remote.err"));
+    ASSERT_EQ(a.wait(std::chrono::seconds(120)), 0) << a.err();
+    EXPECT_EQ(a.out(), slurp(path("a.local.out")));
+    EXPECT_TRUE(logits_close(slurp(path("a.remote.bin")), slurp(path("a.local.bin")), tol));
+    EXPECT_EQ(slurp(path("b.remote.out")), slurp(path("b.local.out")));
+    EXPECT_TRUE(logits_close(slurp(path("b.remote.bin")), slurp(path("b.local.bin")), tol));
+  }
+
   inline static testing::TempDir* dir_ = nullptr;
   inline static std::string model_;
   std::unique_ptr<Proc> head_;
