@@ -55,8 +55,11 @@ TEST_F(CudaCluster, TwoRequestsInFlightOverCudaIpcEqualTheirEngineRuns) {
       << slurp(path("b.remote.err"));
   ASSERT_EQ(a.wait(180s), 0) << a.err();
   constexpr double kLogitTol = 5e-2;
-  EXPECT_EQ(a.out(), slurp(path("a.local.out")));
-  EXPECT_TRUE(logits_close(slurp(path("a.remote.bin")), slurp(path("a.local.bin")), kLogitTol));
+  // 1500 greedy tokens of random weights pass near ties (its text falls into repeats): a step
+  // batched with B rounds A's GEMMs differently, which may flip one (the first GPU run flipped
+  // at token ~640, long after B's 10 tokens), so A equals its Engine run up to a near tie.
+  EXPECT_TRUE(same_until_near_tie(slurp(path("a.local.out")), slurp(path("a.local.bin")), a.out(),
+                                  slurp(path("a.remote.bin")), kLogitTol));
   EXPECT_EQ(slurp(path("b.remote.out")), slurp(path("b.local.out")));
   EXPECT_TRUE(logits_close(slurp(path("b.remote.bin")), slurp(path("b.local.bin")), kLogitTol));
   const std::string log = head_->err();

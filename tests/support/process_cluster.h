@@ -16,9 +16,12 @@
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstddef>
 #include <cstring>
+#include <functional>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -58,6 +61,47 @@ std::string slurp(const std::string& path) {
   const double d = testing::max_abs_diff(fa, fb);
   if (d <= tol) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << "logits differ by " << d << " (tolerance " << tol << ")";
+}
+
+// Two greedy runs of one request whose steps may round differently (a batched step's GEMMs, on
+// the GPU): the logits of every step up to the first differing token are within `tol`, and that
+// token (if any) was drawn at a near tie, the top two logits of the reference's step within
+// 2 * tol, which rounding of that size can flip; after it the runs continue different texts.
+// `out_*`: the --output ids lines; `bin_*`: the --dump-logits files (float32 rows, one per token).
+::testing::AssertionResult same_until_near_tie(const std::string& out_ref, const std::string& bin_ref,
+                                               const std::string& out_got, const std::string& bin_got,
+                                               double tol) {
+  const auto tokens = [](const std::string& line) {
+    std::vector<int> t;
+    std::istringstream in(line);
+    for (int x; in >> x;) t.push_back(x);
+    return t;
+  };
+  const std::vector<int> ref = tokens(out_ref), got = tokens(out_got);
+  if (ref.empty() || ref.size() != got.size() || bin_ref.size() != bin_got.size() ||
+      bin_ref.size() % (4 * ref.size()) != 0)
+    return ::testing::AssertionFailure() << ref.size() << " and " << got.size() << " tokens, logit dumps of "
+                                         << bin_ref.size() << " and " << bin_got.size() << " bytes";
+  const size_t vocab = bin_ref.size() / 4 / ref.size();
+  std::vector<float> lr(bin_ref.size() / 4), lg(bin_got.size() / 4);
+  std::memcpy(lr.data(), bin_ref.data(), bin_ref.size());
+  std::memcpy(lg.data(), bin_got.data(), bin_got.size());
+  size_t first = 0;
+  while (first < ref.size() && ref[first] == got[first]) ++first;
+  const size_t rows = std::min(first + 1, ref.size());
+  const std::vector<float> a(lr.begin(), lr.begin() + static_cast<std::ptrdiff_t>(rows * vocab)),
+      b(lg.begin(), lg.begin() + static_cast<std::ptrdiff_t>(rows * vocab));
+  const double d = testing::max_abs_diff(a, b);
+  if (d > tol)
+    return ::testing::AssertionFailure() << "logits differ by " << d << " within the first " << rows
+                                         << " steps (tolerance " << tol << ")";
+  if (first == ref.size()) return ::testing::AssertionSuccess();
+  std::vector<float> row(lr.begin() + static_cast<std::ptrdiff_t>(first * vocab),
+                         lr.begin() + static_cast<std::ptrdiff_t>((first + 1) * vocab));
+  std::partial_sort(row.begin(), row.begin() + 2, row.end(), std::greater<float>());
+  if (row[0] - row[1] <= 2 * tol) return ::testing::AssertionSuccess() << "near tie at token " << first;
+  return ::testing::AssertionFailure() << "token " << first << " differs (" << ref[first] << " vs " << got[first]
+                                       << ") with a top-two gap of " << row[0] - row[1] << ", not a near tie";
 }
 
 // A child process running `starattn ARGS...`, output to log files; killed when destroyed.
@@ -194,9 +238,13 @@ class Distributed : public ::testing::Test {
     const std::string pf = path("worker" + std::to_string(i) + ".port");
     std::remove(pf.c_str());
     worker_ports_.push_back(pf);
-    std::vector<std::string> args{"worker", "--head", head(), "--model", model_, "--cpu-threads",
-                                  "2", "--listen", "127.0.0.1:0", "--port-file", pf, "--name",
-                                  "w" + std::to_string(i)};
+    std::vector<std::string> args{"worker", "--head", head(), "--model", model_, "--listen", "127.0.0.1:0",
+                                  "--port-file", pf, "--name", "w" + std::to_string(i)};
+    // CPU workers of 2 threads, unless `extra` puts the worker on GPUs (the two exclude each other).
+    if (std::find(extra.begin(), extra.end(), "--gpus") == extra.end()) {
+      args.push_back("--cpu-threads");
+      args.push_back("2");
+    }
     args.insert(args.end(), extra.begin(), extra.end());
     workers_.push_back(std::make_unique<Proc>(
         args, path("w" + std::to_string(i) + ".out"), path("w" + std::to_string(i) + ".err")));
