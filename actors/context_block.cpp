@@ -58,6 +58,9 @@ struct ContextState {
   int64_t room_bytes = 0;            // what this worker offered the planner
   std::map<uint64_t, int64_t> held;  // request id -> tokens of KV held
   std::map<uint64_t, int64_t> held_bytes;  // request id -> bytes its shard may use
+  // request id -> the K/V its shard attends over: shards of one document share one
+  // (ContextShard::shares_kv), charged to one of them at a time (release_charge).
+  std::map<uint64_t, const KvCache*> kv_of;
   uint64_t phase1_step = ~uint64_t{0};     // the decode step the last paced slice ran in
   std::map<uint64_t, PendingEncode> encoding;  // request id -> its phase 1 in progress
   // Last member: stops the data-plane thread before anything it uses goes away.
@@ -90,6 +93,23 @@ void make_room(Self* self, int64_t need) {
   int64_t active = 0;
   for (const auto& [id, b] : st.held_bytes) active += b;
   st.blocks->set_room(std::max<int64_t>(st.room_bytes - active - need, 0));
+}
+
+// Ends request `id`'s charge on the room. K/V that another running request still attends
+// over (a shard that shares it) stays allocated: its charge moves to that request.
+void release_charge(ContextState& st, uint64_t id) {
+  const auto kv = st.kv_of.find(id);
+  const auto bytes = st.held_bytes.find(id);
+  if (kv != st.kv_of.end() && bytes != st.held_bytes.end())
+    for (const auto& [other, ptr] : st.kv_of)
+      if (other != id && ptr == kv->second) {
+        st.held_bytes[other] += bytes->second;
+        st.held[other] += st.held[id];
+        break;
+      }
+  st.held.erase(id);
+  st.held_bytes.erase(id);
+  st.kv_of.erase(id);
 }
 
 double ms_since(std::chrono::steady_clock::time_point t0) {
@@ -158,6 +178,7 @@ bool begin_encode(Self* self, const std::string& bytes, caf::response_promise re
     // Counted from now: the K/V is allocated, and a concurrent request's room must leave it.
     st.held[id] = p.shard->shares_kv() ? 0 : n;
     st.held_bytes[id] = need;
+    st.kv_of[id] = &p.shard->cache();
     st.encoding.emplace(id, std::move(p));
   } catch (const std::exception& e) {
     error = failed_reply(self, e.what(), t0);
@@ -199,8 +220,7 @@ void run_chunk(Self* self, uint64_t id) {
     p.pacer.measured(p.shard->layers_last_call(), ms_since(t_slice));
   } catch (const std::exception& e) {
     p.reply_to.deliver(failed_reply(self, e.what(), p.t0));
-    st.held.erase(id);
-    st.held_bytes.erase(id);
+    release_charge(st, id);
     st.encoding.erase(it);  // frees the partial K/V
     make_room(self, 0);
     return;
@@ -337,8 +357,7 @@ caf::behavior context_block(Self* self, ContextBlockOptions options) {
               self->state.encoding.erase(pending);
             }
             self->state.server->remove(r.request_id());
-            self->state.held.erase(r.request_id());
-            self->state.held_bytes.erase(r.request_id());
+            release_charge(self->state, r.request_id());
             make_room(self, 0);  // the cache may use what the request left
           }
           if (!r.unpin_context().empty()) {
