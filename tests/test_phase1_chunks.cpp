@@ -41,22 +41,7 @@ ModelConfig with_layers(ModelConfig c, int layers) {
   return c;
 }
 
-struct Model {
-  explicit Model(bool variant, uint64_t seed, int layers = 0)
-      : config(with_layers(testing::test_config(variant), layers)),
-        weights(random_weights(config, seed)),
-        backend(make_backend("cpu")),
-        transformer(std::make_unique<Transformer>(config, weights, *backend)) {}
-  ModelConfig config;
-  MemoryWeights weights;
-  std::unique_ptr<Backend> backend;
-  std::unique_ptr<Transformer> transformer;
-  std::vector<float> download(const Tensor& t) const {
-    std::vector<float> h(static_cast<size_t>(t.rows * t.cols));
-    backend->download(t, h.data());
-    return h;
-  }
-};
+using Model = testing::CpuModel;
 
 // The shards of one request (star mode over `workers`), encoded one-shot (chunk < 0) or in
 // chunks of `chunk` rows (0: a whole anchor or block per call), each chunk's forward in slices of
@@ -80,7 +65,7 @@ Encoded encode(const Model& m, const std::vector<int32_t>& ctx, int64_t block, i
       n += b.length;
       toks.emplace_back(ctx.begin() + b.start, ctx.begin() + b.start + b.length);
     }
-    auto shard = std::make_unique<ContextShard>(*m.transformer, n);
+    auto shard = std::make_unique<ContextShard>(*m.model, n);
     if (chunk < 0) {
       shard->encode(anchor, run, toks);
     } else {
@@ -123,7 +108,7 @@ std::vector<std::vector<float>> decode(const Model& m, Encoded& e, int64_t C,
   std::vector<ContextShard*> ptrs;
   for (auto& s : e.shards) ptrs.push_back(s.get());
   LocalShards local(ptrs);
-  QuerySession session(*m.transformer, local, C, static_cast<int64_t>(query.size()) + steps);
+  QuerySession session(*m.model, local, C, static_cast<int64_t>(query.size()) + steps);
   std::vector<std::vector<float>> logits;
   session.feed(query);
   for (int i = 0; i < steps; ++i) {
@@ -215,7 +200,7 @@ TEST_P(Phase1Chunks, ShardsTakingTurnsInOneAreaEqualShardsWithTheirOwn) {
   const auto blocks = split_blocks(c.context, c.block);
   for (int64_t chunk : {int64_t{3}, int64_t{0}}) {
     Encoded own = encode(m, ctx, c.block, c.anchor, c.workers, chunk);
-    auto area = std::make_shared<EncodeArea>(*m.transformer, encode_scratch_rows(blocks, c.anchor));
+    auto area = std::make_shared<EncodeArea>(*m.model, encode_scratch_rows(blocks, c.anchor));
     Encoded shared = encode(m, ctx, c.block, c.anchor, c.workers, chunk, 2, area);
     ASSERT_EQ(shared.shards.size(), own.shards.size());
     ASSERT_GE(own.shards.size(), 2u);
@@ -241,7 +226,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(Phase1ChunksApi, MisuseIsRefused) {
   const Model m(false, 3);
-  ContextShard shard(*m.transformer, 8);
+  ContextShard shard(*m.model, 8);
   EXPECT_THROW(shard.encode_chunk(), std::logic_error);
   EXPECT_THROW(shard.begin_encode({}, {{0, 0, 4}}, {{1, 2, 3, 4}}, -1), std::invalid_argument);
   shard.begin_encode({}, {{0, 0, 4}}, {{1, 2, 3, 4}}, 2);
@@ -251,17 +236,17 @@ TEST(Phase1ChunksApi, MisuseIsRefused) {
   EXPECT_EQ(shard.tokens(), 4);
 
   // An area smaller than the encode's scratch, and two shards in one area at the same time.
-  auto small = std::make_shared<EncodeArea>(*m.transformer, 5);
-  ContextShard a(*m.transformer, 8), b(*m.transformer, 8);
+  auto small = std::make_shared<EncodeArea>(*m.model, 5);
+  ContextShard a(*m.model, 8), b(*m.model, 8);
   EXPECT_THROW(a.begin_encode({7, 8}, {{1, 4, 4}}, {{1, 2, 3, 4}}, 2, small), std::invalid_argument)
       << "[anchor ; block] is 6 rows";
-  auto area = std::make_shared<EncodeArea>(*m.transformer, 4);
+  auto area = std::make_shared<EncodeArea>(*m.model, 4);
   a.begin_encode({}, {{0, 0, 4}}, {{1, 2, 3, 4}}, 2, area);
   b.begin_encode({}, {{0, 0, 4}}, {{5, 6, 7, 8}}, 2, area);
   EXPECT_TRUE(a.encode_chunk());
   EXPECT_THROW(b.encode_chunk(), std::logic_error) << "a's encode is half way in the area";
   EXPECT_FALSE(a.encode_chunk());
-  ContextShard c(*m.transformer, 8);
+  ContextShard c(*m.model, 8);
   c.begin_encode({}, {{0, 0, 4}}, {{5, 6, 7, 8}}, 2, area);
   EXPECT_TRUE(c.encode_chunk()) << "free again once a's encode ended";
 }

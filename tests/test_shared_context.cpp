@@ -20,22 +20,9 @@
 namespace starattn {
 namespace {
 
-struct Model {
-  explicit Model(uint64_t seed)
-      : config(testing::test_config(false)),
-        weights(random_weights(config, seed)),
-        backend(make_backend("cpu")),
-        model(std::make_unique<Transformer>(config, weights, *backend)) {}
-  ModelConfig config;
-  MemoryWeights weights;
-  std::unique_ptr<Backend> backend;
-  std::unique_ptr<Transformer> model;
-
-  std::vector<float> download(const Tensor& t) const {
-    std::vector<float> h(static_cast<size_t>(t.rows * t.cols));
-    backend->download(t, h.data());
-    return h;
-  }
+// A model with a helper for random rows on its backend.
+struct Model : testing::CpuModel {
+  explicit Model(uint64_t seed) : CpuModel(false, seed) {}
   Buffer random_rows(std::mt19937_64& rng, int64_t rows, int64_t cols) const {
     std::uniform_real_distribution<float> u(-2, 2);
     std::vector<float> h(static_cast<size_t>(rows * cols));

@@ -23,23 +23,7 @@ using testing::reference_forward;
 constexpr double kKvTol = 2e-4;
 constexpr double kLogitTol = 2e-4;
 
-struct Fixture {
-  explicit Fixture(bool variant, uint64_t seed)
-      : config(testing::test_config(variant)),
-        weights(random_weights(config, seed)),
-        backend(make_backend("cpu")),
-        model(std::make_unique<Transformer>(config, weights, *backend)) {}
-  ModelConfig config;
-  MemoryWeights weights;
-  std::unique_ptr<Backend> backend;
-  std::unique_ptr<Transformer> model;
-
-  std::vector<float> download(const Tensor& t) {
-    std::vector<float> h(static_cast<size_t>(t.rows * t.cols));
-    backend->download(t, h.data());
-    return h;
-  }
-};
+using Fixture = testing::CpuModel;
 
 // Reference K/V of every block as phase 1 defines it: block 0 alone; block k as
 // [anchor ; block] with positions [0..a-1 ; start..], causal, keeping the block's rows only.

@@ -38,6 +38,25 @@ ModelConfig test_config(bool bias_and_scaling) {
   return c;
 }
 
+namespace {
+ModelConfig with_layers(ModelConfig c, int layers) {
+  if (layers > 0) c.num_layers = layers;
+  return c;
+}
+}  // namespace
+
+CpuModel::CpuModel(bool variant, uint64_t seed, int layers)
+    : config(with_layers(test_config(variant), layers)),
+      weights(random_weights(config, seed)),
+      backend(make_backend("cpu")),
+      model(std::make_unique<Transformer>(config, weights, *backend)) {}
+
+std::vector<float> CpuModel::download(const Tensor& t) const {
+  std::vector<float> h(static_cast<size_t>(t.rows * t.cols));
+  backend->download(t, h.data());
+  return h;
+}
+
 std::vector<int32_t> random_tokens(std::mt19937_64& rng, int64_t n, int32_t vocab) {
   std::uniform_int_distribution<int32_t> d(0, vocab - 1);
   std::vector<int32_t> t(static_cast<size_t>(n));

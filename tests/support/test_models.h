@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -9,6 +10,7 @@
 #include "runtime/engine.h"
 #include "runtime/memory_weights.h"
 #include "runtime/model_config.h"
+#include "runtime/transformer.h"
 
 namespace starattn::testing {
 
@@ -28,6 +30,16 @@ class TempDir {
 
 // The "tiny" preset, optionally with Qwen2-style QKV bias, llama3 RoPE scaling and untied head.
 ModelConfig test_config(bool bias_and_scaling = false);
+
+// test_config(variant) with random weights of `seed` on a cpu backend (layers > 0: that many).
+struct CpuModel {
+  CpuModel(bool variant, uint64_t seed, int layers = 0);
+  ModelConfig config;
+  MemoryWeights weights;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Transformer> model;
+  std::vector<float> download(const Tensor& t) const;
+};
 
 std::vector<int32_t> random_tokens(std::mt19937_64& rng, int64_t n, int32_t vocab);
 
