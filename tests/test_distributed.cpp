@@ -163,6 +163,79 @@ TEST_F(Distributed, CancelByIdStopsTheRequestAndFreesTheWorkersKv) {
   expect_same_as_local(2, ids(250, 9), 6, "after_cancel");
 }
 
+// The workers' room accounting of shared K/V: B on A's document holds no K/V tokens of its own;
+// once A ends, its K/V (still B's) stays counted, now as B's; once B ends, nothing is held.
+TEST_F(Distributed, SharedKvIsCountedOnceAndMovesToTheRequestStillUsingIt) {
+  start_cluster(2);
+  caf::actor_system_config config;
+  actors::configure_caf(config);
+  caf::actor_system system{config};
+  {
+    const caf::actor sched = actors::connect_remote(system, "127.0.0.1", static_cast<uint16_t>(port_), 10s);
+    std::vector<caf::actor> workers;
+    for (const auto& pf : worker_ports_)
+      workers.push_back(actors::connect_remote(system, "127.0.0.1",
+                                               static_cast<uint16_t>(std::atoi(slurp(pf).c_str())), 10s));
+    wire::SubmitRequest req;
+    req.set_protocol_version(wire::kProtocolVersion);
+    for (int i = 0; i < 300; ++i) req.add_context((i * 7) % 256);
+    req.add_query(7);
+    req.set_max_tokens(3500);  // seconds of decoding: both still run while the test looks
+    req.set_ignore_eos(true);
+    req.mutable_sampling()->set_top_p(1.0f);
+    struct Client {
+      std::unique_ptr<caf::scoped_actor> self;
+      uint64_t id = 0;
+      bool done = false;
+    };
+    std::vector<Client> clients(2);
+    // Until the client has `n` more tokens (or its Finished).
+    const auto wait_tokens = [&](Client& c, int n) {
+      for (int got = 0; !c.done && got < n;)
+        (*c.self)->receive(
+            [&](actors::accepted_atom, const std::string& b) { c.id = wire::decode<wire::Accepted>(b, "head").request_id(); },
+            [&](actors::token_atom, const std::string&) { ++got; },
+            [&](actors::finished_atom, const std::string&) { c.done = true; },
+            caf::after(20s) >> [&] { c.done = true; });
+    };
+    // Each worker's held K/V tokens once its active requests are `active`.
+    const auto held = [&](int active) {
+      std::vector<int64_t> out;
+      for (const auto& w : workers) {
+        wire::StatusReply st;
+        for (int i = 0; i < 100; ++i) {
+          st = actors::query_status(system, w, 10s);
+          if (st.active_requests() == active) break;
+          std::this_thread::sleep_for(50ms);
+        }
+        EXPECT_EQ(st.active_requests(), active);
+        out.push_back(st.workers(0).kv_tokens_held());
+      }
+      return out;
+    };
+    for (Client& c : clients) {
+      c.self = std::make_unique<caf::scoped_actor>(system);
+      (*c.self)->send(sched, actors::submit_atom::value, wire::encode(req));
+      wait_tokens(c, 3);  // A's encode is done (and offered) before B comes
+      ASSERT_FALSE(c.done);
+    }
+    EXPECT_EQ(held(2), (std::vector<int64_t>{150, 150})) << "B must hold no K/V of its own";
+    wire::CancelRequest cancel;
+    cancel.set_protocol_version(wire::kProtocolVersion);
+    cancel.set_request_id(clients[0].id);
+    (*clients[0].self)->send(sched, actors::cancel_atom::value, wire::encode(cancel));
+    wait_tokens(clients[0], 1 << 30);
+    EXPECT_EQ(held(1), (std::vector<int64_t>{150, 150})) << "A's K/V is B's now, still allocated";
+    wait_tokens(clients[1], 5);
+    ASSERT_FALSE(clients[1].done);
+    cancel.set_request_id(clients[1].id);
+    (*clients[1].self)->send(sched, actors::cancel_atom::value, wire::encode(cancel));
+    wait_tokens(clients[1], 1 << 30);
+    EXPECT_EQ(held(0), (std::vector<int64_t>{0, 0}));
+  }
+  actors::stop_actors(system, {});
+}
+
 int tcp_garbage(int port, size_t bytes) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
