@@ -286,12 +286,6 @@ int64_t AdmittedRequest::encode_rows_left() const {
   return n;
 }
 
-int64_t AdmittedRequest::kv_tokens() const {
-  int64_t n = 0;
-  for (const auto& s : shards) n += s->capacity_tokens();
-  return n;
-}
-
 RequestStats AdmittedRequest::end(Backend& be) {
   be.synchronize();
   const Generation& gen = *generation;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <set>
 
 #include "runtime/engine_request.h"
 #include "runtime/errors.h"
@@ -59,8 +60,13 @@ std::optional<EngineBatch::Phase1Progress> EngineBatch::phase1_progress(uint64_t
 }
 
 int64_t EngineBatch::kv_tokens_held() const {
+  // Requests on one document share one K/V (ContextShard::shares_kv): counted once, as long as
+  // any of them runs.
+  std::set<const KvCache*> seen;
   int64_t n = 0;
-  for (const auto& [id, r] : requests_) n += r.request->kv_tokens();
+  for (const auto& [id, r] : requests_)
+    for (const auto& shard : r.request->shards)
+      if (const KvCache* kv = shard->kv(); kv && seen.insert(kv).second) n += kv->capacity();
   return n;
 }
 

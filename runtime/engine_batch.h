@@ -64,7 +64,8 @@ class EngineBatch {
     int64_t rows_left = 0, rows_total = 0;
   };
   std::optional<Phase1Progress> phase1_progress(uint64_t id) const;
-  // Tokens of context K/V the running requests' shards hold room for; 0 once all have ended.
+  // Tokens of context K/V the running requests' shards hold room for, K/V shared by requests on
+  // one document counted once; 0 once all have ended.
   int64_t kv_tokens_held() const;
 
  private:

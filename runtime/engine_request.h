@@ -33,8 +33,6 @@ struct AdmittedRequest {
   int64_t encode_rows_total() const { return rows_total; }
   // encode_chunk() calls so far (chunks, or slices of chunks).
   int chunks_done() const { return chunks; }
-  // Tokens of K/V its shards hold room for (what it frees when it ends).
-  int64_t kv_tokens() const;
 
   // Set by Engine::start_request: what the Generation is made of.
   const Transformer* model = nullptr;

@@ -118,6 +118,8 @@ class ContextShard {
   // cache (ContextCache::find_shard) when begin_encode started: it encoded and copied nothing
   // and holds no K/V of its own. Bit-identical to its own encode: the K/V is the same.
   bool shares_kv() const { return shares_kv_; }
+  // The K/V it attends over (null before an encode begins): shards sharing one return the same.
+  const KvCache* kv() const { return kv_.get(); }
 
   // Context reuse (runtime/context_cache.h): encode() then takes the K/V of blocks found in
   // `blocks` instead of encoding them, offers the blocks it encodes to it, and holds both until

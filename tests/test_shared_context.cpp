@@ -153,7 +153,7 @@ TEST(SharedContext, ConcurrentQuestionsOnOneDocumentEqualTheirOwnEncodes) {
     r.want_logits = true;
     reqs.push_back(r);
   }
-  auto run = [&](int64_t cache_bytes, ContextCacheMetrics& metrics) {
+  auto run = [&](int64_t cache_bytes, ContextCacheMetrics& metrics, int64_t& held) {
     EngineOptions o;
     o.model = dir.path();
     o.workers = 3;
@@ -174,6 +174,7 @@ TEST(SharedContext, ConcurrentQuestionsOnOneDocumentEqualTheirOwnEncodes) {
       });
       ids.push_back(*id);
     }
+    held = batch.kv_tokens_held();
     for (int step = 0; batch.running() > 0 && step < 100; ++step)
       for (EngineBatch::Ended& e : batch.step()) {
         EXPECT_TRUE(e.end.ok) << e.end.error;
@@ -185,8 +186,12 @@ TEST(SharedContext, ConcurrentQuestionsOnOneDocumentEqualTheirOwnEncodes) {
     return ordered;
   };
   ContextCacheMetrics shared_m, own_m;
-  const auto shared = run(int64_t{32} << 20, shared_m);
-  const auto own = run(0, own_m);
+  int64_t shared_held = 0, own_held = 0;
+  const auto shared = run(int64_t{32} << 20, shared_m, shared_held);
+  const auto own = run(0, own_m, own_held);
+  // The document's K/V is held once for the four, four times without sharing.
+  EXPECT_EQ(shared_held, static_cast<int64_t>(doc.size()));
+  EXPECT_EQ(own_held, 4 * static_cast<int64_t>(doc.size()));
   const int shards = 3;
   EXPECT_EQ(shared_m.shared_shards, static_cast<uint64_t>(3 * shards));
   EXPECT_EQ(own_m.shared_shards, 0u);
