@@ -86,18 +86,9 @@ TEST_F(Distributed, CancelByIdStopsTheRequestAndFreesTheWorkersKv) {
   actors::configure_caf(config);
   caf::actor_system system{config};
   {
-    const caf::actor sched = actors::connect_remote(system, "127.0.0.1", static_cast<uint16_t>(port_), 10s);
-    std::vector<caf::actor> workers;
-    for (const auto& pf : worker_ports_)
-      workers.push_back(actors::connect_remote(system, "127.0.0.1",
-                                               static_cast<uint16_t>(std::atoi(slurp(pf).c_str())), 10s));
-    wire::SubmitRequest req;
-    req.set_protocol_version(wire::kProtocolVersion);
-    for (int i = 0; i < 300; ++i) req.add_context(i % 256);
-    req.add_query(7);
-    req.set_max_tokens(3500);  // seconds of decoding (within the 4096 positions): still running when cancelled
-    req.set_ignore_eos(true);
-    req.mutable_sampling()->set_top_p(1.0f);  // greedy
+    const caf::actor sched = connect_head(system);
+    const std::vector<caf::actor> workers = connect_workers(system);
+    const wire::SubmitRequest req = long_request(1);  // still running when cancelled
     caf::scoped_actor client{system}, stranger{system};
     client->send(sched, actors::submit_atom::value, wire::encode(req));
     uint64_t id = 0;
@@ -171,18 +162,9 @@ TEST_F(Distributed, SharedKvIsCountedOnceAndMovesToTheRequestStillUsingIt) {
   actors::configure_caf(config);
   caf::actor_system system{config};
   {
-    const caf::actor sched = actors::connect_remote(system, "127.0.0.1", static_cast<uint16_t>(port_), 10s);
-    std::vector<caf::actor> workers;
-    for (const auto& pf : worker_ports_)
-      workers.push_back(actors::connect_remote(system, "127.0.0.1",
-                                               static_cast<uint16_t>(std::atoi(slurp(pf).c_str())), 10s));
-    wire::SubmitRequest req;
-    req.set_protocol_version(wire::kProtocolVersion);
-    for (int i = 0; i < 300; ++i) req.add_context((i * 7) % 256);
-    req.add_query(7);
-    req.set_max_tokens(3500);  // seconds of decoding: both still run while the test looks
-    req.set_ignore_eos(true);
-    req.mutable_sampling()->set_top_p(1.0f);
+    const caf::actor sched = connect_head(system);
+    const std::vector<caf::actor> workers = connect_workers(system);
+    const wire::SubmitRequest req = long_request(7);  // both still run while the test looks
     struct Client {
       std::unique_ptr<caf::scoped_actor> self;
       uint64_t id = 0;

@@ -298,6 +298,30 @@ class Distributed : public ::testing::Test {
     EXPECT_TRUE(la == lb) << "logits differ";
   }
 
+  // The head's scheduler and every worker's context actor, reached from `system` (a client's).
+  caf::actor connect_head(caf::actor_system& system) const {
+    return actors::connect_remote(system, "127.0.0.1", static_cast<uint16_t>(port_), std::chrono::seconds(10));
+  }
+  std::vector<caf::actor> connect_workers(caf::actor_system& system) const {
+    std::vector<caf::actor> out;
+    for (const auto& pf : worker_ports_)
+      out.push_back(actors::connect_remote(system, "127.0.0.1", static_cast<uint16_t>(std::atoi(slurp(pf).c_str())),
+                                           std::chrono::seconds(10)));
+    return out;
+  }
+  // A greedy request of 300 context tokens ((i * step) % 256) that decodes for seconds (3500
+  // tokens within the 4096 positions): still running while a test looks at it.
+  static wire::SubmitRequest long_request(int step) {
+    wire::SubmitRequest req;
+    req.set_protocol_version(wire::kProtocolVersion);
+    for (int i = 0; i < 300; ++i) req.add_context((i * step) % 256);
+    req.add_query(7);
+    req.set_max_tokens(3500);
+    req.set_ignore_eos(true);
+    req.mutable_sampling()->set_top_p(1.0f);  // greedy
+    return req;
+  }
+
   // Request A (a_tokens, long enough to be decoding still) on the cluster, then B once A's first
   // tokens are out, so that B joins A's batch; each must equal its own run in one process
   // (tokens exactly, logits within `tol`: a row multiplied in a batch rounds differently).
