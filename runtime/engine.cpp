@@ -195,16 +195,21 @@ std::unique_ptr<AdmittedRequest> Engine::start_request(const RequestSpec& req, i
                                                                      WorkerMemory::shared_pool, W),
                                                         context, blocks)
                                     : 0;
+  int64_t shared_in_plan = 0;  // of the plan taken: its runs that will share
   if (shared_tokens > 0) {
     std::vector<int64_t> more{pool[0] + shared_tokens * memory.per_token};
     try {
       plan = plan_request(br, more, memory, where, WorkerMemory::shared_pool, W);
-      if (shared_run_tokens(plan, context, blocks) < shared_tokens) plan = RequestPlan{};
+      shared_in_plan = shared_run_tokens(plan, context, blocks);
+      if (shared_in_plan < shared_tokens) plan = RequestPlan{};
     } catch (const Error&) {
       plan = RequestPlan{};
     }
   }
-  if (plan.blocks.empty()) plan = plan_request(br, pool, memory, where, WorkerMemory::shared_pool, W);
+  if (plan.blocks.empty()) {
+    plan = plan_request(br, pool, memory, where, WorkerMemory::shared_pool, W);
+    shared_in_plan = 0;  // (its runs may share all the same: counted as encoding, the safe side)
+  }
   stats.block_size = plan.block_size;
   stats.anchor_size = plan.anchor_size;
   stats.blocks = static_cast<int>(plan.blocks.size());
@@ -227,7 +232,7 @@ std::unique_ptr<AdmittedRequest> Engine::start_request(const RequestSpec& req, i
   // area goes when the last of them is done.
   // (None when every run shares a running request's K/V: nothing is encoded. A shard that
   // encodes without one makes its own.)
-  const bool all_shared = shared_tokens > 0 && shared_run_tokens(plan, context, blocks) == C;
+  const bool all_shared = C > 0 && shared_in_plan == C;
   const auto area = C > 0 && !all_shared ? std::make_shared<EncodeArea>(model, plan.scratch_rows) : nullptr;
   for (const auto& run : plan.runs) {
     if (run.empty()) continue;

@@ -129,6 +129,10 @@ ContextShard::ContextShard(const Transformer& model, int64_t capacity_tokens)
     throw std::invalid_argument("ContextShard: capacity of " + std::to_string(capacity_tokens) + " tokens");
 }
 
+void ContextShard::own_kv() {
+  if (!kv_) kv_ = std::make_shared<KvCache>(model_.backend(), model_.config(), capacity_);
+}
+
 const KvCache& ContextShard::cache() const {
   if (!kv_) throw std::logic_error("ContextShard::cache: no encode has begun");
   return *kv_;
@@ -159,7 +163,7 @@ void ContextShard::begin_encode(std::vector<int32_t> anchor, std::vector<BlockSp
   reused_ = encoded_ = 0;
   if (shares_kv_) throw std::logic_error("ContextShard::begin_encode: the shard already attends over shared K/V");
   if (blocks.empty()) {
-    if (!kv_) kv_ = std::make_shared<KvCache>(model_.backend(), model_.config(), capacity_);
+    own_kv();
     return;
   }
   const int64_t a = static_cast<int64_t>(anchor.size());
@@ -187,7 +191,7 @@ void ContextShard::begin_encode(std::vector<int32_t> anchor, std::vector<BlockSp
       return;
     }
   }
-  if (!kv_) kv_ = std::make_shared<KvCache>(model_.backend(), model_.config(), capacity_);
+  own_kv();
   const int64_t scratch_rows = encode_scratch_rows(blocks, a);
   if (!area)
     area = std::make_shared<EncodeArea>(model_, scratch_rows);

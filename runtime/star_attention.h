@@ -144,6 +144,7 @@ class ContextShard {
   std::unique_ptr<Encoding> pending_;
   bool next_block();                   // moves the encode in progress past its current block
   void end_encode();                   // drops the encode in progress and gives its area back
+  void own_kv();                       // allocates the shard's own K/V (capacity_ rows) if none
   Buffer out_o_, out_lse_;
   // attend_many's stacked rows when this shard's query leads a stack (grown on demand).
   Buffer stack_q_, stack_o_, stack_lse_;
