@@ -224,6 +224,35 @@ TEST_F(TcpServerTest, StreamsTheEnginesAnswer) {
   }
 }
 
+// Context reuse needs nothing from a framed-TCP client (issue 15): with the server's block cache
+// on, asking about the same document again takes its blocks from the cache (the metric counts
+// the hits) and gives the same answer as the cold first time.
+TEST_F(TcpServerTest, AskingAboutTheSameDocumentAgainReusesItsBlocks) {
+  server_->stop();
+  EngineServiceOptions so;
+  so.engine.model = dir_.path();
+  so.engine.threads = 1;
+  so.max_context_tokens = 256;
+  so.engine.context_cache_bytes = int64_t{64} << 20;
+  service_ = std::make_unique<EngineService>(so);
+  server_ = std::make_unique<TcpServer>(io_, *service_, metrics_, TcpServerOptions{});
+  EXPECT_EQ(metric("starattn_context_cache_hits_total{"), "starattn_context_cache_hits_total{worker=\"engine0\"} 0");
+  Client client("127.0.0.1", server_->port());
+  std::vector<std::vector<int32_t>> answers;
+  for (int round = 0; round < 2; ++round) {
+    std::vector<int32_t> got;
+    const RequestStats c = client.generate(request(8), [&](const TokenEvent& ev) {
+      got.insert(got.end(), ev.tokens.begin(), ev.tokens.end());
+      return true;
+    });
+    EXPECT_EQ(c.generated, 8);
+    answers.push_back(got);
+  }
+  EXPECT_EQ(answers[1], answers[0]);
+  EXPECT_EQ(metric("starattn_context_cache_misses_total{"), "starattn_context_cache_misses_total{worker=\"engine0\"} 1");
+  EXPECT_EQ(metric("starattn_context_cache_hits_total{"), "starattn_context_cache_hits_total{worker=\"engine0\"} 1");
+}
+
 TEST_F(TcpServerTest, CancelStopsTheRequestAndFreesItsKv) {
   Client client("127.0.0.1", server_->port());
   int seen = 0;
