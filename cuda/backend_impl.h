@@ -117,8 +117,9 @@ class CudaBackend final : public Backend {
   // Every decode-path item in one launch (cuda/attention_decode_batch.cuh), bit-identical to
   // attention() of each.
   void attention_batch(const std::vector<AttentionArgs>& items) override;
-  // The decode kernel's row group: 16 packed (row, query head of a KV group) slots, so
-  // 16 / (Hq / Hkv) rows read the keys once with a single row's split plan.
+  // Unmasked rows up to 64 packed (row, query head of a KV group) slots, at most 16 rows, get a
+  // single row's split plan; the wide decode kernel reads each K/V tile once for 32 slots (D =
+  // 128) or 64 (D = 64), and interleaves the blocks of items over one K/V (L2).
   int64_t attention_rows_per_pass(int n_q_heads, int n_kv_heads) const override;
   void merge_partials(const std::vector<Partial>& parts, Tensor o, Tensor lse) override;
   // Every item in one launch when they share head count, head dim and dtypes (cuda/merge.cuh).
@@ -177,6 +178,8 @@ class CudaBackend final : public Backend {
   int prefill_variant_ = 0;        // STARATTN_PREFILL_VARIANT (cuda::prefill_variant_from_name)
   int decode_keys_per_tile_ = 16;  // STARATTN_DECODE_KEYS (16, the default, or 32)
   int decode_stages_ = 2;          // STARATTN_DECODE_STAGES (2, the default, 3 or 4; 16-key tiles)
+  bool decode_interleave_ = true;  // STARATTN_DECODE_INTERLEAVE=0: a batch's units over one K/V not interleaved
+  bool decode_wide_ = true;        // STARATTN_DECODE_WIDE=0: rows over one K/V in narrow blocks (same plan)
   bool gemv_ = true;               // STARATTN_GEMV=0: one-row bf16 matmuls through cuBLAS too
   std::unique_ptr<OpProfiler> profiler_;  // STARATTN_PROFILE=1
   std::unique_ptr<DeviceIpc> ipc_;        // made on first use

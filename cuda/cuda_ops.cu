@@ -196,7 +196,7 @@ bool CudaBackend::attention_params(const char* op, const AttentionArgs& a, cuda:
 cuda::DecodePlan CudaBackend::decode_plan(const cuda::AttentionParams& p, int head_dim) const {
   const int stages = decode_keys_per_tile_ == 32 ? 2 : decode_stages_;
   return cuda::plan_attention_decode(p, head_dim, num_sms_, decode_keys_per_tile_, stages,
-                                     cuda::decode_blocks_per_sm(head_dim, decode_keys_per_tile_, stages));
+                                     cuda::decode_blocks_per_sm(head_dim, decode_keys_per_tile_, stages), decode_wide_);
 }
 
 void CudaBackend::attention(const AttentionArgs& a) {
@@ -220,9 +220,10 @@ void CudaBackend::attention(const AttentionArgs& a) {
 
 int64_t CudaBackend::attention_rows_per_pass(int n_q_heads, int n_kv_heads) const {
   if (n_kv_heads <= 0 || n_q_heads % n_kv_heads != 0 || attention_path_ == AttentionPath::prefill) return 1;
-  // Rows whose packed (row, head) slots fit one row group take the decode path with one row
-  // group, the split plan of a single row (plan_attention_decode counts row groups).
-  return std::max<int64_t>(1, 16 / (n_q_heads / n_kv_heads));
+  // Unmasked rows up to kDecodeWideRows packed (row, head) slots get a single row's split plan
+  // (decode_rows_planned_as_one) and, on the default tiles, one pass of the wide kernel over
+  // the keys; and at most 16 rows, which always take the decode path (attention_params).
+  return std::clamp<int64_t>(cuda::kDecodeWideRows / (n_q_heads / n_kv_heads), 1, 16);
 }
 
 void CudaBackend::attention_batch(const std::vector<AttentionArgs>& items) {
@@ -265,16 +266,16 @@ void CudaBackend::attention_batch(const std::vector<AttentionArgs>& items) {
     // Count the workspace first (the plans say how much), then lay the items out in it.
     for (const cuda::DecodePlan& plan : plans) ws_floats += plan.workspace_floats;
     float* ws = ws_floats > 0 ? workspace(ws_floats, op) : nullptr;
-    int64_t merge_blocks = 0;
+    int64_t merge_blocks = 0, unit_counts[cuda::kDecodeBlockKinds] = {};
     cuda::plan_attention_decode_batch<OutT>(params, head_dim, plans, bitems, units, merges, ws, ws_floats,
-                                            merge_blocks);
+                                            merge_blocks, unit_counts, decode_interleave_);
     const auto dev = stage({{bitems.data(), bitems.size() * sizeof(bitems[0])},
                             {units.data(), units.size() * sizeof(units[0])},
                             {merges.data(), merges.size() * sizeof(cuda::MergeBatchItem<OutT>)}},
                            op);
     cuda::launch_attention_decode_batch<OutT>(
         static_cast<const cuda::DecodeBatchItem*>(dev[0]), static_cast<const cuda::DecodeBatchUnit*>(dev[1]),
-        static_cast<int64_t>(units.size()), static_cast<const cuda::MergeBatchItem<OutT>*>(dev[2]),
+        unit_counts, static_cast<const cuda::MergeBatchItem<OutT>*>(dev[2]),
         static_cast<int>(merges.size()), merge_blocks, params[0].n_q_heads, params[0].n_kv_heads, head_dim,
         plans[0].keys_per_tile, plans[0].stages, stream_);
   };

@@ -178,10 +178,11 @@ class Backend {
   virtual void attention_batch(const std::vector<AttentionArgs>& items) {
     for (const AttentionArgs& a : items) attention(a);
   }
-  // Query rows of one unmasked attention that the backend computes in one pass over the keys,
-  // each row exactly as it would alone (same key splits, same order of sums): the rows of
-  // several requests over one shared K/V (ContextShard::attend_many) are stacked up to this
-  // many, so the keys are read once for all of them. 1: no stacking.
+  // Query rows of one unmasked attention that the backend computes together, each row exactly
+  // as it would alone (same key splits, same order of sums): the rows of several requests over
+  // one shared K/V (ContextShard::attend_many) are stacked up to this many, so the keys are read
+  // once for all of them, or a few times back to back (cuda: per 32 packed row-head slots at
+  // head size 128). 1: no stacking.
   virtual int64_t attention_rows_per_pass(int n_q_heads, int n_kv_heads) const {
     (void)n_q_heads;
     (void)n_kv_heads;

@@ -117,19 +117,28 @@ TEST_F(CudaAttentionBatch, EveryTileVariantEqualsItsOwnCalls) {
 
 // ContextShard::attend_many's stacking (requests on one document share a shard's K/V): up to
 // attention_rows_per_pass rows over one K/V in one item give each row what its own single-row
-// call gives, bit for bit (one row group: a single row's split plan). GQA 4:1 (4 rows) and 3:1
-// (5 rows), short and long contexts (one split; many merged), bf16 and f32 outputs.
+// call gives, bit for bit (unmasked rows up to 64 packed slots get a single row's split plan;
+// the wide kernel reads each K/V tile once for all of them, STARATTN_DECODE_WIDE=0 runs them in
+// narrow blocks). GQA 4:1 (16 rows: 4 row groups) and 3:1 (16 rows: 48 slots, 3 of a wide
+// block's 4 row groups), 5 rows (wide of 2, or one group), short and long contexts (one split;
+// many merged), bf16 and f32 outputs.
 TEST_F(CudaAttentionBatch, StackedRowsOverOneKvEqualEachRowsOwnCall) {
   struct Shape {
     int hq, hkv, d;
     DType out;
   };
+  for (const char* wide : {"1", "0"}) {
+  ScopedEnv env("STARATTN_DECODE_WIDE", wide);
+  gpu_ = make_backend("cuda", 0);  // reads the variable
   for (const Shape& sh : {Shape{32, 8, 128, DType::bf16}, Shape{9, 3, 64, DType::f32}, Shape{32, 8, 64, DType::bf16}})
-    for (int64_t S : {int64_t{40}, int64_t{3000}, int64_t{65536}}) {
-      const int64_t rows = gpu_->attention_rows_per_pass(sh.hq, sh.hkv);
-      ASSERT_EQ(rows, 16 / (sh.hq / sh.hkv));
+    for (int64_t S : {int64_t{40}, int64_t{3000}, int64_t{65536}})
+    for (bool all : {true, false}) {
+      const int64_t per_pass = gpu_->attention_rows_per_pass(sh.hq, sh.hkv);
+      ASSERT_EQ(per_pass, std::min<int64_t>(16, 64 / (sh.hq / sh.hkv)));
+      const int64_t rows = all ? per_pass : 5;
       const std::string what = "Hq " + std::to_string(sh.hq) + "/" + std::to_string(sh.hkv) + ", D " +
-                               std::to_string(sh.d) + ", S " + std::to_string(S) + ", " + dtype_name(sh.out);
+                               std::to_string(sh.d) + ", S " + std::to_string(S) + ", " + dtype_name(sh.out) +
+                               ", " + std::to_string(rows) + " rows, STARATTN_DECODE_WIDE=" + wide;
       Dev q = gpu(random(rows * sh.hq * sh.d, -2.0f, 2.0f), rows, sh.hq * sh.d, DType::bf16, 8);
       Dev k = gpu(random(S * sh.hkv * sh.d, -2.0f, 2.0f), S, sh.hkv * sh.d, DType::bf16, 16);
       Dev v = gpu(random(S * sh.hkv * sh.d), S, sh.hkv * sh.d);
@@ -166,6 +175,84 @@ TEST_F(CudaAttentionBatch, StackedRowsOverOneKvEqualEachRowsOwnCall) {
       EXPECT_EQ(bad, 0u) << what << ": stacked rows differ from their own calls";
       EXPECT_GT(spread, 1e-3f) << what;
     }
+  }
+}
+
+// Sixteen requests on one document as a decode step has them: attend_many stacks their rows into
+// four items over the same K/V, and the launch interleaves those items' units split by split
+// (order_decode_batch_units, for L2 reuse); an item over other keys sits between them. Each row
+// must still get its own single-row call's O and lse, bit for bit, with the interleaving and
+// without it (STARATTN_DECODE_INTERLEAVE=0).
+TEST_F(CudaAttentionBatch, ItemsSharingOneKvInterleavedEqualEachRowsOwnCall) {
+  const int hq = 32, hkv = 8, d = 128;
+  const int64_t S = 32768, n_items = 4;
+  const std::vector<float> hq_rows = random(8 * n_items * hq * d, -2.0f, 2.0f), hk = random(S * hkv * d, -2.0f, 2.0f),
+                           hv = random(S * hkv * d), hq2 = random(hq * d, -2.0f, 2.0f),
+                           hk2 = random(5000 * hkv * d, -2.0f, 2.0f), hv2 = random(5000 * hkv * d);
+  // 4 rows an item: 16 packed rows, narrow blocks; 8: 32, wide blocks of 2 row groups.
+  for (const int64_t per_item : {int64_t{4}, int64_t{8}})
+  for (const char* interleave : {"1", "0"}) {
+    const int64_t streams = per_item * n_items;
+    ScopedEnv env("STARATTN_DECODE_INTERLEAVE", interleave);
+    gpu_ = make_backend("cuda", 0);  // reads the variable
+    SCOPED_TRACE(std::string("STARATTN_DECODE_INTERLEAVE=") + interleave + ", " + std::to_string(per_item) +
+                 " rows an item");
+    Dev q = gpu(std::vector<float>(hq_rows.begin(), hq_rows.begin() + streams * hq * d), streams, hq * d,
+                DType::bf16, 8);
+    Dev k = gpu(hk, S, hkv * d, DType::bf16, 16), v = gpu(hv, S, hkv * d);
+    Dev q2 = gpu(hq2, 1, hq * d, DType::bf16, 8), k2 = gpu(hk2, 5000, hkv * d), v2 = gpu(hv2, 5000, hkv * d);
+    Dev ob = gpu_out(streams, hq * d, DType::bf16), lb = gpu_out(streams, hq, DType::f32);
+    Dev oo = gpu_out(streams, hq * d, DType::bf16), lo = gpu_out(streams, hq, DType::f32);
+    Dev o2b = gpu_out(1, hq * d, DType::bf16), l2b = gpu_out(1, hq, DType::f32);
+    Dev o2o = gpu_out(1, hq * d, DType::bf16), l2o = gpu_out(1, hq, DType::f32);
+    AttentionArgs a;
+    a.k = k.t;
+    a.v = v.t;
+    a.n_q_heads = hq;
+    a.n_kv_heads = hkv;
+    a.head_dim = d;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(d));
+    AttentionArgs other = a;
+    other.k = k2.t;
+    other.v = v2.t;
+    other.q = q2.t;
+    std::vector<AttentionArgs> batch;
+    for (int64_t i = 0; i < n_items; ++i) {
+      a.q = q.t.slice_rows(i * per_item, per_item);
+      a.o = ob.t.slice_rows(i * per_item, per_item);
+      a.lse = lb.t.slice_rows(i * per_item, per_item);
+      batch.push_back(a);
+      if (i == 1) {
+        other.o = o2b.t;
+        other.lse = l2b.t;
+        batch.push_back(other);
+      }
+    }
+    gpu_->attention_batch(batch);
+    for (int64_t r = 0; r < streams; ++r) {
+      a.q = q.t.slice_rows(r, 1);
+      a.o = oo.t.slice_rows(r, 1);
+      a.lse = lo.t.slice_rows(r, 1);
+      gpu_->attention(a);
+    }
+    other.o = o2o.t;
+    other.lse = l2o.t;
+    gpu_->attention(other);
+    gpu_->synchronize();
+    size_t bad = 0;
+    float spread = 0;
+    const auto o_b = get(*gpu_, ob.t), o_o = get(*gpu_, oo.t), l_b = get(*gpu_, lb.t), l_o = get(*gpu_, lo.t);
+    for (size_t j = 0; j < o_o.size(); ++j) {
+      bad += !(o_b[j] == o_o[j]);  // NaN: not written
+      spread = std::max(spread, std::abs(o_o[j]));
+    }
+    for (size_t j = 0; j < l_o.size(); ++j) bad += !(l_b[j] == l_o[j]);
+    const auto x_b = get(*gpu_, o2b.t), x_o = get(*gpu_, o2o.t), y_b = get(*gpu_, l2b.t), y_o = get(*gpu_, l2o.t);
+    for (size_t j = 0; j < x_o.size(); ++j) bad += !(x_b[j] == x_o[j]);
+    for (size_t j = 0; j < y_o.size(); ++j) bad += !(y_b[j] == y_o[j]);
+    EXPECT_EQ(bad, 0u) << "rows of items over one K/V, or the item between them, differ from their own calls";
+    EXPECT_GT(spread, 1e-3f);
+  }
 }
 
 // Backend::merge_partials_batch: requests with their own number of partials (1, 2, 3, 20: past
