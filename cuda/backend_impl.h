@@ -132,6 +132,8 @@ class CudaBackend final : public Backend {
   void add(Tensor x, const Tensor& y) override;
   void add_rmsnorm(Tensor x, const Tensor& y, const Tensor& weight, float eps, Tensor out) override;
   int32_t sample(const Tensor& logits_row, const SamplingParams& params, uint64_t step) override;
+  // One argmax launch over all rows, one copy back.
+  void argmax_rows(const Tensor& logits, std::vector<int32_t>& out) override;
   void synchronize() override;
   void profile_section(const char* name) override;
   DeviceIpc* ipc() override;
@@ -205,8 +207,9 @@ class CudaBackend final : public Backend {
 
   float* ws_ = nullptr;  // decode split partials
   int64_t ws_floats_ = 0;
-  int32_t* d_result_ = nullptr;  // argmax result
+  int32_t* d_result_ = nullptr;  // argmax results: [result_rows_][2]
   int32_t* h_result_ = nullptr;
+  int64_t result_rows_ = 1;
 
   mutable std::mutex live_mutex_;
   std::unordered_map<void*, size_t> live_;  // allocation -> bytes

@@ -460,7 +460,7 @@ int32_t CudaBackend::sample(const Tensor& logits_row, const SamplingParams& para
     sample_token(&one, 1, params, step);
     dispatch(logits_row.dtype, [&](auto lt) {
       using T = decltype(lt);
-      cuda::launch_argmax(ptr<const T>(logits_row), n, d_result_, stream_);
+      cuda::launch_argmax(ptr<const T>(logits_row), 1, logits_row.stride, n, d_result_, stream_);
     });
     check_cuda(cudaMemcpyAsync(h_result_, d_result_, 2 * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_),
                "sample: cudaMemcpyAsync");
@@ -471,6 +471,35 @@ int32_t CudaBackend::sample(const Tensor& logits_row, const SamplingParams& para
   std::vector<float> row(static_cast<size_t>(n));
   download(logits_row, row.data());
   return sample_token(row.data(), n, params, step);
+}
+
+void CudaBackend::argmax_rows(const Tensor& logits, std::vector<int32_t>& out) {
+  check_view("argmax_rows", "logits", logits);
+  if (logits.cols == 0 || logits.cols > INT32_MAX)
+    fail("argmax_rows", "logits " + shape(logits) + " need 1 to 2^31 - 1 columns");
+  out.assign(static_cast<size_t>(logits.rows), -1);
+  if (logits.rows == 0) return;
+  bind();
+  ProfileScope prof(profiler_.get(), "argmax_rows");
+  if (logits.rows > result_rows_) {
+    if (d_result_) cudaFree(d_result_);
+    if (h_result_) cudaFreeHost(h_result_);
+    d_result_ = h_result_ = nullptr;
+    result_rows_ = 0;
+    check_cuda(cudaMalloc(&d_result_, 2 * sizeof(int32_t) * logits.rows), "cudaMalloc (sample results)");
+    check_cuda(cudaMallocHost(&h_result_, 2 * sizeof(int32_t) * logits.rows), "cudaMallocHost (sample results)");
+    result_rows_ = logits.rows;
+  }
+  dispatch(logits.dtype, [&](auto lt) {
+    using T = decltype(lt);
+    cuda::launch_argmax(ptr<const T>(logits), logits.rows, logits.stride, static_cast<int>(logits.cols), d_result_,
+                        stream_);
+  });
+  check_cuda(cudaMemcpyAsync(h_result_, d_result_, 2 * sizeof(int32_t) * logits.rows, cudaMemcpyDeviceToHost, stream_),
+             "argmax_rows: cudaMemcpyAsync");
+  check_cuda(cudaStreamSynchronize(stream_), "argmax_rows");
+  for (int64_t r = 0; r < logits.rows; ++r)
+    if (h_result_[2 * r + 1] < 0) out[static_cast<size_t>(r)] = h_result_[2 * r];
 }
 
 void CudaBackend::synchronize() {

@@ -3,8 +3,8 @@
 // backend can refuse it as sample_token does. Seeded sampling copies the row to the host and
 // calls sample_token, which is the contract.
 //
-// logits [n] (T: bf16 or f32, contiguous). result int32[2] on the device:
-// {argmax, first index holding NaN or +inf, or -1}.
+// logits [rows, n] (T: bf16 or f32; rows `stride` elements apart, each contiguous). result
+// int32[rows][2] on the device: {argmax, first index holding NaN or +inf, or -1} per row.
 #pragma once
 
 #include <climits>
@@ -23,9 +23,12 @@ __device__ __forceinline__ void argmax_step(float& bv, int& bi, float v, int i) 
   }
 }
 
-// grid 1, block 1024: one row of a few hundred thousand logits is a few microseconds.
+// grid rows, block 1024: one row of a few hundred thousand logits is a few microseconds.
 template <class T>
-__global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const T* logits, int n, int32_t* result) {
+__global__ void __launch_bounds__(kArgmaxThreads)
+    argmax_kernel(const T* logits, int64_t stride, int n, int32_t* result) {
+  logits += static_cast<int64_t>(blockIdx.x) * stride;
+  result += 2 * static_cast<int64_t>(blockIdx.x);
   __shared__ float s_v[kArgmaxThreads / 32];
   __shared__ int s_i[kArgmaxThreads / 32];
   __shared__ int s_bad[kArgmaxThreads / 32];
@@ -69,8 +72,9 @@ __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const T* logits,
 }
 
 template <class T>
-void launch_argmax(const T* logits, int n, int32_t* result, cudaStream_t stream) {
-  argmax_kernel<T><<<1, kArgmaxThreads, 0, stream>>>(logits, n, result);
+void launch_argmax(const T* logits, int64_t rows, int64_t stride, int n, int32_t* result, cudaStream_t stream) {
+  if (rows <= 0) return;
+  argmax_kernel<T><<<static_cast<unsigned>(rows), kArgmaxThreads, 0, stream>>>(logits, stride, n, result);
   check_launch("argmax_kernel");
 }
 

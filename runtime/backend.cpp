@@ -60,6 +60,18 @@ void Buffer::release() {
   view_ = Tensor{};
 }
 
+void Backend::argmax_rows(const Tensor& logits, std::vector<int32_t>& out) {
+  out.assign(static_cast<size_t>(logits.rows), -1);
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  for (int64_t r = 0; r < logits.rows; ++r) {
+    try {
+      out[static_cast<size_t>(r)] = sample(logits.slice_rows(r, 1), greedy, 0);
+    } catch (const std::invalid_argument&) {  // NaN or +inf: the request's own sample() says so
+    }
+  }
+}
+
 namespace {
 
 // Backends other than cpu, by name, as they registered themselves (register_backend).

@@ -215,6 +215,10 @@ class Backend {
   // Picks a token from one row of logits; step distinguishes the draws of one seeded stream.
   virtual int32_t sample(const Tensor& logits_row, const SamplingParams& params,
                          uint64_t step) = 0;
+  // Greedy picks of many rows at once (a batched decode step's requests): out[i] is the token
+  // sample(row i) gives at temperature 0, or -1 where row i holds a NaN or +inf logit (sample()
+  // then raises that error, for that request alone). The default calls sample() row by row.
+  virtual void argmax_rows(const Tensor& logits, std::vector<int32_t>& out);
   // Waits for queued work (no-op on synchronous backends).
   virtual void synchronize() = 0;
   // Names the section of work that the following ops belong to ("phase1", "prefill", "decode")

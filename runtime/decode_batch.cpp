@@ -66,6 +66,27 @@ bool DecodeBatch::remove(uint64_t id) {
   return true;
 }
 
+void DecodeBatch::fetch_logits(const std::vector<Result>& results, const std::vector<size_t>& range_of, size_t rows) {
+  host_logits_.clear();
+  greedy_.clear();
+  if (rows == 0) return;
+  // The requests' token picks need their logits rows on the host (logprobs, penalties, a
+  // temperature) or only a greedy pick: one download and one argmax launch for all of them,
+  // instead of a device round trip per request and step.
+  bool host = false, argmax = false;
+  for (size_t i = 0; i < results.size(); ++i) {
+    if (range_of[i] == SIZE_MAX) continue;
+    (results[i].generation->picks_on_host() ? host : argmax) = true;
+  }
+  Backend& be = model_.backend();
+  const Tensor logits = ws_.logits.rows(0, static_cast<int64_t>(rows));
+  if (host) {
+    host_logits_.resize(static_cast<size_t>(logits.rows * logits.cols));
+    be.download(logits, host_logits_.data());
+  }
+  if (argmax) be.argmax_rows(logits, greedy_);
+}
+
 std::vector<DecodeBatch::Result> DecodeBatch::step() {
   std::vector<Result> results(members_.size());
   // Lay out the rows: each member that still runs contributes its input at its positions.
@@ -96,6 +117,13 @@ std::vector<DecodeBatch::Result> DecodeBatch::step() {
     Hook hook(model_.backend(), ranges);
     model_.forward(ids.data(), positions.data(), static_cast<int64_t>(ids.size()), hook, ws_, options);
   }
+  try {
+    fetch_logits(results, range_of, ranges.size());
+  } catch (...) {
+    // Each request then fetches its own row and meets the error itself (its result says it).
+    host_logits_.clear();
+    greedy_.clear();
+  }
   for (size_t i = 0; i < members_.size(); ++i) {
     Result& res = results[i];
     if (range_of[i] == SIZE_MAX) continue;
@@ -106,7 +134,11 @@ std::vector<DecodeBatch::Result> DecodeBatch::step() {
     }
     try {
       res.generation->session().commit(r.rows);
-      res.produced = res.generation->end_step(ws_.logits.rows(static_cast<int64_t>(range_of[i]), 1), res.token);
+      const auto row = static_cast<int64_t>(range_of[i]);
+      FetchedLogits fetched;
+      if (!host_logits_.empty()) fetched.host_row = host_logits_.data() + row * ws_.logits.view().cols;
+      if (!greedy_.empty()) fetched.greedy_token = greedy_[static_cast<size_t>(row)];
+      res.produced = res.generation->end_step(ws_.logits.rows(row, 1), res.token, fetched);
     } catch (...) {
       res.error = std::current_exception();
     }

@@ -8,7 +8,8 @@
 // attention is started before any is finished (ContextShards::start/finish), so the shards'
 // transport can answer all requests of a layer with one message and one attention call per
 // worker (actors/exchange_batch.h). The token choice and stop rules stay
-// in Generation (begin_step / end_step): this file only schedules rows.
+// in Generation (begin_step / end_step): this file only schedules rows, and fetches the step's
+// logits for all requests at once (one download, one argmax launch) rather than per request.
 //
 // Requests join (add) and leave (remove, or when they finish or fail) between steps. A request
 // whose attention throws (a failed worker behind its ContextShards) fails alone: its rows carry
@@ -65,6 +66,11 @@ class DecodeBatch {
   const Transformer& model_;
   std::vector<Member> members_;
   Workspace ws_;
+  // This step's logits rows as fetched for every request at once (fetch_logits): a host copy
+  // when any request picks on the host, greedy picks when any only needs one.
+  void fetch_logits(const std::vector<Result>& results, const std::vector<size_t>& range_of, size_t rows);
+  std::vector<float> host_logits_;
+  std::vector<int32_t> greedy_;
 };
 
 }  // namespace starattn

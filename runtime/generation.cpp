@@ -85,18 +85,29 @@ std::string Generation::text_tail() {
   return stops_->push(rest) + stops_->flush();
 }
 
-int32_t Generation::choose_token(const Tensor& logits, GeneratedToken& out) {
+int32_t Generation::choose_token(const Tensor& logits, GeneratedToken& out, const FetchedLogits& fetched) {
   Backend& be = model_.backend();
   const auto step = static_cast<uint64_t>(step_);
-  if (host_logits_.empty()) return be.sample(logits, spec_.sampling, step);
+  // A backend's sample() picks what sample_token picks from the same logits (its contract), so a
+  // fetched host row or greedy pick gives the token this request would get on its own.
+  const bool greedy = spec_.sampling.temperature == 0.0f;
+  auto pick = [&](const float* host_row) {
+    if (greedy && fetched.greedy_token >= 0) {
+      validate_sampling(spec_.sampling);
+      return fetched.greedy_token;
+    }
+    if (host_row) return sample_token(host_row, logits.cols, spec_.sampling, step);
+    return be.sample(logits, spec_.sampling, step);
+  };
+  if (host_logits_.empty()) return pick(fetched.host_row);
   // Penalties, bias and logprobs work on a host copy; the pick then uses the host sampler, the
   // same algorithm the backends implement on the device.
-  be.download(logits, host_logits_.data());
+  if (fetched.host_row) std::copy(fetched.host_row, fetched.host_row + host_logits_.size(), host_logits_.begin());
+  else be.download(logits, host_logits_.data());
   const int64_t n = static_cast<int64_t>(host_logits_.size());
   if (spec_.logits.adjusts_logits()) adjust_logits(host_logits_.data(), n, spec_.logits, history_);
-  const int32_t token = spec_.logits.adjusts_logits()
-                            ? sample_token(host_logits_.data(), n, spec_.sampling, step)
-                            : be.sample(logits, spec_.sampling, step);
+  const int32_t token = spec_.logits.adjusts_logits() ? sample_token(host_logits_.data(), n, spec_.sampling, step)
+                                                      : pick(fetched.host_row ? host_logits_.data() : nullptr);
   if (spec_.logits.wants_logprobs())
     out.logprob = token_logprob(host_logits_.data(), n, token, spec_.logits.top_logprobs);
   if (spec_.want_logits) out.logits = host_logits_.data();
@@ -134,11 +145,11 @@ bool Generation::begin_step(std::vector<int32_t>& input) {
   return true;
 }
 
-bool Generation::end_step(const Tensor& logits, GeneratedToken& out) {
+bool Generation::end_step(const Tensor& logits, GeneratedToken& out, const FetchedLogits& fetched) {
   if (finished()) return false;
   if (step_ >= spec_.max_tokens) return finish("length");
   out = GeneratedToken{};
-  const int32_t token = choose_token(logits, out);
+  const int32_t token = choose_token(logits, out, fetched);
   if (step_ == 0) {
     t_first_ = std::chrono::steady_clock::now();
     first_token_ms_ = ms_between(t_start_, t_first_);

@@ -55,6 +55,12 @@ struct GeneratedToken {
   std::optional<TokenLogprob> logprob;  // when the spec asked for logprobs
 };
 
+// What a batched decode step fetched of one request's logits row for Generation::end_step.
+struct FetchedLogits {
+  const float* host_row = nullptr;  // [vocab] host copy of the row
+  int32_t greedy_token = -1;        // Backend::argmax_rows' pick for the row (-1: none)
+};
+
 class Generation {
  public:
   // `tokenizer` may be null (no text, no stop strings). The model, shards and tokenizer must
@@ -73,8 +79,13 @@ class Generation {
   // through session() next (the query, then the last token); false once finished.
   bool begin_step(std::vector<int32_t>& input);
   // After the forward: `logits` [1, vocab] are the next-token logits of the input's last row.
-  // Picks the token and applies the stop rules; returns what step() returns.
-  bool end_step(const Tensor& logits, GeneratedToken& out);
+  // Picks the token and applies the stop rules; returns what step() returns. A batched step
+  // may hand over what it fetched for all its requests at once (`fetched`): the token is then
+  // the one the logits alone would give, without a device round trip of its own.
+  bool end_step(const Tensor& logits, GeneratedToken& out, const FetchedLogits& fetched = {});
+  // Whether end_step reads the logits on the host (logprobs, penalties, bias, a temperature), or
+  // only needs a greedy pick.
+  bool picks_on_host() const { return !host_logits_.empty() || spec_.sampling.temperature != 0.0f; }
   QuerySession& session() { return *session_; }
   // The caller stops early: the next step() returns false with "cancelled".
   void cancel();
@@ -88,7 +99,7 @@ class Generation {
   double decode_ms() const;
 
  private:
-  int32_t choose_token(const Tensor& logits, GeneratedToken& out);
+  int32_t choose_token(const Tensor& logits, GeneratedToken& out, const FetchedLogits& fetched);
   bool finish(const char* reason);
 
   const Transformer& model_;

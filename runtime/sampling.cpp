@@ -45,6 +45,8 @@ int32_t argmax(const float* logits, int64_t n) {
 
 }  // namespace
 
+void validate_sampling(const SamplingParams& params) { validate(params); }
+
 double uniform_draw(uint64_t seed, uint64_t step) {
   // Two rounds so that (seed, step) and (step, seed) or (seed + 1, step - 1) do not collide.
   const uint64_t h = mix64(mix64(seed + 0x9E3779B97F4A7C15ULL) ^ (step * 0xD1B54A32D192ED03ULL + 1));

@@ -21,6 +21,8 @@ double uniform_draw(uint64_t seed, uint64_t step);
 // is chosen by inverse CDF with uniform_draw(seed, step). Throws std::invalid_argument for
 // temperature < 0, top_p outside (0, 1], top_k < 0, and NaN or +inf logits.
 int32_t sample_token(const float* logits, int64_t n, const SamplingParams& params, uint64_t step);
+// The parameter checks of sample_token alone (for a token picked elsewhere, e.g. a batched argmax).
+void validate_sampling(const SamplingParams& params);
 
 // What OpenAI-style requests add on top of sampling: penalties over the tokens generated so far,
 // a fixed bias per token id, and log-probabilities of the chosen and the most likely tokens.

@@ -130,7 +130,10 @@ class CountingBackend : public Backend {
   void free_memory(Tensor t) override { be_->free_memory(t); }
   int64_t free_bytes() const override { return be_->free_bytes(); }
   void upload(const float* host, Tensor dst) override { be_->upload(host, dst); }
-  void download(const Tensor& src, float* host) override { be_->download(src, host); }
+  void download(const Tensor& src, float* host) override {
+    ++calls["download"];
+    be_->download(src, host);
+  }
   void copy(const Tensor& src, Tensor dst) override { ++calls["copy"]; be_->copy(src, dst); }
   void copy_batch(const std::vector<CopyItem>& items) override { ++calls["copy_batch"]; be_->copy_batch(items); }
   void embedding(const int32_t* ids, const Tensor& table, Tensor out) override { be_->embedding(ids, table, out); }
@@ -157,7 +160,14 @@ class CountingBackend : public Backend {
   void add_rmsnorm(Tensor x, const Tensor& y, const Tensor& w, float eps, Tensor out) override {
     be_->add_rmsnorm(x, y, w, eps, out);
   }
-  int32_t sample(const Tensor& row, const SamplingParams& p, uint64_t step) override { return be_->sample(row, p, step); }
+  int32_t sample(const Tensor& row, const SamplingParams& p, uint64_t step) override {
+    ++calls["sample"];
+    return be_->sample(row, p, step);
+  }
+  void argmax_rows(const Tensor& logits, std::vector<int32_t>& out) override {
+    ++calls["argmax_rows"];
+    be_->argmax_rows(logits, out);
+  }
   void synchronize() override { be_->synchronize(); }
 
  private:
@@ -167,8 +177,10 @@ class CountingBackend : public Backend {
 // A batched decode step costs the same handful of attention-side calls per layer whatever the
 // number of requests (QuerySession::attend_layer): one copy_batch (every K/V append), two
 // attention_batch (the own causal parts; the in-process shards of all requests), one
-// merge_partials_batch; no per-request attention, merge or copy. Phase 1 runs at admission
-// (chunk 0), so the counted steps are pure decode.
+// merge_partials_batch; no per-request attention, merge or copy. Its token picks take one
+// download (the requests that want their logits on the host) and one argmax_rows (the greedy
+// ones that do not), no sample() per request. Phase 1 runs at admission (chunk 0), so the
+// counted steps are pure decode.
 TEST_F(DecodeBatchTest, ADecodeStepGroupsEveryRequestsAttentionIntoOneCallPerKindAndLayer) {
   static const bool registered = register_backend(
       "counting-cpu", [](int, int threads) { return std::make_unique<CountingBackend>(threads); });
@@ -182,7 +194,8 @@ TEST_F(DecodeBatchTest, ADecodeStepGroupsEveryRequestsAttentionIntoOneCallPerKin
   EngineBatch batch(engine, 0);
   std::vector<uint64_t> ids;
   for (uint64_t seed : {31, 32, 33, 34}) {
-    const RequestSpec r = request({40 + static_cast<int64_t>(seed), 3, 8}, seed);
+    RequestSpec r = request({40 + static_cast<int64_t>(seed), 3, 8}, seed);
+    r.want_logits = seed % 2 == 0;
     ids.push_back(batch.admit(r, [](const GeneratedToken&) { return true; }));
   }
   for (int step = 0; step < 6 && batch.running() > 0; ++step) {
@@ -197,8 +210,70 @@ TEST_F(DecodeBatchTest, ADecodeStepGroupsEveryRequestsAttentionIntoOneCallPerKin
     EXPECT_EQ(c["attention"], 0);
     EXPECT_EQ(c["merge_partials"], 0);
     EXPECT_EQ(c["copy"], 0);
+    EXPECT_EQ(c["download"], 1);
+    EXPECT_EQ(c["argmax_rows"], 1);
+    EXPECT_EQ(c["sample"], 0);
   }
   EXPECT_EQ(batch.running(), 4u);
+}
+
+// The step fetches every request's logits at once (one host copy, one batched argmax) and each
+// request picks from that as it would alone: greedy without logits (argmax_rows), greedy with
+// logprobs, seeded temperature / top-p, and top-k with a bias, a penalty and logprobs (all from
+// the host copy). Tokens equal the solo runs', logprobs within the batch's logit rounding.
+TEST_F(DecodeBatchTest, TokenPicksFromTheStepsFetchedLogitsEqualEachRequestsOwn) {
+  std::vector<RequestSpec> reqs;
+  for (int i = 0; i < 4; ++i) {
+    RequestSpec r = request({35 + 17 * i, 2 + i, 10}, 60 + i);
+    r.want_logits = false;
+    reqs.push_back(r);
+  }
+  reqs[1].logits.top_logprobs = 3;
+  reqs[2].sampling.temperature = 0.8f;
+  reqs[2].sampling.top_p = 0.9f;
+  reqs[2].sampling.seed = 7;
+  reqs[3].sampling.temperature = 1.0f;
+  reqs[3].sampling.top_k = 5;
+  reqs[3].sampling.seed = 11;
+  reqs[3].logits.logit_bias = {{65, 2.0f}, {66, -1.5f}};
+  reqs[3].logits.presence_penalty = 0.5f;
+  reqs[3].logits.top_logprobs = 0;
+  struct Run {
+    std::vector<int32_t> tokens;
+    std::vector<float> logprobs;
+  };
+  auto record = [](Run& run) {
+    return [&run](const GeneratedToken& t) {
+      run.tokens.push_back(t.token);
+      if (t.logprob) run.logprobs.push_back(t.logprob->logprob);
+      return true;
+    };
+  };
+  std::vector<Run> batched(reqs.size()), solo(reqs.size());
+  {
+    EngineBatch batch(*engine_);
+    for (size_t i = 0; i < reqs.size(); ++i) batch.admit(reqs[i], record(batched[i]));
+    for (int step = 0; batch.running() > 0 && step < 50; ++step)
+      for (EngineBatch::Ended& e : batch.step()) EXPECT_TRUE(e.end.ok) << e.end.error;
+  }
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    engine_->generate(reqs[i], record(solo[i]));
+    SCOPED_TRACE("request " + std::to_string(i));
+    ASSERT_EQ(solo[i].tokens.size(), 10u);
+    EXPECT_EQ(batched[i].tokens, solo[i].tokens);
+    ASSERT_EQ(batched[i].logprobs.size(), solo[i].logprobs.size());
+    EXPECT_EQ(solo[i].logprobs.empty(), reqs[i].logits.top_logprobs < 0);
+    for (size_t k = 0; k < solo[i].logprobs.size(); ++k) EXPECT_NEAR(batched[i].logprobs[k], solo[i].logprobs[k], 1e-4);
+  }
+  // The seeded requests really sampled: not the greedy run's tokens.
+  for (size_t i : {size_t{2}, size_t{3}}) {
+    RequestSpec greedy = reqs[i];
+    greedy.sampling = SamplingParams{};
+    greedy.logits = LogitsProcessing{};
+    Run g;
+    engine_->generate(greedy, record(g));
+    EXPECT_NE(g.tokens, solo[i].tokens) << "request " << i << " drew the greedy tokens";
+  }
 }
 
 TEST_F(DecodeBatchTest, JoinAndCancelInTheMiddle) {

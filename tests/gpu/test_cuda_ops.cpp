@@ -445,5 +445,38 @@ TEST_F(CudaOps, ArgmaxAndSampling) {
   }
 }
 
+// Backend::argmax_rows (a batched decode step's greedy picks): one launch over a strided block of
+// rows gives each row what sample() at temperature 0 gives and what sample_token picks from the
+// held values (ties to the lower index, an all -inf row), and -1 for rows with NaN or +inf.
+TEST_F(CudaOps, ArgmaxRowsEqualEachRowsGreedySample) {
+  const int64_t R = 37;
+  for (const int64_t V : {int64_t{259}, int64_t{49152}})
+    for (DType dt : {DType::f32, DType::bf16}) {
+      std::vector<float> logits = random(R * V, -10.0f, 10.0f);
+      logits[3 * V + 5] = logits[3 * V + V - 2] = 30.0f;                              // a tie
+      std::fill(logits.begin() + 7 * V, logits.begin() + 8 * V, -INFINITY);             // all masked
+      logits[11 * V + V / 2] = NAN;
+      logits[20 * V + 1] = INFINITY;
+      Dev g = gpu(logits, R, V, dt, 8);  // padded rows: a real stride
+      std::vector<int32_t> got;
+      gpu_->argmax_rows(g.t, got);
+      ASSERT_EQ(got.size(), static_cast<size_t>(R));
+      const std::vector<float> held = get(*gpu_, g.t);
+      SamplingParams greedy;
+      for (int64_t r = 0; r < R; ++r) {
+        SCOPED_TRACE("V " + std::to_string(V) + " " + dtype_name(dt) + " row " + std::to_string(r));
+        if (r == 11 || r == 20) {
+          EXPECT_EQ(got[static_cast<size_t>(r)], -1);
+          EXPECT_THROW(gpu_->sample(g.t.slice_rows(r, 1), greedy, 0), std::invalid_argument);
+          continue;
+        }
+        EXPECT_EQ(got[static_cast<size_t>(r)], sample_token(held.data() + r * V, V, greedy, 0));
+        EXPECT_EQ(got[static_cast<size_t>(r)], gpu_->sample(g.t.slice_rows(r, 1), greedy, 0));
+      }
+      EXPECT_EQ(got[3], 5);
+      EXPECT_EQ(got[7], 0);
+    }
+}
+
 }  // namespace
 }  // namespace starattn
