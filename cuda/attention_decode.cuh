@@ -273,7 +273,7 @@ inline bool decode_rows_planned_as_one(const AttentionParams& p) {
 // down, so no straggler blocks run alone after the wave), but at least 2 tiles per warp each.
 // blocks_per_sm: resident blocks per SM of the kernel (decode_blocks_per_sm); 0 estimates it from
 // the shared memory alone. wide: the wide kernel may take rows planned as one row group (default
-// tiles only; STARATTN_DECODE_WIDE=0 turns it off, the split plan stays the same).
+// tiles only; the backend's STARATTN_DECODE_WIDE, off by default; the split plan is the same).
 inline DecodePlan plan_attention_decode(const AttentionParams& p, int head_dim, int num_sms,
                                         int keys_per_tile = kDecodeKeys, int stages = 2,
                                         int blocks_per_sm = 0, bool wide = true) {

@@ -181,7 +181,9 @@ class CudaBackend final : public Backend {
   int decode_keys_per_tile_ = 16;  // STARATTN_DECODE_KEYS (16, the default, or 32)
   int decode_stages_ = 2;          // STARATTN_DECODE_STAGES (2, the default, 3 or 4; 16-key tiles)
   bool decode_interleave_ = true;  // STARATTN_DECODE_INTERLEAVE=0: a batch's units over one K/V not interleaved
-  bool decode_wide_ = true;        // STARATTN_DECODE_WIDE=0: rows over one K/V in narrow blocks (same plan)
+  // STARATTN_DECODE_WIDE=1: rows over one K/V in wide blocks (same plan, same bits). Off by default
+  // until a GPU run has passed its tests (written in session 12 with no GPU lent).
+  bool decode_wide_ = false;
   bool gemv_ = true;               // STARATTN_GEMV=0: one-row bf16 matmuls through cuBLAS too
   std::unique_ptr<OpProfiler> profiler_;  // STARATTN_PROFILE=1
   std::unique_ptr<DeviceIpc> ipc_;        // made on first use

@@ -72,7 +72,11 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   if (const char* g = std::getenv("STARATTN_GEMV"); g != nullptr && std::strcmp(g, "0") == 0) gemv_ = false;
   if (const char* il = std::getenv("STARATTN_DECODE_INTERLEAVE"); il != nullptr && std::strcmp(il, "0") == 0)
     decode_interleave_ = false;
-  if (const char* w = std::getenv("STARATTN_DECODE_WIDE"); w != nullptr && std::strcmp(w, "0") == 0) decode_wide_ = false;
+  if (const char* w = std::getenv("STARATTN_DECODE_WIDE"); w != nullptr && *w != '\0') {
+    if (std::strcmp(w, "0") != 0 && std::strcmp(w, "1") != 0)
+      throw std::invalid_argument(std::string("STARATTN_DECODE_WIDE must be 0 or 1, got '") + w + "'");
+    decode_wide_ = std::strcmp(w, "1") == 0;
+  }
   if (const char* st = std::getenv("STARATTN_DECODE_STAGES"); st != nullptr && *st != '\0') {
     if (std::strcmp(st, "2") != 0 && std::strcmp(st, "3") != 0 && std::strcmp(st, "4") != 0)
       throw std::invalid_argument(std::string("STARATTN_DECODE_STAGES must be 2, 3 or 4, got '") + st + "'");

@@ -98,9 +98,17 @@ TEST_F(CudaAttentionBatch, DecodeRowsOverVariableLengthsEqualTheirOwnCalls) {
 
 // Query prefill rows joining a decode batch (T > 1), a causal item, and one item with enough
 // rows that the prefill kernel takes it alone; the rest still share one launch.
+// Unmasked items of 5 to 16 rows take the wide kernel where it is on (7 rows: 2 row groups; 16: 4,
+// at D = 64) in a launch of their own; with it off, narrow blocks with the same split plan.
 TEST_F(CudaAttentionBatch, MixedRowsCausalAndPrefillItemsEqualTheirOwnCalls) {
-  check(64, 32, 8, DType::bf16,
-        {{1, 500}, {7, 1200}, {3, 64, MaskKind::causal, 61}, {1, 20000}, {700, 900}, {16, 5000}});
+  for (const char* wide : {"0", "1"}) {
+    ScopedEnv env("STARATTN_DECODE_WIDE", wide);
+    gpu_ = make_backend("cuda", 0);  // reads the variable
+    SCOPED_TRACE(std::string("STARATTN_DECODE_WIDE=") + wide);
+    check(64, 32, 8, DType::bf16,
+          {{1, 500}, {7, 1200}, {3, 64, MaskKind::causal, 61}, {1, 20000}, {700, 900}, {16, 5000}});
+    check(128, 32, 8, DType::bf16, {{7, 1200}, {16, 33000}, {1, 900}});
+  }
 }
 
 // Every tile variant of the decode kernel (STARATTN_DECODE_KEYS, STARATTN_DECODE_STAGES).
@@ -118,8 +126,8 @@ TEST_F(CudaAttentionBatch, EveryTileVariantEqualsItsOwnCalls) {
 // ContextShard::attend_many's stacking (requests on one document share a shard's K/V): up to
 // attention_rows_per_pass rows over one K/V in one item give each row what its own single-row
 // call gives, bit for bit (unmasked rows up to 64 packed slots get a single row's split plan;
-// the wide kernel reads each K/V tile once for all of them, STARATTN_DECODE_WIDE=0 runs them in
-// narrow blocks). GQA 4:1 (16 rows: 4 row groups) and 3:1 (16 rows: 48 slots, 3 of a wide
+// the wide kernel, STARATTN_DECODE_WIDE=1, reads each K/V tile once for all of them; =0 runs
+// them in narrow blocks). GQA 4:1 (16 rows: 4 row groups) and 3:1 (16 rows: 48 slots, 3 of a wide
 // block's 4 row groups), 5 rows (wide of 2, or one group), short and long contexts (one split;
 // many merged), bf16 and f32 outputs.
 TEST_F(CudaAttentionBatch, StackedRowsOverOneKvEqualEachRowsOwnCall) {
@@ -193,8 +201,8 @@ TEST_F(CudaAttentionBatch, ItemsSharingOneKvInterleavedEqualEachRowsOwnCall) {
   for (const int64_t per_item : {int64_t{4}, int64_t{8}})
   for (const char* interleave : {"1", "0"}) {
     const int64_t streams = per_item * n_items;
-    ScopedEnv env("STARATTN_DECODE_INTERLEAVE", interleave);
-    gpu_ = make_backend("cuda", 0);  // reads the variable
+    ScopedEnv env("STARATTN_DECODE_INTERLEAVE", interleave), wide("STARATTN_DECODE_WIDE", "1");
+    gpu_ = make_backend("cuda", 0);  // reads the variables
     SCOPED_TRACE(std::string("STARATTN_DECODE_INTERLEAVE=") + interleave + ", " + std::to_string(per_item) +
                  " rows an item");
     Dev q = gpu(std::vector<float>(hq_rows.begin(), hq_rows.begin() + streams * hq * d), streams, hq * d,
