@@ -13,8 +13,9 @@
 // grid (splits, Hkv, row groups) of one call by a table of work units (item, split, row group)
 // over all items, grid (units, Hkv). So every item's O and lse equal its own attention() call
 // bit for bit. Items whose plan takes the wide kernel (row_groups_per_block 2 or 4: rows stacked
-// over one K/V) go into a launch of that kernel of their own, a unit then being NRG row groups. Items with one split write o_i and lse_i directly; items with several write f32
-// partials into the workspace (item i's own region: o [splits][T_i][Hq * D] then lse
+// over one K/V) go into a launch of that kernel of their own, a unit then being NRG row groups.
+// Items with one split write o_i and lse_i directly; items with several write f32 partials into
+// the workspace (item i's own region: o [splits][T_i][Hq * D] then lse
 // [splits][T_i][Hq]), and one merge launch over all of them (merge_row_head, the one-call
 // merge's code; grid: one block per (item, row, head)) writes their o_i and lse_i.
 // Launches: one attention kernel per kind of block (narrow, wide 2, wide 4; usually one), plus
