@@ -27,6 +27,19 @@ class CudaAttentionBatch : public testing::CudaVsCpuTest {
  protected:
   CudaAttentionBatch() : CudaVsCpuTest(20261206) {}
 
+  // Elements of `got` unlike `want`; NaN (an output never written) counts as unlike.
+  static size_t unequal(const std::vector<float>& got, const std::vector<float>& want) {
+    size_t n = 0;
+    for (size_t j = 0; j < want.size(); ++j) n += !(got[j] == want[j]);
+    return n;
+  }
+  // The largest |v|: a reference that is all but zero proves nothing.
+  static float largest(const std::vector<float>& v) {
+    float m = 0;
+    for (float x : v) m = std::max(m, std::abs(x));
+    return m;
+  }
+
   struct Item {
     int64_t T, S;
     MaskKind mask = MaskKind::none;
@@ -72,17 +85,9 @@ class CudaAttentionBatch : public testing::CudaVsCpuTest {
                                dtype_name(out) + ")";
       const std::vector<float> ob = get(*gpu_, o_batch[i].t), oo = get(*gpu_, o_one[i].t);
       const std::vector<float> lb = get(*gpu_, l_batch[i].t), lo = get(*gpu_, l_one[i].t);
-      constexpr float kTol = 0.0f;  // bit for bit, see the file comment
-      size_t bad = 0;
-      float spread = 0;
-      for (size_t j = 0; j < oo.size(); ++j) {
-        if (!(std::abs(ob[j] - oo[j]) <= kTol)) ++bad;  // NaN (not written) counts as bad
-        spread = std::max(spread, std::abs(oo[j]));
-      }
-      for (size_t j = 0; j < lo.size(); ++j)
-        if (!(std::abs(lb[j] - lo[j]) <= kTol)) ++bad;
+      const size_t bad = unequal(ob, oo) + unequal(lb, lo);  // bit for bit, see the file comment
       EXPECT_EQ(bad, 0u) << what << ": " << bad << " elements differ from the item's own call";
-      EXPECT_GT(spread, 1e-3f) << what << ": the reference O is all but zero";
+      EXPECT_GT(largest(oo), 1e-3f) << what << ": the reference O is all but zero";
     }
   }
 };
@@ -173,15 +178,8 @@ TEST_F(CudaAttentionBatch, StackedRowsOverOneKvEqualEachRowsOwnCall) {
       for (const AttentionArgs& one : single) gpu_->attention(one);
       gpu_->synchronize();
       const auto ob = get(*gpu_, os.t), oo = get(*gpu_, o1.t), lb = get(*gpu_, ls.t), lo = get(*gpu_, l1.t);
-      size_t bad = 0;
-      float spread = 0;
-      for (size_t j = 0; j < oo.size(); ++j) {
-        bad += !(ob[j] == oo[j]);  // NaN: not written
-        spread = std::max(spread, std::abs(oo[j]));
-      }
-      for (size_t j = 0; j < lo.size(); ++j) bad += !(lb[j] == lo[j]);
-      EXPECT_EQ(bad, 0u) << what << ": stacked rows differ from their own calls";
-      EXPECT_GT(spread, 1e-3f) << what;
+      EXPECT_EQ(unequal(ob, oo) + unequal(lb, lo), 0u) << what << ": stacked rows differ from their own calls";
+      EXPECT_GT(largest(oo), 1e-3f) << what;
     }
   }
 }
@@ -247,19 +245,11 @@ TEST_F(CudaAttentionBatch, ItemsSharingOneKvInterleavedEqualEachRowsOwnCall) {
     other.lse = l2o.t;
     gpu_->attention(other);
     gpu_->synchronize();
-    size_t bad = 0;
-    float spread = 0;
-    const auto o_b = get(*gpu_, ob.t), o_o = get(*gpu_, oo.t), l_b = get(*gpu_, lb.t), l_o = get(*gpu_, lo.t);
-    for (size_t j = 0; j < o_o.size(); ++j) {
-      bad += !(o_b[j] == o_o[j]);  // NaN: not written
-      spread = std::max(spread, std::abs(o_o[j]));
-    }
-    for (size_t j = 0; j < l_o.size(); ++j) bad += !(l_b[j] == l_o[j]);
-    const auto x_b = get(*gpu_, o2b.t), x_o = get(*gpu_, o2o.t), y_b = get(*gpu_, l2b.t), y_o = get(*gpu_, l2o.t);
-    for (size_t j = 0; j < x_o.size(); ++j) bad += !(x_b[j] == x_o[j]);
-    for (size_t j = 0; j < y_o.size(); ++j) bad += !(y_b[j] == y_o[j]);
+    const auto o_o = get(*gpu_, oo.t);
+    const size_t bad = unequal(get(*gpu_, ob.t), o_o) + unequal(get(*gpu_, lb.t), get(*gpu_, lo.t)) +
+                       unequal(get(*gpu_, o2b.t), get(*gpu_, o2o.t)) + unequal(get(*gpu_, l2b.t), get(*gpu_, l2o.t));
     EXPECT_EQ(bad, 0u) << "rows of items over one K/V, or the item between them, differ from their own calls";
-    EXPECT_GT(spread, 1e-3f);
+    EXPECT_GT(largest(o_o), 1e-3f);
   }
 }
 
@@ -313,10 +303,7 @@ TEST_F(CudaAttentionBatch, MergeBatchEqualsEachItemsOwnMergeAndTheCpuReference) 
     const std::string what = "item " + std::to_string(i) + " (" + std::to_string(shape[i].first) + " partials)";
     const auto o_b = get(*gpu_, ob[i].t), o_o = get(*gpu_, oo[i].t), l_b = get(*gpu_, lb[i].t),
                l_o = get(*gpu_, lo[i].t);
-    size_t bad = 0;
-    for (size_t j = 0; j < o_o.size(); ++j) bad += !(o_b[j] == o_o[j]);  // NaN: not written
-    for (size_t j = 0; j < l_o.size(); ++j) bad += !(l_b[j] == l_o[j]);
-    EXPECT_EQ(bad, 0u) << what << ": differs from its own merge_partials call";
+    EXPECT_EQ(unequal(o_b, o_o) + unequal(l_b, l_o), 0u) << what << ": differs from its own merge_partials call";
     testing::expect_close(get(*cpu_, co[i].t), o_b, what + " O against the cpu merge");
     testing::expect_close(get(*cpu_, cl[i].t), l_b, what + " lse against the cpu merge", 1e-5f, 1e-5f);
   }
@@ -346,8 +333,7 @@ TEST_F(CudaAttentionBatch, CopyBatchMovesEveryItemExactly) {
   gpu_->synchronize();
   for (size_t i = 0; i < shape.size(); ++i) {
     const std::vector<float> got = get(*gpu_, items[i].dst);
-    size_t bad = 0;
-    for (size_t j = 0; j < got.size(); ++j) bad += !(got[j] == values[i][j]);  // bf16-exact values
+    const size_t bad = unequal(got, values[i]);  // bf16-exact values
     EXPECT_EQ(bad, 0u) << "item " << i << ": " << bad << " elements differ";
     const std::vector<float> before = get(*gpu_, cache[i].t.slice_rows(4, 1));
     EXPECT_TRUE(std::isnan(before[0])) << "item " << i << ": the row before the destination was written";
