@@ -82,9 +82,8 @@ TEST_F(Distributed, TwoRequestsOnOneDocumentShareTheWorkersKvAndEqualTheirSoloRu
 
 TEST_F(Distributed, CancelByIdStopsTheRequestAndFreesTheWorkersKv) {
   start_cluster(2);
-  caf::actor_system_config config;
-  actors::configure_caf(config);
-  caf::actor_system system{config};
+  ClientSystem caf_client;
+  caf::actor_system& system = caf_client.system;
   {
     const caf::actor sched = connect_head(system);
     const std::vector<caf::actor> workers = connect_workers(system);
@@ -158,9 +157,8 @@ TEST_F(Distributed, CancelByIdStopsTheRequestAndFreesTheWorkersKv) {
 // once A ends, its K/V (still B's) stays counted, now as B's; once B ends, nothing is held.
 TEST_F(Distributed, SharedKvIsCountedOnceAndMovesToTheRequestStillUsingIt) {
   start_cluster(2);
-  caf::actor_system_config config;
-  actors::configure_caf(config);
-  caf::actor_system system{config};
+  ClientSystem caf_client;
+  caf::actor_system& system = caf_client.system;
   {
     const caf::actor sched = connect_head(system);
     const std::vector<caf::actor> workers = connect_workers(system);
@@ -246,9 +244,8 @@ TEST_F(Distributed, GarbageAndWrongVersionsAreRefusedAndEveryoneKeepsServing) {
   EXPECT_GT(tcp_garbage(w0_port, 4096), 0);
   EXPECT_GT(tcp_garbage(port_, 16), 0);
 
-  caf::actor_system_config config;
-  actors::configure_caf(config);
-  caf::actor_system system{config};
+  ClientSystem caf_client;
+  caf::actor_system& system = caf_client.system;
   {
     const caf::actor sched = actors::connect_remote(system, "127.0.0.1", static_cast<uint16_t>(port_), 10s);
     const caf::actor worker = actors::connect_remote(system, "127.0.0.1", static_cast<uint16_t>(w0_port), 10s);

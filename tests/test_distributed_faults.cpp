@@ -99,9 +99,8 @@ TEST_F(Distributed, ContextBeyondTheLiveWorkersRoomIsRefusedNamingWhatFits) {
   // tokens beyond the fixed slack and half a token more, which must not count.
   const int64_t room = memory.fixed + 300 * per_block_token + per_block_token / 2;
   start_cluster(3, {}, {"--kv-bytes", std::to_string(room)});
-  caf::actor_system_config caf_config;
-  actors::configure_caf(caf_config);
-  caf::actor_system system{caf_config};
+  ClientSystem caf_client;
+  caf::actor_system& system = caf_client.system;
   {
     const caf::actor sched =
         actors::connect_remote(system, "127.0.0.1", static_cast<uint16_t>(port_), 10s);

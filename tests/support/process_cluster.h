@@ -104,6 +104,13 @@ std::string slurp(const std::string& path) {
                                        << ") with a top-two gap of " << row[0] - row[1] << ", not a near tie";
 }
 
+// A test's own CAF system, configured as the project's processes configure theirs, to reach the
+// head and the workers as a client does.
+struct ClientSystem {
+  caf::actor_system_config config;
+  caf::actor_system system{(actors::configure_caf(config), config)};
+};
+
 // A child process running `starattn ARGS...`, output to log files; killed when destroyed.
 class Proc {
  public:
