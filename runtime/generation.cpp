@@ -89,25 +89,21 @@ int32_t Generation::choose_token(const Tensor& logits, GeneratedToken& out, cons
   Backend& be = model_.backend();
   const auto step = static_cast<uint64_t>(step_);
   // A backend's sample() picks what sample_token picks from the same logits (its contract), so a
-  // fetched host row or greedy pick gives the token this request would get on its own.
-  const bool greedy = spec_.sampling.temperature == 0.0f;
-  auto pick = [&](const float* host_row) {
-    if (greedy && fetched.greedy_token >= 0) {
+  // host copy of the row, or a batched greedy pick, gives the token sample() would.
+  if (host_logits_.empty()) {
+    if (fetched.greedy_token >= 0 && spec_.sampling.temperature == 0.0f) {
       validate_sampling(spec_.sampling);
       return fetched.greedy_token;
     }
-    if (host_row) return sample_token(host_row, logits.cols, spec_.sampling, step);
-    return be.sample(logits, spec_.sampling, step);
-  };
-  if (host_logits_.empty()) return pick(fetched.host_row);
-  // Penalties, bias and logprobs work on a host copy; the pick then uses the host sampler, the
-  // same algorithm the backends implement on the device.
+    return fetched.host_row ? sample_token(fetched.host_row, logits.cols, spec_.sampling, step)
+                            : be.sample(logits, spec_.sampling, step);
+  }
+  // Penalties, bias and logprobs work on a host copy, and the pick is made from it.
   if (fetched.host_row) std::copy(fetched.host_row, fetched.host_row + host_logits_.size(), host_logits_.begin());
   else be.download(logits, host_logits_.data());
   const int64_t n = static_cast<int64_t>(host_logits_.size());
   if (spec_.logits.adjusts_logits()) adjust_logits(host_logits_.data(), n, spec_.logits, history_);
-  const int32_t token = spec_.logits.adjusts_logits() ? sample_token(host_logits_.data(), n, spec_.sampling, step)
-                                                      : pick(fetched.host_row ? host_logits_.data() : nullptr);
+  const int32_t token = sample_token(host_logits_.data(), n, spec_.sampling, step);
   if (spec_.logits.wants_logprobs())
     out.logprob = token_logprob(host_logits_.data(), n, token, spec_.logits.top_logprobs);
   if (spec_.want_logits) out.logits = host_logits_.data();

@@ -22,7 +22,17 @@ uint64_t mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-void validate(const SamplingParams& p) {
+// Lowest index among the largest logits (-inf logits are legal: masked tokens).
+int32_t argmax(const float* logits, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (logits[i] > logits[best]) best = i;
+  return static_cast<int32_t>(best);
+}
+
+}  // namespace
+
+void validate_sampling(const SamplingParams& p) {
   // Written as negated comparisons so that NaN parameters are rejected too.
   if (!(p.temperature >= 0.0f))
     throw std::invalid_argument("sample_token: temperature must be >= 0 (0 = greedy), got " +
@@ -35,18 +45,6 @@ void validate(const SamplingParams& p) {
                                 std::to_string(p.top_k));
 }
 
-// Lowest index among the largest logits (-inf logits are legal: masked tokens).
-int32_t argmax(const float* logits, int64_t n) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (logits[i] > logits[best]) best = i;
-  return static_cast<int32_t>(best);
-}
-
-}  // namespace
-
-void validate_sampling(const SamplingParams& params) { validate(params); }
-
 double uniform_draw(uint64_t seed, uint64_t step) {
   // Two rounds so that (seed, step) and (step, seed) or (seed + 1, step - 1) do not collide.
   const uint64_t h = mix64(mix64(seed + 0x9E3779B97F4A7C15ULL) ^ (step * 0xD1B54A32D192ED03ULL + 1));
@@ -55,7 +53,7 @@ double uniform_draw(uint64_t seed, uint64_t step) {
 }
 
 int32_t sample_token(const float* logits, int64_t n, const SamplingParams& params, uint64_t step) {
-  validate(params);
+  validate_sampling(params);
   if (n <= 0 || logits == nullptr)
     throw std::invalid_argument("sample_token: empty logits (n = " + std::to_string(n) + ")");
   // NaN or +inf logits mean something upstream went wrong; picking a token from them would hide
