@@ -458,14 +458,9 @@ int32_t CudaBackend::sample(const Tensor& logits_row, const SamplingParams& para
   if (params.temperature == 0.0f) {
     const float one = 0.0f;
     sample_token(&one, 1, params, step);
-    dispatch(logits_row.dtype, [&](auto lt) {
-      using T = decltype(lt);
-      cuda::launch_argmax(ptr<const T>(logits_row), 1, logits_row.stride, n, d_result_, stream_);
-    });
-    check_cuda(cudaMemcpyAsync(h_result_, d_result_, 2 * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_),
-               "sample: cudaMemcpyAsync");
-    check_cuda(cudaStreamSynchronize(stream_), "sample");
-    if (h_result_[1] < 0) return h_result_[0];
+    std::vector<int32_t> pick;
+    argmax_rows(logits_row, pick);
+    if (pick[0] >= 0) return pick[0];
     // A NaN or +inf logit: the host path below raises sample_token's own error.
   }
   std::vector<float> row(static_cast<size_t>(n));
